@@ -1,0 +1,1 @@
+"""Test-time adaptation methods, one per module, registered by name."""

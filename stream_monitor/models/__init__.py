@@ -1,0 +1,145 @@
+"""Source models: the embedded ResNet-20 and any torchvision classifier, with their preprocessing.
+
+    >>> bundle = load_model("embedded")                 # shipped weights, checksum verified
+    >>> bundle = load_model("resnet50")                 # IMAGENET1K_V1 from torchvision's cache
+    >>> bundle = load_model("resnet50", weights="rn50.pth")
+
+Weights are only ever read with `torch.load(weights_only=True)`; nothing is downloaded at run
+time (the machines this runs on often have no internet), so a missing file is an error that says
+where to get it and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from ..registry import unknown_name_message
+from .embedded import CifarResNet
+from .registry import EMBEDDED_MEAN, EMBEDDED_STD
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EMBEDDED_CARD = ASSETS / "embedded_resnet20.json"
+#: The paper's model (Entropy Enigma, CCC): ResNet-50 with torchvision's IMAGENET1K_V1 weights.
+DEFAULT_IMAGENET_WEIGHTS = {"resnet50": "IMAGENET1K_V1"}
+
+
+class WeightsError(RuntimeError):
+    """Weights are missing, unreadable or fail their checksum."""
+
+
+@dataclass
+class SourceModel:
+    """A classifier with everything needed to feed it uint8 images."""
+
+    name: str
+    module: nn.Module
+    num_classes: int
+    image_size: int  # the input size the model expects (crop size)
+    resize_size: int  # shorter side before the centre crop, for image folders
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_id: str  # where the weights came from
+    sha256: str  # checksum of the weights file
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float NCHW images -> normalised float on the model's device."""
+        device = next(self.module.parameters()).device
+        x = images.to(device, non_blocking=True)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @cached_property
+    def short_id(self) -> str:
+        return f"{self.name}@{self.sha256[:12]}"
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the frozen model in eval mode (running BatchNorm statistics)."""
+        self.module.eval()
+        with torch.inference_mode():
+            return self.module(self.normalise(images))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(name: str = "embedded", weights: str | os.PathLike | None = None, device: str = "cpu") -> SourceModel:
+    """Load a source model by name: `embedded` or any torchvision classification model."""
+    if name == "embedded":
+        model = _load_embedded(Path(weights) if weights else None)
+    else:
+        model = _load_torchvision(name, Path(weights) if weights else None)
+    model.module.to(device).eval()
+    return model
+
+
+def model_names() -> list[str]:
+    return ["embedded", *torchvision.models.list_models(module=torchvision.models)]
+
+
+def _load_embedded(weights: Path | None) -> SourceModel:
+    card = json.loads(EMBEDDED_CARD.read_text())
+    path = weights or ASSETS / card["weights"]
+    if not path.exists():
+        raise WeightsError(
+            f"Embedded model weights not found at {path}. They ship with stream-monitor; reinstall it, "
+            f"or train them again with `python -m stream_monitor.train_embedded --out DIR`."
+        )
+    digest = sha256_file(path)
+    if weights is None and digest != card["sha256"]:
+        raise WeightsError(
+            f"Checksum mismatch for {path}: sha256 {digest}, expected {card['sha256']} "
+            f"(from {EMBEDDED_CARD.name}). The file is corrupt or was replaced; reinstall stream-monitor "
+            f"or pass your own file with --weights."
+        )
+    module = CifarResNet(depth=20, num_classes=10)
+    module.load_state_dict(_read_state_dict(path))
+    return SourceModel("embedded_resnet20", module, 10, 32, 32, tuple(card.get("mean", EMBEDDED_MEAN)),
+                       tuple(card.get("std", EMBEDDED_STD)), str(path), digest)
+
+
+def _load_torchvision(name: str, weights: Path | None) -> SourceModel:
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ValueError(unknown_name_message("model", name, ["embedded", *available]))
+    enum = torchvision.models.get_model_weights(name)
+    spec = getattr(enum, DEFAULT_IMAGENET_WEIGHTS.get(name, "DEFAULT"))
+    module = torchvision.models.get_model(name, weights=None, num_classes=len(spec.meta["categories"]))
+    path = weights or Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.url)
+    if not path.exists():
+        raise WeightsError(
+            f"Weights for {name} ({spec}) not found at {path}. This machine does not download them: "
+            f"fetch {spec.url} on a machine with internet and either copy it to {path.parent}/ "
+            f"(torchvision's cache) or pass --weights PATH."
+        )
+    module.load_state_dict(_read_state_dict(path))
+    preprocess = spec.transforms()
+    return SourceModel(
+        name, module, len(spec.meta["categories"]), int(preprocess.crop_size[0]), int(preprocess.resize_size[0]),
+        tuple(preprocess.mean), tuple(preprocess.std), f"{spec} ({path})", sha256_file(path),
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for bad files
+        raise WeightsError(f"Cannot read weights from {path}: {error}") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
