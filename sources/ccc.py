@@ -77,13 +77,11 @@ class CCCSpec:
 
     @property
     def shard_size(self) -> int:
-        """Images per shard: 25,000 rounded up to whole lattice points (26,000 at speed 2000)."""
-        return math.ceil(IMAGES_PER_SHARD / self.speed) * self.speed
+        return shard_size(self.speed)
 
     @property
     def length(self) -> int:
-        """Images in the stream: whole shards until the 7.5M cutoff is reached."""
-        return math.ceil(CUTOFF / self.shard_size) * self.shard_size
+        return stream_length(self.speed)
 
     @classmethod
     def parse(cls, name: str) -> "CCCSpec":
@@ -96,6 +94,17 @@ class CCCSpec:
                 f"seed 43/44/45); `stream-monitor list streams` prints all 27."
             )
         return cls(*values)
+
+
+def shard_size(speed: int) -> int:
+    """Images per shard: 25,000 rounded up to whole lattice points (26,000 at speed 2000)."""
+    return math.ceil(IMAGES_PER_SHARD / speed) * speed
+
+
+def stream_length(speed: int) -> int:
+    """Images in a stream: whole shards until the 7.5M cutoff is reached (2000 -> 289 x 26,000)."""
+    size = shard_size(speed)
+    return math.ceil(CUTOFF / size) * size
 
 
 def all_stream_names() -> list[str]:

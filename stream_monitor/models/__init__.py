@@ -93,6 +93,11 @@ def model_names() -> list[str]:
 
 
 def _load_embedded(weights: Path | None) -> SourceModel:
+    if not EMBEDDED_CARD.exists():
+        raise WeightsError(
+            f"The embedded model card {EMBEDDED_CARD} is missing; reinstall stream-monitor, or train the "
+            f"model with `python -m stream_monitor.train_embedded --out {ASSETS}`."
+        )
     card = json.loads(EMBEDDED_CARD.read_text())
     path = weights or ASSETS / card["weights"]
     if not path.exists():
