@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .base import Corruption, CorruptionParams
 from .registry import register
+from .embedded_profile import EMBEDDED
 
 #: Image side (px) at which each profile's pixel-unit constants were published.
 REFERENCE_SIZE = {"imagenet": 224, "cifar": 32, "embedded": 32}
@@ -212,11 +213,7 @@ class DefocusBlur(PixelScaled):
             [(0.0, 0.0), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
             dtype=np.float64,
         ),
-        # embedded: a copy of "cifar" until it is tuned for the embedded model.
-        "embedded": np.array(
-            [(0.0, 0.0), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
-            dtype=np.float64,
-        ),
+        "embedded": EMBEDDED["defocus_blur"],
     }
 
     def _sample(self, rng, shape, c):
@@ -260,11 +257,7 @@ class GlassBlur(PixelScaled):
             [(0.0, 1, 0), (0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
             dtype=np.float64,
         ),
-        # embedded: a copy of "cifar" until it is tuned for the embedded model.
-        "embedded": np.array(
-            [(0.0, 1, 0), (0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
-            dtype=np.float64,
-        ),
+        "embedded": EMBEDDED["glass_blur"],
     }
 
     def _sample(self, rng, shape, c):
@@ -314,10 +307,7 @@ class MotionBlur(PixelScaled):
         "cifar": np.array(
             [(0.0, 0.0), (6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)], dtype=np.float64
         ),
-        # embedded: a copy of "cifar" until it is tuned for the embedded model.
-        "embedded": np.array(
-            [(0.0, 0.0), (6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)], dtype=np.float64
-        ),
+        "embedded": EMBEDDED["motion_blur"],
     }
 
     def _sample(self, rng, shape, c):
@@ -353,14 +343,7 @@ class ZoomBlur(Corruption):
             ],
             dtype=np.float64,
         ),
-        # embedded: a copy of "cifar" until it is tuned for the embedded model.
-        "embedded": np.array(
-            [
-                (1.0, 1.0, 0.01), (1, 1.06, 0.01), (1, 1.11, 0.01),
-                (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01),
-            ],
-            dtype=np.float64,
-        ),
+        "embedded": EMBEDDED["zoom_blur"],
     }
 
     def _sample(self, rng, shape, c):
@@ -383,8 +366,7 @@ class GaussianBlur(PixelScaled):
     levels = {
         "imagenet": np.array([[0.0], [1], [2], [3], [4], [6]], dtype=np.float64),
         "cifar": np.array([[0.0], [0.4], [0.6], [0.7], [0.8], [1.0]], dtype=np.float64),
-        # embedded: a copy of "cifar" until it is tuned for the embedded model.
-        "embedded": np.array([[0.0], [0.4], [0.6], [0.7], [0.8], [1.0]], dtype=np.float64),
+        "embedded": EMBEDDED["gaussian_blur"],
     }
 
     def _sample(self, rng, shape, c):

@@ -16,6 +16,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 
 from .base import Corruption
 from .registry import register
+from .embedded_profile import EMBEDDED
 
 
 def _table(*rows) -> np.ndarray:
@@ -64,8 +65,7 @@ class Brightness(Corruption):
     levels = {
         "imagenet": _table(0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
         "cifar": _table(0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table(0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
+        "embedded": EMBEDDED["brightness"],
     }
 
     def _sample(self, rng, shape, c):
@@ -90,8 +90,7 @@ class Saturate(Corruption):
     levels = {
         "imagenet": _table((1.0, 0.0), (0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.2)),
         "cifar": _table((1.0, 0.0), (0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2)),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table((1.0, 0.0), (0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2)),
+        "embedded": EMBEDDED["saturate"],
     }
 
     def _sample(self, rng, shape, c):
@@ -111,8 +110,7 @@ class Contrast(Corruption):
     levels = {
         "imagenet": _table(1.0, 0.4, 0.3, 0.2, 0.1, 0.05),
         "cifar": _table(1.0, 0.75, 0.5, 0.4, 0.3, 0.15),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table(1.0, 0.75, 0.5, 0.4, 0.3, 0.15),
+        "embedded": EMBEDDED["contrast"],
     }
 
     def _sample(self, rng, shape, c):
@@ -156,8 +154,7 @@ class Pixelate(Corruption):
     levels = {
         "imagenet": _table(1.0, 0.6, 0.5, 0.4, 0.3, 0.25),
         "cifar": _table(1.0, 0.95, 0.9, 0.85, 0.75, 0.65),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table(1.0, 0.95, 0.9, 0.85, 0.75, 0.65),
+        "embedded": EMBEDDED["pixelate"],
     }
 
     def _sample(self, rng, shape, c):
@@ -188,8 +185,7 @@ class JPEG(Corruption):
     levels = {
         "imagenet": _table(85, 25, 18, 15, 10, 7),
         "cifar": _table(100, 80, 65, 58, 50, 40),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table(100, 80, 65, 58, 50, 40),
+        "embedded": EMBEDDED["jpeg"],
     }
 
     def _sample(self, rng, shape, c):
@@ -260,15 +256,7 @@ class Elastic(Corruption):
             (32 * 0.1, 32 * 0.04, 32 * 0.05, 32),
             (32 * 0.1, 32 * 0.03, 32 * 0.03, 32),
         ),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table(
-            (0.0, 0.0, 0.0, 32),
-            (32 * 0, 32 * 0, 32 * 0.08, 32),
-            (32 * 0.05, 32 * 0.2, 32 * 0.07, 32),
-            (32 * 0.08, 32 * 0.06, 32 * 0.06, 32),
-            (32 * 0.1, 32 * 0.04, 32 * 0.05, 32),
-            (32 * 0.1, 32 * 0.03, 32 * 0.03, 32),
-        ),
+        "embedded": EMBEDDED["elastic"],
     }
 
     def _sample(self, rng, shape, c):

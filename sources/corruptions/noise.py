@@ -17,6 +17,7 @@ import torch
 
 from .base import Corruption
 from .registry import register
+from .embedded_profile import EMBEDDED
 
 
 def _table(*rows) -> np.ndarray:
@@ -32,8 +33,7 @@ class GaussianNoise(Corruption):
     levels = {
         "imagenet": _table(0.0, 0.08, 0.12, 0.18, 0.26, 0.38),
         "cifar": _table(0.0, 0.04, 0.06, 0.08, 0.09, 0.10),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table(0.0, 0.04, 0.06, 0.08, 0.09, 0.10),
+        "embedded": EMBEDDED["gaussian_noise"],
     }
 
     def _sample(self, rng, shape, c):
@@ -58,8 +58,7 @@ class ShotNoise(Corruption):
     levels = {
         "imagenet": _table(0.0, 1 / 60, 1 / 25, 1 / 12, 1 / 5, 1 / 3),
         "cifar": _table(0.0, 1 / 500, 1 / 250, 1 / 100, 1 / 75, 1 / 50),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table(0.0, 1 / 500, 1 / 250, 1 / 100, 1 / 75, 1 / 50),
+        "embedded": EMBEDDED["shot_noise"],
     }
 
     def _sample(self, rng, shape, c):
@@ -87,8 +86,7 @@ class ImpulseNoise(Corruption):
     levels = {
         "imagenet": _table(0.0, 0.03, 0.06, 0.09, 0.17, 0.27),
         "cifar": _table(0.0, 0.01, 0.02, 0.03, 0.05, 0.07),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table(0.0, 0.01, 0.02, 0.03, 0.05, 0.07),
+        "embedded": EMBEDDED["impulse_noise"],
     }
 
     def _sample(self, rng, shape, c):
@@ -109,8 +107,7 @@ class SpeckleNoise(Corruption):
     levels = {
         "imagenet": _table(0.0, 0.15, 0.2, 0.35, 0.45, 0.6),
         "cifar": _table(0.0, 0.06, 0.1, 0.12, 0.16, 0.2),
-        # Embedded 32 px profile: a copy of "cifar" until it is tuned; edit here.
-        "embedded": _table(0.0, 0.06, 0.1, 0.12, 0.16, 0.2),
+        "embedded": EMBEDDED["speckle_noise"],
     }
 
     def _sample(self, rng, shape, c):

@@ -28,6 +28,7 @@ from .blur import (
 )
 from .base import Corruption
 from .registry import register
+from .embedded_profile import EMBEDDED
 
 #: ITU-R 601 luma, as cv2.COLOR_RGB2GRAY.
 _LUMA = (0.299, 0.587, 0.114)
@@ -118,18 +119,7 @@ class Snow(PixelScaled):
             ],
             dtype=np.float64,
         ),
-        # embedded: a copy of "cifar" until it is tuned for the embedded model.
-        "embedded": np.array(
-            [
-                (0.1, 0.2, 1, 1.0, 8, 3, 1.0),
-                (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
-                (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-                (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-                (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-                (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
-            ],
-            dtype=np.float64,
-        ),
+        "embedded": EMBEDDED["snow"],
     }
 
     def _sample(self, rng, shape, c):
@@ -256,11 +246,7 @@ class Frost(Corruption):
             [(1.0, 0.0), (1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
             dtype=np.float64,
         ),
-        # embedded: a copy of "cifar" until it is tuned for the embedded model.
-        "embedded": np.array(
-            [(1.0, 0.0), (1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
-            dtype=np.float64,
-        ),
+        "embedded": EMBEDDED["frost"],
     }
 
     def _sample(self, rng, shape, c):
@@ -297,10 +283,7 @@ class Fog(Corruption):
         "cifar": np.array(
             [(0.0, 3.0), (0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)], dtype=np.float64
         ),
-        # embedded: a copy of "cifar" until it is tuned for the embedded model.
-        "embedded": np.array(
-            [(0.0, 3.0), (0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)], dtype=np.float64
-        ),
+        "embedded": EMBEDDED["fog"],
     }
 
     def _sample(self, rng, shape, c):
@@ -400,18 +383,7 @@ class Spatter(PixelScaled):
             ],
             dtype=np.float64,
         ),
-        # embedded: a copy of "cifar" until it is tuned for the embedded model.
-        "embedded": np.array(
-            [
-                (0.62, 0.1, 0.7, 0.7, 0.0, 0),
-                (0.62, 0.1, 0.7, 0.7, 0.5, 0),
-                (0.65, 0.1, 0.8, 0.7, 0.5, 0),
-                (0.65, 0.3, 1, 0.69, 0.5, 0),
-                (0.65, 0.1, 0.7, 0.69, 0.6, 1),
-                (0.65, 0.1, 0.5, 0.68, 0.6, 1),
-            ],
-            dtype=np.float64,
-        ),
+        "embedded": EMBEDDED["spatter"],
     }
 
     def _sample(self, rng, shape, c):
