@@ -12,6 +12,7 @@ in the user cache (`$STREAM_MONITOR_CACHE`, default `~/.cache/stream-monitor`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -24,13 +25,13 @@ import torch
 
 from .ccc import GRID, GRID_STEP
 from .ccc_pickle import load_matrices_npz, save_matrices_npz
-from .corruptions import STREAM_CORRUPTIONS, get_corruption
+from .corruptions import CORRUPTIONS, STREAM_CORRUPTIONS, get_corruption
 from .glyphs import VAL, GlyphDomain
 from .seeding import mix_seed
 
 Matrices = dict[tuple[str, str], np.ndarray]
 SHIPPED = Path(__file__).resolve().parent / "assets"
-DEFAULT_IMAGES = 64
+DEFAULT_IMAGES = 48
 
 
 def cache_dir() -> Path:
@@ -38,7 +39,17 @@ def cache_dir() -> Path:
 
 
 def matrix_filename(model_sha256: str, profile: str, image_size: int, images: int) -> str:
-    return f"ccc_matrix_{model_sha256[:16]}_{profile}_{image_size}px_n{images}.npz"
+    """Cache key: the model, and the corruption constants, so retuning a table invalidates it."""
+    return f"ccc_matrix_{model_sha256[:16]}_{profile}-{constants_digest(profile)}_{image_size}px_n{images}.npz"
+
+
+def constants_digest(profile: str) -> str:
+    """A short hash of every corruption's constants table for `profile`."""
+    digest = hashlib.sha256()
+    for name in CORRUPTIONS.names():
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(get_corruption(name).levels[profile], dtype=np.float64).tobytes())
+    return digest.hexdigest()[:8]
 
 
 def compute_matrices(
@@ -103,7 +114,7 @@ def _id(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-def _correct(predict, images: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def _correct(predict, images: torch.Tensor, labels: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     out = []
     for lo in range(0, len(images), chunk):
         x = (images[lo:lo + chunk].clamp(0, 1) * 255).round().to(torch.uint8)

@@ -12,6 +12,7 @@ units it overlaps and trims them, so any slice equals the same rows of the whole
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
@@ -51,6 +52,8 @@ class EmbeddedCCCSource:
         self.crop, self.jpeg, self.profile = crop, jpeg, profile
         self._length = spec.length if length is None else min(length, spec.length)
         self._offset = STREAM.start + spec.seed * _SEED_STRIDE
+        # Batches need not align with render units (resume, other batch sizes): keep the last few.
+        self._recent: OrderedDict[int, torch.Tensor] = OrderedDict()
 
     @property
     def name(self) -> str:
@@ -75,7 +78,11 @@ class EmbeddedCCCSource:
         images, points = [], []
         for lo, hi in units:
             point = self.walk.point_of_image(lo)
-            images.append(self._render_unit(lo, glyphs[lo - first:hi - first], point))
+            if lo not in self._recent:
+                self._recent[lo] = self._render_unit(lo, glyphs[lo - first:hi - first], point)
+                if len(self._recent) > 4:
+                    self._recent.popitem(last=False)
+            images.append(self._recent[lo])
             points.extend([point] * (hi - lo))
         keep = slice(start - first, stop - first)
         points = points[keep]

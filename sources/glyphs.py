@@ -14,6 +14,7 @@ seeded by (seed, block), so image `i` is a pure function of (seed, i) however a 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -83,6 +84,8 @@ class GlyphDomain:
             raise ValueError(f"image_size must be at least 16 px, got {image_size}")
         self.seed = int(seed)
         self.image_size = int(image_size)
+        # Streams read batches smaller than a block; keep the last blocks so each renders once.
+        self._recent: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"GlyphDomain(seed={self.seed}, image_size={self.image_size})"
@@ -95,13 +98,20 @@ class GlyphDomain:
         for block in range(start // BLOCK, -(-stop // BLOCK)):
             lo = max(start, block * BLOCK) - block * BLOCK
             hi = min(stop, (block + 1) * BLOCK) - block * BLOCK
-            x, y = self._render_block(block)
+            x, y = self._cached_block(block)
             images.append(x[lo:hi])
             labels.append(y[lo:hi])
         if not images:
             s = self.image_size
             return torch.empty(0, 3, s, s, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         return torch.cat(images), torch.cat(labels)
+
+    def _cached_block(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if block not in self._recent:
+            self._recent[block] = self._render_block(block)
+            if len(self._recent) > 2:
+                self._recent.popitem(last=False)
+        return self._recent[block]
 
     def _render_block(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(mix_seed(self.seed, block))
@@ -113,8 +123,7 @@ class GlyphDomain:
         labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
         strokes = torch.randint(0, len(_STROKES), (n,), generator=g)
         background = _background(g, n, s, u)
-        clutter_alpha, clutter_colour = _clutter(g, n, s, u)
-        background = background * (1 - clutter_alpha) + clutter_colour * clutter_alpha
+        background = _add_clutter(background, g, n, s, u)
 
         # Glyph geometry: height 40-85% of the image, rotated, sheared, anywhere it fits.
         scale = u(0.40, 0.85)
@@ -169,30 +178,26 @@ def _background(g: torch.Generator, n: int, s: int, u) -> torch.Tensor:
     return image.clamp(0, 1)
 
 
-def _clutter(g: torch.Generator, n: int, s: int, u, lines: int = 3, blobs: int = 2):
-    """Alpha and colour of thin random line segments and soft blobs drawn over the background."""
+def _add_clutter(image: torch.Tensor, g: torch.Generator, n: int, s: int, u, lines: int = 3, blobs: int = 2):
+    """Paint thin random line segments and soft blobs over the (opaque) background, in order."""
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, s), torch.linspace(-1, 1, s), indexing="ij")
-    p = torch.stack([xs, ys], -1)  # (s, s, 2)
-    alpha = torch.zeros(n, 1, s, s)
-    colour = torch.zeros(n, 3, s, s)
+
+    def column(v: torch.Tensor) -> torch.Tensor:  # (n,) -> (n, 1, 1, 1), to broadcast over pixels
+        return v.view(n, 1, 1, 1)
+
     for _ in range(lines):
         a, b = u(-1, 1, 2), u(-1, 1, 2)
-        ab = b - a
-        t = (((p[None] - a[:, None, None]) * ab[:, None, None]).sum(-1) / (ab * ab).sum(-1).clamp(min=1e-6)[:, None, None]).clamp(0, 1)
-        dist = (p[None] - (a[:, None, None] + t[..., None] * ab[:, None, None])).norm(dim=-1)
-        width = u(0.03, 0.10, 1, 1)
-        line = (1 - dist / width).clamp(0, 1) * u(0.3, 0.9, 1, 1) * (torch.rand(n, 1, 1, generator=g) < 0.7)
-        alpha, colour = _over(alpha, colour, line[:, None], u(0, 1, 3, 1, 1))
+        ax, ay, dx, dy = column(a[:, 0]), column(a[:, 1]), column(b[:, 0] - a[:, 0]), column(b[:, 1] - a[:, 1])
+        # Distance from each pixel to the segment a-b: project, clamp to the segment, measure.
+        t = (((xs - ax) * dx + (ys - ay) * dy) / (dx * dx + dy * dy).clamp(min=1e-6)).clamp(0, 1)
+        dist = torch.hypot(xs - (ax + t * dx), ys - (ay + t * dy))
+        width = column(u(0.03, 0.10))
+        strength = column(u(0.3, 0.9) * (torch.rand(n, generator=g) < 0.7))
+        image = torch.lerp(image, u(0, 1, 3, 1, 1), (1 - dist / width).clamp(0, 1) * strength)
     for _ in range(blobs):
-        centre, radius = u(-1, 1, 2), u(0.1, 0.35, 1, 1)
-        dist = (p[None] - centre[:, None, None]).norm(dim=-1)
-        blob = torch.exp(-((dist / radius) ** 2)) * u(0.2, 0.7, 1, 1) * (torch.rand(n, 1, 1, generator=g) < 0.6)
-        alpha, colour = _over(alpha, colour, blob[:, None], u(0, 1, 3, 1, 1))
-    return alpha, colour
-
-
-def _over(alpha, colour, new_alpha, new_colour):
-    """Porter-Duff "over" of a new layer onto the accumulated clutter layer."""
-    out_alpha = new_alpha + alpha * (1 - new_alpha)
-    out_colour = (new_colour * new_alpha + colour * alpha * (1 - new_alpha)) / out_alpha.clamp(min=1e-6)
-    return out_alpha, out_colour
+        centre, radius = u(-1, 1, 2), column(u(0.1, 0.35))
+        cx, cy = column(centre[:, 0]), column(centre[:, 1])
+        blob = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / radius**2)
+        blob = blob * column(u(0.2, 0.7) * (torch.rand(n, generator=g) < 0.6))
+        image = torch.lerp(image, u(0, 1, 3, 1, 1), blob)
+    return image
