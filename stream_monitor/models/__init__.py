@@ -52,7 +52,7 @@ class SourceModel:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float NCHW images -> normalised float on the model's device."""
-        device = next(self.module.parameters()).device
+        device = next(iter(self.module.state_dict().values()), torch.empty(0)).device
         x = images.to(device, non_blocking=True)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)

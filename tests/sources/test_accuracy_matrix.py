@@ -12,7 +12,7 @@ from stream_monitor.models.embedded import CifarResNet
 def test_matrix_shape_shared_edges_and_cache_round_trip(tmp_path):
     torch.manual_seed(0)
     net = CifarResNet(depth=8).eval()
-    x, y = GlyphDomain().render_range(VAL.start, VAL.start + 16)
+    x, y = GlyphDomain().render_range(VAL.start, VAL.start + 8)
 
     def predict(images):
         with torch.inference_mode():
@@ -29,7 +29,7 @@ def test_matrix_shape_shared_edges_and_cache_round_trip(tmp_path):
     # Deterministic.
     again = compute_matrices(predict, x, y, noises=noises, profile="cifar")
     assert all(np.array_equal(again[k], m[k]) for k in m)
-    path = tmp_path / matrix_filename("ab" * 32, "cifar", 32, 16)
+    path = tmp_path / matrix_filename("ab" * 32, "cifar", 32, 8)
     save_matrices_npz(path, m)
     loaded = load_matrices_npz(path)
     assert all(np.array_equal(loaded[k], m[k]) for k in m)

@@ -1,0 +1,41 @@
+"""The command line, through typer's runner (in-process)."""
+
+from typer.testing import CliRunner
+
+from stream_monitor.cli import app
+
+runner = CliRunner()
+
+
+def test_list_streams_prints_the_27_official_names():
+    result = runner.invoke(app, ["list", "streams"])
+    assert result.exit_code == 0
+    assert len(result.output.split()) == 27 and "baseline_0_transition+speed_5000_seed_45" in result.output
+
+
+def test_list_unknown_suggests():
+    result = runner.invoke(app, ["list", "stream"])
+    assert result.exit_code == 2 and "Did you mean 'streams'" in result.output
+
+
+def test_bad_stream_name_is_a_clear_error():
+    result = runner.invoke(app, ["run", "--stream", "baseline_25_transition+speed_1000_seed_43"])
+    assert result.exit_code == 2 and "Unknown CCC stream" in result.output
+
+
+def test_unknown_source_lists_valid_ones():
+    result = runner.invoke(app, ["run", "--source", "cc"])
+    assert result.exit_code == 2 and "Valid sources: ccc, imagefolder" in result.output
+
+
+def test_imagefolder_needs_data():
+    result = runner.invoke(app, ["run", "--source", "imagefolder"])
+    assert result.exit_code == 2 and "needs --data DIR" in result.output
+
+
+def test_short_run_on_the_embedded_default():
+    result = runner.invoke(app, ["run", "--max-images", "192", "--window", "64"])
+    assert result.exit_code == 0, result.output
+    assert "embedded/baseline_20_transition+speed_1000_seed_43" in result.output
+    assert "embedded_resnet20@" in result.output and "Summary" in result.output
+    assert result.output.count("acc ") == 3
