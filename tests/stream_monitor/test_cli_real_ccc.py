@@ -1,0 +1,50 @@
+"""`stream-monitor run` on CCC-format shards and an image folder, with a torchvision model."""
+
+import torch
+import torchvision
+from PIL import Image
+from torchvision.io import encode_jpeg
+from typer.testing import CliRunner
+
+from sources.generate import ShardSample, write_ccc_shards
+from sources.shards import CCCInfo, format_info
+from stream_monitor.cli import app
+
+STREAM = "baseline_40_transition+speed_1000_seed_45"
+
+
+def weights(tmp_path):
+    path = tmp_path / "rn18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def test_run_reads_official_format_shards(tmp_path):
+    samples = []
+    for i in range(12):
+        image = torch.full((3, 224, 224), 20 * i, dtype=torch.uint8)
+        info = format_info(CCCInfo("n01440764", f"img{i}.JPEG", "fog", 1.25, "snow", 0.5))
+        samples.append(ShardSample(bytes(encode_jpeg(image, quality=85).numpy()), i % 3, info))
+    samples[5] = ShardSample(b"\xff\xd8 broken", 1, samples[5].info)
+    write_ccc_shards(samples, tmp_path / "ccc", STREAM, shard_size=25_000)
+    result = CliRunner().invoke(app, [
+        "run", "--data", str(tmp_path / "ccc"), "--stream", STREAM, "--model", "resnet18",
+        "--weights", str(weights(tmp_path)), "--window", "100", "--batch-size", "4",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1" in result.output and "fog -> snow" in result.output
+    assert "resnet18@" in result.output
+
+
+def test_run_on_an_image_folder(tmp_path):
+    for c in ("cat", "dog"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (300, 260), (40 * i, 90, 200)).save(tmp_path / "val" / c / f"{i}.jpg")
+    result = CliRunner().invoke(app, [
+        "run", "--source", "imagefolder", "--data", str(tmp_path / "val"), "--model", "resnet18",
+        "--weights", str(weights(tmp_path)), "--window", "100",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "imagefolder:val" in result.output and "6" in result.output
