@@ -64,15 +64,19 @@ def run(
         console.print("[dim]Embedded glyph domain and model (not ImageNet): see README, 'The embedded default'.[/]")
 
     def show(w, result) -> None:
-        console.print(f"  images {w.start:>9,}-{w.stop:<9,} acc {w.accuracy:5.1f}%  {w.pair:<32} "
-                      f"skipped {w.skipped}  {result.images_per_second:,.0f} img/s")
+        skipped = f"  skipped {w.skipped}" if w.skipped else ""
+        console.print(f"{w.start:>9,}-{w.stop:<9,} acc {w.accuracy:5.1f}%  {w.pair:<32} "
+                      f"{result.images_per_second:,.0f} img/s{skipped}", highlight=False)
 
     result = evaluate_source(src, bundle, start, stop, batch_size, window, on_window=show)
-    table = Table(title="Summary")
-    for column in ("stream", "model", "adapter", "images", "accuracy (%)", "img/s", "wall (s)"):
-        table.add_column(column)
-    table.add_row(src.name, bundle.short_id, adapter, f"{result.images:,}", f"{result.accuracy:.2f}",
-                  f"{result.images_per_second:,.0f}", f"{result.seconds:.1f}")
+    table = Table(title="Summary", show_header=False)
+    rows = {
+        "stream": src.name, "model": bundle.short_id, "adapter": adapter, "images": f"{result.images:,}",
+        "skipped": f"{sum(w.skipped for w in result.windows):,}", "accuracy": f"{result.accuracy:.2f}%",
+        "throughput": f"{result.images_per_second:,.0f} img/s", "wall time": f"{result.seconds:.1f} s",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
     console.print(table)
 
 

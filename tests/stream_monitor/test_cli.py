@@ -37,5 +37,6 @@ def test_short_run_on_the_embedded_default():
     result = runner.invoke(app, ["run", "--max-images", "192", "--window", "64"])
     assert result.exit_code == 0, result.output
     assert "embedded/baseline_20_transition+speed_1000_seed_43" in result.output
+    assert "accuracy" in result.output and "img/s" in result.output
     assert "embedded_resnet20@" in result.output and "Summary" in result.output
     assert result.output.count("acc ") == 3

@@ -1,5 +1,7 @@
 """`stream-monitor run` on CCC-format shards and an image folder, with a torchvision model."""
 
+import re
+
 import torch
 import torchvision
 from PIL import Image
@@ -34,6 +36,7 @@ def test_run_reads_official_format_shards(tmp_path):
     ])
     assert result.exit_code == 0, result.output
     assert "skipped 1" in result.output and "fog -> snow" in result.output
+    assert re.search(r"skipped\s+│\s+1\s", result.output)
     assert "resnet18@" in result.output
 
 
