@@ -25,7 +25,7 @@ from sources.augment import random_resized_crop_flip
 from sources.glyphs import TRAIN, VAL, GlyphDomain
 
 from .models.embedded import CifarResNet
-from .models.registry import EMBEDDED_MEAN, EMBEDDED_STD
+from .models.normalisation import EMBEDDED_MEAN, EMBEDDED_STD
 
 RECIPE = {
     "architecture": "CifarResNet(depth=20, widths=(16, 32, 64))",

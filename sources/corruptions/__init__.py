@@ -6,7 +6,7 @@
     >>> out = fog.apply(images, params)
 """
 
-from .base import PROFILES, Corruption, CorruptionParams, default_profile
+from .base import PROFILES, Corruption, CorruptionParams
 from .registry import CORRUPTIONS, HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS, get_corruption, register
 
 # Importing the modules registers their corruptions.
@@ -14,5 +14,5 @@ from . import blur, digital, noise, weather  # noqa: E402,F401  isort:skip
 
 __all__ = [
     "CORRUPTIONS", "Corruption", "CorruptionParams", "HELD_OUT_CORRUPTIONS", "PROFILES",
-    "STREAM_CORRUPTIONS", "default_profile", "get_corruption", "register",
+    "STREAM_CORRUPTIONS", "get_corruption", "register",
 ]

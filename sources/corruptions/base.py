@@ -104,8 +104,3 @@ class Corruption(ABC):
 def check_severity(severity: float) -> None:
     if not (0.0 <= float(severity) <= 5.0) or np.isnan(severity):
         raise ValueError(f"severity must be in [0, 5], got {severity}")
-
-
-def default_profile(image_size: int) -> str:
-    """ImageNet-C constants for large images, the tuned embedded table for 32 px."""
-    return "imagenet" if image_size >= 128 else "embedded"

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..registry import unknown_name_message
 from .embedded import CifarResNet
-from .registry import EMBEDDED_MEAN, EMBEDDED_STD
+from .normalisation import EMBEDDED_MEAN, EMBEDDED_STD
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED_CARD = ASSETS / "embedded_resnet20.json"
