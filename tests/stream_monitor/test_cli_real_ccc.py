@@ -51,3 +51,38 @@ def test_run_on_an_image_folder(tmp_path):
     ])
     assert result.exit_code == 0, result.output
     assert "imagefolder:val" in result.output and "6" in result.output
+
+
+def test_generate_then_run_round_trip(tmp_path):
+    import numpy as np
+
+    from sources.ccc import NOISE_POOLS
+    from sources.ccc_pickle import save_matrices_npz
+
+    for c in ("a", "b"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (96, 80), (60 * i, 30, 150)).save(tmp_path / "val" / c / f"{i}.png")
+    grid = np.linspace(80, 5, 21)[:, None] * np.linspace(1, 0.2, 21)[None, :]
+    noises = NOISE_POOLS[0]
+    save_matrices_npz(tmp_path / "m.npz", {(a, b): grid for a in noises for b in noises if a != b})
+    stream = "baseline_0_transition+speed_1000_seed_44"
+    result = CliRunner().invoke(app, [
+        "generate", "--imagenet-val", str(tmp_path / "val"), "--out", str(tmp_path / "ccc"),
+        "--matrix", str(tmp_path / "m.npz"), "--stream", stream, "--max-images", "40",
+    ])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ccc" / stream / "serial_00000.tar").exists()
+    result = CliRunner().invoke(app, [
+        "run", "--data", str(tmp_path / "ccc"), "--stream", stream, "--model", "resnet18",
+        "--weights", str(weights(tmp_path)), "--window", "20",
+    ])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"images\s+│\s+40\s", result.output)
+
+
+def test_generate_without_matrix_says_what_to_pass(tmp_path):
+    result = CliRunner().invoke(app, [
+        "generate", "--imagenet-val", str(tmp_path), "--out", str(tmp_path / "o"), "--matrix", str(tmp_path / "x.pickle"),
+    ])
+    assert result.exit_code == 2 and "ccc_accuracy_matrix.pickle" in result.output
