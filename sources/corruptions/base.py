@@ -104,3 +104,29 @@ class Corruption(ABC):
 def check_severity(severity: float) -> None:
     if not (0.0 <= float(severity) <= 5.0) or np.isnan(severity):
         raise ValueError(f"severity must be in [0, 5], got {severity}")
+
+
+#: Image side (px) at which each profile's pixel-unit constants were published.
+REFERENCE_SIZE = {"imagenet": 224, "cifar": 32, "embedded": 32}
+
+
+class PixelScaled(Corruption):
+    """A corruption with constants in pixels: remembers the profile's reference size.
+
+    `_sample` and `_apply` do not see the profile, so the reference size travels in `draws`
+    and `pixel_scale` rescales the constants to the batch's image size.
+    """
+
+    def sample_params(
+        self, rng: torch.Generator, shape: tuple[int, ...], severity: float, profile: str
+    ) -> CorruptionParams:
+        params = super().sample_params(rng, shape, severity, profile)  # validates the profile
+        params.draws["reference_size"] = REFERENCE_SIZE[profile]
+        return params
+
+
+def pixel_scale(images: torch.Tensor, draws: dict[str, Any]) -> float:
+    """Factor from the reference image size to this batch's size."""
+    if "reference_size" not in draws:
+        raise KeyError("params.draws lacks 'reference_size': build params with sample_params()")
+    return min(images.shape[-2:]) / float(draws["reference_size"])

@@ -16,40 +16,14 @@ scaled by `min(H, W) / reference size`, so a table keeps its meaning at any imag
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Corruption, CorruptionParams
+from .base import Corruption, PixelScaled, pixel_scale
 from .registry import register
 from .embedded_profile import EMBEDDED
-
-#: Image side (px) at which each profile's pixel-unit constants were published.
-REFERENCE_SIZE = {"imagenet": 224, "cifar": 32, "embedded": 32}
-
-
-class PixelScaled(Corruption):
-    """A corruption with constants in pixels: remembers the profile's reference size.
-
-    `_sample` and `_apply` do not see the profile, so the reference size travels in `draws`.
-    """
-
-    def sample_params(
-        self, rng: torch.Generator, shape: tuple[int, ...], severity: float, profile: str
-    ) -> CorruptionParams:
-        params = super().sample_params(rng, shape, severity, profile)  # validates the profile
-        params.draws["reference_size"] = REFERENCE_SIZE[profile]
-        return params
-
-
-def pixel_scale(images: torch.Tensor, draws: dict[str, Any]) -> float:
-    """Factor from the reference image size to this batch's size."""
-    if "reference_size" not in draws:
-        raise KeyError("params.draws lacks 'reference_size': build params with sample_params()")
-    return min(images.shape[-2:]) / float(draws["reference_size"])
-
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers (also used by weather.py)

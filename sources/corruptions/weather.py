@@ -18,15 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .blur import (
-    PixelScaled,
-    clipped_zoom,
-    depthwise_conv,
-    gaussian_filter,
-    motion_blur_batch,
-    pixel_scale,
-)
-from .base import Corruption
+from .base import Corruption, PixelScaled, pixel_scale
+from .blur import clipped_zoom, depthwise_conv, gaussian_filter, motion_blur_batch
 from .registry import register
 from .embedded_profile import EMBEDDED
 
