@@ -46,7 +46,8 @@ NOISE_POOLS: dict[int, tuple[str, ...]] = {
     0: ("gaussian_noise", "shot_noise", "impulse_noise", "contrast"),
 }
 
-_NAME = re.compile(r"^baseline_(\d+)_transition\+speed_(\d+)_seed_(\d+)$")
+#: Stream folder names: `baseline_{b}_transition+speed_{s}_seed_{seed}`.
+STREAM_NAME = re.compile(r"^baseline_(\d+)_transition\+speed_(\d+)_seed_(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class CCCSpec:
 
     @classmethod
     def parse(cls, name: str) -> "CCCSpec":
-        match = _NAME.match(name)
+        match = STREAM_NAME.match(name)
         values = tuple(map(int, match.groups())) if match else ()
         if not match or values[0] not in BASELINES or values[1] not in SPEEDS or values[2] not in SEEDS:
             raise ValueError(

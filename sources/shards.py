@@ -60,7 +60,7 @@ from webdataset.gopen import gopen
 from stream_monitor.registry import unknown_name_message
 
 from .base import Batch
-from .ccc import CUTOFF, IMAGES_PER_SHARD
+from .ccc import CUTOFF, IMAGES_PER_SHARD, STREAM_NAME
 from .ccc import all_stream_names as ccc_stream_names
 from .ccc import shard_size as ccc_shard_size
 from .ccc import stream_length as ccc_stream_length
@@ -77,7 +77,6 @@ CCC_CUTOFF = CUTOFF
 CCC_IMAGE_SIZE = 224
 CCC_NUM_CLASSES = 1000
 
-_NAME_RE = re.compile(r"^baseline_(\d+)_transition\+speed_(\d+)_seed_(\d+)$")
 _KEY_RE = re.compile(r"^sample_(\d+)$")
 _FIELDS = ("input.jpg", "output.cls")
 
@@ -88,7 +87,7 @@ def parse_stream_name(name: str, official_only: bool = True) -> tuple[int, int, 
     With ``official_only=False`` any well-formed ``baseline_<b>_transition+speed_<v>_seed_<s>`` is
     accepted (streams generated locally with other settings).
     """
-    match = _NAME_RE.match(name)
+    match = STREAM_NAME.match(name)
     if match is None or (official_only and name not in ccc_stream_names()):
         raise ValueError(unknown_name_message("CCC stream", name, ccc_stream_names()))
     baseline, speed, seed = (int(g) for g in match.groups())
@@ -406,7 +405,7 @@ class CCCShardSource:
         )
         if not root.is_dir():
             raise FileNotFoundError(f"CCC shard folder {str(root)!r} does not exist. {hint}.")
-        if _NAME_RE.match(stream_name) is None:
+        if STREAM_NAME.match(stream_name) is None:
             parse_stream_name(stream_name)  # raises with the valid names
         candidates = [root / stream_name]
         # oripress/CCC generate.py parses --baseline as a float, so its folders read "baseline_20.0_...".
@@ -418,7 +417,7 @@ class CCCShardSource:
                 return folder
         if stream_name not in ccc_stream_names():
             raise FileNotFoundError(unknown_name_message("CCC stream", stream_name, ccc_stream_names()))
-        present = sorted(p.name for p in root.iterdir() if p.is_dir() and _NAME_RE.match(p.name.replace(".0_", "_", 1)))
+        present = sorted(p.name for p in root.iterdir() if p.is_dir() and STREAM_NAME.match(p.name.replace(".0_", "_", 1)))
         found = f" Streams found there: {', '.join(present)}." if present else " It holds no CCC stream folders."
         raise FileNotFoundError(
             f"No folder {stream_name!r} in the CCC shard folder {str(root)!r}.{found} {hint}."
