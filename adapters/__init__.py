@@ -1,1 +1,8 @@
-"""Test-time adaptation methods, one per module, registered by name."""
+"""Test-time adaptation methods, one per module, registered by name in `ADAPTERS`."""
+
+from .base import ADAPTERS, Adapter, StepResult
+
+# Importing the modules registers their adapters.
+from . import eta, norm, rdumb, source, tent  # noqa: E402,F401  isort:skip
+
+__all__ = ["ADAPTERS", "Adapter", "StepResult"]

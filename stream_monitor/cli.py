@@ -36,7 +36,8 @@ def run(
     data: Annotated[Optional[str], typer.Option(help="Official CCC shards (DIR or URL) or an ImageFolder DIR.")] = None,
     model: Annotated[str, typer.Option(help="`embedded` or a torchvision classifier name.")] = "embedded",
     weights: Annotated[Optional[Path], typer.Option(help="Weights file (torch state dict).")] = None,
-    adapter: Annotated[str, typer.Option(help="TTA method; only `source` (no adaptation) so far.")] = "source",
+    adapter: Annotated[str, typer.Option(help="TTA method: source (no adaptation), norm, tent, eta, rdumb.")] = "source",
+    lr: Annotated[Optional[float], typer.Option(help="Adapter learning rate (default: the method's).")] = None,
     max_images: Annotated[int, typer.Option(help="Stop after this many images.")] = 50_000,
     start: Annotated[int, typer.Option(help="First stream position.")] = 0,
     batch_size: Annotated[int, typer.Option()] = 64,
@@ -44,19 +45,26 @@ def run(
     crop: Annotated[bool, typer.Option(help="CCC's random resized crop + flip (embedded stream).")] = True,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
-    """Stream images through the model and report accuracy per window (labels are for scoring only)."""
+    """Adapt on the stream and report the served predictions' accuracy per window.
+
+    Labels are used for scoring only; the adapter never sees them.
+    """
     from sources.factory import open_source
 
     from .models import WeightsError, load_model
     from .source_eval import evaluate_source
 
-    if adapter != "source":
-        _fail(f"Unknown adapter {adapter!r}. Valid adapters: source (the TTA methods land with the adapters issue).")
+    from adapters import ADAPTERS
+
+    from .registry import UnknownNameError
+
     try:
+        adapter_class = ADAPTERS.get(adapter)
         bundle = load_model(model, weights, device)
         src = open_source(source, stream, data, bundle, crop=crop, device=device)
-    except (ValueError, FileNotFoundError, WeightsError) as error:
+    except (ValueError, FileNotFoundError, WeightsError, UnknownNameError) as error:
         _fail(str(error))
+    method = adapter_class(bundle.module, **({"lr": lr} if lr is not None else {}))
     stop = min(src.length, start + max_images)
     console.print(f"[bold]stream-monitor[/] {src.name}  model {bundle.short_id}  adapter {adapter}  "
                   f"images [{start:,}, {stop:,}) of {src.length:,}  device {device}")
@@ -68,7 +76,8 @@ def run(
         console.print(f"{w.start:>9,}-{w.stop:<9,} acc {w.accuracy:5.1f}%  {w.pair:<32} "
                       f"{result.images_per_second:,.0f} img/s{skipped}", highlight=False)
 
-    result = evaluate_source(src, bundle, start, stop, batch_size, window, on_window=show)
+    result = evaluate_source(src, bundle, start, stop, batch_size, window, on_window=show,
+                             predict=lambda images: method.step(bundle.normalise(images)).logits)
     table = Table(title="Summary", show_header=False)
     rows = {
         "stream": src.name, "model": bundle.short_id, "adapter": adapter, "images": f"{result.images:,}",

@@ -62,14 +62,20 @@ def evaluate_source(
     window: int = 5000,
     batches: Iterator[Batch] | None = None,
     on_window: Callable[[Window, SourceEvalResult], None] | None = None,
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SourceEvalResult:
-    """Top-1 accuracy of `model` (eval mode, frozen) on source[start:stop], in windows."""
+    """Top-1 accuracy on source[start:stop], in windows.
+
+    By default the frozen `model` (eval mode) predicts; `predict` (uint8 batch -> logits) serves
+    instead, e.g. an adapter's `step`, which predicts and then adapts.
+    """
+    predict = predict or model.predict
     stop = source.length if stop is None else min(stop, source.length)
     result = SourceEvalResult()
     started = time.perf_counter()
     acc = _WindowAccumulator(start, window)
     for batch in batches if batches is not None else source.read(start, stop, batch_size):
-        logits = model.predict(torch.from_numpy(batch.images))
+        logits = predict(torch.from_numpy(batch.images))
         hits = (logits.argmax(1).cpu().numpy() == batch.labels)
         for finished in acc.add(batch, hits):
             result.windows.append(finished)

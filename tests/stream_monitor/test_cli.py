@@ -40,3 +40,14 @@ def test_short_run_on_the_embedded_default():
     assert "accuracy" in result.output and "img/s" in result.output
     assert "embedded_resnet20@" in result.output and "Summary" in result.output
     assert result.output.count("acc ") == 3
+
+
+def test_unknown_adapter_suggests():
+    result = runner.invoke(app, ["run", "--adapter", "tnet"])
+    assert result.exit_code == 2 and "Did you mean 'tent'" in result.output
+
+
+def test_short_tent_run_serves_adapted_predictions():
+    result = runner.invoke(app, ["run", "--adapter", "tent", "--max-images", "128", "--window", "64", "--lr", "0.001"])
+    assert result.exit_code == 0, result.output
+    assert "tent" in result.output and result.output.count("acc ") == 2

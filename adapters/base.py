@@ -1,0 +1,174 @@
+"""The adapter contract: `step(images)` serves predictions and adapts, without labels.
+
+A template method in the style of mariodoebler/test-time-adaptation's `TTAMethod` and the original
+Tent code (Wang et al., ICLR 2021): the public `step`, `snapshot`, `reset`, `state_dict` and
+`load_state_dict` are fixed here; a method supplies `configure_model`, `adapted_parameters` and
+`forward_and_adapt`. Adapters never see labels.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from stream_monitor.registry import Registry
+
+ADAPTERS: Registry[type["Adapter"]] = Registry("adapter")
+
+
+@dataclass
+class StepResult:
+    """What one step served and cheap statistics, kept as tensors so `step` never syncs the host.
+
+    `logits` are the outputs that served the predictions: computed before the update.
+    """
+
+    logits: torch.Tensor
+    mean_entropy: torch.Tensor
+    num_used: torch.Tensor  # samples that entered the loss
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    skipped: torch.Tensor  # True when no update was made
+
+    def stats(self) -> dict[str, float]:
+        """The statistics as Python numbers (one host sync)."""
+        values = torch.stack([self.mean_entropy, self.num_used.float(), self.loss, self.grad_norm,
+                              self.skipped.float()]).tolist()
+        return dict(zip(("mean_entropy", "num_used", "loss", "grad_norm", "skipped"), values))
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample softmax entropy H(p) = -sum_c p_c log p_c."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
+def use_batch_statistics(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Make every BatchNorm normalise with the test batch's statistics, in train and eval mode.
+
+    `track_running_stats=False` alone is not enough: PyTorch keeps using the running buffers in
+    eval mode while they exist (pytorch#37823; torch-ttt gets this wrong), so they are removed.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in layers:
+        bn.track_running_stats = False
+        bn.running_mean = None
+        bn.running_var = None
+        bn.num_batches_tracked = None
+    return layers
+
+
+class Adapter(ABC):
+    """Online test-time adaptation of a classifier. Subclasses register with `@ADAPTERS.register`.
+
+    The model passed in is copied, so the caller's source model stays untouched.
+    `reset_every` (steps) resets weights, optimiser and method state, as RDumb does; the step
+    counter keeps running.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, model: nn.Module, lr: float = 2.5e-4, momentum: float = 0.9, nesterov: bool = False,
+                 reset_every: int | None = None) -> None:
+        if reset_every is not None and reset_every < 1:
+            raise ValueError(f"reset_every must be a positive number of steps or None, got {reset_every}")
+        self.model = self.configure_model(copy.deepcopy(model))
+        self.params = dict(self.adapted_parameters(self.model))
+        self.optimizer = (torch.optim.SGD(list(self.params.values()), lr=lr, momentum=momentum, nesterov=nesterov)
+                          if self.params else None)
+        self.reset_every = reset_every
+        self.num_steps = 0
+        self._initial = self._state()
+
+    # ---- public API: do not override -------------------------------------------------------
+    def step(self, images: torch.Tensor) -> StepResult:
+        """Predict on a normalised batch and adapt on it; returns the pre-update logits."""
+        with torch.enable_grad():
+            result = self.forward_and_adapt(images)
+        self.num_steps += 1
+        if self.reset_every and self.num_steps % self.reset_every == 0:
+            self.reset()
+        return result
+
+    def reset(self) -> None:
+        """Back to the source state, bitwise (the step counter keeps running)."""
+        self._load(self._initial)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Only what adaptation changes (adapted parameters and BN buffers), as numpy arrays."""
+        state = self.model.state_dict()
+        keys = [k for k in state if k in self.params or _is_norm_buffer(k)]
+        return {k: state[k].detach().cpu().numpy().copy() for k in keys}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly: weights, optimiser, method state, counters."""
+        return {**self._state(), "num_steps": self.num_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._load(state)
+        self.num_steps = int(state["num_steps"])
+
+    # ---- extension points --------------------------------------------------------------------
+    @abstractmethod
+    def configure_model(self, model: nn.Module) -> nn.Module:
+        """Put the (copied) model in the method's mode: train/eval, BN statistics, requires_grad."""
+
+    def adapted_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs the optimiser updates; none by default."""
+        return []
+
+    @abstractmethod
+    def forward_and_adapt(self, images: torch.Tensor) -> StepResult:
+        """One forward (and update) on a batch."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method state beyond weights and optimiser (EMAs, memories); tensors are copied."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return copy.deepcopy({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "extra": self.extra_state(),
+        })
+
+    def _load(self, state: dict[str, Any]) -> None:
+        state = copy.deepcopy(state)
+        self.model.load_state_dict(state["model"])
+        if self.optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.load_extra_state(state["extra"])
+
+    def _update(self, loss: torch.Tensor) -> torch.Tensor:
+        """Backward and SGD step; returns the gradient norm of the adapted parameters."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads \
+            else loss.new_zeros(())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.detach()
+
+
+def norm_affine_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The gamma/beta of every BatchNorm layer (Tent's choice), in module order."""
+    out = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for param_name, param in module.named_parameters(recurse=False):
+                out.append((f"{module_name}.{param_name}" if module_name else param_name, param))
+    return out
+
+
+def _is_norm_buffer(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var"))

@@ -1,0 +1,68 @@
+"""`eta`: Tent with reliable, non-redundant sample selection and entropy weighting.
+
+Niu et al., "Efficient Test-Time Model Adaptation without Forgetting" (ICML 2022),
+mr-eggplant/EATA `eata.py` with the Fisher term off (alpha = 0), which is ETA:
+1. keep samples with entropy H_i < E0 = 0.4 ln K (`--e_margin`; 2.763 for ImageNet, 0.921 for
+   the embedded model's 10 classes);
+2. among them, once a moving average p_bar of predicted probabilities exists, keep those with
+   |cos(p_bar, p_i)| < d_margin = 0.05 (cosine against p_bar before this batch updates it);
+3. p_bar <- 0.9 p_bar + 0.1 mean(p_i over the kept samples), initialised from the first kept batch;
+4. loss = mean over kept samples of H_i / exp(H_i - E0) (weights without gradient).
+When no sample survives, there is no backward and no step (and no NaN loss).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import ADAPTERS, Adapter, StepResult, entropy, norm_affine_parameters
+from .tent import configure_norm_adaptation
+
+
+@ADAPTERS.register("eta")
+class ETA(Adapter):
+    def __init__(self, model: nn.Module, lr: float = 2.5e-4, momentum: float = 0.9, nesterov: bool = False,
+                 reset_every: int | None = None, e_margin_scale: float = 0.4, d_margin: float = 0.05,
+                 ema: float = 0.9) -> None:
+        self.e_margin_scale, self.d_margin, self.ema = e_margin_scale, d_margin, ema
+        self.mean_probs: torch.Tensor | None = None
+        super().__init__(model, lr, momentum, nesterov, reset_every)
+
+    def configure_model(self, model: nn.Module) -> nn.Module:
+        return configure_norm_adaptation(model)
+
+    def adapted_parameters(self, model: nn.Module):
+        return norm_affine_parameters(model)
+
+    def forward_and_adapt(self, images: torch.Tensor) -> StepResult:
+        logits = self.model(images)
+        entropies = entropy(logits)
+        e_margin = self.e_margin_scale * math.log(logits.shape[1])
+        keep = entropies < e_margin
+        probs = logits.softmax(1).detach()
+        if self.mean_probs is not None:
+            cosine = nn.functional.cosine_similarity(self.mean_probs[None], probs, dim=1)
+            keep &= cosine.abs() < self.d_margin
+        kept = keep.sum()
+        # The only host sync: whether anything is left to learn from decides the backward.
+        if int(kept) == 0:
+            zero = logits.new_zeros(())
+            return StepResult(logits.detach(), entropies.detach().mean(), kept, zero, zero,
+                              torch.ones((), dtype=torch.bool, device=logits.device))
+        batch_mean = probs[keep].mean(0)
+        self.mean_probs = batch_mean if self.mean_probs is None else self.ema * self.mean_probs + (1 - self.ema) * batch_mean
+        weights = torch.exp(e_margin - entropies.detach())
+        loss = (entropies * weights)[keep].mean()
+        grad_norm = self._update(loss)
+        return StepResult(logits.detach(), entropies.detach().mean(), kept, loss.detach(), grad_norm,
+                          torch.zeros((), dtype=torch.bool, device=logits.device))
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"mean_probs": None if self.mean_probs is None else self.mean_probs.clone()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.mean_probs = state["mean_probs"]

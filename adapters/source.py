@@ -1,0 +1,25 @@
+"""`source`: no adaptation; the frozen model with its running BatchNorm statistics."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import ADAPTERS, Adapter, StepResult, entropy
+
+
+@ADAPTERS.register("source")
+class Source(Adapter):
+    def configure_model(self, model: nn.Module) -> nn.Module:
+        return model.eval().requires_grad_(False)
+
+    def forward_and_adapt(self, images: torch.Tensor) -> StepResult:
+        with torch.no_grad():
+            logits = self.model(images)
+        return _unadapted(logits)
+
+
+def _unadapted(logits: torch.Tensor) -> StepResult:
+    zero = logits.new_zeros(())
+    return StepResult(logits, entropy(logits).mean(), torch.zeros((), dtype=torch.long, device=logits.device),
+                      zero, zero, torch.ones((), dtype=torch.bool, device=logits.device))
