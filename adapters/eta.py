@@ -57,9 +57,16 @@ class ETA(Adapter):
         self.mean_probs = batch_mean if self.mean_probs is None else self.ema * self.mean_probs + (1 - self.ema) * batch_mean
         weights = torch.exp(e_margin - entropies.detach())
         loss = (entropies * weights)[keep].mean()
+        extra = self.regulariser()
+        if extra is not None:
+            loss = loss + extra
         grad_norm = self._update(loss)
         return StepResult(logits.detach(), entropies.detach().mean(), kept, loss.detach(), grad_norm,
                           torch.zeros((), dtype=torch.bool, device=logits.device))
+
+    def regulariser(self) -> torch.Tensor | None:
+        """An extra loss term (EATA's Fisher penalty); none for ETA."""
+        return None
 
     def extra_state(self) -> dict[str, Any]:
         return {"mean_probs": None if self.mean_probs is None else self.mean_probs.clone()}

@@ -36,7 +36,7 @@ def run(
     data: Annotated[Optional[str], typer.Option(help="Official CCC shards (DIR or URL) or an ImageFolder DIR.")] = None,
     model: Annotated[str, typer.Option(help="`embedded` or a torchvision classifier name.")] = "embedded",
     weights: Annotated[Optional[Path], typer.Option(help="Weights file (torch state dict).")] = None,
-    adapter: Annotated[str, typer.Option(help="TTA method: source (no adaptation), norm, tent, eta, rdumb.")] = "source",
+    adapter: Annotated[str, typer.Option(help="TTA method: source (no adaptation), norm, tent, eta, eata, rdumb.")] = "source",
     lr: Annotated[Optional[float], typer.Option(help="Adapter learning rate (default: the method's).")] = None,
     max_images: Annotated[int, typer.Option(help="Stop after this many images.")] = 50_000,
     start: Annotated[int, typer.Option(help="First stream position.")] = 0,
@@ -54,6 +54,8 @@ def run(
     from .models import WeightsError, load_model
     from .source_eval import evaluate_source
 
+    import torch
+
     from adapters import ADAPTERS
 
     from .registry import UnknownNameError
@@ -64,7 +66,12 @@ def run(
         src = open_source(source, stream, data, bundle, crop=crop, device=device)
     except (ValueError, FileNotFoundError, WeightsError, UnknownNameError) as error:
         _fail(str(error))
-    method = adapter_class(bundle.module, **({"lr": lr} if lr is not None else {}))
+    options = {"lr": lr} if lr is not None else {}
+    if adapter == "eata":
+        # EATA's Fisher from the first 2,000 stream images, as oripress/CCC's eval.py does.
+        first = [torch.from_numpy(b.images) for b in src.read(start, min(src.length, start + 2000), batch_size)]
+        options["fisher_images"] = bundle.normalise(torch.cat(first))
+    method = adapter_class(bundle.module, **options)
     stop = min(src.length, start + max_images)
     console.print(f"[bold]stream-monitor[/] {src.name}  model {bundle.short_id}  adapter {adapter}  "
                   f"images [{start:,}, {stop:,}) of {src.length:,}  device {device}")

@@ -27,8 +27,10 @@ def batches(n=6, seed=1, dtype=torch.float32):
 def make(name, **kw):
     # A larger lr makes updates visible within a few steps; ETA's margin is relaxed for a random net.
     options = {"lr": 0.05, **kw}
-    if name in ("eta", "rdumb"):
+    if name in ("eta", "rdumb", "eata"):
         options.update(e_margin_scale=1.0, d_margin=0.9)
+    if name == "eata":
+        options.update(fisher_images=torch.cat(batches(2, seed=7)), fisher_alpha=50.0)
     return ADAPTERS.get(name)(tiny_model(), **options)
 
 
@@ -48,7 +50,7 @@ def test_only_declared_parameters_change(name):
     after = flat(adapter.model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed <= set(adapter.params)
-    if name in ("tent", "eta", "rdumb"):
+    if name in ("tent", "eta", "rdumb", "eata"):
         assert changed, "an adapting method should move its parameters"
 
 
@@ -114,5 +116,5 @@ def test_stats_are_numbers_and_unknown_adapter_lists_choices():
     stats = make("tent").step(batches(1)[0]).stats()
     assert set(stats) == {"mean_entropy", "num_used", "loss", "grad_norm", "skipped"}
     assert stats["num_used"] == 16 and stats["skipped"] == 0.0
-    with pytest.raises(KeyError, match="Valid adapters: eta, norm, rdumb, source, tent"):
+    with pytest.raises(KeyError, match="Valid adapters: eata, eta, norm, rdumb, source, tent"):
         ADAPTERS.get("tnet")

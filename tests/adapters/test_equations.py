@@ -65,11 +65,26 @@ def diverse_batches(n=10, seed=1):
             for _ in range(n)]
 
 
-def reference_run(name, data, lr, reset_every=None, e_scale=0.4, d_margin=0.05):
+def reference_fisher(model, params, images, batch_size=64):
+    """EATA's diagonal Fisher: squared pseudo-label CE gradients, summed, / number of batches."""
+    flat = [p for pair in params for p in pair]
+    sums = [torch.zeros_like(p) for p in flat]
+    chunks = images.split(batch_size)
+    for x in chunks:
+        logits = functional_forward(model, params, x)
+        loss = torch.nn.functional.cross_entropy(logits, logits.argmax(1))
+        for s, g in zip(sums, torch.autograd.grad(loss, flat)):
+            s += g ** 2
+    return [s / len(chunks) for s in sums]
+
+
+def reference_run(name, data, lr, reset_every=None, e_scale=0.4, d_margin=0.05, fisher_images=None, alpha=0.0):
     model = tiny_model(dtype=D) if name == "tent" else confident_model()
     source_bn = bn_params_of(model)
     params = bn_params_of(model)
     flat = [p for pair in params for p in pair]
+    fisher = reference_fisher(model, params, fisher_images) if fisher_images is not None else None
+    anchor = [p.detach().clone() for p in flat]
     buffers = [None] * len(flat)
     mean_probs, outputs = None, []
     for step, x in enumerate(data, start=1):
@@ -90,6 +105,8 @@ def reference_run(name, data, lr, reset_every=None, e_scale=0.4, d_margin=0.05):
                 new = p[keep].mean(0)
                 mean_probs = new if mean_probs is None else 0.9 * mean_probs + 0.1 * new
                 loss = (h[keep] * torch.exp(e0 - h[keep].detach())).mean()
+                if fisher is not None:
+                    loss = loss + alpha * sum((f * (p - a) ** 2).sum() for f, p, a in zip(fisher, flat, anchor))
         if update:
             grads = torch.autograd.grad(loss, flat)
             sgd(flat, grads, buffers, lr, 0.9)
@@ -158,3 +175,17 @@ def test_rdumb_defaults_follow_the_reference():
     assert adapter.reset_every == 1000 and adapter.e_margin_scale == 0.4 and adapter.d_margin == 0.05
     group = adapter.optimizer.param_groups[0]
     assert group["lr"] == 2.5e-4 and group["momentum"] == 0.9 and group["nesterov"] is False
+
+
+def test_eata_matches_the_equations_with_its_fisher_term():
+    data = diverse_batches(10)
+    fisher_images = torch.cat(diverse_batches(9, seed=5))  # 144 images: batches of 64, 64, 16
+    ref_out, ref_params = reference_run("eata", data, lr=0.05, e_scale=0.8, d_margin=0.5,
+                                        fisher_images=fisher_images, alpha=300.0)
+    adapter = ADAPTERS.get("eata")(confident_model(), fisher_images=fisher_images, fisher_alpha=300.0,
+                                   lr=0.05, e_margin_scale=0.8, d_margin=0.5)
+    assert_close([adapter.step(x).logits for x in data], ref_out)
+    assert_close([p.detach() for p in adapter.params.values()], ref_params)
+    # The penalty matters: without it the parameters end elsewhere.
+    _, eta_params = reference_run("eta", data, lr=0.05, e_scale=0.8, d_margin=0.5)
+    assert max(float((a - b).abs().max()) for a, b in zip(eta_params, ref_params)) > 1e-4

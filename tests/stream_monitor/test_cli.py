@@ -51,3 +51,9 @@ def test_short_tent_run_serves_adapted_predictions():
     result = runner.invoke(app, ["run", "--adapter", "tent", "--max-images", "128", "--window", "64", "--lr", "0.001"])
     assert result.exit_code == 0, result.output
     assert "tent" in result.output and result.output.count("acc ") == 2
+
+
+def test_short_eata_run_estimates_its_fisher_from_the_stream():
+    result = runner.invoke(app, ["run", "--adapter", "eata", "--max-images", "128", "--window", "64"])
+    assert result.exit_code == 0, result.output
+    assert "eata" in result.output
