@@ -172,7 +172,8 @@ def test_eta_skips_when_every_sample_is_filtered():
 
 def test_rdumb_defaults_follow_the_reference():
     adapter = ADAPTERS.get("rdumb")(tiny_model())
-    assert adapter.reset_every == 1000 and adapter.e_margin_scale == 0.4 and adapter.d_margin == 0.05
+    assert adapter.reset_every == 1000 and adapter.e_margin_scale == 0.4
+    assert adapter.redundancy_margin(1000) == pytest.approx(0.05) and adapter.redundancy_margin(10) == pytest.approx(0.5)
     group = adapter.optimizer.param_groups[0]
     assert group["lr"] == 2.5e-4 and group["momentum"] == 0.9 and group["nesterov"] is False
 
