@@ -23,24 +23,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ADAPTERS, Adapter, StepResult, entropy, norm_affine_parameters
-from .tent import configure_norm_adaptation
+from .base import ADAPTERS, StepResult, entropy
+from .tent import NormAffineAdapter
 
 
 @ADAPTERS.register("eta")
-class ETA(Adapter):
+class ETA(NormAffineAdapter):
     def __init__(self, model: nn.Module, lr: float = 2.5e-4, momentum: float = 0.9, nesterov: bool = False,
                  reset_every: int | None = None, e_margin_scale: float = 0.4, d_margin: float | None = None,
                  ema: float = 0.9) -> None:
         self.e_margin_scale, self.d_margin, self.ema = e_margin_scale, d_margin, ema
         self.mean_probs: torch.Tensor | None = None
         super().__init__(model, lr, momentum, nesterov, reset_every)
-
-    def configure_model(self, model: nn.Module) -> nn.Module:
-        return configure_norm_adaptation(model)
-
-    def adapted_parameters(self, model: nn.Module):
-        return norm_affine_parameters(model)
 
     def forward_and_adapt(self, images: torch.Tensor) -> StepResult:
         logits = self.model(images)

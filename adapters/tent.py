@@ -25,14 +25,18 @@ def configure_norm_adaptation(model: nn.Module) -> nn.Module:
     return model
 
 
-@ADAPTERS.register("tent")
-class Tent(Adapter):
+class NormAffineAdapter(Adapter):
+    """Adapters that train BN affine parameters on test-batch statistics (Tent, ETA, EATA, ...)."""
+
     def configure_model(self, model: nn.Module) -> nn.Module:
         return configure_norm_adaptation(model)
 
     def adapted_parameters(self, model: nn.Module):
         return norm_affine_parameters(model)
 
+
+@ADAPTERS.register("tent")
+class Tent(NormAffineAdapter):
     def forward_and_adapt(self, images: torch.Tensor) -> StepResult:
         logits = self.model(images)
         entropies = entropy(logits)
