@@ -81,9 +81,9 @@ class Corruption(ABC):
     ) -> torch.Tensor:
         return self.apply(images, self.sample_params(rng, images.shape, severity, profile))
 
-    @abstractmethod
     def _sample(self, rng: torch.Generator, shape: tuple[int, ...], c: np.ndarray) -> dict[str, Any]:
-        """Random draws for one batch at constants `c` (may be empty)."""
+        """Random draws for one batch at constants `c`; none for deterministic corruptions."""
+        return {}
 
     @abstractmethod
     def _apply(self, images: torch.Tensor, c: np.ndarray, draws: dict[str, Any]) -> torch.Tensor:
@@ -99,6 +99,11 @@ class Corruption(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def level_table(*rows) -> np.ndarray:
+    """A (6, k) level table from six rows (scalars become one column)."""
+    return np.asarray(rows, dtype=np.float64).reshape(6, -1)
 
 
 def check_severity(severity: float) -> None:

@@ -190,9 +190,6 @@ class DefocusBlur(PixelScaled):
         "embedded": EMBEDDED["defocus_blur"],
     }
 
-    def _sample(self, rng, shape, c):
-        return {}
-
     def _apply(self, images, c, draws):
         s = pixel_scale(images, draws)
         ref_window = 1 if c[0] <= 8 else 2
@@ -320,9 +317,6 @@ class ZoomBlur(Corruption):
         "embedded": EMBEDDED["zoom_blur"],
     }
 
-    def _sample(self, rng, shape, c):
-        return {}
-
     def _apply(self, images, c, draws):
         factors = np.arange(c[0], c[1], c[2]) if c[2] > 0 else np.array([])
         out = images.clone()
@@ -342,9 +336,6 @@ class GaussianBlur(PixelScaled):
         "cifar": np.array([[0.0], [0.4], [0.6], [0.7], [0.8], [1.0]], dtype=np.float64),
         "embedded": EMBEDDED["gaussian_blur"],
     }
-
-    def _sample(self, rng, shape, c):
-        return {}
 
     def _apply(self, images, c, draws):
         return gaussian_filter(images, c[0] * pixel_scale(images, draws))

@@ -14,14 +14,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from .base import Corruption
+from .base import Corruption, level_table
 from .registry import register
 from .embedded_profile import EMBEDDED
-
-
-def _table(*rows) -> np.ndarray:
-    """A (6, k) level table from 6 rows (scalars become one column)."""
-    return np.asarray(rows, dtype=np.float64).reshape(6, -1)
 
 
 # --------------------------------------------------------------------------- colour
@@ -63,13 +58,10 @@ class Brightness(Corruption):
 
     name = "brightness"
     levels = {
-        "imagenet": _table(0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
-        "cifar": _table(0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
+        "imagenet": level_table(0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
+        "cifar": level_table(0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
         "embedded": EMBEDDED["brightness"],
     }
-
-    def _sample(self, rng, shape, c):
-        return {}
 
     def _apply(self, images, c, draws):
         hsv = rgb_to_hsv(images)
@@ -88,13 +80,10 @@ class Saturate(Corruption):
 
     name = "saturate"
     levels = {
-        "imagenet": _table((1.0, 0.0), (0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.2)),
-        "cifar": _table((1.0, 0.0), (0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2)),
+        "imagenet": level_table((1.0, 0.0), (0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.2)),
+        "cifar": level_table((1.0, 0.0), (0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2)),
         "embedded": EMBEDDED["saturate"],
     }
-
-    def _sample(self, rng, shape, c):
-        return {}
 
     def _apply(self, images, c, draws):
         hsv = rgb_to_hsv(images)
@@ -108,13 +97,10 @@ class Contrast(Corruption):
 
     name = "contrast"
     levels = {
-        "imagenet": _table(1.0, 0.4, 0.3, 0.2, 0.1, 0.05),
-        "cifar": _table(1.0, 0.75, 0.5, 0.4, 0.3, 0.15),
+        "imagenet": level_table(1.0, 0.4, 0.3, 0.2, 0.1, 0.05),
+        "cifar": level_table(1.0, 0.75, 0.5, 0.4, 0.3, 0.15),
         "embedded": EMBEDDED["contrast"],
     }
-
-    def _sample(self, rng, shape, c):
-        return {}
 
     def _apply(self, images, c, draws):
         means = images.mean(dim=(2, 3), keepdim=True)
@@ -152,13 +138,10 @@ class Pixelate(Corruption):
 
     name = "pixelate"
     levels = {
-        "imagenet": _table(1.0, 0.6, 0.5, 0.4, 0.3, 0.25),
-        "cifar": _table(1.0, 0.95, 0.9, 0.85, 0.75, 0.65),
+        "imagenet": level_table(1.0, 0.6, 0.5, 0.4, 0.3, 0.25),
+        "cifar": level_table(1.0, 0.95, 0.9, 0.85, 0.75, 0.65),
         "embedded": EMBEDDED["pixelate"],
     }
-
-    def _sample(self, rng, shape, c):
-        return {}
 
     def _apply(self, images, c, draws):
         height, width = images.shape[-2:]
@@ -183,13 +166,10 @@ class JPEG(Corruption):
 
     name = "jpeg"
     levels = {
-        "imagenet": _table(85, 25, 18, 15, 10, 7),
-        "cifar": _table(100, 80, 65, 58, 50, 40),
+        "imagenet": level_table(85, 25, 18, 15, 10, 7),
+        "cifar": level_table(100, 80, 65, 58, 50, 40),
         "embedded": EMBEDDED["jpeg"],
     }
-
-    def _sample(self, rng, shape, c):
-        return {}
 
     def _apply(self, images, c, draws):
         # Python's round, as CCC rounds (half to even); libjpeg accepts 1..100.
@@ -240,7 +220,7 @@ class Elastic(Corruption):
 
     name = "elastic"
     levels = {
-        "imagenet": _table(
+        "imagenet": level_table(
             (0.0, 999.0, 0.0, 224),  # CCC's level 0
             (244 * 2, 244 * 0.7, 244 * 0.1, 224),
             (244 * 2, 244 * 0.08, 244 * 0.2, 224),
@@ -248,7 +228,7 @@ class Elastic(Corruption):
             (244 * 0.07, 244 * 0.01, 244 * 0.02, 224),
             (244 * 0.12, 244 * 0.01, 244 * 0.02, 224),
         ),
-        "cifar": _table(
+        "cifar": level_table(
             (0.0, 0.0, 0.0, 32),
             (32 * 0, 32 * 0, 32 * 0.08, 32),
             (32 * 0.05, 32 * 0.2, 32 * 0.07, 32),

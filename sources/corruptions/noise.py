@@ -15,14 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Corruption
+from .base import Corruption, level_table
 from .registry import register
 from .embedded_profile import EMBEDDED
-
-
-def _table(*rows) -> np.ndarray:
-    """A (6, k) level table from 6 rows (scalars become one column)."""
-    return np.asarray(rows, dtype=np.float64).reshape(6, -1)
 
 
 @register
@@ -31,8 +26,8 @@ class GaussianNoise(Corruption):
 
     name = "gaussian_noise"
     levels = {
-        "imagenet": _table(0.0, 0.08, 0.12, 0.18, 0.26, 0.38),
-        "cifar": _table(0.0, 0.04, 0.06, 0.08, 0.09, 0.10),
+        "imagenet": level_table(0.0, 0.08, 0.12, 0.18, 0.26, 0.38),
+        "cifar": level_table(0.0, 0.04, 0.06, 0.08, 0.09, 0.10),
         "embedded": EMBEDDED["gaussian_noise"],
     }
 
@@ -56,8 +51,8 @@ class ShotNoise(Corruption):
 
     name = "shot_noise"
     levels = {
-        "imagenet": _table(0.0, 1 / 60, 1 / 25, 1 / 12, 1 / 5, 1 / 3),
-        "cifar": _table(0.0, 1 / 500, 1 / 250, 1 / 100, 1 / 75, 1 / 50),
+        "imagenet": level_table(0.0, 1 / 60, 1 / 25, 1 / 12, 1 / 5, 1 / 3),
+        "cifar": level_table(0.0, 1 / 500, 1 / 250, 1 / 100, 1 / 75, 1 / 50),
         "embedded": EMBEDDED["shot_noise"],
     }
 
@@ -84,8 +79,8 @@ class ImpulseNoise(Corruption):
 
     name = "impulse_noise"
     levels = {
-        "imagenet": _table(0.0, 0.03, 0.06, 0.09, 0.17, 0.27),
-        "cifar": _table(0.0, 0.01, 0.02, 0.03, 0.05, 0.07),
+        "imagenet": level_table(0.0, 0.03, 0.06, 0.09, 0.17, 0.27),
+        "cifar": level_table(0.0, 0.01, 0.02, 0.03, 0.05, 0.07),
         "embedded": EMBEDDED["impulse_noise"],
     }
 
@@ -105,8 +100,8 @@ class SpeckleNoise(Corruption):
 
     name = "speckle_noise"
     levels = {
-        "imagenet": _table(0.0, 0.15, 0.2, 0.35, 0.45, 0.6),
-        "cifar": _table(0.0, 0.06, 0.1, 0.12, 0.16, 0.2),
+        "imagenet": level_table(0.0, 0.15, 0.2, 0.35, 0.45, 0.6),
+        "cifar": level_table(0.0, 0.06, 0.1, 0.12, 0.16, 0.2),
         "embedded": EMBEDDED["speckle_noise"],
     }
 
