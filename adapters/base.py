@@ -152,12 +152,19 @@ class Adapter(ABC):
         """Backward and SGD step; returns the gradient norm of the adapted parameters."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads \
-            else loss.new_zeros(())
+        norm = grad_norm(self.params.values())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm.detach()
+        return norm
+
+
+def grad_norm(params) -> torch.Tensor:
+    """The 2-norm of all gradients together (zero when there are none), without a host sync."""
+    params = list(params)
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def norm_affine_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
