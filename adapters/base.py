@@ -21,6 +21,12 @@ from stream_monitor.registry import Registry
 
 ADAPTERS: Registry[type["Adapter"]] = Registry("adapter")
 
+# SGD as in the Tent/EATA/SAR/CoTTA references; Adam (beta1 = momentum) as in CoTTA's CIFAR configs.
+OPTIMIZERS = {
+    "sgd": lambda params, lr, momentum, nesterov: torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov),
+    "adam": lambda params, lr, momentum, nesterov: torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999)),
+}
+
 
 @dataclass
 class StepResult:
@@ -74,15 +80,17 @@ class Adapter(ABC):
     name: ClassVar[str]
 
     def __init__(self, model: nn.Module, lr: float = 2.5e-4, momentum: float = 0.9, nesterov: bool = False,
-                 reset_every: int | None = None) -> None:
+                 reset_every: int | None = None, optimizer: str = "sgd") -> None:
         if reset_every is not None and reset_every < 1:
             raise ValueError(f"reset_every must be a positive number of steps or None, got {reset_every}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {optimizer!r}. Valid optimizers: {', '.join(OPTIMIZERS)}.")
         self.model = self.configure_model(copy.deepcopy(model))
         self.params = dict(self.adapted_parameters(self.model))
-        self.optimizer = (torch.optim.SGD(list(self.params.values()), lr=lr, momentum=momentum, nesterov=nesterov)
-                          if self.params else None)
+        self.optimizer = OPTIMIZERS[optimizer](list(self.params.values()), lr, momentum, nesterov) if self.params else None
         self.reset_every = reset_every
         self.num_steps = 0
+        self.setup()
         self._initial = self._state()
 
     # ---- public API: do not override -------------------------------------------------------
@@ -100,8 +108,9 @@ class Adapter(ABC):
         self._load(self._initial)
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        """Only what adaptation changes (adapted parameters and BN buffers), as numpy arrays."""
-        state = self.model.state_dict()
+        """Only what adaptation changes (adapted parameters and BN buffers) of the model that serves
+        the predictions, as numpy arrays."""
+        state = self.serving_model().state_dict()
         keys = [k for k in state if k in self.params or _is_norm_buffer(k)]
         return {k: state[k].detach().cpu().numpy().copy() for k in keys}
 
@@ -114,9 +123,22 @@ class Adapter(ABC):
         self.num_steps = int(state["num_steps"])
 
     # ---- extension points --------------------------------------------------------------------
+    @classmethod
+    def defaults_for(cls, num_classes: int, image_size: int) -> dict[str, Any]:
+        """Options that replace the ImageNet defaults for another kind of model (none by default)."""
+        return {}
+
     @abstractmethod
     def configure_model(self, model: nn.Module) -> nn.Module:
         """Put the (copied) model in the method's mode: train/eval, BN statistics, requires_grad."""
+
+    def setup(self) -> None:
+        """Build method state from the configured model (teachers, anchors), before the initial
+        state is recorded."""
+
+    def serving_model(self) -> nn.Module:
+        """The module whose outputs are served (CoTTA's teacher); the adapted model by default."""
+        return self.model
 
     def adapted_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs the optimiser updates; none by default."""

@@ -36,7 +36,7 @@ def run(
     data: Annotated[Optional[str], typer.Option(help="Official CCC shards (DIR or URL) or an ImageFolder DIR.")] = None,
     model: Annotated[str, typer.Option(help="`embedded` or a torchvision classifier name.")] = "embedded",
     weights: Annotated[Optional[Path], typer.Option(help="Weights file (torch state dict).")] = None,
-    adapter: Annotated[str, typer.Option(help="TTA method: source (no adaptation), norm, tent, eta, eata, rdumb.")] = "source",
+    adapter: Annotated[str, typer.Option(help="TTA method: source (no adaptation), norm, tent, eta, eata, rdumb, sar, cotta, lcotta, em-inf.")] = "source",
     lr: Annotated[Optional[float], typer.Option(help="Adapter learning rate (default: the method's).")] = None,
     max_images: Annotated[int, typer.Option(help="Stop after this many images.")] = 50_000,
     start: Annotated[int, typer.Option(help="First stream position.")] = 0,
@@ -66,7 +66,11 @@ def run(
         src = open_source(source, stream, data, bundle, crop=crop, device=device)
     except (ValueError, FileNotFoundError, WeightsError, UnknownNameError) as error:
         _fail(str(error))
-    options = {"lr": lr} if lr is not None else {}
+    options = adapter_class.defaults_for(bundle.num_classes, bundle.image_size)
+    if adapter == "cotta":
+        options.update(input_mean=bundle.mean, input_std=bundle.std)
+    if lr is not None:
+        options["lr"] = lr
     if adapter == "eata":
         # EATA's Fisher from the first 2,000 stream images, as oripress/CCC's eval.py does.
         first = [torch.from_numpy(b.images) for b in src.read(start, min(src.length, start + 2000), batch_size)]
