@@ -3,6 +3,6 @@
 from .base import ADAPTERS, Adapter, StepResult
 
 # Importing the modules registers their adapters.
-from . import cotta, eata, em_inf, eta, norm, rdumb, sar, source, tent  # noqa: E402,F401  isort:skip
+from . import cotta, eata, em_inf, eta, lcotta, norm, rdumb, sar, source, tent  # noqa: E402,F401  isort:skip
 
 __all__ = ["ADAPTERS", "Adapter", "StepResult"]

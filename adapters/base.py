@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,12 +41,14 @@ class StepResult:
     loss: torch.Tensor
     grad_norm: torch.Tensor
     skipped: torch.Tensor  # True when no update was made
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # method-specific scalars
 
     def stats(self) -> dict[str, float]:
         """The statistics as Python numbers (one host sync)."""
+        names = ("mean_entropy", "num_used", "loss", "grad_norm", "skipped", *self.extras)
         values = torch.stack([self.mean_entropy, self.num_used.float(), self.loss, self.grad_norm,
-                              self.skipped.float()]).tolist()
-        return dict(zip(("mean_entropy", "num_used", "loss", "grad_norm", "skipped"), values))
+                              self.skipped.float(), *(v.float() for v in self.extras.values())]).tolist()
+        return dict(zip(names, values))
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -148,6 +150,9 @@ class Adapter(ABC):
     def forward_and_adapt(self, images: torch.Tensor) -> StepResult:
         """One forward (and update) on a batch."""
 
+    def transform_gradients(self) -> None:
+        """Change the gradients between backward and the optimiser step (LCoTTA's projection)."""
+
     def extra_state(self) -> dict[str, Any]:
         """Method state beyond weights and optimiser (EMAs, memories); tensors are copied."""
         return {}
@@ -174,6 +179,7 @@ class Adapter(ABC):
         """Backward and SGD step; returns the gradient norm of the adapted parameters."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.transform_gradients()
         norm = grad_norm(self.params.values())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

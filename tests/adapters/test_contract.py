@@ -27,8 +27,10 @@ def batches(n=6, seed=1, dtype=torch.float32):
 def make(name, **kw):
     # A larger lr makes updates visible within a few steps; ETA's margin is relaxed for a random net.
     options = {"lr": 0.05, **kw}
-    if name in ("eta", "rdumb", "eata"):
+    if name in ("eta", "rdumb", "eata", "lcotta"):
         options.update(e_margin_scale=1.0, d_margin=0.9)
+    if name == "lcotta":
+        options.update(w_num=3, n_components=2, batch_step=1)
     if name == "sar":
         options.update(e_margin_scale=1.0)
     if name == "eata":
