@@ -29,10 +29,8 @@ from adapters import ADAPTERS  # noqa: E402
 from sources.accuracy_matrix import embedded_matrices  # noqa: E402
 from sources.ccc import CCCSpec  # noqa: E402
 from sources.embedded_ccc import EmbeddedCCCSource  # noqa: E402
+from stream_monitor.adaptation import make_adapter  # noqa: E402
 from stream_monitor.models import load_model  # noqa: E402
-
-STAT_KEYS = ("num_used", "skipped", "mean_entropy", "loss", "grad_norm")
-
 
 def stream_arrays(out: Path, spec: CCCSpec, images: int, crop: bool, model) -> tuple[np.ndarray, np.ndarray]:
     """The first `images` of the stream as uint8 NCHW + labels, rendered once and cached in `out`."""
@@ -53,18 +51,15 @@ def stream_arrays(out: Path, spec: CCCSpec, images: int, crop: bool, model) -> t
 
 
 def adapt(method: str, model, pixels: np.ndarray, labels: np.ndarray, batch_size: int, lr: float | None) -> dict:
-    options = {} if lr is None else {"lr": lr}
-    if method == "eata":
-        options["fisher_images"] = model.normalise(torch.from_numpy(pixels[:2000]))
-    adapter = ADAPTERS.get(method)(model.module, **options)
+    adapter = make_adapter(method, model, lambda n: torch.from_numpy(pixels[:n]), lr=lr)
     hits = np.zeros(len(pixels), dtype=bool)
-    stats = {k: [] for k in STAT_KEYS}
+    stats: dict[str, list[float]] = {}
     started = time.perf_counter()
     for lo in range(0, len(pixels), batch_size):
         result = adapter.step(model.normalise(torch.from_numpy(pixels[lo:lo + batch_size])))
         hits[lo:lo + batch_size] = result.logits.argmax(1).numpy() == labels[lo:lo + batch_size]
         for key, value in result.stats().items():
-            stats[key].append(value)
+            stats.setdefault(key, []).append(value)
         if (lo // batch_size) % 500 == 0:
             print(f"  {method:<8}{lo:>9,}  acc so far {100 * hits[:lo + batch_size].mean():5.1f}%  "
                   f"{(lo + batch_size) / (time.perf_counter() - started):6,.0f} img/s", flush=True)
@@ -77,21 +72,28 @@ def report(out: Path, window: int) -> None:
         raise SystemExit(f"no method_*.npz in {out}: run with --methods first")
     order = [m for m in ADAPTERS.names() if m in results]
     order = (["source"] if "source" in order else []) + [m for m in order if m != "source"]
-    n = min(len(r["hits"]) for r in results.values())
-    header = f"{'images':>17}" + "".join(f"{m:>8}" for m in order)
-    print(header)
+    n = max(len(r["hits"]) for r in results.values())
+
+    def cell(m: str, lo: int, hi: int) -> str:
+        # A method run on a shorter prefix (--limit) shows only the windows it covered in full.
+        hits = results[m]["hits"]
+        return f"{100 * hits[lo:hi].mean():8.1f}" if len(hits) >= hi else f"{'-':>8}"
+
+    print(f"{'images':>17}" + "".join(f"{m:>8}" for m in order))
     for lo in range(0, n, window):
         hi = min(lo + window, n)
-        print(f"{lo:>8,}-{hi:<8,}" + "".join(f"{100 * results[m]['hits'][lo:hi].mean():8.1f}" for m in order))
-    print(f"{'all':>17}" + "".join(f"{100 * results[m]['hits'][:n].mean():8.1f}" for m in order))
+        print(f"{lo:>8,}-{hi:<8,}" + "".join(cell(m, lo, hi) for m in order))
+    print(f"{'all covered':>17}" + "".join(f"{100 * results[m]['hits'].mean():8.1f}" for m in order))
     if "source" in results:
         src = results["source"]["hits"]
+        print(f"{'source, same':>17}" + "".join(f"{100 * src[:len(results[m]['hits'])].mean():8.1f}" for m in order))
         worse = []
         for m in order:
-            wins = [(results[m]["hits"][lo:lo + window].mean() - src[lo:lo + window].mean()) * 100
-                    for lo in range(0, n, window)]
-            worse.append(sum(w < 0 for w in wins))
-        print(f"{'windows < source':>17}" + "".join(f"{w:8d}" for w in worse))
+            hits = results[m]["hits"]
+            wins = [hits[lo:lo + window].mean() < src[lo:lo + window].mean()
+                    for lo in range(0, min(len(hits), len(src)) - window + 1, window)]
+            worse.append(f"{sum(wins)}/{len(wins)}")
+        print(f"{'windows < source':>17}" + "".join(f"{w:>8}" for w in worse))
     print(f"{'samples used %':>17}" + "".join(
         f"{100 * results[m]['num_used'].sum() / len(results[m]['hits']):8.1f}" for m in order))
     print(f"{'steps skipped %':>17}" + "".join(f"{100 * results[m]['skipped'].mean():8.1f}" for m in order))
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=43)
     parser.add_argument("--speed", type=int, default=1000)
     parser.add_argument("--no-crop", action="store_true")
+    parser.add_argument("--limit", type=int, default=None, help="adapt on only the first N images of the stream")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=None, help="override every method's learning rate")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -126,7 +129,7 @@ def main() -> None:
     pixels, labels = stream_arrays(args.out, spec, args.images, not args.no_crop, model)
     print(f"{spec.name}: {len(pixels):,} images, model {model.short_id}, {args.threads} threads", flush=True)
     for method in methods:
-        result = adapt(method, model, pixels, labels, args.batch_size, args.lr)
+        result = adapt(method, model, pixels[:args.limit], labels[:args.limit], args.batch_size, args.lr)
         np.savez(args.out / f"method_{method}.npz", **result)
         print(f"{method}: {100 * result['hits'].mean():.2f}% in {result['seconds']:.0f} s", flush=True)
     report(args.out, args.window)

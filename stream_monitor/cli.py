@@ -51,6 +51,7 @@ def run(
     """
     from sources.factory import open_source
 
+    from .adaptation import make_adapter
     from .models import WeightsError, load_model
     from .source_eval import evaluate_source
 
@@ -61,21 +62,16 @@ def run(
     from .registry import UnknownNameError
 
     try:
-        adapter_class = ADAPTERS.get(adapter)
+        ADAPTERS.get(adapter)  # an unknown name fails before any model or data is loaded
         bundle = load_model(model, weights, device)
         src = open_source(source, stream, data, bundle, crop=crop, device=device)
     except (ValueError, FileNotFoundError, WeightsError, UnknownNameError) as error:
         _fail(str(error))
-    options = adapter_class.defaults_for(bundle.num_classes, bundle.image_size)
-    if adapter == "cotta":
-        options.update(input_mean=bundle.mean, input_std=bundle.std)
-    if lr is not None:
-        options["lr"] = lr
-    if adapter == "eata":
-        # EATA's Fisher from the first 2,000 stream images, as oripress/CCC's eval.py does.
-        first = [torch.from_numpy(b.images) for b in src.read(start, min(src.length, start + 2000), batch_size)]
-        options["fisher_images"] = bundle.normalise(torch.cat(first))
-    method = adapter_class(bundle.module, **options)
+
+    def first_images(n: int) -> torch.Tensor:
+        return torch.cat([torch.from_numpy(b.images) for b in src.read(start, min(src.length, start + n), batch_size)])
+
+    method = make_adapter(adapter, bundle, first_images, lr=lr)
     stop = min(src.length, start + max_images)
     console.print(f"[bold]stream-monitor[/] {src.name}  model {bundle.short_id}  adapter {adapter}  "
                   f"images [{start:,}, {stop:,}) of {src.length:,}  device {device}")

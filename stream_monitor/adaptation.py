@@ -1,0 +1,33 @@
+"""Build an adapter for a source model: the method's defaults for that kind of model, plus what the
+method needs from the stream or the model (EATA's Fisher images, CoTTA's input normalisation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from adapters import ADAPTERS, Adapter
+
+from .models import SourceModel
+
+FISHER_IMAGES = 2000  # EATA's --fisher_size; oripress/CCC's eval takes them from the stream's start
+
+
+def make_adapter(name: str, model: SourceModel, first_images: Callable[[int], torch.Tensor] | None = None,
+                 **overrides: Any) -> Adapter:
+    """The adapter `name` around `model`; `first_images(n)` gives the stream's first n uint8 images.
+
+    Raises UnknownNameError (listing the valid adapters) for an unknown name.
+    """
+    adapter_class = ADAPTERS.get(name)
+    options = adapter_class.defaults_for(model.num_classes, model.image_size)
+    if name == "eata" and "fisher_images" not in overrides:
+        if first_images is None:
+            raise ValueError("EATA needs images for its Fisher information: pass first_images")
+        options["fisher_images"] = model.normalise(first_images(FISHER_IMAGES))
+    if name == "cotta":
+        options.update(input_mean=model.mean, input_std=model.std)
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return adapter_class(model.module, **options)
