@@ -80,6 +80,9 @@ class Adapter(ABC):
     """
 
     name: ClassVar[str]
+    # Mixed precision for the forward and backward (e.g. torch.bfloat16 on GPU); None = full precision.
+    # Models come from `load_model` in channels_last already.
+    autocast_dtype: torch.dtype | None = None
 
     def __init__(self, model: nn.Module, lr: float = 2.5e-4, momentum: float = 0.9, nesterov: bool = False,
                  reset_every: int | None = None, optimizer: str = "sgd") -> None:
@@ -98,8 +101,11 @@ class Adapter(ABC):
     # ---- public API: do not override -------------------------------------------------------
     def step(self, images: torch.Tensor) -> StepResult:
         """Predict on a normalised batch and adapt on it; returns the pre-update logits."""
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autocast(images.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                                 enabled=self.autocast_dtype is not None):
             result = self.forward_and_adapt(images)
+        if result.logits.dtype != torch.float32 and self.autocast_dtype is not None:
+            result.logits = result.logits.float()
         self.num_steps += 1
         if self.reset_every and self.num_steps % self.reset_every == 0:
             self.reset()

@@ -15,13 +15,21 @@ from .models import SourceModel
 FISHER_IMAGES = 2000  # EATA's --fisher_size; oripress/CCC's eval takes them from the stream's start
 
 
+# fp16 would need a gradient scaler; bf16 does not.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
 def make_adapter(name: str, model: SourceModel, first_images: Callable[[int], torch.Tensor] | None = None,
-                 **overrides: Any) -> Adapter:
+                 precision: str = "fp32", **overrides: Any) -> Adapter:
     """The adapter `name` around `model`; `first_images(n)` gives the stream's first n uint8 images.
+
+    `precision` bf16 runs forward and backward under autocast (meant for GPUs).
 
     Raises UnknownNameError (listing the valid adapters) for an unknown name.
     """
     adapter_class = ADAPTERS.get(name)
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}. Valid precisions: {', '.join(PRECISIONS)}.")
     options = adapter_class.defaults_for(model.num_classes, model.image_size)
     if name == "eata" and "fisher_images" not in overrides:
         if first_images is None:
@@ -30,4 +38,6 @@ def make_adapter(name: str, model: SourceModel, first_images: Callable[[int], to
     if name == "cotta":
         options.update(input_mean=model.mean, input_std=model.std)
     options.update({k: v for k, v in overrides.items() if v is not None})
-    return adapter_class(model.module, **options)
+    adapter = adapter_class(model.module, **options)
+    adapter.autocast_dtype = PRECISIONS[precision]
+    return adapter

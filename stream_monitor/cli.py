@@ -44,6 +44,7 @@ def run(
     window: Annotated[int, typer.Option(help="Images per reported window.")] = 5000,
     crop: Annotated[bool, typer.Option(help="CCC's random resized crop + flip (embedded stream).")] = True,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast for the adapter (GPU).")] = "fp32",
 ) -> None:
     """Adapt on the stream and report the served predictions' accuracy per window.
 
@@ -71,7 +72,10 @@ def run(
     def first_images(n: int) -> torch.Tensor:
         return torch.cat([torch.from_numpy(b.images) for b in src.read(start, min(src.length, start + n), batch_size)])
 
-    method = make_adapter(adapter, bundle, first_images, lr=lr)
+    try:
+        method = make_adapter(adapter, bundle, first_images, precision, lr=lr)
+    except ValueError as error:
+        _fail(str(error))
     stop = min(src.length, start + max_images)
     console.print(f"[bold]stream-monitor[/] {src.name}  model {bundle.short_id}  adapter {adapter}  "
                   f"images [{start:,}, {stop:,}) of {src.length:,}  device {device}")
