@@ -95,6 +95,8 @@ class Adapter(ABC):
         self.optimizer = OPTIMIZERS[optimizer](list(self.params.values()), lr, momentum, nesterov) if self.params else None
         self.reset_every = reset_every
         self.num_steps = 0
+        self.restore_prob = 0.0
+        self._restore_generator: torch.Generator | None = None
         self.setup()
         self._initial = self._state()
 
@@ -106,10 +108,28 @@ class Adapter(ABC):
             result = self.forward_and_adapt(images)
         if result.logits.dtype != torch.float32 and self.autocast_dtype is not None:
             result.logits = result.logits.float()
+        if self.restore_prob:
+            self._stochastic_restore()
         self.num_steps += 1
         if self.reset_every and self.num_steps % self.reset_every == 0:
             self.reset()
         return result
+
+    def enable_stochastic_restore(self, prob: float, seed: int = 0) -> None:
+        """After every step, put each element of the adapted parameters back to its source value
+        with probability `prob` (CoTTA's stochastic restore, Wang et al., CVPR 2022).
+
+        Masks are drawn on the parameters' device from the adapter's own generator, which is
+        checkpointed and rewound by `reset()` like everything else.
+        """
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"restore probability must be in [0, 1], got {prob}")
+        if not self.params:
+            raise ValueError(f"{type(self).__name__} adapts no parameters: there is nothing to restore")
+        self.restore_prob = prob
+        device = next(iter(self.params.values())).device
+        self._restore_generator = torch.Generator(device).manual_seed(seed)
+        self._initial = self._state()
 
     def reset(self) -> None:
         """Back to the source state, bitwise (the step counter keeps running)."""
@@ -172,6 +192,7 @@ class Adapter(ABC):
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "extra": self.extra_state(),
+            "restore_generator": self._restore_generator.get_state() if self._restore_generator else None,
         })
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -180,6 +201,15 @@ class Adapter(ABC):
         if self.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.load_extra_state(state["extra"])
+        if self._restore_generator is not None:
+            self._restore_generator.set_state(state["restore_generator"])
+
+    @torch.no_grad()
+    def _stochastic_restore(self) -> None:
+        source = self._initial["model"]
+        for name, p in self.params.items():
+            mask = torch.rand(p.shape, generator=self._restore_generator, device=p.device) < self.restore_prob
+            p.copy_(torch.where(mask, source[name], p))
 
     def _update(self, loss: torch.Tensor) -> torch.Tensor:
         """Backward and SGD step; returns the gradient norm of the adapted parameters."""

@@ -15,6 +15,7 @@ anchor. Per batch:
 6. teacher <- 0.999 teacher + 0.001 student (all parameters);
 7. stochastic restore: each element of every weight and bias goes back to its source value with
    probability `restore_prob` (ImageNet 0.001, CIFAR 0.01); the optimiser state is left alone.
+   This is the base class's `enable_stochastic_restore`, a policy any adapter can use.
 The teacher's prediction is what CoTTA serves, so `StepResult.logits` are the teacher's.
 
 ImageNet defaults: SGD lr 0.01, momentum 0.9, Nesterov, batch 64. For small 10-class models
@@ -44,18 +45,19 @@ class CoTTA(Adapter):
                  restore_prob: float = 0.001, confidence_threshold: float = 0.1, augmentations: int = 32,
                  symmetric: bool = True, input_mean: tuple[float, ...] = (0.0, 0.0, 0.0),
                  input_std: tuple[float, ...] = (1.0, 1.0, 1.0), seed: int = 0) -> None:
-        self.teacher_momentum, self.restore_prob = teacher_momentum, restore_prob
+        self.teacher_momentum = teacher_momentum
         self.confidence_threshold, self.augmentations, self.symmetric = confidence_threshold, augmentations, symmetric
         self.input_mean, self.input_std, self.seed = input_mean, input_std, seed
         super().__init__(model, lr, momentum, nesterov, reset_every, optimizer)
+        if restore_prob:
+            self.enable_stochastic_restore(restore_prob, seed)
 
     def setup(self) -> None:
         device = next(iter(self.params.values())).device
         self.anchor = copy.deepcopy(self.model).requires_grad_(False)
         self.teacher = copy.deepcopy(self.model).requires_grad_(False)
-        self.source = {name: p.detach().clone() for name, p in self.params.items()}
         self.generator = torch.Generator().manual_seed(self.seed)  # augmentation parameters
-        self.device_generator = torch.Generator(device).manual_seed(self.seed)  # noise and restore masks
+        self.device_generator = torch.Generator(device).manual_seed(self.seed)  # augmentation noise
 
     def serving_model(self) -> nn.Module:
         return self.teacher
@@ -94,7 +96,7 @@ class CoTTA(Adapter):
             torch._foreach_mul_(teacher_params, self.teacher_momentum)
             torch._foreach_add_(teacher_params, [p.detach() for p in self.model.parameters()],
                                 alpha=1 - self.teacher_momentum)
-            self._restore()
+        # The stochastic restore (step 7) follows in `Adapter.step`, after this teacher update.
         return StepResult(teacher, entropy(teacher).mean(), torch.tensor(len(images), device=logits.device),
                           loss.detach(), grad_norm, torch.zeros((), dtype=torch.bool, device=logits.device))
 
@@ -103,11 +105,6 @@ class CoTTA(Adapter):
         std = torch.tensor(self.input_std, device=images.device).view(1, -1, 1, 1)
         pixels = cotta_augment(images * std + mean, self.generator, self.device_generator)
         return (pixels - mean) / std
-
-    def _restore(self) -> None:
-        for name, p in self.params.items():
-            mask = torch.rand(p.shape, generator=self.device_generator, device=p.device) < self.restore_prob
-            p.copy_(torch.where(mask, self.source[name], p))
 
     def extra_state(self) -> dict[str, Any]:
         return {"teacher": self.teacher.state_dict(), "generator": self.generator.get_state(),

@@ -23,7 +23,9 @@ def make_adapter(name: str, model: SourceModel, first_images: Callable[[int], to
                  precision: str = "fp32", **overrides: Any) -> Adapter:
     """The adapter `name` around `model`; `first_images(n)` gives the stream's first n uint8 images.
 
-    `precision` bf16 runs forward and backward under autocast (meant for GPUs).
+    `precision` bf16 runs forward and backward under autocast (meant for GPUs). Reset policies:
+    `reset_every=N` steps, `restore_prob=p` (stochastic restore, for any adapter that trains
+    parameters); a detector signal calls `adapter.reset()`.
 
     Raises UnknownNameError (listing the valid adapters) for an unknown name.
     """
@@ -37,7 +39,13 @@ def make_adapter(name: str, model: SourceModel, first_images: Callable[[int], to
         options["fisher_images"] = model.normalise(first_images(FISHER_IMAGES))
     if name == "cotta":
         options.update(input_mean=model.mean, input_std=model.std)
-    options.update({k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    restore_prob = overrides.pop("restore_prob", None)
+    if name == "cotta" and restore_prob is not None:
+        options["restore_prob"] = restore_prob  # CoTTA's own option (0 turns its restore off)
+    options.update(overrides)
     adapter = adapter_class(model.module, **options)
+    if restore_prob and name != "cotta":
+        adapter.enable_stochastic_restore(restore_prob)
     adapter.autocast_dtype = PRECISIONS[precision]
     return adapter

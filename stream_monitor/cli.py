@@ -45,6 +45,9 @@ def run(
     crop: Annotated[bool, typer.Option(help="CCC's random resized crop + flip (embedded stream).")] = True,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast for the adapter (GPU).")] = "fp32",
+    reset_every: Annotated[Optional[int], typer.Option(help="Reset the adapter to the source model every N steps.")] = None,
+    restore_prob: Annotated[Optional[float], typer.Option(help="Stochastic restore: per step, each adapted weight "
+                                                          "returns to its source value with this probability.")] = None,
 ) -> None:
     """Adapt on the stream and report the served predictions' accuracy per window.
 
@@ -73,7 +76,8 @@ def run(
         return torch.cat([torch.from_numpy(b.images) for b in src.read(start, min(src.length, start + n), batch_size)])
 
     try:
-        method = make_adapter(adapter, bundle, first_images, precision, lr=lr)
+        method = make_adapter(adapter, bundle, first_images, precision, lr=lr, reset_every=reset_every,
+                              restore_prob=restore_prob)
     except ValueError as error:
         _fail(str(error))
     stop = min(src.length, start + max_images)

@@ -122,3 +122,31 @@ def test_stats_are_numbers_and_unknown_adapter_lists_choices():
     assert stats["num_used"] == 16 and stats["skipped"] == 0.0
     with pytest.raises(KeyError, match="Valid adapters: " + ", ".join(NAMES)):
         ADAPTERS.get("tnet")
+
+
+def test_stochastic_restore_is_a_policy_any_training_adapter_can_use(tmp_path):
+    always = make("tent")
+    always.enable_stochastic_restore(1.0)
+    source = {k: v.clone() for k, v in always.params.items()}
+    for x in batches(3):
+        always.step(x)
+    assert all(torch.equal(source[k], p) for k, p in always.params.items())
+
+    def run(adapter, data):
+        return [adapter.step(x).logits for x in data]
+
+    data = batches(6)
+    straight = make("eta")
+    straight.enable_stochastic_restore(0.3, seed=4)
+    run(straight, data)
+    first = make("eta")
+    first.enable_stochastic_restore(0.3, seed=4)
+    run(first, data[:3])
+    torch.save(first.state_dict(), tmp_path / "ckpt.pt")
+    second = make("eta")
+    second.enable_stochastic_restore(0.3, seed=9)  # the checkpoint brings the generator's state
+    second.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False))
+    run(second, data[3:])
+    assert all(torch.equal(straight.params[k], second.params[k]) for k in straight.params)
+    with pytest.raises(ValueError, match="adapts no parameters"):
+        make("norm").enable_stochastic_restore(0.1)
