@@ -51,6 +51,16 @@ class StepResult:
         return dict(zip(names, values))
 
 
+def no_update(logits: torch.Tensor, num_used: torch.Tensor | None = None,
+              mean_entropy: torch.Tensor | None = None) -> StepResult:
+    """The result of a step that changed no weights (no adaptation, or every sample filtered)."""
+    logits = logits.detach()
+    zero = logits.new_zeros(())
+    return StepResult(logits, entropy(logits).mean() if mean_entropy is None else mean_entropy,
+                      torch.zeros((), dtype=torch.long, device=logits.device) if num_used is None else num_used,
+                      zero, zero, torch.ones((), dtype=torch.bool, device=logits.device))
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-sample softmax entropy H(p) = -sum_c p_c log p_c."""
     return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
@@ -124,9 +134,11 @@ class Adapter(ABC):
         """
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"restore probability must be in [0, 1], got {prob}")
-        if not self.params:
+        if prob and not self.params:
             raise ValueError(f"{type(self).__name__} adapts no parameters: there is nothing to restore")
         self.restore_prob = prob
+        if not prob:
+            return
         device = next(iter(self.params.values())).device
         self._restore_generator = torch.Generator(device).manual_seed(seed)
         self._initial = self._state()

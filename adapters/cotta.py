@@ -58,6 +58,8 @@ class CoTTA(Adapter):
         self.teacher = copy.deepcopy(self.model).requires_grad_(False)
         self.generator = torch.Generator().manual_seed(self.seed)  # augmentation parameters
         self.device_generator = torch.Generator(device).manual_seed(self.seed)  # augmentation noise
+        self._pixel_mean = torch.tensor(self.input_mean, device=device).view(1, -1, 1, 1)
+        self._pixel_std = torch.tensor(self.input_std, device=device).view(1, -1, 1, 1)
 
     def serving_model(self) -> nn.Module:
         return self.teacher
@@ -101,8 +103,7 @@ class CoTTA(Adapter):
                           loss.detach(), grad_norm, torch.zeros((), dtype=torch.bool, device=logits.device))
 
     def _augmented(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.input_mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.input_std, device=images.device).view(1, -1, 1, 1)
+        mean, std = self._pixel_mean, self._pixel_std
         pixels = cotta_augment(images * std + mean, self.generator, self.device_generator)
         return (pixels - mean) / std
 

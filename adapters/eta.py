@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ADAPTERS, StepResult, entropy
+from .base import ADAPTERS, StepResult, entropy, no_update
 from .tent import NormAffineAdapter
 
 
@@ -48,9 +48,7 @@ class ETA(NormAffineAdapter):
         kept = keep.sum()
         # The only host sync: whether anything is left to learn from decides the backward.
         if int(kept) == 0:
-            zero = logits.new_zeros(())
-            return StepResult(logits.detach(), entropies.detach().mean(), kept, zero, zero,
-                              torch.ones((), dtype=torch.bool, device=logits.device))
+            return no_update(logits, kept, entropies.detach().mean())
         batch_mean = probs[keep].mean(0)
         self.mean_probs = batch_mean if self.mean_probs is None else self.ema * self.mean_probs + (1 - self.ema) * batch_mean
         weights = torch.exp(e_margin - entropies.detach())

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ADAPTERS, Adapter, StepResult, use_batch_statistics
-from .source import _unadapted
+from .base import ADAPTERS, Adapter, StepResult, no_update, use_batch_statistics
 
 
 @ADAPTERS.register("norm")
@@ -24,4 +23,4 @@ class Norm(Adapter):
     def forward_and_adapt(self, images: torch.Tensor) -> StepResult:
         with torch.no_grad():
             logits = self.model(images)
-        return _unadapted(logits)
+        return no_update(logits)

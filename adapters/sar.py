@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ADAPTERS, Adapter, StepResult, entropy, grad_norm, use_batch_statistics
+from .base import ADAPTERS, Adapter, StepResult, entropy, grad_norm, no_update, use_batch_statistics
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -75,7 +75,7 @@ class SAR(Adapter):
         keep = entropies < e_margin
         mean_entropy = entropies.detach().mean()
         if int(keep.sum()) == 0:
-            return self._skipped(logits, mean_entropy, keep.sum())
+            return no_update(logits, keep.sum(), mean_entropy)
         self.optimizer.zero_grad(set_to_none=True)
         entropies[keep].mean().backward()
         params = list(self.params.values())
@@ -84,11 +84,11 @@ class SAR(Adapter):
         second = entropy(self.model(images))[keep]
         keep2 = second < e_margin
         used = keep2.sum()
-        loss2 = second[keep2].mean() if int(used) else None
-        if loss2 is None:
+        if int(used) == 0:
             self._restore(params, origin)
             self.optimizer.zero_grad(set_to_none=True)
-            return self._skipped(logits, mean_entropy, used)
+            return no_update(logits, used, mean_entropy)
+        loss2 = second[keep2].mean()
         value = float(loss2.detach())
         self.ema = value if self.ema is None else 0.9 * self.ema + 0.1 * value
         self.optimizer.zero_grad(set_to_none=True)
@@ -119,12 +119,6 @@ class SAR(Adapter):
     def _restore(params: list[nn.Parameter], origin: list[torch.Tensor]) -> None:
         for p, value in zip(params, origin):
             p.copy_(value)
-
-    @staticmethod
-    def _skipped(logits: torch.Tensor, mean_entropy: torch.Tensor, used: torch.Tensor) -> StepResult:
-        zero = logits.new_zeros(())
-        return StepResult(logits.detach(), mean_entropy, used, zero, zero,
-                          torch.ones((), dtype=torch.bool, device=logits.device))
 
     def extra_state(self) -> dict[str, Any]:
         return {"ema": self.ema}

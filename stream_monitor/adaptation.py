@@ -41,11 +41,9 @@ def make_adapter(name: str, model: SourceModel, first_images: Callable[[int], to
         options.update(input_mean=model.mean, input_std=model.std)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     restore_prob = overrides.pop("restore_prob", None)
-    if name == "cotta" and restore_prob is not None:
-        options["restore_prob"] = restore_prob  # CoTTA's own option (0 turns its restore off)
     options.update(overrides)
     adapter = adapter_class(model.module, **options)
-    if restore_prob and name != "cotta":
+    if restore_prob is not None:  # replaces a method's own rate (CoTTA's); 0 turns restoring off
         adapter.enable_stochastic_restore(restore_prob)
     adapter.autocast_dtype = PRECISIONS[precision]
     return adapter

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from sources.base import Batch
+from sources.ccc import Point
 from sources.ccc_pickle import load_ccc_pickle, load_matrices_npz, save_matrices_npz
 from sources.generate import ShardSample, generate_ccc_from_imagefolder, write_ccc_shards
 from sources.shards import CCCShardSource, count_shard_samples, parse_info
@@ -31,14 +32,6 @@ class FakeSpec:
     @property
     def name(self) -> str:
         return f"baseline_20_transition+speed_{self.speed}_seed_{self.seed}"
-
-
-@dataclass(frozen=True)
-class Point:
-    noise_a: str
-    severity_a: float
-    noise_b: str
-    severity_b: float
 
 
 class FakeWalk:

@@ -44,3 +44,12 @@ def test_bf16_autocast_serves_float32_logits_close_to_full_precision(embedded):
     assert (half.argmax(1) == full.argmax(1)).float().mean() > 0.9
     with pytest.raises(ValueError, match="Valid precisions: fp32, bf16"):
         make_adapter("tent", embedded, precision="fp8")
+
+
+def test_restore_probability_is_one_policy_for_every_adapter(embedded):
+    assert make_adapter("cotta", embedded).restore_prob == 0.01  # CoTTA's CIFAR rate
+    assert make_adapter("cotta", embedded, restore_prob=0.0).restore_prob == 0.0  # turned off
+    assert make_adapter("tent", embedded, restore_prob=0.2).restore_prob == 0.2
+    assert make_adapter("norm", embedded, restore_prob=0.0).restore_prob == 0.0
+    with pytest.raises(ValueError, match="nothing to restore"):
+        make_adapter("norm", embedded, restore_prob=0.1)
