@@ -1,0 +1,249 @@
+"""Run configuration: YAML into frozen dataclasses, `--set key=value` overrides, strict keys.
+
+One dataclass per section (style_anchors.md 4.6). Unknown keys are an error with a "did you
+mean" suggestion; values are checked against the field's type; the resolved config is written
+to the run directory, so a run can be repeated or resumed from it alone.
+
+    >>> cfg = load_config(None, ["adapter.name=tent", "runtime.max_images=20000"])
+    >>> cfg.adapter.name
+    'tent'
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .registry import suggest
+
+#: `stream-monitor run` with no flags: CCC-Medium on the embedded base, sized to finish in about
+#: 5 minutes on a 2-core machine.
+DEFAULT_MAX_IMAGES = 100_000
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says which key and what is valid."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str = "ccc"                 # ccc or imagefolder
+    stream: Optional[str] = None      # CCC stream name; None: CCC-Medium, speed 1000, seed 43
+    data: Optional[str] = None        # official CCC shards (DIR or URL) or an ImageFolder DIR
+    crop: bool = True                 # CCC's random resized crop + flip (embedded stream)
+    batch_size: int = 64
+    num_actors: int = 1               # source actors rendering slices in parallel (Ray only)
+    chunk_batches: int = 4            # batches one source task renders
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "num_actors", "chunk_batches")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "embedded"            # `embedded` or a torchvision classifier name
+    weights: Optional[str] = None     # a weights file (torch state dict)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    name: str = "tent"
+    lr: Optional[float] = None        # None: the method's default
+    precision: str = "fp32"           # fp32, or bf16 autocast (GPU)
+    reset_every: Optional[int] = None  # reset to the source model every N steps
+    restore_prob: Optional[float] = None  # stochastic restore probability per step
+    options: dict = field(default_factory=dict)  # further keyword options of the method
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The Entropy Enigma protocol (Lee et al., ICML 2024): a reference set from the current
+    stream, reference predictions at the start of a cycle, flips at every snapshot."""
+
+    enabled: bool = True
+    every: int = 50                   # adapter steps between snapshots
+    size: int = 1000                  # reference images
+    chunk: int = 100                  # images per probe forward (the paper's 100)
+    cycle: Optional[int] = None       # steps per cycle; None: the adapter's reset period, else 1000
+    num_gpus: float = 0.0             # GPU share of the probe actor (e.g. 0.25 beside the adapter)
+
+    def __post_init__(self) -> None:
+        _positive(self, "every", "size", "chunk")
+        if self.cycle is not None and self.cycle < self.every:
+            raise ConfigError(f"probe.cycle ({self.cycle}) must be at least probe.every ({self.every}) steps")
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """Ground truth, when the stream has labels; it never reaches adapter, probe or estimators."""
+
+    window: int = 5000                # images per reported window
+    source_every: int = 4             # score the frozen source model on every N-th batch (0: off)
+
+    def __post_init__(self) -> None:
+        _positive(self, "window")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    max_images: Optional[int] = DEFAULT_MAX_IMAGES  # None: the whole stream
+    start: int = 0                    # first stream position
+    device: str = "auto"              # auto (cuda when present), cpu or cuda
+    use_ray: bool = True              # False: the whole loop in-process (debugging, tests)
+    address: Optional[str] = None     # an existing Ray cluster; None starts a local one
+    num_gpus: Optional[float] = None  # GPUs of the adapter actor; None: 1 when CUDA is present
+    max_in_flight: int = 4            # adapter steps queued at once
+    checkpoint_every: int = 500       # adapter steps between checkpoints
+    start_timeout_s: float = 120.0
+    threads: Optional[int] = None     # torch threads per actor; None: the cores split between actors
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_in_flight", "checkpoint_every")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"runtime.device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    out: str = "runs"                 # parent folder of run directories
+    rows_per_part: int = 10_000
+    seconds_per_part: float = 30.0    # a running run's parts become readable this often
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    enabled: bool = True              # the live dashboard when stdout is a terminal
+    refresh_per_second: float = 2.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The defaults, then the YAML file at `path`, then `section.key=value` overrides.
+
+    Raises:
+        ConfigError: unreadable file, unknown section or key (with a suggestion), wrong type.
+        FileNotFoundError: `path` does not exist.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"Config file {path} not found; `stream-monitor show-config` prints a full one.")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (source, model, adapter, ...)")
+        data = loaded or {}
+    for override in overrides:
+        key, value = _parse_override(override)
+        section, _, name = key.partition(".")
+        if not name:
+            raise ConfigError(f"Override {override!r} must name a section and a key, e.g. adapter.lr=1e-3")
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"Section {section!r} must be a mapping")
+        target = data[section]
+        # adapter.options.K=V sets one method option
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return build(RunConfig, data, "")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: RunConfig, path: str | Path | None = None) -> str:
+    """The resolved config as YAML (written to `path` when given)."""
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
+
+
+def build(cls: type, data: Any, where: str) -> Any:
+    """A `cls` dataclass from a mapping, checking keys and value types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'the config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            kind = "section" if not where else "key"
+            raise ConfigError(f"Unknown {kind} {name!r}.{suggest(str(key), list(fields))} "
+                              f"Valid {kind}s{' of ' + where if where else ''}: {', '.join(fields)}.")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = build(hint, value, name)
+        else:
+            values[key] = _check_type(name, value, hint)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{name} cannot be empty (null)")
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (bool, str, dict) and isinstance(value, kind):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ConfigError(f"{name} must be {names}, got {value!r}")
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"Override {text!r} must look like section.key=value, e.g. adapter.lr=1e-3")
+    raw = raw.strip()
+    if raw.lower() in ("null", "none", "~"):
+        return key.strip(), None
+    if raw.lower() in ("true", "false"):
+        return key.strip(), raw.lower() == "true"
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string such as adapter.name=tent
+    return key.strip(), value
+
+
+def _positive(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise ConfigError(f"{type(config).__name__.removesuffix('Config').lower()}.{name} must be >= 1, got {value}")

@@ -1,0 +1,138 @@
+"""Collapse detectors over label-free signals; a warning fires when any detector fires.
+
+Each follows ignite's contract (`reset`, `update`, `compute`), returns a `Verdict` with its
+evidence, and keeps its state in a plain dict for checkpoints. The estimation issue grows this
+set (AETTA's rule, flip-rate rise, a fused warning wired to the adapter's reset).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from .base import NotComputableError
+
+
+@dataclass(frozen=True)
+class Verdict:
+    firing: bool
+    evidence: str
+    value: float
+
+
+class CollapseDetector(ABC):
+    name: str
+
+    def __init__(self) -> None:
+        self.reset()
+
+    @abstractmethod
+    def reset(self) -> None: ...
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        """A step row (schema.STEP_SCHEMA); label columns are never read."""
+
+    def update_probe(self, row: dict[str, Any]) -> None:
+        """A probe row's label-free columns."""
+
+    @abstractmethod
+    def compute(self) -> Verdict:
+        """The current verdict; NotComputableError while warming up."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+
+
+class EntropyCollapse(CollapseDetector):
+    """SAR's model-recovery signal (Niu et al., ICLR 2023, mr-eggplant/SAR): an EMA (0.9) of the
+    mean entropy below 0.2 nats for 1,000 classes, here scaled to 0.2 / ln(1000) of ln K."""
+
+    name = "entropy-ema"
+
+    def __init__(self, num_classes: int, warmup: int = 50) -> None:
+        self.threshold = 0.2 / math.log(1000) * math.log(num_classes)
+        self.warmup = warmup
+        super().__init__()
+
+    def reset(self) -> None:
+        self.ema: float | None = None
+        self.count = 0
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        value = row.get("mean_entropy")
+        if value is None or not math.isfinite(value):
+            return
+        self.ema = value if self.ema is None else 0.9 * self.ema + 0.1 * value
+        self.count += 1
+
+    def compute(self) -> Verdict:
+        if self.ema is None or self.count < self.warmup:
+            raise NotComputableError(f"{self.name} needs {self.warmup} steps")
+        return Verdict(self.ema < self.threshold,
+                       f"entropy EMA {self.ema:.3f} nats (threshold {self.threshold:.3f})", self.ema)
+
+
+class PredictionConcentration(CollapseDetector):
+    """Predictions piling onto one class: EMA (0.95) of the batch's top-class share above `share`
+    (the degenerate solution of entropy minimisation; Press et al., RDumb, NeurIPS 2023)."""
+
+    name = "top-class-share"
+
+    def __init__(self, share: float = 0.5, warmup: int = 50) -> None:
+        self.share = share
+        self.warmup = warmup
+        super().__init__()
+
+    def reset(self) -> None:
+        self.ema: float | None = None
+        self.count = 0
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        value = row.get("top_class_share")
+        if value is None or not math.isfinite(value):
+            return
+        self.ema = value if self.ema is None else 0.95 * self.ema + 0.05 * value
+        self.count += 1
+
+    def compute(self) -> Verdict:
+        if self.ema is None or self.count < self.warmup:
+            raise NotComputableError(f"{self.name} needs {self.warmup} steps")
+        return Verdict(self.ema > self.share, f"top class takes {100 * self.ema:.0f}% of predictions "
+                       f"(threshold {100 * self.share:.0f}%)", self.ema)
+
+
+class EstimateBelowSource(CollapseDetector):
+    """The estimated online accuracy below the estimated source accuracy by `margin` points on
+    `patience` consecutive probes: label-free form of the collapse definition (DESIGN.md 6)."""
+
+    name = "online-below-source"
+
+    def __init__(self, margin: float = 5.0, patience: int = 2) -> None:
+        self.margin, self.patience = margin, patience
+        super().__init__()
+
+    def reset(self) -> None:
+        self.below = 0
+        self.gap: float | None = None
+
+    def update_probe(self, row: dict[str, Any]) -> None:
+        online, source = row.get("est_online_acc"), row.get("est_source_acc")
+        if online is None or source is None:
+            return
+        self.gap = source - online
+        self.below = self.below + 1 if self.gap > self.margin else 0
+
+    def compute(self) -> Verdict:
+        if self.gap is None:
+            raise NotComputableError(f"{self.name} needs a source and an online estimate")
+        return Verdict(self.below >= self.patience, f"estimated online accuracy {self.gap:.1f} points below "
+                       f"the estimated source accuracy for {self.below} probes", self.gap)
+
+
+def default_detectors(num_classes: int) -> list[CollapseDetector]:
+    return [EntropyCollapse(num_classes), PredictionConcentration(), EstimateBelowSource()]

@@ -1,0 +1,55 @@
+"""Weighted flips to accuracy: Entropy Enigma (Lee et al., ICML 2024), github.com/oripress/EntropyEnigma.
+
+WF = sum_i 1[pred_i(t) != pred_i(cycle start)] * rank_pct(conf_i(cycle start)); the probe counts it.
+Here it is mapped to the frozen source model's accuracy on the stream with a fitted quadratic f.
+The paper's ResNet-50 f was fitted on 1,000 probe images after 990 RDumb steps; a probe of n
+images is scaled by 1000 / n (the paper's limited-memory setting: 100 images x10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FlipsCalibration:
+    """f(WF) = a WF^2 + b WF + c, valid for one model, adapter, cadence and probe size."""
+
+    model: str                # model name the fit is for
+    coefficients: tuple[float, float, float]  # a, b, c
+    fitted_range: tuple[float, float]  # WF (at 1,000 probe images) the fit saw
+    cycle_step: int           # adapter steps after the cycle start the fit is for
+    probe_size: int = 1000
+    adapter: str = "rdumb"
+    origin: str = ""
+
+    def __call__(self, weighted_flips: float, probe_size: int) -> tuple[float, bool]:
+        """(estimated accuracy in %, extrapolated) for WF measured on `probe_size` images.
+
+        Guards the paper implies: clipped to [0, 100]; above the parabola's vertex (f rises
+        again, WF ~ 452 for the paper's fit) the value at the vertex; outside the fitted range
+        flagged as extrapolated.
+        """
+        a, b, c = self.coefficients
+        wf = weighted_flips * self.probe_size / probe_size
+        if a > 0 and wf > -b / (2 * a):
+            wf_eval = -b / (2 * a)
+        else:
+            wf_eval = wf
+        value = a * wf_eval * wf_eval + b * wf_eval + c
+        lo, hi = self.fitted_range
+        return min(100.0, max(0.0, value)), not lo <= wf <= hi
+
+
+#: Entropy Enigma `main.py` "Weighted deg 2 - Best Results" (paper Fig. 6), fit points WF 13..265.
+PAPER_RESNET50 = FlipsCalibration(
+    model="resnet50", coefficients=(3.55553868e-4, -0.321445023, 75.6618580), fitted_range=(13.0, 265.0),
+    cycle_step=990, origin="Entropy Enigma main.py, ResNet-50 IMAGENET1K_V1, RDumb 990 steps, 1,000 images",
+)
+
+SHIPPED = {"resnet50": PAPER_RESNET50}
+
+
+def calibration_for(model_name: str) -> FlipsCalibration | None:
+    """The shipped calibration for a model, or None (the `calibrate` command fits one)."""
+    return SHIPPED.get(model_name)

@@ -1,0 +1,1 @@
+"""Run metrics: explicit Arrow schemas and the single Parquet writer."""

@@ -1,0 +1,85 @@
+"""Explicit Arrow schemas of a run's three tables (style_anchors.md 4.8): never inferred.
+
+- `steps`: one row per adapter step (what was served, cheap adapter statistics, and the ground
+  truth columns when the stream has labels; those are null otherwise).
+- `probes`: one row per probe evaluation of a weight snapshot (Entropy Enigma flips) with the
+  label-free estimates beside the ground truth of the same window.
+- `events`: starts, resumes, resets, probe cycles, skipped images, collapse warnings, errors.
+
+Rows travel between the run loop, the Parquet sink, the dashboard and the report as plain dicts
+keyed by these column names; `empty_row(schema)` gives a dict with every column present.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+STEP_SCHEMA = pa.schema([
+    pa.field("step", pa.int64(), nullable=False),           # adapter step, 0-based, counted over resets
+    pa.field("start", pa.int64(), nullable=False),          # first stream position of the batch
+    pa.field("stop", pa.int64(), nullable=False),           # one past the last position
+    pa.field("images", pa.int32(), nullable=False),         # images served (stop - start - skipped)
+    pa.field("skipped", pa.int32(), nullable=False),        # unreadable images in [start, stop)
+    pa.field("wall_time", pa.float64(), nullable=False),    # unix seconds when the step result arrived
+    pa.field("step_ms", pa.float32()),                      # adapter time for the step, on its device
+    pa.field("mean_entropy", pa.float32()),                 # mean softmax entropy of the served logits
+    pa.field("mean_confidence", pa.float32()),              # mean max-softmax of the served logits
+    pa.field("marginal_entropy", pa.float32()),             # entropy of the batch's mean prediction
+    pa.field("top_class_share", pa.float32()),              # share of the most predicted class
+    pa.field("num_used", pa.int32()),                       # samples that entered the loss
+    pa.field("loss", pa.float32()),
+    pa.field("grad_norm", pa.float32()),
+    pa.field("update_skipped", pa.bool_()),                 # no weight update this step
+    pa.field("reset", pa.bool_()),                          # the adapter was reset after this step
+    pa.field("noise_a", pa.string()),                       # CCC info of the batch's first image
+    pa.field("severity_a", pa.float32()),
+    pa.field("noise_b", pa.string()),
+    pa.field("severity_b", pa.float32()),
+    pa.field("correct", pa.int32()),                        # ground truth: served predictions correct (null without labels)
+    pa.field("source_correct", pa.int32()),                 # ground truth: frozen source model correct on the subsample
+    pa.field("source_seen", pa.int32()),                    # images of the batch the frozen model scored
+], metadata={"table": "steps", "schema_version": str(SCHEMA_VERSION)})
+
+PROBE_SCHEMA = pa.schema([
+    pa.field("step", pa.int64(), nullable=False),           # adapter steps done when the snapshot was taken
+    pa.field("position", pa.int64(), nullable=False),       # stream position reached at that step
+    pa.field("wall_time", pa.float64(), nullable=False),
+    pa.field("cycle", pa.int32(), nullable=False),          # probe cycle (a new reference set each cycle)
+    pa.field("cycle_step", pa.int64(), nullable=False),     # steps since the cycle started
+    pa.field("probe_size", pa.int32(), nullable=False),     # reference images
+    pa.field("flips", pa.int32(), nullable=False),          # predictions changed since the cycle start
+    pa.field("weighted_flips", pa.float64(), nullable=False),  # flips weighted by confidence percentile rank
+    pa.field("probe_ms", pa.float32()),
+    pa.field("est_source_acc", pa.float32()),               # label-free estimate of the source accuracy (%)
+    pa.field("est_source_method", pa.string()),             # which estimator produced it
+    pa.field("est_extrapolated", pa.bool_()),               # the estimate is outside its fitted range
+    pa.field("est_online_acc", pa.float32()),               # label-free estimate of the online accuracy (%)
+    pa.field("est_online_method", pa.string()),
+    pa.field("window_start", pa.int64()),                   # stream positions the ground truth covers
+    pa.field("window_stop", pa.int64()),
+    pa.field("true_online_acc", pa.float32()),              # served predictions' accuracy on the window (%)
+    pa.field("true_source_acc", pa.float32()),              # frozen source model's accuracy on the window (%)
+    pa.field("warning", pa.bool_()),                        # a collapse warning is active
+], metadata={"table": "probes", "schema_version": str(SCHEMA_VERSION)})
+
+EVENT_KINDS = ("start", "resume", "stop", "checkpoint", "reset", "cycle", "skipped", "warning", "clear", "error")
+
+EVENT_SCHEMA = pa.schema([
+    pa.field("step", pa.int64(), nullable=False),           # adapter steps done when it happened
+    pa.field("wall_time", pa.float64(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),          # one of EVENT_KINDS
+    pa.field("origin", pa.string(), nullable=False),        # driver, adapter, probe, source-N, or a detector name
+    pa.field("message", pa.string(), nullable=False),       # for people: what happened and the evidence
+    pa.field("value", pa.float64()),                        # the number behind it, when there is one
+], metadata={"table": "events", "schema_version": str(SCHEMA_VERSION)})
+
+TABLES: dict[str, pa.Schema] = {"steps": STEP_SCHEMA, "probes": PROBE_SCHEMA, "events": EVENT_SCHEMA}
+
+
+def empty_row(schema: pa.Schema) -> dict[str, Any]:
+    """A row with every column of `schema` set to None."""
+    return {name: None for name in schema.names}

@@ -1,0 +1,341 @@
+"""The single writer of a run's three Parquet tables, and the resume-time clean-up of what a crash left.
+
+Layout: `run_dir/{steps,probes,events}/part-00000.parquet, part-00001.parquet, ...`. A part is written under a
+hidden temporary name (`.part-00003.parquet.tmp`) and renamed only once its footer is written, so anything that
+globs `part-*.parquet` (pyarrow.dataset, pandas, duckdb) sees complete files only, even while the run is going.
+
+Crash contract with the run loop: the loop calls `ParquetSink.roll()` just before it writes a checkpoint, so every
+row up to the checkpoint sits in closed parts. On resume, `recover(run_dir, last_step)` drops the unclosed parts and
+the rows past the checkpoint, and the new sink appends parts numbered after the existing ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..runtime.observer import RunInfo
+from .schema import TABLES
+
+logger = logging.getLogger(__name__)
+
+_PART = re.compile(r"^part-(\d+)\.parquet$")
+_TMP_PART = re.compile(r"^\.part-(\d+)\.parquet\.tmp$")
+QUARANTINE = "quarantine"
+
+
+def _part_name(number: int) -> str:
+    return f"part-{number:05d}.parquet"
+
+
+def _tmp_name(number: int) -> str:
+    return f".{_part_name(number)}.tmp"
+
+
+def _schema(table: str) -> pa.Schema:
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise ValueError(f"unknown table {table!r}; valid tables: {', '.join(TABLES)}") from None
+
+
+def _closed_parts(folder: Path) -> list[tuple[int, Path]]:
+    """Closed parts of a table folder, in part order (numeric, so part-100000 sorts after part-99999)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _PART.match(p.name))]
+    return sorted(found)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Atomically put a finished file in place; fsync first because a checkpoint will rely on it surviving."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_value(table: str, field: pa.Field, value: Any) -> None:
+    problem = None
+    if value is None:
+        if not field.nullable:
+            problem = "the column is required (non-nullable)"
+    elif isinstance(value, bool) and (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)):
+        problem = "a bool is not a number here"
+    elif pa.types.is_integer(field.type) and not isinstance(value, numbers.Integral):
+        problem = "not an integer"  # pyarrow would silently truncate 1.5 to 1
+    else:
+        try:
+            pa.array([value], type=field.type)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
+            problem = str(e)
+    if problem:
+        raise ValueError(f"{table}.{field.name} ({field.type}): bad value {_describe(value)}: {problem}")
+
+
+def check_row(table: str, row: dict[str, Any]) -> None:
+    """Raise ValueError if `row` has columns `table` lacks, or values its schema cannot hold; missing keys = null."""
+    schema = _schema(table)
+    extra = [key for key in row if schema.get_field_index(key) < 0]
+    if extra:
+        raise ValueError(f"{table}: unknown column(s) {', '.join(map(repr, extra))}; valid: {', '.join(schema.names)}")
+    for field in schema:
+        _check_value(table, field, row.get(field.name))
+
+
+class _Observer:
+    """RunObserver plumbing shared by the sinks: routing, row checks and the closed state."""
+
+    def __init__(self) -> None:
+        self.info: RunInfo | None = None
+        self._closed = False
+
+    def on_start(self, info: RunInfo) -> None:
+        self.info = info
+
+    def on_step(self, row: dict[str, Any]) -> None:
+        self._accept("steps", row)
+
+    def on_probe(self, row: dict[str, Any]) -> None:
+        self._accept("probes", row)
+
+    def on_event(self, row: dict[str, Any]) -> None:
+        self._accept("events", row)
+
+    def _accept(self, table: str, row: dict[str, Any]) -> None:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed; cannot write to {table}")
+        # Checked per row so a bad value is blamed on the call that made it, not on a later flush.
+        check_row(table, row)
+        self._write(table, row)
+
+    def _write(self, table: str, row: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _TableWriter:
+    """One table's buffer and open part."""
+
+    def __init__(self, name: str, folder: Path, clock: Callable[[], float]) -> None:
+        self.name, self.folder, self.clock = name, folder, clock
+        self.schema = TABLES[name]
+        self.cols: dict[str, list[Any]] = {n: [] for n in self.schema.names}
+        self.buffered = 0
+        self.buffer_since = 0.0
+        self.writer: pq.ParquetWriter | None = None
+        self.part_rows = 0       # rows of the open part, buffered ones included
+        self.part_since = 0.0    # clock time of the open part's first row
+        folder.mkdir(parents=True, exist_ok=True)
+        # Skip past leftover temp parts as well, so an un-recovered crash can never be overwritten.
+        used = [int(m.group(1)) for p in folder.iterdir() if (m := _PART.match(p.name) or _TMP_PART.match(p.name))]
+        self.next_part = max(used, default=-1) + 1
+        self.part = -1
+
+    def append(self, row: dict[str, Any]) -> None:
+        now = self.clock()
+        if self.part_rows == 0:
+            self.part_since = now
+        if self.buffered == 0:
+            self.buffer_since = now
+        for name, values in self.cols.items():
+            values.append(row.get(name))
+        self.buffered += 1
+        self.part_rows += 1
+
+    def due(self, rows_per_part: int, seconds_per_part: float, flush_rows: int, flush_seconds: float) -> None:
+        """Flush or close the open part if a size or age limit is reached."""
+        now = self.clock()
+        if self.part_rows and (self.part_rows >= rows_per_part or now - self.part_since >= seconds_per_part):
+            self.close_part()
+        elif self.buffered and (self.buffered >= flush_rows or now - self.buffer_since >= flush_seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffered:
+            return
+        try:
+            batch = pa.RecordBatch.from_pydict(self.cols, schema=self.schema)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
+            # Rows are checked on arrival, so this means a check is missing; say where the batch was going.
+            raise ValueError(f"{self.name}: cannot build a batch of {self.buffered} rows: {e}") from e
+        if self.writer is None:
+            self.part, self.next_part = self.next_part, self.next_part + 1
+            self.writer = pq.ParquetWriter(self.folder / _tmp_name(self.part), self.schema)
+        self.writer.write_batch(batch)
+        for values in self.cols.values():
+            values.clear()
+        self.buffered = 0
+
+    def close_part(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            _publish(self.folder / _tmp_name(self.part), self.folder / _part_name(self.part))
+        self.part_rows = 0
+
+
+class ParquetSink(_Observer):
+    """RunObserver that writes `steps`, `probes` and `events` as rolling Parquet parts under `run_dir`.
+
+    A part closes at `rows_per_part` rows, `seconds_per_part` after its first row, on `roll()` and on `close()`.
+    Buffered rows go to the open part every `flush_rows` rows or `flush_seconds`, so memory stays bounded.
+    Limits are checked for every table on every write: a quiet table's part still closes on time.
+    """
+
+    flush_rows = 1_000
+    flush_seconds = 1.0
+
+    def __init__(self, run_dir: str | os.PathLike[str], rows_per_part: int = 10_000, seconds_per_part: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        if rows_per_part < 1 or seconds_per_part <= 0:
+            raise ValueError(f"rows_per_part must be >= 1 and seconds_per_part > 0, got {rows_per_part}, "
+                             f"{seconds_per_part}")
+        self.run_dir = Path(run_dir)
+        self.rows_per_part, self.seconds_per_part = rows_per_part, seconds_per_part
+        self._tables = {name: _TableWriter(name, self.run_dir / name, clock) for name in TABLES}
+
+    def _write(self, table: str, row: dict[str, Any]) -> None:
+        self._tables[table].append(row)
+        for writer in self._tables.values():
+            writer.due(self.rows_per_part, self.seconds_per_part, self.flush_rows, self.flush_seconds)
+
+    def roll(self) -> None:
+        """Close every open part now, so all rows so far are in closed parts (call before a checkpoint).
+
+        A no-op after close(), which already closed everything.
+        """
+        if self._closed:
+            return
+        for writer in self._tables.values():
+            writer.close_part()
+
+    def close(self) -> None:
+        """Close all parts; idempotent. Every table is attempted even if one fails; the first error is raised."""
+        if self._closed:
+            return
+        self._closed = True
+        first: BaseException | None = None
+        for writer in self._tables.values():
+            try:
+                writer.close_part()
+            except BaseException as e:  # keep closing the others; they may hold the rows that matter
+                first = first or e
+        if first is not None:
+            raise first
+
+    def __enter__(self) -> ParquetSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MemorySink(_Observer):
+    """RunObserver that keeps rows in lists per table, with every column present (for tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
+
+    def _write(self, table: str, row: dict[str, Any]) -> None:
+        self.rows[table].append({name: row.get(name) for name in TABLES[table].names})
+
+    def to_table(self, name: str) -> pa.Table:
+        """The rows of table `name` so far, with its explicit schema."""
+        schema = _schema(name)
+        return pa.Table.from_pylist(self.rows[name], schema=schema)
+
+
+def read_table(run_dir: str | os.PathLike[str], table: str) -> pa.Table:
+    """All closed parts of `table` concatenated in part order; an empty table with the schema when there are none."""
+    schema = _schema(table)
+    parts = []
+    for _, path in _closed_parts(Path(run_dir) / table):
+        try:
+            parts.append(pq.ParquetFile(path).read())
+        except (pa.ArrowException, OSError) as e:
+            raise OSError(f"{path}: unreadable part ({e}); recover() quarantines such parts") from e
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _quarantine(run_dir: Path, table: str, path: Path, reason: str) -> None:
+    folder = run_dir / QUARANTINE
+    folder.mkdir(exist_ok=True)
+    target = folder / f"{table}-{path.name}"
+    n = 1
+    while target.exists():  # a second resume may quarantine a part with the same number again
+        target = folder / f"{table}-{path.name}.{n}"
+        n += 1
+    shutil.move(path, target)
+    logger.warning("quarantined unreadable part %s -> %s: %s", path, target, reason)
+
+
+def recover(run_dir: str | os.PathLike[str], last_step: int) -> dict[str, int]:
+    """Make the tables agree with a checkpoint at `last_step`, before a resumed run opens its sink.
+
+    Deletes leftover temp parts (their rows all follow the last checkpoint, since the loop rolls before each one),
+    removes rows with `step > last_step` from closed parts (atomic rewrite; a part left empty is deleted), and moves
+    parts that cannot be read to `run_dir/quarantine/` with a logged warning. Returns rows removed per table; rows
+    of deleted temp parts are not counted (an unclosed part has no footer to count them from).
+    """
+    root = Path(run_dir)
+    removed: dict[str, int] = {}
+    for table, schema in TABLES.items():
+        removed[table] = 0
+        folder = root / table
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if _TMP_PART.match(path.name):
+                path.unlink()
+        for number, path in _closed_parts(folder):
+            try:
+                data = pq.ParquetFile(path).read()
+            except (pa.ArrowException, OSError) as e:
+                _quarantine(root, table, path, str(e))
+                continue
+            if not data.schema.equals(schema):
+                _quarantine(root, table, path, f"schema differs from the {table} schema")
+                continue
+            keep = pc.less_equal(data["step"], last_step)
+            kept = pc.sum(keep).as_py() or 0
+            if kept == data.num_rows:
+                continue
+            removed[table] += data.num_rows - kept
+            if kept == 0:
+                path.unlink()
+                continue
+            # Same temp name as the sink's: a crash mid-rewrite leaves a .tmp the next recover() deletes.
+            tmp = folder / _tmp_name(number)
+            pq.write_table(data.filter(keep), tmp)
+            _publish(tmp, path)
+    return removed

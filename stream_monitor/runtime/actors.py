@@ -1,0 +1,113 @@
+"""The Ray shells around the plain workers, and the executor the run loop uses on Ray.
+
+The actor classes are made once from the plain classes (`ray.remote(Worker)`, as Ray Data does
+with `_MapWorker`), never redefined per run. The adapter actor has `max_restarts=0`: its state
+is the experiment, so a dead adapter ends the run, which resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError
+
+from ..config import RunConfig
+from .workers import AdapterWorker, ProbeWorker, SourceWorker, resolve_device
+
+logger = logging.getLogger(__name__)
+
+SourceActor = ray.remote(SourceWorker)
+AdapterActor = ray.remote(AdapterWorker)
+ProbeActor = ray.remote(ProbeWorker)
+
+
+class RayExecutor:
+    """Calls become actor tasks; handles are ObjectRefs passed on without a `ray.get`."""
+
+    def __init__(self, actors: dict[str, Any]) -> None:
+        self.actors = actors
+
+    def call(self, worker: str, method: str, *args: Any, num_returns: int = 1) -> Any:
+        remote = getattr(self.actors[worker], method)
+        if num_returns != 1:
+            remote = remote.options(num_returns=num_returns)
+        return remote.remote(*args)
+
+    def ready(self, handle: Any, timeout: float) -> bool:
+        done, _ = ray.wait([handle], num_returns=1, timeout=timeout, fetch_local=False)
+        return bool(done)
+
+    def get(self, handle: Any) -> Any:
+        return ray.get(handle)
+
+
+def init_ray(config: RunConfig) -> None:
+    """Join `runtime.address`, or start a local Ray bound to localhost with no dashboard.
+
+    Actor output goes to Ray's log files, not to this terminal, so it cannot tear the live
+    dashboard (style_anchors.md 3.3).
+    """
+    if ray.is_initialized():
+        return
+    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
+                              "configure_logging": False}
+    if config.runtime.address:
+        ray.init(address=config.runtime.address, **kwargs)
+    else:
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kwargs)
+
+
+def start_ray_workers(config: RunConfig):
+    from .runner import Workers
+
+    init_ray(config)
+    rt = config.runtime
+    cuda = resolve_device(rt.device) == "cuda" if rt.address is None else rt.device == "cuda"
+    num_gpus = rt.num_gpus if rt.num_gpus is not None else (1.0 if cuda else 0.0)
+    cpus = os.cpu_count() or 2
+    # The adapter is the bottleneck; sources and the probe mostly wait, so they get a fraction
+    # of a CPU for scheduling and one torch thread each.
+    adapter_threads = rt.threads or max(1, cpus if not cuda else 2)
+    actors: dict[str, Any] = {}
+    names = []
+    for k in range(config.source.num_actors):
+        name = f"source-{k}"
+        actors[name] = SourceActor.options(num_cpus=0.25, name=None, max_restarts=2,
+                                           max_task_retries=2).remote(config, 1)
+        names.append(name)
+    fisher = None
+    if config.adapter.name == "eata":
+        from ..adaptation import FISHER_IMAGES
+
+        fisher = actors["source-0"].first_images.remote(FISHER_IMAGES)
+    actors["adapter"] = AdapterActor.options(num_cpus=1, num_gpus=num_gpus, max_restarts=0).remote(
+        config, fisher, adapter_threads)
+    if config.probe.enabled:
+        actors["probe"] = ProbeActor.options(num_cpus=0.25, num_gpus=config.probe.num_gpus, max_restarts=0).remote(
+            config, 1)
+    try:
+        ray.get([a.ping.remote() for a in actors.values()], timeout=rt.start_timeout_s)
+    except GetTimeoutError:
+        raise RuntimeError(
+            f"Timed out after {rt.start_timeout_s:.0f} s starting the actors (adapter num_gpus={num_gpus}, "
+            f"probe num_gpus={config.probe.num_gpus}); the cluster has {ray.cluster_resources()}. "
+            f"Use --num-gpus 0 to run on CPU, or raise runtime.start_timeout_s."
+        ) from None
+    source_info = ray.get(actors["source-0"].describe.remote())
+    adapter_info = ray.get(actors["adapter"].describe.remote())
+    ex = RayExecutor(actors)
+
+    def shutdown() -> None:
+        for actor in actors.values():
+            try:
+                ray.kill(actor)
+            except Exception:  # already dead
+                pass
+        if not rt.address:
+            ray.shutdown()
+
+    return Workers(ex, names, {**source_info, **adapter_info}, shutdown)

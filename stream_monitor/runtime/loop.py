@@ -1,0 +1,388 @@
+"""The driver's run loop, written against a small `Executor` port so it runs in-process or on Ray.
+
+Ray's patterns (style_anchors.md 2), applied:
+- the driver is the only submitter to the adapter and the probe, so each runs its calls in the
+  order the driver chose: a snapshot is always "after step k";
+- adapter steps are kept in a bounded in-flight window (`runtime.max_in_flight`), and batches
+  are pulled from the source actors only when there is room, so backpressure reaches the source;
+- batch and snapshot handles go from source to adapter and from adapter to probe without a
+  `get` in the driver; the driver only fetches the small step summaries, truths and flip counts.
+
+Every decision (probe schedule, cycles, checkpoints) is a function of the step count, and every
+row is emitted in step order, so a run resumed from a checkpoint writes exactly the rows an
+uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from ..config import RunConfig
+from ..estimation.base import NotComputableError
+from ..estimation.detectors import CollapseDetector, default_detectors
+from ..estimation.flips import FlipsCalibration
+from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
+from .messages import ProbeResult, StepSummary, Truth
+from .observer import RunObserver
+
+
+class Executor(Protocol):
+    """Calls on named workers ("adapter", "probe", "source-0", ...). Handles are opaque: Ray
+    object refs, or resolved values in-process. A handle passed as an argument is resolved on
+    the worker's side."""
+
+    def call(self, worker: str, method: str, *args: Any, num_returns: int = 1) -> Any: ...
+
+    def ready(self, handle: Any, timeout: float) -> bool: ...
+
+    def get(self, handle: Any) -> Any: ...
+
+
+class WorkerFailed(RuntimeError):
+    """A worker raised or died; the run directory stays resumable from its last checkpoint."""
+
+
+@dataclass
+class _CycleWindow:
+    """Label-free and ground-truth sums over the current probe cycle."""
+
+    start: int = 0            # stream position of the cycle start
+    images: int = 0
+    confidence: float = 0.0   # sum of served max-softmax (average confidence estimate)
+    correct: int = 0
+    source_correct: int = 0
+    source_seen: int = 0
+
+
+@dataclass
+class LoopState:
+    """Everything the driver needs to continue exactly; saved in every checkpoint."""
+
+    step: int = 0             # adapter steps whose results were processed
+    position: int = 0         # stream position reached
+    cycle: int = 0
+    cycle_start: int = 0      # step at which the current cycle began
+    reference_fed: int = 0    # images sent to the probe's reference set this cycle
+    window: _CycleWindow = field(default_factory=_CycleWindow)
+    active_warnings: list[str] = field(default_factory=list)
+    detectors: dict[str, dict] = field(default_factory=dict)
+    resets: int = 0
+    skipped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(vars(self))
+        out["window"] = dict(vars(self.window))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LoopState":
+        data = dict(data)
+        data["window"] = _CycleWindow(**data["window"])
+        return cls(**data)
+
+
+@dataclass
+class _PendingStep:
+    step: int                 # steps done after it
+    summary: Any
+    truth: Any
+    start: int
+    stop: int
+
+
+@dataclass
+class _PendingProbe:
+    step: int
+    result: Any
+    row: dict[str, Any] | None = None  # the window columns, filled when step `step` is processed
+
+
+class RunLoop:
+    """Runs [state.position, stop) of the stream through adapter and probe; reports rows.
+
+    Args:
+        config: the resolved run config.
+        executor: the port to the workers.
+        observers: sinks of rows (Parquet, dashboard, log lines).
+        stop: stream position to end at.
+        num_classes: of the model (detector thresholds).
+        source_workers: names of the source workers, used round-robin.
+        calibration: weighted flips -> source accuracy, or None (no source estimate).
+        checkpoint: called with (state, adapter_state, probe_state) at every checkpoint, after
+            the observers rolled their files.
+        state: where to continue from (a checkpoint), or a fresh start.
+    """
+
+    def __init__(self, config: RunConfig, executor: Executor, observers: Sequence[RunObserver], stop: int,
+                 num_classes: int, source_workers: Sequence[str], calibration: FlipsCalibration | None = None,
+                 checkpoint: Callable[[LoopState, Any, Any], None] | None = None, state: LoopState | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config, self.ex, self.observers = config, executor, list(observers)
+        self.stop, self.sources = stop, list(source_workers)
+        self.calibration, self.checkpoint_fn, self.clock = calibration, checkpoint, clock
+        self.state = state or LoopState(position=config.runtime.start, window=_CycleWindow(start=config.runtime.start))
+        self.detectors: list[CollapseDetector] = default_detectors(num_classes)
+        for detector in self.detectors:
+            if detector.name in self.state.detectors:
+                detector.load_state_dict(self.state.detectors[detector.name])
+        probe = config.probe
+        self.probe_on = probe.enabled
+        self.cycle_length = probe.cycle or config.adapter.reset_every or _default_cycle(config)
+        self.batch_size = config.source.batch_size
+        self._batches: deque[tuple[Any, Any, int, int]] = deque()  # rendered, not yet submitted
+        self._chunks: deque[list[Any]] = deque()
+        self._next_chunk = self.state.position
+        self._submitted = self.state.step
+        self._steps: deque[_PendingStep] = deque()
+        self._probes: deque[_PendingProbe] = deque()
+        self._source_turn = 0
+        self.stop_requested = False
+        self.resumed = state is not None
+        self._checkpointed_at = self.state.step  # a fresh start or a resume needs no checkpoint yet
+
+    # ---- schedule: pure functions of the step count ------------------------------------------
+    def probe_due(self, step: int) -> bool:
+        """Snapshots at every `probe.every` steps of a cycle, and at the paper's 990 of 1,000
+        (cycle length - 10) where the shipped ResNet-50 calibration applies."""
+        if not self.probe_on:
+            return False
+        k = step % self.cycle_length
+        return k != 0 and (k % self.config.probe.every == 0 or (self.cycle_length > 10 and k == self.cycle_length - 10))
+
+    def cycle_due(self, step: int) -> bool:
+        return self.probe_on and step % self.cycle_length == 0
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> LoopState:
+        """Process until the stream position reaches `stop` or a stop is requested; returns the
+        state after draining what was in flight (call `write_checkpoint` to keep it)."""
+        if self.probe_on and self.state.step == 0 and not self.resumed:
+            self._start_cycle(0)
+        while not self.stop_requested:
+            self._fill()
+            if not self._steps and not self._probes:
+                if self._checkpoint_due():
+                    self.write_checkpoint()
+                    continue
+                break
+            self._collect(timeout=0.05)
+        self.drain()
+        return self.state
+
+    def request_stop(self) -> None:
+        """Stop submitting (Ctrl-C); `run` drains what is in flight and returns."""
+        self.stop_requested = True
+
+    def drain(self) -> None:
+        while self._steps or self._probes:
+            self._collect(timeout=0.5)
+
+    def _checkpoint_due(self) -> bool:
+        return self._submitted % self.config.runtime.checkpoint_every == 0 and self._submitted > self._checkpointed_at
+
+    def write_checkpoint(self) -> None:
+        """Roll the observers' files, then save driver, adapter and probe state at this step."""
+        if self._steps or self._probes:
+            raise RuntimeError("a checkpoint needs an empty in-flight window; call drain() first")
+        self._checkpointed_at = self.state.step
+        self.state.detectors = {d.name: d.state_dict() for d in self.detectors}
+        self.event("checkpoint", "driver", f"checkpoint at step {self.state.step:,}, position {self.state.position:,}")
+        for observer in self.observers:
+            roll = getattr(observer, "roll", None)
+            if roll:
+                roll()
+        if self.checkpoint_fn is not None:
+            adapter_state = self.ex.get(self.ex.call("adapter", "state_dict"))
+            probe_state = self.ex.get(self.ex.call("probe", "state_dict")) if self.probe_on else None
+            self.checkpoint_fn(self.state, adapter_state, probe_state)
+
+    # ---- submission ----------------------------------------------------------------------------
+    def _fill(self) -> None:
+        limit = self.config.runtime.max_in_flight
+        while not self.stop_requested and len(self._steps) < limit and len(self._probes) < 2:
+            if self._checkpoint_due():
+                return  # let the window drain: the checkpoint is taken between two steps
+            batch = self._next_batch()
+            if batch is None:
+                return
+            images, truth, start, stop = batch
+            if self.probe_on and self.state.reference_fed < self.config.probe.size:
+                self.ex.call("probe", "add_reference", images)
+                self.state.reference_fed += stop - start
+            self._submitted += 1
+            step = self._submitted
+            self._steps.append(_PendingStep(step, self.ex.call("adapter", "step", images), truth, start, stop))
+            if self.probe_due(step):
+                snapshot = self.ex.call("adapter", "snapshot")
+                self._probes.append(_PendingProbe(step, self.ex.call("probe", "evaluate", snapshot, step)))
+            if self.cycle_due(step):
+                self._start_cycle(step)
+
+    def _start_cycle(self, step: int) -> None:
+        snapshot = self.ex.call("adapter", "snapshot")
+        cycle = step // self.cycle_length
+        self.ex.call("probe", "start_cycle", snapshot, cycle, step)
+        self.state.reference_fed = 0
+
+    def _next_batch(self) -> tuple[Any, Any, int, int] | None:
+        self._prefetch()
+        while not self._batches and self._chunks:
+            refs = self._chunks.popleft()
+            starts = refs.pop()
+            for k, (lo, hi) in enumerate(starts):
+                self._batches.append((refs[2 * k], refs[2 * k + 1], lo, hi))
+        self._prefetch()
+        return self._batches.popleft() if self._batches else None
+
+    def _prefetch(self) -> None:
+        ahead = 2 * len(self.sources)
+        chunk = self.config.source.chunk_batches * self.batch_size
+        while len(self._chunks) < ahead and self._next_chunk < self.stop:
+            lo, hi = self._next_chunk, min(self._next_chunk + chunk, self.stop)
+            # chunks stay aligned to the batch grid of the run's start, as batches of one read would
+            spans = [(a, min(a + self.batch_size, hi)) for a in range(lo, hi, self.batch_size)]
+            worker = self.sources[self._source_turn % len(self.sources)]
+            self._source_turn += 1
+            refs = self.ex.call(worker, "read", lo, hi, num_returns=2 * len(spans))
+            refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
+            self._chunks.append([*refs, spans])
+            self._next_chunk = hi
+
+    # ---- results -------------------------------------------------------------------------------
+    def _collect(self, timeout: float) -> None:
+        if self._steps and self.ex.ready(self._steps[0].summary, timeout):
+            self._process_step(self._steps.popleft())
+        while self._probes and self._probes[0].row is not None and self.ex.ready(self._probes[0].result, 0):
+            self._process_probe(self._probes.popleft())
+        if not self._steps and self._probes and self._probes[0].row is not None:
+            self.ex.ready(self._probes[0].result, timeout)
+
+    def _get(self, handle: Any, origin: str) -> Any:
+        try:
+            return self.ex.get(handle)
+        except Exception as error:  # Ray wraps the worker's exception; in-process it is the original
+            raise WorkerFailed(f"{origin} failed: {type(error).__name__}: {error}") from error
+
+    def _process_step(self, pending: _PendingStep) -> None:
+        summary: StepSummary = self._get(pending.summary, "adapter")
+        truth: Truth = self._get(pending.truth, "source")
+        state = self.state
+        if self.probe_on and self.cycle_due(state.step):
+            self._begin_cycle_window(state.step, pending.start)
+        n = len(summary.predictions)
+        row = empty_row(STEP_SCHEMA)
+        row.update(
+            step=pending.step, start=pending.start, stop=pending.stop, images=n, skipped=len(truth.skipped),
+            wall_time=self.clock(), step_ms=summary.step_ms, marginal_entropy=_finite(summary.marginal_entropy),
+            top_class_share=_finite(summary.top_class_share), mean_confidence=_finite(float(summary.confidences.mean()) if n else math.nan),
+            mean_entropy=_finite(summary.stats.get("mean_entropy")), num_used=int(summary.stats.get("num_used", 0)),
+            loss=_finite(summary.stats.get("loss")), grad_norm=_finite(summary.stats.get("grad_norm")),
+            update_skipped=bool(summary.stats.get("skipped", 0.0)), reset=summary.reset,
+            noise_a=truth.noise_a, severity_a=truth.severity_a, noise_b=truth.noise_b, severity_b=truth.severity_b,
+        )
+        window = state.window
+        window.images += n
+        window.confidence += float(summary.confidences.sum())
+        if n and len(truth.labels) == n:
+            correct = int((summary.predictions == truth.labels).sum())
+            row["correct"] = correct
+            window.correct += correct
+            if truth.source_predictions is not None:
+                source_correct = int((truth.source_predictions == truth.labels).sum())
+                row.update(source_correct=source_correct, source_seen=n)
+                window.source_correct += source_correct
+                window.source_seen += n
+        state.step, state.position = pending.step, pending.stop
+        self._emit("on_step", row)
+        if truth.skipped:
+            state.skipped += len(truth.skipped)
+            shown = ", ".join(truth.skipped[:3]) + (" ..." if len(truth.skipped) > 3 else "")
+            self.event("skipped", "source", f"{len(truth.skipped)} unreadable image(s) skipped: {shown}",
+                       len(truth.skipped))
+        if summary.reset:
+            state.resets += 1
+            self.event("reset", "adapter", f"adapter reset to the source model after step {pending.step:,} "
+                       f"(reset_every {self.config.adapter.reset_every})")
+        for detector in self.detectors:
+            detector.update_step(row)
+        self._check_detectors()
+        for probe in self._probes:
+            if probe.step == pending.step and probe.row is None:
+                probe.row = self._window_columns(pending.stop)
+
+    def _begin_cycle_window(self, step: int, position: int) -> None:
+        state = self.state
+        state.cycle, state.cycle_start = step // self.cycle_length, step
+        state.window = _CycleWindow(start=position)
+        self.event("cycle", "probe", f"probe cycle {state.cycle} starts at step {step:,}: the next "
+                   f"{self.config.probe.size:,} images are the reference set")
+
+    def _window_columns(self, position: int) -> dict[str, Any]:
+        w = self.state.window
+        return {
+            "position": position, "window_start": w.start, "window_stop": position,
+            "est_online_acc": 100.0 * w.confidence / w.images if w.images else None,
+            "est_online_method": "average-confidence",
+            "true_online_acc": 100.0 * w.correct / w.images if w.images and self._has_labels(w) else None,
+            "true_source_acc": 100.0 * w.source_correct / w.source_seen if w.source_seen else None,
+        }
+
+    def _has_labels(self, w: _CycleWindow) -> bool:
+        return w.correct > 0 or w.source_seen > 0
+
+    def _process_probe(self, pending: _PendingProbe) -> None:
+        result: ProbeResult | None = self._get(pending.result, "probe")
+        if result is None:
+            return  # the reference set was not complete at this snapshot
+        row = empty_row(PROBE_SCHEMA)
+        row.update(pending.row or {})
+        row.update(step=result.step, wall_time=self.clock(), cycle=result.cycle, cycle_step=result.cycle_step,
+                   probe_size=result.probe_size, flips=result.flips, weighted_flips=result.weighted_flips,
+                   probe_ms=result.probe_ms)
+        cal = self.calibration
+        if cal is not None and result.cycle_step == cal.cycle_step:
+            row["est_source_acc"], row["est_extrapolated"] = cal(result.weighted_flips, result.probe_size)
+            row["est_source_method"] = "weighted-flips"
+        for detector in self.detectors:
+            detector.update_probe(row)
+        self._check_detectors()
+        row["warning"] = bool(self.state.active_warnings)
+        self._emit("on_probe", row)
+
+    def _check_detectors(self) -> None:
+        active = self.state.active_warnings
+        for detector in self.detectors:
+            try:
+                verdict = detector.compute()
+            except NotComputableError:
+                continue
+            if verdict.firing and detector.name not in active:
+                active.append(detector.name)
+                self.event("warning", detector.name, f"collapse warning: {verdict.evidence}", verdict.value)
+            elif not verdict.firing and detector.name in active:
+                active.remove(detector.name)
+                self.event("clear", detector.name, f"warning cleared: {verdict.evidence}", verdict.value)
+
+    # ---- rows ------------------------------------------------------------------------------------
+    def event(self, kind: str, origin: str, message: str, value: float | None = None) -> None:
+        row = empty_row(EVENT_SCHEMA)
+        row.update(step=self.state.step, wall_time=self.clock(), kind=kind, origin=origin, message=message,
+                   value=value)
+        self._emit("on_event", row)
+
+    def _emit(self, hook: str, row: dict[str, Any]) -> None:
+        for observer in self.observers:
+            getattr(observer, hook)(row)
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _default_cycle(config: RunConfig) -> int:
+    return 1000  # Entropy Enigma: reference at the start, flips after ~1,000 steps
+

@@ -1,0 +1,101 @@
+"""What travels between the workers: small, picklable dataclasses of numpy arrays and numbers.
+
+A stream batch is split at the source into the part the adapter and probe may see (`Images`)
+and the part only the driver's evaluator sees (`Truth`: labels, CCC info and the frozen source
+model's predictions), so labels cannot reach an adapter, a probe or an estimator by accident
+(DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sources.base import Batch
+
+
+@dataclass
+class Images:
+    """The unlabelled images of stream positions [start, stop); `indices` are the readable ones."""
+
+    start: int
+    stop: int
+    indices: np.ndarray  # int64 (N,)
+    images: np.ndarray  # uint8 (N, 3, H, W)
+    skipped: list[str] = field(default_factory=list)  # what could not be read, e.g. "shard-000003.tar:key"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class Truth:
+    """Ground truth for the same positions; `source_predictions` is -1 where the frozen model did
+    not score (it scores a subsample of batches)."""
+
+    start: int
+    stop: int
+    labels: np.ndarray  # int64 (N,)
+    noise_a: str
+    severity_a: float
+    noise_b: str
+    severity_b: float
+    source_predictions: np.ndarray | None = None  # int64 (N,) or None when not scored
+    skipped: list[str] = field(default_factory=list)  # unreadable images, as in Images
+
+
+@dataclass
+class StepSummary:
+    """What the adapter returns for one step: the served predictions and cheap statistics."""
+
+    step: int  # adapter steps done after this one
+    predictions: np.ndarray  # int64 (N,)
+    confidences: np.ndarray  # float32 (N,), max softmax of the served logits
+    stats: dict[str, float]  # StepResult.stats(): mean_entropy, num_used, loss, grad_norm, skipped, extras
+    marginal_entropy: float
+    top_class_share: float
+    step_ms: float
+    reset: bool  # the adapter's own reset policy fired after this step
+
+
+@dataclass
+class ProbeResult:
+    """Flips of one snapshot against the cycle's reference predictions."""
+
+    step: int
+    cycle: int
+    cycle_step: int
+    probe_size: int
+    flips: int
+    weighted_flips: float
+    probe_ms: float
+
+
+def split_batches(batches: list[Batch], start: int, stop: int, batch_size: int) -> list[tuple[Images, Truth]]:
+    """Cut what a source yielded for [start, stop) into position-aligned batches.
+
+    Batch k covers [start + k*b, start + (k+1)*b) whatever was skipped inside it; a window of which
+    nothing could be read still gets an (empty) entry, so every step maps to fixed positions.
+    """
+    count = max(1, -(-(stop - start) // batch_size))
+    groups: list[list[Batch]] = [[] for _ in range(count)]
+    for batch in batches:
+        window = (int(batch.indices[0]) - start) // batch_size if len(batch) else count - 1
+        groups[min(window, count - 1)].append(batch)
+    out = []
+    for k, group in enumerate(groups):
+        lo, hi = start + k * batch_size, min(start + (k + 1) * batch_size, stop)
+        merged = Batch.concat(group) if group else None
+        if merged is None or not len(merged):
+            empty = np.zeros((0,), np.int64)
+            shape = merged.images.shape[1:] if merged is not None else (3, 1, 1)
+            out.append((Images(lo, hi, empty, np.zeros((0, *shape), np.uint8), merged.skipped if merged else []),
+                        Truth(lo, hi, empty, "", 0.0, "", 0.0, None, merged.skipped if merged else [])))
+            continue
+        out.append((
+            Images(lo, hi, merged.indices, merged.images, merged.skipped),
+            Truth(lo, hi, merged.labels, str(merged.noise_a[0]), float(merged.severity_a[0]),
+                  str(merged.noise_b[0]), float(merged.severity_b[0]), None, merged.skipped),
+        ))
+    return out

@@ -1,0 +1,286 @@
+"""The plain classes behind the Ray actors (style_anchors.md 4.5): no Ray in here.
+
+- `SourceWorker` renders or reads slices of the stream and splits them into `Images` and `Truth`.
+- `AdapterWorker` owns the model being adapted on its device.
+- `ProbeWorker` owns the reference set and counts label flips of weight snapshots (Entropy
+  Enigma, Lee et al., ICML 2024, `main.py`: reference predictions with test-batch BatchNorm,
+  in chunks of 100).
+
+Each builds its model inside its own process from the config, as Ray's docs recommend (never an
+`nn.Module` pickled into an actor).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from .messages import Images, ProbeResult, StepSummary, Truth, split_batches
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("runtime.device is cuda but this machine has no CUDA device; use --set runtime.device=cpu")
+    return device
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+class SourceWorker:
+    """Reads slices of the stream; the frozen source model scores every `source_every`-th batch."""
+
+    def __init__(self, config: RunConfig, threads: int | None = None) -> None:
+        from sources.factory import open_source
+
+        from ..models import load_model
+
+        _set_threads(threads)
+        self.config = config
+        self.bundle = load_model(config.model.name, config.model.weights, "cpu")
+        src = config.source
+        self.source = open_source(src.kind, src.stream, src.data, self.bundle, crop=src.crop)
+        self.source_every = config.evaluator.source_every
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.source.name, "length": self.source.length, "num_classes": self.source.num_classes}
+
+    def read(self, start: int, stop: int) -> list[Images | Truth]:
+        """Batches of [start, stop) as a flat list [images_0, truth_0, images_1, truth_1, ...]
+        (a flat list so that Ray can return each item as its own object)."""
+        batch_size = self.config.source.batch_size
+        batches = list(self.source.read(start, stop, batch_size))
+        out: list[Images | Truth] = []
+        for images, truth in split_batches(batches, start, stop, batch_size):
+            if self.source_every and len(images) and (images.start // batch_size) % self.source_every == 0:
+                truth.source_predictions = self.bundle.predict(torch.from_numpy(images.images)).argmax(1).numpy()
+            out += [images, truth]
+        return out
+
+    def first_images(self, n: int) -> np.ndarray:
+        """The stream's first `n` images (EATA's Fisher information, as CCC's eval does)."""
+        n = min(n, self.source.length)
+        return np.concatenate([b.images for b in self.source.read(0, n, self.config.source.batch_size)])
+
+    def ping(self) -> str:
+        return "ok"
+
+    def __repr__(self) -> str:
+        return f"SourceWorker({self.source.name})"
+
+
+class AdapterWorker:
+    """Owns the adapter and its device: uint8 in, served predictions and statistics out."""
+
+    def __init__(self, config: RunConfig, fisher_images: np.ndarray | None = None, threads: int | None = None) -> None:
+        from ..adaptation import make_adapter
+        from ..models import load_model
+
+        _set_threads(threads)
+        self.device = resolve_device(config.runtime.device)
+        self.bundle = load_model(config.model.name, config.model.weights, self.device)
+        cfg = config.adapter
+        first = (lambda n: torch.from_numpy(fisher_images[:n])) if fisher_images is not None else None
+        self.adapter = make_adapter(cfg.name, self.bundle, first, cfg.precision, lr=cfg.lr,
+                                    reset_every=cfg.reset_every, restore_prob=cfg.restore_prob, **cfg.options)
+        self.name = cfg.name
+
+    def step(self, images: Images) -> StepSummary:
+        started = time.perf_counter()
+        if not len(images):  # every image of the window was unreadable: nothing to serve or adapt on
+            return StepSummary(self.adapter.num_steps, np.zeros(0, np.int64), np.zeros(0, np.float32),
+                               {"mean_entropy": float("nan"), "num_used": 0.0, "loss": 0.0, "grad_norm": 0.0,
+                                "skipped": 1.0}, float("nan"), float("nan"), 0.0, False)
+        result = self.adapter.step(self.bundle.normalise(torch.from_numpy(images.images)))
+        probs = result.logits.detach().float().softmax(1)
+        confidences, predictions = probs.max(1)
+        marginal = probs.mean(0)
+        counts = torch.bincount(predictions, minlength=probs.shape[1])
+        extra = torch.stack([-(marginal * marginal.clamp_min(1e-12).log()).sum(), counts.max() / len(predictions)])
+        stats = result.stats()  # the one host sync of the step
+        marginal_entropy, top_share = extra.tolist()
+        every = self.adapter.reset_every
+        return StepSummary(
+            step=self.adapter.num_steps, predictions=predictions.cpu().numpy(),
+            confidences=confidences.cpu().numpy().astype(np.float32), stats=stats,
+            marginal_entropy=marginal_entropy, top_class_share=top_share,
+            step_ms=1000.0 * (time.perf_counter() - started),
+            reset=bool(every and self.adapter.num_steps % every == 0),
+        )
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        return self.adapter.snapshot()
+
+    def reset(self) -> None:
+        self.adapter.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        return _to_cpu(self.adapter.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adapter.load_state_dict(state)
+
+    def describe(self) -> dict[str, Any]:
+        """Model, base, device and hyperparameters: the dashboard header and run.json."""
+        bundle = self.bundle
+        base = "embedded glyphs (not ImageNet)" if bundle.name == "embedded_resnet20" else "ImageNet-format images"
+        return {"base": base, "model": f"{bundle.name} {bundle.sha256[:12]}", "device": self.device,
+                "hyperparameters": self.hyperparameters()}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The adapter's scalar options, for the dashboard header and the run card."""
+        out: dict[str, Any] = {}
+        for key, value in vars(self.adapter).items():
+            if not key.startswith("_") and isinstance(value, (int, float, str, bool)) and key != "num_steps":
+                out[key] = value
+        if self.adapter.optimizer is not None:
+            group = self.adapter.optimizer.param_groups[0]
+            out.update({k: group[k] for k in ("lr", "momentum", "nesterov") if k in group})
+            out["optimizer"] = type(self.adapter.optimizer).__name__
+        return out
+
+    def ping(self) -> str:
+        return self.device
+
+    def __repr__(self) -> str:
+        return f"AdapterWorker({self.name})"
+
+
+class ProbeWorker:
+    """The reference set and flip counting of the Entropy Enigma protocol.
+
+    A cycle starts from a snapshot: the next `size` stream images become the reference set, and
+    the snapshot's predictions and confidences on them (test-batch BatchNorm, chunks of `chunk`)
+    the reference. Each later snapshot is scored by its flips against that reference, weighted by
+    the percentile rank of the reference confidence.
+    """
+
+    def __init__(self, config: RunConfig, threads: int | None = None) -> None:
+        from adapters.base import use_batch_statistics
+
+        from ..models import load_model
+
+        _set_threads(threads)
+        device = "cuda" if config.probe.num_gpus and torch.cuda.is_available() else "cpu"
+        self.bundle = load_model(config.model.name, config.model.weights, device)
+        self.model = copy.deepcopy(self.bundle.module)
+        use_batch_statistics(self.model)
+        self.model.eval()
+        self.source_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.size, self.chunk = config.probe.size, config.probe.chunk
+        self.cycle = -1
+        self.cycle_start = 0
+        self._reset_reference()
+
+    def _reset_reference(self) -> None:
+        self.reference_images: list[np.ndarray] = []
+        self.reference_count = 0
+        self.cycle_snapshot: dict[str, np.ndarray] | None = None
+        self.reference_predictions: np.ndarray | None = None
+        self.reference_confidences: np.ndarray | None = None
+
+    def start_cycle(self, snapshot: dict[str, np.ndarray], cycle: int, step: int) -> None:
+        """Begin a cycle at adapter step `step`; the reference images follow with `add_reference`."""
+        self._reset_reference()
+        self.cycle, self.cycle_start = cycle, step
+        self.cycle_snapshot = snapshot
+
+    def add_reference(self, images: Images) -> int:
+        """Take stream images into the reference set until it holds `size`; returns the count."""
+        need = self.size - self.reference_count
+        if need > 0 and len(images):
+            taken = np.array(images.images[:need])  # a copy: Ray hands out read-only views
+            self.reference_images.append(taken)
+            self.reference_count += len(taken)
+            if self.reference_count >= self.size and self.cycle_snapshot is not None:
+                self.reference_predictions, self.reference_confidences = self._predict(self.cycle_snapshot)
+                self.cycle_snapshot = None  # no longer needed
+        return self.reference_count
+
+    @property
+    def ready(self) -> bool:
+        return self.reference_predictions is not None
+
+    def evaluate(self, snapshot: dict[str, np.ndarray], step: int) -> ProbeResult | None:
+        """Flips of `snapshot` (taken after `step` adapter steps); None until the reference is complete."""
+        if not self.ready:
+            return None
+        started = time.perf_counter()
+        predictions, _ = self._predict(snapshot)
+        flipped = predictions != self.reference_predictions
+        return ProbeResult(step, self.cycle, step - self.cycle_start, len(predictions), int(flipped.sum()),
+                           float((flipped * percentile_ranks(self.reference_confidences)).sum()),
+                           1000.0 * (time.perf_counter() - started))
+
+    @torch.inference_mode()
+    def _predict(self, snapshot: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        state = dict(self.source_state)
+        own = set(state)
+        state.update({k: torch.from_numpy(np.asarray(v)) for k, v in snapshot.items() if k in own})
+        self.model.load_state_dict(state)
+        device = next(self.model.parameters()).device
+        images = np.concatenate(self.reference_images)
+        predictions, confidences = [], []
+        for lo in range(0, len(images), self.chunk):
+            x = self.bundle.normalise(torch.from_numpy(images[lo:lo + self.chunk]).to(device))
+            probs = self.model(x).float().softmax(1)
+            conf, pred = probs.max(1)
+            predictions.append(pred.cpu().numpy())
+            confidences.append(conf.cpu().numpy())
+        return np.concatenate(predictions), np.concatenate(confidences)
+
+    def state_dict(self) -> dict[str, Any]:
+        def tensor(a):
+            return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+        return {
+            "cycle": self.cycle, "cycle_start": self.cycle_start, "reference_count": self.reference_count,
+            "reference_images": [tensor(a) for a in self.reference_images],
+            "cycle_snapshot": None if self.cycle_snapshot is None else {k: tensor(v) for k, v in self.cycle_snapshot.items()},
+            "reference_predictions": tensor(self.reference_predictions),
+            "reference_confidences": tensor(self.reference_confidences),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        def array(t):
+            return None if t is None else t.numpy()
+
+        self.cycle, self.cycle_start = int(state["cycle"]), int(state["cycle_start"])
+        self.reference_count = int(state["reference_count"])
+        self.reference_images = [array(t) for t in state["reference_images"]]
+        snap = state["cycle_snapshot"]
+        self.cycle_snapshot = None if snap is None else {k: array(v) for k, v in snap.items()}
+        self.reference_predictions = array(state["reference_predictions"])
+        self.reference_confidences = array(state["reference_confidences"])
+
+    def ping(self) -> str:
+        return "ok"
+
+    def __repr__(self) -> str:
+        return "ProbeWorker()"
+
+
+def percentile_ranks(values: np.ndarray) -> np.ndarray:
+    """Average-rank percentiles in (0, 1], as pandas' `rank(pct=True)` in Entropy Enigma's `count_flips`."""
+    from scipy.stats import rankdata
+
+    return rankdata(values, method="average") / len(values)
+
+
+def _to_cpu(state: Any) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_cpu(v) for v in state)
+    return state
