@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .config import DEFAULT_MAX_IMAGES
+
 app = typer.Typer(
     name="stream-monitor",
     help="Live, label-free monitoring of continual test-time adaptation on CCC-style streams.",
@@ -21,7 +23,14 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-LIST_WHAT = ("sources", "streams", "corruptions", "models")
+LIST_WHAT = ("sources", "adapters", "estimators", "streams", "corruptions", "models")
+
+
+ESTIMATORS = {
+    "weighted-flips": "source accuracy on the cycle: Entropy Enigma's weighted flips through a fitted f "
+                      "(shipped for resnet50; other models need a calibration)",
+    "average-confidence": "online accuracy: mean max-softmax of the served predictions (AC)",
+}
 
 
 def _fail(message: str) -> None:
@@ -31,82 +40,184 @@ def _fail(message: str) -> None:
 
 @app.command()
 def run(
-    source: Annotated[str, typer.Option(help="Stream kind: ccc or imagefolder.")] = "ccc",
+    source: Annotated[Optional[str], typer.Option(help="Stream kind: ccc or imagefolder.")] = None,
     stream: Annotated[Optional[str], typer.Option(help="CCC stream name (default CCC-Medium, speed 1000, seed 43).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Official CCC shards (DIR or URL) or an ImageFolder DIR.")] = None,
-    model: Annotated[str, typer.Option(help="`embedded` or a torchvision classifier name.")] = "embedded",
+    model: Annotated[Optional[str], typer.Option(help="`embedded` or a torchvision classifier name.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Weights file (torch state dict).")] = None,
-    adapter: Annotated[str, typer.Option(help="TTA method: source (no adaptation), norm, tent, eta, eata, rdumb, sar, cotta, lcotta, em-inf.")] = "source",
+    adapter: Annotated[Optional[str], typer.Option(help="TTA method: source (no adaptation), norm, tent, eta, eata, "
+                                                   "rdumb, sar, cotta, lcotta, em-inf.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adapter learning rate (default: the method's).")] = None,
-    max_images: Annotated[int, typer.Option(help="Stop after this many images.")] = 50_000,
-    start: Annotated[int, typer.Option(help="First stream position.")] = 0,
-    batch_size: Annotated[int, typer.Option()] = 64,
-    window: Annotated[int, typer.Option(help="Images per reported window.")] = 5000,
-    crop: Annotated[bool, typer.Option(help="CCC's random resized crop + flip (embedded stream).")] = True,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast for the adapter (GPU).")] = "fp32",
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML config file (see show-config).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: section.key=value "
+                                                      "(repeatable), e.g. --set probe.every=100.")] = None,
+    max_images: Annotated[Optional[int], typer.Option(help="Stop after this many images "
+                                                      f"(default {DEFAULT_MAX_IMAGES:,}; 0: the whole stream).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Parent folder of the run directory (default runs/).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue a stopped or crashed run directory.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (e.g. auto or HOST:6379).")] = None,
+    num_gpus: Annotated[Optional[float], typer.Option(help="GPUs of the adapter actor (default: 1 when CUDA is present).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16 autocast for the adapter (GPU).")] = None,
     reset_every: Annotated[Optional[int], typer.Option(help="Reset the adapter to the source model every N steps.")] = None,
     restore_prob: Annotated[Optional[float], typer.Option(help="Stochastic restore: per step, each adapted weight "
                                                           "returns to its source value with this probability.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    crop: Annotated[Optional[bool], typer.Option("--crop/--no-crop", help="CCC's random resized crop + flip "
+                                                 "(embedded stream).")] = None,
+    no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Plain log lines instead of the live dashboard.")] = False,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run every worker in this process (debugging).")] = False,
 ) -> None:
-    """Adapt on the stream and report the served predictions' accuracy per window.
+    """Adapt on the stream; estimate accuracy without labels, warn of collapse, live.
 
-    Labels are used for scoring only; the adapter never sees them.
+    Labels (when the stream has them) only score: the adapter and the probe never see them.
     """
-    from sources.factory import open_source
+    from .config import ConfigError, load_config
+    from .runtime.runner import RunError, new_run_dir, prepare_resume
 
-    from .adaptation import make_adapter
-    from .models import WeightsError, load_model
-    from .source_eval import evaluate_source
+    flags = {
+        "source.kind": source, "source.stream": stream, "source.data": data, "source.crop": crop,
+        "source.batch_size": batch_size, "model.name": model, "model.weights": str(weights) if weights else None,
+        "adapter.name": adapter, "adapter.lr": lr, "adapter.precision": precision,
+        "adapter.reset_every": reset_every, "adapter.restore_prob": restore_prob,
+        "runtime.address": address, "runtime.num_gpus": num_gpus, "runtime.device": device,
+        "metrics.out": str(out) if out else None,
+    }
+    overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in flags.items() if v is not None]
+    if max_images is not None:
+        overrides.append(f"runtime.max_images={max_images or None}")
+    if no_dashboard:
+        overrides.append("dashboard.enabled=False")
+    if no_ray:
+        overrides.append("runtime.use_ray=False")
+    overrides += set_ or []
+    try:
+        if resume is not None:
+            cfg = prepare_resume(resume, overrides)
+            run_dir = resume
+        else:
+            cfg = load_config(config, overrides)
+            _validate(cfg)
+            run_dir = new_run_dir(cfg)
+    except (ConfigError, RunError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    _run_and_summarise(cfg, run_dir, resume is not None)
 
-    import torch
 
+def _validate(cfg) -> None:
+    """Fail on names and files before any actor starts."""
     from adapters import ADAPTERS
+    from sources.ccc import CCCSpec
+    from sources.factory import SOURCE_KINDS
 
-    from .registry import UnknownNameError
-
-    try:
-        ADAPTERS.get(adapter)  # an unknown name fails before any model or data is loaded
-        bundle = load_model(model, weights, device)
-        src = open_source(source, stream, data, bundle, crop=crop, device=device)
-    except (ValueError, FileNotFoundError, WeightsError, UnknownNameError) as error:
-        _fail(str(error))
-
-    def first_images(n: int) -> torch.Tensor:
-        return torch.cat([torch.from_numpy(b.images) for b in src.read(start, min(src.length, start + n), batch_size)])
+    from .adaptation import PRECISIONS
+    from .models import model_names
+    from .registry import UnknownNameError, unknown_name_message
 
     try:
-        method = make_adapter(adapter, bundle, first_images, precision, lr=lr, reset_every=reset_every,
-                              restore_prob=restore_prob)
-    except ValueError as error:
+        ADAPTERS.get(cfg.adapter.name)
+    except UnknownNameError as error:
+        raise ValueError(str(error)) from None
+    if cfg.source.kind not in SOURCE_KINDS:
+        raise ValueError(unknown_name_message("source", cfg.source.kind, SOURCE_KINDS))
+    if cfg.source.kind == "imagefolder" and cfg.source.data is None:
+        raise ValueError("--source imagefolder needs --data DIR, a folder of class sub-folders of images.")
+    if cfg.source.kind == "ccc":
+        CCCSpec.parse(cfg.source.stream or CCCSpec().name)
+    if cfg.adapter.precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {cfg.adapter.precision!r}. Valid precisions: {', '.join(PRECISIONS)}.")
+    if cfg.model.name not in model_names():
+        raise ValueError(unknown_name_message("model", cfg.model.name, model_names()))
+    if cfg.model.weights and not Path(cfg.model.weights).exists():
+        raise FileNotFoundError(f"Weights file {cfg.model.weights} not found.")
+    if cfg.source.kind == "ccc" and cfg.source.data is None and cfg.model.name != "embedded":
+        raise ValueError("The embedded CCC stream is rendered for the embedded model (10 classes); use "
+                         "--model embedded, or pass --data DIR|URL with official CCC shards for ImageNet models.")
+
+
+def _run_and_summarise(cfg, run_dir: Path, resume: bool) -> None:
+    from contextlib import ExitStack
+
+    from .dashboard.app import make_reporter
+    from .models import WeightsError
+    from .report import summarise
+    from .runtime.runner import run as run_stream
+
+    reporter = make_reporter(console, cfg.dashboard.enabled, refresh_per_second=cfg.dashboard.refresh_per_second,
+                             summary=False)
+    console.print(f"[bold]stream-monitor[/] run directory [cyan]{run_dir}[/]", highlight=False)
+    try:
+        with ExitStack() as stack:
+            if hasattr(reporter, "__enter__"):
+                stack.enter_context(reporter)
+            outcome = run_stream(cfg, run_dir, reporter=reporter, resume=resume,
+                                 log=getattr(reporter, "log", console.print))
+    except (ValueError, FileNotFoundError, WeightsError, RuntimeError) as error:
         _fail(str(error))
-    stop = min(src.length, start + max_images)
-    console.print(f"[bold]stream-monitor[/] {src.name}  model {bundle.short_id}  adapter {adapter}  "
-                  f"images [{start:,}, {stop:,}) of {src.length:,}  device {device}")
-    if bundle.name == "embedded_resnet20":
-        console.print("[dim]Embedded glyph domain and model (not ImageNet): see README, 'The embedded default'.[/]")
-
-    def show(w, result) -> None:
-        skipped = f"  skipped {w.skipped}" if w.skipped else ""
-        console.print(f"{w.start:>9,}-{w.stop:<9,} acc {w.accuracy:5.1f}%  {w.pair:<32} "
-                      f"{result.images_per_second:,.0f} img/s{skipped}", highlight=False)
-
-    result = evaluate_source(src, bundle, start, stop, batch_size, window, on_window=show,
-                             predict=lambda images: method.step(bundle.normalise(images)).logits)
-    table = Table(title="Summary", show_header=False)
+    table = Table(title=f"Summary ({outcome.status})", show_header=False)
+    summary = summarise(run_dir)
     rows = {
-        "stream": src.name, "model": bundle.short_id, "adapter": adapter, "images": f"{result.images:,}",
-        "skipped": f"{sum(w.skipped for w in result.windows):,}", "accuracy": f"{result.accuracy:.2f}%",
-        "throughput": f"{result.images_per_second:,.0f} img/s", "wall time": f"{result.seconds:.1f} s",
+        "stream": outcome.info.stream, "base": outcome.info.base, "model": outcome.info.model,
+        "adapter": outcome.info.adapter, "device": outcome.info.device,
+        "images": f"{summary.get('images') or 0:,}", "skipped": f"{summary.get('skipped') or 0:,}",
+        "online accuracy": _pair(summary, "online"), "source accuracy": _pair(summary, "source"),
+        "warnings": f"{summary.get('warnings') or 0}", "resets": f"{summary.get('resets') or 0}",
+        "throughput": f"{outcome.images / outcome.seconds:,.0f} img/s this session ({outcome.seconds:.1f} s)"
+        if outcome.seconds else "-",
+        "run directory": str(run_dir),
     }
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)
+    if outcome.status == "failed":
+        err_console.print(f"[bold red]error:[/] {outcome.error}\nResume with: stream-monitor run --resume {run_dir}")
+        raise typer.Exit(1)
+    if outcome.status == "stopped":
+        console.print(f"Stopped. Resume with: stream-monitor run --resume {run_dir}")
+
+
+def _pair(summary: dict, target: str) -> str:
+    est, true, mae = (summary.get(f"est_{target}_acc"), summary.get(f"true_{target}_acc"),
+                      summary.get(f"{target}_acc_mae"))
+    parts = [f"estimated {est:.1f}%" if est is not None else "estimated n/a",
+             f"true {true:.1f}%" if true is not None else "true n/a"]
+    if mae is not None:
+        parts.append(f"MAE {mae:.1f} points")
+    return ", ".join(parts)
+
+
+@app.command("show-config")
+def show_config(
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML config file.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value (repeatable).")] = None,
+) -> None:
+    """Print the resolved config as YAML (a starting point for --config)."""
+    from .config import ConfigError, dump_config, load_config
+
+    try:
+        console.print(dump_config(load_config(config, set_ or [])), highlight=False, markup=False)
+    except (ConfigError, FileNotFoundError) as error:
+        _fail(str(error))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `stream-monitor run`.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where the HTML page goes (default RUN_DIR/report/).")] = None,
+) -> None:
+    """Write an HTML report with PNG plots and a summary table for a run directory."""
+    from .report import write_report
+
+    try:
+        page = write_report(run_dir, out)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    console.print(f"report: {page}", highlight=False)
 
 
 @app.command("list")
 def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHAT)}.")] = "sources") -> None:
-    """List sources, CCC streams, corruptions or models."""
+    """List sources, adapters, estimators, CCC streams, corruptions or models."""
     from sources.ccc import NOISE_POOLS, all_stream_names
     from sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS
     from sources.factory import SOURCE_KINDS
@@ -126,6 +237,15 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
             console.print(f"{name:<16} stream   baselines {','.join(pools) or '-'}")
         for name in HELD_OUT_CORRUPTIONS:
             console.print(f"{name:<16} held-out (calibration only)")
+    elif what == "adapters":
+        from adapters import ADAPTERS
+
+        for name in ADAPTERS.names():
+            doc = (ADAPTERS.get(name).__doc__ or "").strip().splitlines()
+            console.print(f"{name:<10} {doc[0] if doc else ''}", highlight=False)
+    elif what == "estimators":
+        for name, text in ESTIMATORS.items():
+            console.print(f"{name:<20} {text}", highlight=False)
     elif what == "models":
         console.print("\n".join(model_names()))
     else:

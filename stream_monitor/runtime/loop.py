@@ -27,7 +27,10 @@ from ..estimation.detectors import CollapseDetector, default_detectors
 from ..estimation.flips import FlipsCalibration
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from .messages import ProbeResult, StepSummary, Truth
-from .observer import RunObserver
+from .observer import RunObserver, notify_health
+
+
+SLOW_AFTER_S = 30.0  # an adapter step result this late marks the adapter "slow" on the dashboard
 
 
 class Executor(Protocol):
@@ -143,6 +146,7 @@ class RunLoop:
         self.stop_requested = False
         self.resumed = state is not None
         self._checkpointed_at = self.state.step  # a fresh start or a resume needs no checkpoint yet
+        self._last_result, self._slow = clock(), False
 
     # ---- schedule: pure functions of the step count ------------------------------------------
     def probe_due(self, step: int) -> bool:
@@ -254,8 +258,15 @@ class RunLoop:
 
     # ---- results -------------------------------------------------------------------------------
     def _collect(self, timeout: float) -> None:
-        if self._steps and self.ex.ready(self._steps[0].summary, timeout):
-            self._process_step(self._steps.popleft())
+        if self._steps:
+            if self.ex.ready(self._steps[0].summary, timeout):
+                self._process_step(self._steps.popleft())
+                if self._slow:
+                    self._slow = False
+                    notify_health(self.observers, "adapter", "ok", "steps arrive again")
+            elif not self._slow and self.clock() - self._last_result > SLOW_AFTER_S:
+                self._slow = True
+                notify_health(self.observers, "adapter", "slow", f"no step result for {SLOW_AFTER_S:.0f} s")
         while self._probes and self._probes[0].row is not None and self.ex.ready(self._probes[0].result, 0):
             self._process_probe(self._probes.popleft())
         if not self._steps and self._probes and self._probes[0].row is not None:
@@ -265,11 +276,13 @@ class RunLoop:
         try:
             return self.ex.get(handle)
         except Exception as error:  # Ray wraps the worker's exception; in-process it is the original
+            notify_health(self.observers, origin, "dead", f"{type(error).__name__}: {str(error)[:200]}")
             raise WorkerFailed(f"{origin} failed: {type(error).__name__}: {error}") from error
 
     def _process_step(self, pending: _PendingStep) -> None:
         summary: StepSummary = self._get(pending.summary, "adapter")
         truth: Truth = self._get(pending.truth, "source")
+        self._last_result = self.clock()
         state = self.state
         if self.probe_on and self.cycle_due(state.step):
             self._begin_cycle_window(state.step, pending.start)

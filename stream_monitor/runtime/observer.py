@@ -43,3 +43,12 @@ class RunObserver(Protocol):
     def on_event(self, row: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+def notify_health(observers, name: str, status: str, detail: str = "") -> None:
+    """Tell the observers that have an `on_health(name, status, detail)` hook (the dashboards)
+    how an actor is doing: ok, slow or dead."""
+    for observer in observers:
+        hook = getattr(observer, "on_health", None)
+        if hook is not None:
+            hook(name, status, detail)

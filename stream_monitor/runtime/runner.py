@@ -29,7 +29,7 @@ from ..estimation.flips import calibration_for
 from ..metrics.sink import ParquetSink, recover
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import LoopState, RunLoop, WorkerFailed
-from .observer import RunInfo, RunObserver
+from .observer import RunInfo, RunObserver, notify_health
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
     observers: list[RunObserver] = [sink, *extra_observers] + ([reporter] if reporter is not None else [])
     for observer in observers:
         observer.on_start(info)
+    for name in ["adapter", *names] + (["probe"] if config.probe.enabled else []):
+        notify_health(observers, name, "ok", info.device if name == "adapter" else "")
 
     def write(loop_state: LoopState, adapter_state: Any, probe_state: Any) -> None:
         save_checkpoint(run_dir, loop_state, adapter_state, probe_state)

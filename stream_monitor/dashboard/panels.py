@@ -1,0 +1,399 @@
+"""The dashboard's panels: plain classes that render one `DashboardState` through the rich console protocol.
+
+Each panel is built per frame around an immutable state, so rendering never races the driver. Panels that
+must fit a fixed region (chart, warnings, events) size themselves from the options the console passes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .state import DashboardState
+
+__all__ = [
+    "AccuracyChart",
+    "EventsPanel",
+    "Header",
+    "HealthPanel",
+    "ThroughputPanel",
+    "WarningsPanel",
+    "format_duration",
+    "format_hyperparameters",
+    "format_percent",
+    "format_position",
+]
+
+# (AccuracyPoint field, legend label, style, dashed); truths are dashed so they stay apart without colour.
+# Drawn in this order, so estimates end up on top where lines share a cell.
+SERIES = (
+    (2, "true source", "blue", True),
+    (4, "true online", "green", True),
+    (1, "est source", "bright_cyan", False),
+    (3, "est online", "bright_yellow", False),
+)
+
+# Braille dot bits by (column, row) inside a 2 x 4 cell (Unicode block U+2800).
+_BRAILLE_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
+
+EVENT_STYLES = {
+    "warning": "bold red", "error": "bold red", "clear": "green", "reset": "yellow", "cycle": "cyan",
+    "skipped": "magenta", "start": "dim", "resume": "dim", "stop": "dim", "checkpoint": "dim",
+}
+HEALTH_STYLES = {"ok": "green", "slow": "yellow", "dead": "bold red"}
+
+
+# -- formatting ------------------------------------------------------------------------------------------------
+
+def format_percent(value: float | None, missing: str = "n/a") -> str:
+    return missing if value is None else f"{value:.1f}%"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_position(value: float) -> str:
+    """Compact stream positions for axis labels: 950, 12.5k, 7.5M."""
+    value = float(value)
+    for bound, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= bound:
+            return f"{value / bound:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
+def format_hyperparameters(hyperparameters: dict[str, Any], limit: int = 12) -> str:
+    """`k=v` pairs with floats shortened; nested values are summarised rather than spelled out."""
+    parts = []
+    for key, value in list(hyperparameters.items())[:limit]:
+        if isinstance(value, float):
+            text = f"{value:.3g}"
+        elif isinstance(value, (list, tuple)):
+            text = ",".join(str(v) for v in value) if len(value) <= 4 else f"[{len(value)} items]"
+        elif isinstance(value, dict):
+            text = f"{{{len(value)} keys}}"
+        else:
+            text = str(value)
+        parts.append(f"{key}={text}")
+    if len(hyperparameters) > limit:
+        parts.append(f"+{len(hyperparameters) - limit} more")
+    return " ".join(parts)
+
+
+def _clock(wall_time: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall_time)) if wall_time else "--:--:--"
+
+
+def _line(*parts: str | tuple[str, str]) -> Text:
+    """One line that is cut with an ellipsis instead of wrapping (fixed-height regions)."""
+    return Text.assemble(*parts, no_wrap=True, overflow="ellipsis")
+
+
+# -- panels ----------------------------------------------------------------------------------------------------
+
+class Header:
+    """Run id, stream, what the images are, model and weights, adapter and its options, device."""
+
+    rows = 5
+
+    def __init__(self, state: DashboardState) -> None:
+        self.state = state
+
+    def __rich__(self) -> RenderableType:
+        info = self.state.info
+        if info is None:
+            return Panel(Text("waiting for the run to start", style="dim"), title="stream-monitor")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold", no_wrap=True, min_width=7)
+        grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+        span = f"positions {info.start:,} → {info.stop:,}" if info.stop > info.start else f"from {info.start:,}"
+        probe = f"probe every {info.probe_every} steps × {info.probe_size} imgs" if info.probe_every else "probe off"
+        labels = "" if info.has_labels else " · no labels"
+        grid.add_row("run", f"{info.run_id} on {info.device} · {span} · batch {info.batch_size} · {probe}{labels}")
+        grid.add_row("stream", info.stream)
+        # The base decides what the accuracies mean (glyphs are not ImageNet), so it gets its own loud line.
+        grid.add_row("base", Text(info.base, style="bold yellow"))
+        grid.add_row("model", info.model)
+        grid.add_row("adapter", Text.assemble((info.adapter, "bold"), "  ",
+                                              (format_hyperparameters(info.hyperparameters), "dim")))
+        return Panel(grid, title=f"stream-monitor · {info.run_id}", title_align="left", border_style="blue")
+
+
+class AccuracyChart:
+    """Accuracy (0-100 %) against stream position, drawn with braille dots to fit the space it is given.
+
+    One series per style: estimates solid, ground truth dashed; source and online in different colours. The
+    true online line comes from probe rows when they carry it and from the step rows' rolling accuracy otherwise.
+    """
+
+    def __init__(self, state: DashboardState, height: int = 12) -> None:
+        self.state = state
+        self.height = height  # used when the console does not fix one (printed outside a Layout)
+
+    def _series(self) -> list[tuple[int, str, str, bool, list[tuple[int, float | None]]]]:
+        points = self.state.accuracy.points
+        out = []
+        for index, label, style, dashed in SERIES:
+            values = [(p.position, p[index]) for p in points]
+            if index == 4 and not any(v is not None for _, v in values) and len(self.state.online_series):
+                values = list(self.state.online_series.points)
+                label = "true online (rolling)"
+            if any(v is not None for _, v in values):
+                out.append((index, label, style, dashed, values))
+        return out
+
+    def _x_range(self, series: Sequence[tuple[Any, ...]]) -> tuple[float, float]:
+        info = self.state.info
+        xs = [x for *_, values in series for x, _ in values]
+        if info is not None and info.stop > info.start:
+            # The full run on the axis: the lines grow left to right as the stream is served.
+            lo, hi = float(info.start), float(max([info.stop, *xs]))
+        elif xs:
+            lo, hi = float(min(xs)), float(max(xs))
+        else:
+            lo, hi = 0.0, 1.0
+        return lo, hi if hi > lo else lo + 1.0
+
+    def _legend(self, series: Sequence[tuple[Any, ...]], width: int) -> list[Text]:
+        """Legend entries with each series' newest value, packed into at most two lines."""
+        if not series:
+            info = self.state.info
+            waiting = "probe off" if info is not None and not info.probe_every else "waiting for probe reports"
+            return [_line((waiting, "dim"))]
+        entries = []
+        for _, label, style, dashed, values in sorted(series, key=lambda s: s[0]):
+            # The newest value even when it is missing: an estimator warming up after a new probe cycle.
+            missing = "n/a" if dashed else "n/a (warming up)"
+            entries.append(Text.assemble(("╌╌" if dashed else "──", style), f" {label} ",
+                                         (format_percent(values[-1][1], missing), "bold")))
+        lines = [Text(no_wrap=True, overflow="ellipsis")]
+        for entry in entries:
+            if lines[-1].cell_len and lines[-1].cell_len + 2 + entry.cell_len > width and len(lines) < 2:
+                lines.append(Text(no_wrap=True, overflow="ellipsis"))
+            if lines[-1].cell_len:
+                lines[-1].append("  ")
+            lines[-1].append_text(entry)
+        return lines
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        height = max(1, options.height or self.height)
+        # Exactly `height` lines, so a Panel around the chart keeps its size whatever the data.
+        lines = self._lines(options.max_width, height)[:height]
+        yield from lines + [Text("")] * (height - len(lines))
+
+    def _lines(self, width: int, height: int) -> list[Text]:
+        series = self._series()
+        legend = self._legend(series, width)
+        label_width = 5
+        cols, rows = width - label_width - 1, height - len(legend) - 2  # x axis and its labels below
+        if cols < 4 or rows < 2:
+            return legend
+        lo, hi = self._x_range(series)
+        dots_w, dots_h = cols * 2, rows * 4
+        bits = [[0] * cols for _ in range(rows)]
+        owner: list[list[str | None]] = [[None] * cols for _ in range(rows)]
+
+        def plot(x: int, y: int, style: str) -> None:
+            if 0 <= x < dots_w and 0 <= y < dots_h:
+                bits[y // 4][x // 2] |= _BRAILLE_BITS[x % 2][y % 4]
+                owner[y // 4][x // 2] = style
+
+        def to_dot(position: float, value: float) -> tuple[int, int]:
+            x = round((position - lo) / (hi - lo) * (dots_w - 1))
+            y = round((100.0 - min(100.0, max(0.0, value))) / 100.0 * (dots_h - 1))
+            return x, y
+
+        for _, _, style, dashed, values in series:
+            previous: tuple[int, int] | None = None
+            counter = 0
+            for position, value in values:
+                if value is None:
+                    previous = None  # a gap (estimator warming up), not a line through it
+                    continue
+                current = to_dot(position, value)
+                for x, y in _segment(previous or current, current):
+                    if not dashed or counter % 4 < 2:
+                        plot(x, y, style)
+                    counter += 1
+                previous = current
+
+        ticks = {}
+        # Few rows quantise a mid tick too coarsely to be honest, so short charts only mark the ends.
+        for tick in (100, 75, 50, 25, 0) if rows >= 5 else (100, 0):
+            ticks.setdefault(to_dot(lo, tick)[1] // 4, tick)
+        lines = list(legend)
+        for row in range(rows):
+            line = Text(no_wrap=True, overflow="crop")
+            line.append(f"{ticks[row]:>3}% ┤" if row in ticks else " " * (label_width - 1) + " │", "dim")
+            line.append_text(_row_text(bits[row], owner[row]))
+            lines.append(line)
+        lines.append(Text(" " * label_width + "└" + "─" * cols, style="dim", no_wrap=True, overflow="crop"))
+        lines.append(_x_labels(lo, hi, cols, label_width + 1))
+        return lines
+
+
+def _segment(a: tuple[int, int], b: tuple[int, int]) -> Iterable[tuple[int, int]]:
+    """Dots of the straight line from a to b (Bresenham), b included, a only when a == b."""
+    (x0, y0), (x1, y1) = a, b
+    dx, dy = abs(x1 - x0), -abs(y1 - y0)
+    sx, sy = (1 if x1 > x0 else -1), (1 if y1 > y0 else -1)
+    err = dx + dy
+    x, y = x0, y0
+    if a == b:
+        yield b
+        return
+    while (x, y) != (x1, y1):
+        e2 = 2 * err
+        if e2 >= dy:
+            err += dy
+            x += sx
+        if e2 <= dx:
+            err += dx
+            y += sy
+        yield x, y
+
+
+def _row_text(bits: list[int], owner: list[str | None]) -> Text:
+    text = Text(no_wrap=True, overflow="crop")
+    for value, style in zip(bits, owner):
+        text.append(chr(0x2800 + value) if value else " ", style or "")
+    return text
+
+
+def _x_labels(lo: float, hi: float, cols: int, indent: int) -> Text:
+    chars = [" "] * cols
+    marks = [(0, lo), (cols - 1, hi)]
+    if cols >= 30:
+        marks.insert(1, (cols // 2, (lo + hi) / 2))
+    taken = -1
+    for at, value in marks:
+        label = format_position(value)
+        start = max(0, min(at - len(label) // 2, cols - len(label)))
+        if start <= taken:
+            continue
+        chars[start:start + len(label)] = label
+        taken = start + len(label)
+    return Text(" " * indent + "".join(chars), style="dim", no_wrap=True, overflow="crop")
+
+
+class WarningsPanel:
+    """Active collapse warnings with their origin and evidence; sized by its region, never cut mid-warning."""
+
+    def __init__(self, state: DashboardState) -> None:
+        self.state = state
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        warnings = self.state.warnings
+        if not warnings:
+            yield Panel(_line(("no collapse warnings", "green")), title="collapse warnings", title_align="left",
+                        border_style="green", height=options.height)
+            return
+        room = max(1, (options.height or len(warnings) + 2) - 2)
+        shown = warnings if len(warnings) <= room else warnings[-(room - 1):] if room > 1 else ()
+        lines = [_line(("! ", "bold red"), (w.origin, "bold"), f" (step {w.step:,}): ", w.message) for w in shown]
+        if len(shown) < len(warnings):
+            lines.insert(0, _line((f"... {len(warnings) - len(shown)} earlier warnings", "dim red")))
+        yield Panel(Group(*lines), title=f"collapse warnings ({len(warnings)})", title_align="left",
+                    border_style="bold red", height=options.height)
+
+
+class ThroughputPanel:
+    """Progress over the run's stream span, img/s, ETA, and the latest step and probe readouts."""
+
+    rows = 9
+
+    def __init__(self, state: DashboardState) -> None:
+        self.state = state
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        state = self.state
+        total, fraction = state.total, state.fraction
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=float(total or 1), completed=float(state.done if total else 0),
+                                width=max(4, min(40, options.max_width - 8)), pulse=total is None),
+                    Text(f"{100 * fraction:5.1f}%" if fraction is not None else "  ...", style="bold"))
+        yield bar
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="dim", no_wrap=True, min_width=7)
+        grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+        grid.add_row("images", _line((f"{state.done:,}", "bold"), f" / {total:,}" if total else "",
+                                     f" · {state.skipped:,} skipped"))
+        step = state.last_step
+        rate = "-" if state.rate is None else f"{state.rate:,.0f}"
+        grid.add_row("speed", _line((rate, "bold"), " img/s",
+                                    *([f" · {step.step_ms:.0f} ms/step"] if step and step.step_ms else [])))
+        grid.add_row("time", _line(f"{format_duration(state.elapsed_seconds)} elapsed · ETA ",
+                                   (format_duration(state.eta_seconds), "bold")))
+        if step is not None:
+            grid.add_row("step", _line(f"{step.step:,} · resets {state.resets:,}",
+                                       *([(" · no update", "dim")] if step.update_skipped else [])))
+            stats: list[str | tuple[str, str]] = []
+            if step.mean_entropy is not None:
+                stats.append(f"entropy {step.mean_entropy:.3f}")
+            if step.top_class_share is not None:
+                stats += [" · " if stats else "", f"top class {100 * step.top_class_share:.0f}%"]
+            grid.add_row("stats", _line(*stats) if stats else _line(("n/a", "dim")))
+            if step.domain:
+                grid.add_row("domain", _line((step.domain, "italic")))
+        if state.rolling_online_acc is not None:
+            source = state.rolling_source_acc
+            grid.add_row("truth", _line("online ", (format_percent(state.rolling_online_acc), "bold"),
+                                        *([" · source ", (format_percent(source), "bold")] if source is not None else []),
+                                        (f" (last {format_position(state.rolling_images)})", "dim")))
+        elif state.info is not None and not state.info.has_labels:
+            grid.add_row("truth", _line(("no labels: estimates only", "dim")))
+        probe = state.last_probe
+        if probe is not None:
+            grid.add_row("probe", _line(f"cycle {probe.cycle} · {probe.flips}/{probe.probe_size} flips"
+                                        f" · weighted {probe.weighted_flips:.1f}",
+                                        *([" · ", ("extrapolated", "yellow")] if probe.extrapolated else [])))
+        yield grid
+
+
+class EventsPanel:
+    """The latest events, newest last, as many as the region holds."""
+
+    def __init__(self, state: DashboardState, limit: int = 10) -> None:
+        self.state = state
+        self.limit = limit
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        count = max(1, options.height or self.limit)
+        events = self.state.events[-count:]
+        if not events:
+            yield _line(("no events yet", "dim"))
+            return
+        for event in events:
+            style = EVENT_STYLES.get(event.kind, "")
+            yield _line((_clock(event.wall_time), "dim"), f" {event.step:>7,} ", (f"{event.kind:<10}", style),
+                        (event.origin, "bold"), ": ", event.message)
+
+
+class HealthPanel:
+    """Actor health: ok, slow or dead, with the detail the driver gave."""
+
+    def __init__(self, state: DashboardState) -> None:
+        self.state = state
+
+    def __rich__(self) -> RenderableType:
+        if not self.state.health:
+            return Text("no actor reports yet", style="dim")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True, style="bold")
+        grid.add_column(no_wrap=True)
+        grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1, style="dim")
+        for actor in self.state.health:
+            grid.add_row(actor.name, Text(actor.status, style=HEALTH_STYLES.get(actor.status, "")), actor.detail)
+        return grid
