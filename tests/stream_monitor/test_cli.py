@@ -3,6 +3,7 @@
 from typer.testing import CliRunner
 
 from stream_monitor.cli import app
+from stream_monitor.metrics.sink import read_table
 
 runner = CliRunner()
 
@@ -33,13 +34,23 @@ def test_imagefolder_needs_data():
     assert result.exit_code == 2 and "needs --data DIR" in result.output
 
 
-def test_short_run_on_the_embedded_default():
-    result = runner.invoke(app, ["run", "--max-images", "192", "--window", "64"])
+def local(tmp_path, *args: str) -> list[str]:
+    """A short in-process run (unit tests never start Ray) into tmp_path/runs."""
+    return ["run", "--no-ray", "--no-dashboard", "--out", str(tmp_path / "runs"), "--set", "probe.size=64",
+            "--set", "probe.every=2", *args]
+
+
+def test_short_run_on_the_embedded_default(tmp_path):
+    result = runner.invoke(app, local(tmp_path, "--max-images", "192"))
     assert result.exit_code == 0, result.output
     assert "embedded/baseline_20_transition+speed_1000_seed_43" in result.output
-    assert "accuracy" in result.output and "img/s" in result.output
-    assert "embedded_resnet20@" in result.output and "Summary" in result.output
-    assert result.output.count("acc ") == 3
+    assert "embedded glyphs (not ImageNet)" in result.output
+    assert "online accuracy" in result.output and "img/s" in result.output
+    assert "embedded_resnet20" in result.output and "Summary (finished)" in result.output
+    assert "probe step 2 at 128" in result.output  # the reference set (64 images) is full after step 1
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "run.json", "steps", "probes", "events",
+                                                   "checkpoint.pt"}
 
 
 def test_unknown_adapter_suggests():
@@ -47,13 +58,61 @@ def test_unknown_adapter_suggests():
     assert result.exit_code == 2 and "Did you mean 'tent'" in result.output
 
 
-def test_short_tent_run_serves_adapted_predictions():
-    result = runner.invoke(app, ["run", "--adapter", "tent", "--max-images", "128", "--window", "64", "--lr", "0.001"])
+def test_unknown_config_key_suggests():
+    result = runner.invoke(app, ["run", "--set", "adapter.lrr=0.1"])
+    assert result.exit_code == 2 and "Did you mean 'lr'" in result.output
+
+
+def test_short_tent_run_serves_adapted_predictions(tmp_path):
+    result = runner.invoke(app, local(tmp_path, "--adapter", "tent", "--max-images", "128", "--lr", "0.001"))
     assert result.exit_code == 0, result.output
-    assert "tent" in result.output and result.output.count("acc ") == 2
+    assert "tent" in result.output and "lr=0.001" in result.output
 
 
-def test_short_eata_run_estimates_its_fisher_from_the_stream():
-    result = runner.invoke(app, ["run", "--adapter", "eata", "--max-images", "128", "--window", "64"])
+def test_short_eata_run_estimates_its_fisher_from_the_stream(tmp_path):
+    result = runner.invoke(app, local(tmp_path, "--adapter", "eata", "--max-images", "128"))
     assert result.exit_code == 0, result.output
     assert "eata" in result.output
+
+
+def test_resume_continues_a_run_to_a_longer_stop(tmp_path):
+    assert runner.invoke(app, local(tmp_path, "--max-images", "128")).exit_code == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    result = runner.invoke(app, ["run", "--resume", str(run_dir), "--max-images", "256", "--no-dashboard"])
+    assert result.exit_code == 0, result.output
+    assert "resumed at step 2, position 128" in result.output
+    assert read_table(run_dir, "steps").column("step").to_pylist() == [1, 2, 3, 4]
+
+
+def test_resume_of_a_folder_that_is_no_run_says_what_to_pass(tmp_path):
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "is not a run directory" in " ".join(result.output.split())
+
+
+def test_list_adapters_and_estimators():
+    adapters = runner.invoke(app, ["list", "adapters"])
+    assert adapters.exit_code == 0 and "rdumb" in adapters.output and "em-inf" in adapters.output
+    estimators = runner.invoke(app, ["list", "estimators"])
+    assert "weighted-flips" in estimators.output
+
+
+def test_show_config_prints_yaml_that_loads_back(tmp_path):
+    result = runner.invoke(app, ["show-config", "--set", "probe.every=25"])
+    assert result.exit_code == 0
+    (tmp_path / "c.yaml").write_text(result.output)
+    from stream_monitor.config import load_config
+
+    assert load_config(tmp_path / "c.yaml").probe.every == 25
+
+
+def test_report_writes_html_for_a_run(tmp_path):
+    assert runner.invoke(app, local(tmp_path, "--max-images", "256")).exit_code == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    result = runner.invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "report" / "index.html").exists() and (run_dir / "report" / "accuracy.png").exists()
+
+
+def test_report_of_a_missing_folder_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["report", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "stream-monitor run --out DIR" in result.output

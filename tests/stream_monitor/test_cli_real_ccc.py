@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 from sources.generate import ShardSample, write_ccc_shards
 from sources.shards import CCCInfo, format_info
 from stream_monitor.cli import app
+from stream_monitor.metrics.sink import read_table
 
 STREAM = "baseline_40_transition+speed_1000_seed_45"
+LOCAL = ["--no-ray", "--no-dashboard", "--out"]  # in-process workers: unit tests never start Ray
 
 
 def weights(tmp_path):
@@ -32,12 +34,14 @@ def test_run_reads_official_format_shards(tmp_path):
     write_ccc_shards(samples, tmp_path / "ccc", STREAM, shard_size=25_000)
     result = CliRunner().invoke(app, [
         "run", "--data", str(tmp_path / "ccc"), "--stream", STREAM, "--model", "resnet18",
-        "--weights", str(weights(tmp_path)), "--window", "100", "--batch-size", "4",
+        "--weights", str(weights(tmp_path)), "--batch-size", "4", *LOCAL, str(tmp_path / "runs"),
     ])
     assert result.exit_code == 0, result.output
-    assert "skipped 1" in result.output and "fog -> snow" in result.output
+    assert "1 unreadable image(s) skipped" in result.output
     assert re.search(r"skipped\s+│\s+1\s", result.output)
-    assert "resnet18@" in result.output
+    assert "resnet18" in result.output
+    steps = read_table(next((tmp_path / "runs").iterdir()), "steps")
+    assert steps.column("images").to_pylist() == [4, 3, 4] and set(steps.column("noise_a").to_pylist()) == {"fog"}
 
 
 def test_run_on_an_image_folder(tmp_path):
@@ -47,10 +51,10 @@ def test_run_on_an_image_folder(tmp_path):
             Image.new("RGB", (300, 260), (40 * i, 90, 200)).save(tmp_path / "val" / c / f"{i}.jpg")
     result = CliRunner().invoke(app, [
         "run", "--source", "imagefolder", "--data", str(tmp_path / "val"), "--model", "resnet18",
-        "--weights", str(weights(tmp_path)), "--window", "100",
+        "--weights", str(weights(tmp_path)), *LOCAL, str(tmp_path / "runs"),
     ])
     assert result.exit_code == 0, result.output
-    assert "imagefolder:val" in result.output and "6" in result.output
+    assert "imagefolder:val" in result.output and re.search(r"images\s+│\s+6\s", result.output)
 
 
 def test_generate_then_run_round_trip(tmp_path):
@@ -75,7 +79,7 @@ def test_generate_then_run_round_trip(tmp_path):
     assert (tmp_path / "ccc" / stream / "serial_00000.tar").exists()
     result = CliRunner().invoke(app, [
         "run", "--data", str(tmp_path / "ccc"), "--stream", stream, "--model", "resnet18",
-        "--weights", str(weights(tmp_path)), "--window", "20",
+        "--weights", str(weights(tmp_path)), *LOCAL, str(tmp_path / "runs"),
     ])
     assert result.exit_code == 0, result.output
     assert re.search(r"images\s+│\s+40\s", result.output)
