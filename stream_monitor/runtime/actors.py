@@ -44,14 +44,14 @@ class RayExecutor:
         return ray.get(handle)
 
 
-def init_ray(config: RunConfig) -> None:
+def init_ray(config: RunConfig) -> bool:
     """Join `runtime.address`, or start a local Ray bound to localhost with no dashboard.
 
     Actor output goes to Ray's log files, not to this terminal, so it cannot tear the live
-    dashboard (style_anchors.md 3.3).
+    dashboard (style_anchors.md 3.3). Returns whether this call started Ray (and so must stop it).
     """
     if ray.is_initialized():
-        return
+        return False
     env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False,
                               "configure_logging": False}
@@ -59,12 +59,14 @@ def init_ray(config: RunConfig) -> None:
         ray.init(address=config.runtime.address, **kwargs)
     else:
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kwargs)
+    return True
 
 
-def start_ray_workers(config: RunConfig):
+def start_ray_workers(config: RunConfig, run_id: str = "run"):
+    """The actors of one run, named `{run_id}/adapter`, `{run_id}/probe`, `{run_id}/source-K`."""
     from .runner import Workers
 
-    init_ray(config)
+    started_ray = init_ray(config)
     rt = config.runtime
     cuda = resolve_device(rt.device) == "cuda" if rt.address is None else rt.device == "cuda"
     num_gpus = rt.num_gpus if rt.num_gpus is not None else (1.0 if cuda else 0.0)
@@ -76,7 +78,7 @@ def start_ray_workers(config: RunConfig):
     names = []
     for k in range(config.source.num_actors):
         name = f"source-{k}"
-        actors[name] = SourceActor.options(num_cpus=0.25, name=None, max_restarts=2,
+        actors[name] = SourceActor.options(num_cpus=0.25, name=f"{run_id}/{name}", max_restarts=2,
                                            max_task_retries=2).remote(config, 1)
         names.append(name)
     fisher = None
@@ -84,11 +86,12 @@ def start_ray_workers(config: RunConfig):
         from ..adaptation import FISHER_IMAGES
 
         fisher = actors["source-0"].first_images.remote(FISHER_IMAGES)
-    actors["adapter"] = AdapterActor.options(num_cpus=1, num_gpus=num_gpus, max_restarts=0).remote(
+    actors["adapter"] = AdapterActor.options(num_cpus=1, num_gpus=num_gpus, max_restarts=0,
+                                             name=f"{run_id}/adapter").remote(
         config, fisher, adapter_threads)
     if config.probe.enabled:
-        actors["probe"] = ProbeActor.options(num_cpus=0.25, num_gpus=config.probe.num_gpus, max_restarts=0).remote(
-            config, 1)
+        actors["probe"] = ProbeActor.options(num_cpus=0.25, num_gpus=config.probe.num_gpus, max_restarts=0,
+                                             name=f"{run_id}/probe").remote(config, 1)
     try:
         ray.get([a.ping.remote() for a in actors.values()], timeout=rt.start_timeout_s)
     except GetTimeoutError:
@@ -107,7 +110,7 @@ def start_ray_workers(config: RunConfig):
                 ray.kill(actor)
             except Exception:  # already dead
                 pass
-        if not rt.address:
+        if started_ray:
             ray.shutdown()
 
     return Workers(ex, names, {**source_info, **adapter_info}, shutdown)

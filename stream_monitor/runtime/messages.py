@@ -90,8 +90,9 @@ def split_batches(batches: list[Batch], start: int, stop: int, batch_size: int) 
         if merged is None or not len(merged):
             empty = np.zeros((0,), np.int64)
             shape = merged.images.shape[1:] if merged is not None else (3, 1, 1)
-            out.append((Images(lo, hi, empty, np.zeros((0, *shape), np.uint8), merged.skipped if merged else []),
-                        Truth(lo, hi, empty, "", 0.0, "", 0.0, None, merged.skipped if merged else [])))
+            skipped = merged.skipped if merged is not None else []  # not `if merged`: an empty Batch is falsy
+            out.append((Images(lo, hi, empty, np.zeros((0, *shape), np.uint8), skipped),
+                        Truth(lo, hi, empty, "", 0.0, "", 0.0, None, skipped)))
             continue
         out.append((
             Images(lo, hi, merged.indices, merged.images, merged.skipped),

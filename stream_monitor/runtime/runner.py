@@ -88,7 +88,7 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
             log(f"resume: dropped rows written after the last checkpoint: {removed}")
     dump_config(config, run_dir / CONFIG_FILE)
 
-    workers = start_workers(config, checkpoint)
+    workers = start_workers(config, checkpoint, run_dir.name)
     ex, names, describe = workers.executor, workers.source_names, workers.describe
     stop = describe["length"] if config.runtime.max_images is None else \
         min(describe["length"], config.runtime.start + config.runtime.max_images)
@@ -167,12 +167,12 @@ class Workers:
     shutdown: Callable[[], None]
 
 
-def start_workers(config: RunConfig, checkpoint=None) -> Workers:
+def start_workers(config: RunConfig, checkpoint=None, run_id: str = "run") -> Workers:
     """Source, adapter and probe workers, restored from `checkpoint` when given."""
     if config.runtime.use_ray:
         from .actors import start_ray_workers
 
-        workers = start_ray_workers(config)
+        workers = start_ray_workers(config, run_id)
     else:
         workers = start_local_workers(config)
     if checkpoint is not None:

@@ -184,6 +184,7 @@ class ProbeWorker:
     def _reset_reference(self) -> None:
         self.reference_images: list[np.ndarray] = []
         self.reference_count = 0
+        self.reference_positions = 0  # stream positions covered, unreadable ones included (the driver's count)
         self.cycle_snapshot: dict[str, np.ndarray] | None = None
         self.reference_predictions: np.ndarray | None = None
         self.reference_confidences: np.ndarray | None = None
@@ -195,13 +196,17 @@ class ProbeWorker:
         self.cycle_snapshot = snapshot
 
     def add_reference(self, images: Images) -> int:
-        """Take stream images into the reference set until it holds `size`; returns the count."""
-        need = self.size - self.reference_count
-        if need > 0 and len(images):
-            taken = np.array(images.images[:need])  # a copy: Ray hands out read-only views
-            self.reference_images.append(taken)
-            self.reference_count += len(taken)
-            if self.reference_count >= self.size and self.cycle_snapshot is not None:
+        """Take the readable images of the cycle's first `size` stream positions as the reference set;
+        returns the image count. Positions, not images, are counted, as the driver counts what it sends:
+        unreadable images make the reference set smaller instead of leaving it incomplete forever."""
+        need = self.size - self.reference_positions
+        if need > 0:
+            keep = images.indices < images.start + need
+            if keep.any():
+                self.reference_images.append(np.array(images.images[keep]))  # a copy: Ray hands out read-only views
+                self.reference_count += int(keep.sum())
+            self.reference_positions += min(need, images.stop - images.start)
+            if self.reference_positions >= self.size and self.reference_count and self.cycle_snapshot is not None:
                 self.reference_predictions, self.reference_confidences = self._predict(self.cycle_snapshot)
                 self.cycle_snapshot = None  # no longer needed
         return self.reference_count
@@ -218,7 +223,7 @@ class ProbeWorker:
         predictions, _ = self._predict(snapshot)
         flipped = predictions != self.reference_predictions
         return ProbeResult(step, self.cycle, step - self.cycle_start, len(predictions), int(flipped.sum()),
-                           float((flipped * percentile_ranks(self.reference_confidences)).sum()),
+                           float(np.nansum(flipped * percentile_ranks(self.reference_confidences))),
                            1000.0 * (time.perf_counter() - started))
 
     @torch.inference_mode()
@@ -244,6 +249,7 @@ class ProbeWorker:
 
         return {
             "cycle": self.cycle, "cycle_start": self.cycle_start, "reference_count": self.reference_count,
+            "reference_positions": self.reference_positions,
             "reference_images": [tensor(a) for a in self.reference_images],
             "cycle_snapshot": None if self.cycle_snapshot is None else {k: tensor(v) for k, v in self.cycle_snapshot.items()},
             "reference_predictions": tensor(self.reference_predictions),
@@ -256,6 +262,7 @@ class ProbeWorker:
 
         self.cycle, self.cycle_start = int(state["cycle"]), int(state["cycle_start"])
         self.reference_count = int(state["reference_count"])
+        self.reference_positions = int(state["reference_positions"])
         self.reference_images = [array(t) for t in state["reference_images"]]
         snap = state["cycle_snapshot"]
         self.cycle_snapshot = None if snap is None else {k: array(v) for k, v in snap.items()}
@@ -270,10 +277,16 @@ class ProbeWorker:
 
 
 def percentile_ranks(values: np.ndarray) -> np.ndarray:
-    """Average-rank percentiles in (0, 1], as pandas' `rank(pct=True)` in Entropy Enigma's `count_flips`."""
+    """Average-rank percentiles in (0, 1], as pandas' `rank(pct=True)` in Entropy Enigma's `count_flips`:
+    a NaN (a diverged model's confidence) stays NaN and the other values are ranked among themselves."""
     from scipy.stats import rankdata
 
-    return rankdata(values, method="average") / len(values)
+    values = np.asarray(values, dtype=np.float64)
+    valid = ~np.isnan(values)
+    ranks = np.full(values.shape, np.nan)
+    if valid.any():
+        ranks[valid] = rankdata(values[valid], method="average") / valid.sum()
+    return ranks
 
 
 def _to_cpu(state: Any) -> Any:
