@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -102,7 +102,8 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
     )
     (run_dir / INFO_FILE).write_text(json.dumps(asdict(info), indent=2, default=str))
     sink = ParquetSink(run_dir, config.metrics.rows_per_part, config.metrics.seconds_per_part)
-    observers: list[RunObserver] = [sink, *extra_observers] + ([reporter] if reporter is not None else [])
+    observers: list[RunObserver] = [sink, *extra_observers, *workers.observers] + \
+        ([reporter] if reporter is not None else [])
     for observer in observers:
         observer.on_start(info)
     for name in ["adapter", *names] + (["probe"] if config.probe.enabled else []):
@@ -165,6 +166,7 @@ class Workers:
     source_names: list[str]
     describe: dict[str, Any]
     shutdown: Callable[[], None]
+    observers: list[RunObserver] = field(default_factory=list)  # e.g. Ray metrics
 
 
 def start_workers(config: RunConfig, checkpoint=None, run_id: str = "run") -> Workers:
