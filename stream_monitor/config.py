@@ -54,7 +54,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    name: str = "tent"
+    name: str = "rdumb"               # the Entropy Enigma setting: ETA with a reset every 1,000 steps
     lr: Optional[float] = None        # None: the method's default
     precision: str = "fp32"           # fp32, or bf16 autocast (GPU)
     reset_every: Optional[int] = None  # reset to the source model every N steps
@@ -167,6 +167,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         *parents, leaf = name.split(".")
         for parent in parents:
             target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"Override {override!r}: {section}.{parent} is {target!r}, not a mapping")
         target[leaf] = value
     return build(RunConfig, data, "")
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 SCHEMA_VERSION = 1
 
 STEP_SCHEMA = pa.schema([
-    pa.field("step", pa.int64(), nullable=False),           # adapter step, 0-based, counted over resets
+    pa.field("step", pa.int64(), nullable=False),           # adapter steps done after this one (1, 2, ...), counted over resets
     pa.field("start", pa.int64(), nullable=False),          # first stream position of the batch
     pa.field("stop", pa.int64(), nullable=False),           # one past the last position
     pa.field("images", pa.int32(), nullable=False),         # images served (stop - start - skipped)

@@ -30,6 +30,7 @@ from .messages import ProbeResult, StepSummary, Truth
 from .observer import RunObserver, notify_health
 
 
+DEFAULT_CYCLE = 1000  # Entropy Enigma: reference at the start, flips after ~1,000 steps (990 in its code)
 SLOW_AFTER_S = 30.0  # an adapter step result this late marks the adapter "slow" on the dashboard
 
 
@@ -118,12 +119,13 @@ class RunLoop:
         checkpoint: called with (state, adapter_state, probe_state) at every checkpoint, after
             the observers rolled their files.
         state: where to continue from (a checkpoint), or a fresh start.
+        reset_every: the adapter's own reset period (RDumb's 1000): probe cycles follow it.
     """
 
     def __init__(self, config: RunConfig, executor: Executor, observers: Sequence[RunObserver], stop: int,
                  num_classes: int, source_workers: Sequence[str], calibration: FlipsCalibration | None = None,
                  checkpoint: Callable[[LoopState, Any, Any], None] | None = None, state: LoopState | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, reset_every: int | None = None) -> None:
         self.config, self.ex, self.observers = config, executor, list(observers)
         self.stop, self.sources = stop, list(source_workers)
         self.calibration, self.checkpoint_fn, self.clock = calibration, checkpoint, clock
@@ -134,7 +136,8 @@ class RunLoop:
                 detector.load_state_dict(self.state.detectors[detector.name])
         probe = config.probe
         self.probe_on = probe.enabled
-        self.cycle_length = probe.cycle or config.adapter.reset_every or _default_cycle(config)
+        self.reset_every = reset_every or config.adapter.reset_every
+        self.cycle_length = probe.cycle or self.reset_every or DEFAULT_CYCLE
         self.batch_size = config.source.batch_size
         self._batches: deque[tuple[Any, Any, int, int]] = deque()  # rendered, not yet submitted
         self._chunks: deque[list[Any]] = deque()
@@ -166,6 +169,7 @@ class RunLoop:
         state after draining what was in flight (call `write_checkpoint` to keep it)."""
         if self.probe_on and self.state.step == 0 and not self.resumed:
             self._start_cycle(0)
+            self._begin_cycle_window(0, self.state.position)
         while not self.stop_requested:
             self._fill()
             if not self._steps and not self._probes:
@@ -189,9 +193,11 @@ class RunLoop:
         return self._submitted % self.config.runtime.checkpoint_every == 0 and self._submitted > self._checkpointed_at
 
     def write_checkpoint(self) -> None:
-        """Roll the observers' files, then save driver, adapter and probe state at this step."""
+        """Roll the observers' files, then save driver, adapter and probe state at this step (once per step)."""
         if self._steps or self._probes:
             raise RuntimeError("a checkpoint needs an empty in-flight window; call drain() first")
+        if self.state.step == self._checkpointed_at:
+            return  # nothing new since the last checkpoint (or since the start): the runner's final call after `run`
         self._checkpointed_at = self.state.step
         self.state.detectors = {d.name: d.state_dict() for d in self.detectors}
         self.event("checkpoint", "driver", f"checkpoint at step {self.state.step:,}, position {self.state.position:,}")
@@ -284,8 +290,6 @@ class RunLoop:
         truth: Truth = self._get(pending.truth, "source")
         self._last_result = self.clock()
         state = self.state
-        if self.probe_on and self.cycle_due(state.step):
-            self._begin_cycle_window(state.step, pending.start)
         n = len(summary.predictions)
         row = empty_row(STEP_SCHEMA)
         row.update(
@@ -319,13 +323,17 @@ class RunLoop:
         if summary.reset:
             state.resets += 1
             self.event("reset", "adapter", f"adapter reset to the source model after step {pending.step:,} "
-                       f"(reset_every {self.config.adapter.reset_every})")
+                       f"(reset every {self.reset_every} steps)")
         for detector in self.detectors:
             detector.update_step(row)
         self._check_detectors()
         for probe in self._probes:
             if probe.step == pending.step and probe.row is None:
                 probe.row = self._window_columns(pending.stop)
+        if self.cycle_due(pending.step):
+            # now rather than with the next step: the cycle event then precedes a checkpoint at this
+            # step, so a resume from that checkpoint does not write it a second time
+            self._begin_cycle_window(pending.step, pending.stop)
 
     def _begin_cycle_window(self, step: int, position: int) -> None:
         state = self.state
@@ -338,7 +346,7 @@ class RunLoop:
         w = self.state.window
         return {
             "position": position, "window_start": w.start, "window_stop": position,
-            "est_online_acc": 100.0 * w.confidence / w.images if w.images else None,
+            "est_online_acc": _finite(100.0 * w.confidence / w.images) if w.images else None,  # NaN: diverged
             "est_online_method": "average-confidence",
             "true_online_acc": 100.0 * w.correct / w.images if w.images and self._has_labels(w) else None,
             "true_source_acc": 100.0 * w.source_correct / w.source_seen if w.source_seen else None,
@@ -396,6 +404,4 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _default_cycle(config: RunConfig) -> int:
-    return 1000  # Entropy Enigma: reference at the start, flips after ~1,000 steps
 

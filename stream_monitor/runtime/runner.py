@@ -113,7 +113,8 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
         save_checkpoint(run_dir, loop_state, adapter_state, probe_state)
 
     loop = RunLoop(config, ex, observers, stop, describe["num_classes"], names,
-                   calibration=calibration_for(config.model.name), checkpoint=write, state=state)
+                   calibration=calibration_for(config.model.name), checkpoint=write, state=state,
+                   reset_every=describe["hyperparameters"].get("reset_every"))
     if checkpoint is None and not resume:
         loop.event("start", "driver", f"run {run_dir.name}: {info.stream}, {info.model}, adapter {info.adapter}, "
                    f"images [{info.start:,}, {stop:,}) on {info.device}")

@@ -47,7 +47,7 @@ def test_the_dashboard_draws_in_a_pseudo_terminal(tmp_path):
     text = screen.decode("utf-8", "replace")
     assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
     assert "\x1b[" in text  # cursor control: the live display redraws in place
-    for expected in ("embedded glyphs", "baseline_20_transition+speed_1000_seed_43", "tent", "no collapse warnings",
+    for expected in ("embedded glyphs", "baseline_20_transition+speed_1000_seed_43", "rdumb", "no collapse warnings",
                      "img/s", "Summary (finished)"):
         assert expected in text, expected
     assert any(0x2800 <= ord(c) <= 0x28FF for c in text)  # the braille accuracy chart

@@ -1,0 +1,263 @@
+"""The run loop in-process (no Ray): schedule, rows, label isolation, resume exactness, failures, NaN."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from stream_monitor.config import load_config
+from stream_monitor.metrics.sink import read_table
+from stream_monitor.runtime import local, runner
+from stream_monitor.runtime.checkpoint import load_checkpoint
+from stream_monitor.runtime.loop import RunLoop
+from stream_monitor.runtime.messages import Images, Truth
+from stream_monitor.runtime.runner import prepare_resume, run
+from stream_monitor.runtime.workers import AdapterWorker
+
+BATCH, STEPS, CYCLE, EVERY = 32, 40, 15, 5
+N = BATCH * STEPS
+BASE = ["runtime.use_ray=false", "adapter.name=tent", f"probe.every={EVERY}", f"probe.cycle={CYCLE}",
+        "probe.size=64", "runtime.checkpoint_every=10", "runtime.threads=1", f"source.batch_size={BATCH}"]
+TIMING = ["wall_time", "step_ms", "probe_ms"]
+RUN_EVENTS = ("start", "resume", "stop", "error")  # the invocations' own events; the rest follow the steps
+
+
+def config(max_images: int = N, *extra: str):
+    return load_config(None, [*BASE, f"runtime.max_images={max_images}", *extra])
+
+
+def rows(run_dir, table: str) -> list[dict]:
+    data = read_table(run_dir, table)
+    return data.drop_columns([c for c in TIMING if c in data.column_names]).to_pylist()
+
+
+def loop_events(run_dir, ignore: tuple[str, ...] = ()) -> list[tuple]:
+    return [(e["step"], e["kind"], e["origin"], e["message"], e["value"]) for e in rows(run_dir, "events")
+            if e["kind"] not in RUN_EVENTS + ignore]
+
+
+def assert_same_run(run_dir, reference, ignore: tuple[str, ...] = ()) -> None:
+    assert rows(run_dir, "steps") == rows(reference, "steps")
+    assert rows(run_dir, "probes") == rows(reference, "probes")
+    assert loop_events(run_dir, ignore) == loop_events(reference, ignore)
+
+
+class Spy:
+    """A worker whose calls are logged with their (resolved) arguments and results."""
+
+    def __init__(self, name: str, worker, log: list) -> None:
+        self._name, self._worker, self._log = name, worker, log
+
+    def __getattr__(self, method: str):
+        target = getattr(self._worker, method)
+
+        def call(*args):
+            out = target(*args)
+            self._log.append((self._name, method, args, out))
+            return out
+
+        return call
+
+
+class RecordingExecutor(local.LocalExecutor):
+    def __init__(self, workers: dict) -> None:
+        self.log: list = []
+        super().__init__({name: Spy(name, w, self.log) for name, w in workers.items()})
+        RecordingExecutor.last = self
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """One uninterrupted run of 40 steps, every call to the workers recorded."""
+    run_dir = tmp_path_factory.mktemp("baseline") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local, "LocalExecutor", RecordingExecutor)
+        outcome = run(config(), run_dir)
+    return outcome, run_dir, RecordingExecutor.last.log
+
+
+# ---- schedule ------------------------------------------------------------------------------------
+def schedule_loop(*overrides: str) -> RunLoop:
+    return RunLoop(load_config(None, list(overrides)), None, [], 0, 10, ["source-0"])
+
+
+def test_probe_schedule_of_the_paper_cycle():
+    loop = schedule_loop("probe.cycle=1000", "probe.every=50")
+    due = [s for s in range(3001) if loop.probe_due(s)]
+    assert due[:20] == [*range(50, 1000, 50), 990]
+    assert due == [c + k for c in (0, 1000, 2000) for k in [*range(50, 1000, 50), 990]]
+    assert not any(loop.probe_due(s) for s in (0, 1000, 2000, 3000))
+    assert [s for s in range(3001) if loop.cycle_due(s)] == [0, 1000, 2000, 3000]
+
+
+def test_cycle_defaults_to_the_reset_period_and_probes_can_be_off():
+    loop = schedule_loop("adapter.reset_every=200", "probe.every=50")
+    assert [s for s in range(1, 201) if loop.probe_due(s)] == [50, 100, 150, 190]
+    assert schedule_loop().cycle_length == 1000
+    off = schedule_loop("probe.enabled=false")
+    assert not any(off.probe_due(s) or off.cycle_due(s) for s in range(2001))
+
+
+# ---- one uninterrupted run -----------------------------------------------------------------------
+def test_steps_cover_the_stream_contiguously(baseline):
+    outcome, run_dir, _ = baseline
+    assert outcome.status == "finished" and outcome.error is None and outcome.images == N
+    steps = read_table(run_dir, "steps").to_pylist()
+    assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
+    assert [(r["start"], r["stop"]) for r in steps] == [(k * BATCH, (k + 1) * BATCH) for k in range(STEPS)]
+    assert all(r["images"] == BATCH and r["skipped"] == 0 for r in steps)
+    assert all(r["correct"] is not None and 0 <= r["correct"] <= BATCH for r in steps)
+    assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in steps)
+    scored = [r["step"] for r in steps if r["source_seen"] is not None]
+    assert scored == list(range(1, STEPS + 1, 4))  # evaluator.source_every = 4
+
+
+def test_probe_rows_follow_the_schedule(baseline):
+    _, run_dir, _ = baseline
+    probes = read_table(run_dir, "probes").to_pylist()
+    expected = [s for s in range(1, STEPS + 1) if s % CYCLE and s % CYCLE % EVERY == 0]
+    assert [p["step"] for p in probes] == expected == [5, 10, 20, 25, 35, 40]
+    for p in probes:
+        cycle = p["step"] // CYCLE
+        assert (p["cycle"], p["cycle_step"], p["probe_size"]) == (cycle, p["step"] % CYCLE, 64)
+        assert p["position"] == p["window_stop"] == p["step"] * BATCH
+        assert p["window_start"] == cycle * CYCLE * BATCH
+        assert 0 <= p["flips"] <= p["probe_size"] and 0 <= p["weighted_flips"] <= p["flips"]
+        assert 0 <= p["est_online_acc"] <= 100 and 0 <= p["true_online_acc"] <= 100
+        assert p["est_source_acc"] is None  # no shipped calibration for the embedded model
+
+
+def test_events_and_checkpoint(baseline):
+    _, run_dir, _ = baseline
+    events = read_table(run_dir, "events").to_pylist()
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "stop"
+    assert {"start", "cycle", "checkpoint", "stop"} <= set(kinds) and "error" not in kinds
+    assert [e["step"] for e in events if e["kind"] == "cycle"] == [0, 15, 30]
+    assert [e["step"] for e in events if e["kind"] == "checkpoint"] == [10, 20, 30, 40]  # each once
+    checkpoint = load_checkpoint(run_dir)
+    assert (checkpoint.state.step, checkpoint.state.position) == (STEPS, N)
+    assert checkpoint.adapter["num_steps"] == STEPS and checkpoint.probe["cycle"] == 2
+    assert not list(run_dir.glob("*/.part-*.tmp"))
+
+
+def test_labels_never_reach_adapter_or_probe(baseline):
+    _, _, log = baseline
+    truths = [o for name, method, _, out in log if name.startswith("source") and method == "read"
+              for o in out if isinstance(o, Truth)]
+    labels = [t.labels for t in truths]
+    assert len(truths) == STEPS and all(len(x) == BATCH for x in labels)
+
+    def arrays(value):
+        assert not isinstance(value, Truth)
+        if isinstance(value, np.ndarray):
+            yield value
+        elif isinstance(value, Images):
+            yield from (v for v in vars(value).values() if isinstance(v, np.ndarray))
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from arrays(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from arrays(v)
+
+    seen = {(name, method) for name, method, _, _ in log}
+    assert {("adapter", "step"), ("probe", "add_reference"), ("probe", "evaluate")} <= seen
+    passed = [a for name, _, args, _ in log if name in ("adapter", "probe") for a in arrays(args)]
+    assert sum(a.dtype == np.uint8 for a in passed) >= STEPS  # the images did arrive
+    for a in passed:
+        assert not any(a.shape == x.shape and np.array_equal(a, x) for x in labels)
+
+
+# ---- resume --------------------------------------------------------------------------------------
+def test_resume_after_a_shorter_run_is_exact(baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run(config(N // 2), run_dir).status == "finished"
+    assert load_checkpoint(run_dir).state.step == STEPS // 2
+    outcome = run(prepare_resume(run_dir, [f"runtime.max_images={N}"]), run_dir, resume=True)
+    assert outcome.status == "finished" and outcome.images == N // 2
+    assert_same_run(run_dir, baseline[1])
+    kinds = [e["kind"] for e in read_table(run_dir, "events").to_pylist()]
+    assert kinds.count("resume") == 1 and kinds.count("start") == 1
+
+
+def test_resume_after_a_requested_stop_is_exact(baseline, tmp_path, monkeypatch):
+    class StopAfter13(RunLoop):
+        def _emit(self, hook, row):
+            super()._emit(hook, row)
+            if hook == "on_step" and row["step"] == 13:
+                self.request_stop()
+
+    monkeypatch.setattr(runner, "RunLoop", StopAfter13)
+    run_dir = tmp_path / "run"
+    first = run(config(), run_dir)
+    assert first.status == "stopped"
+    stopped_at = load_checkpoint(run_dir).state.step
+    assert 13 <= stopped_at < STEPS and stopped_at == first.state.step  # in-flight steps drained
+    assert read_table(run_dir, "steps")["step"].to_pylist() == list(range(1, stopped_at + 1))
+    monkeypatch.setattr(runner, "RunLoop", RunLoop)
+    assert run(prepare_resume(run_dir), run_dir, resume=True).status == "finished"
+    assert_same_run(run_dir, baseline[1], ignore=("checkpoint",))  # plus one at the stop
+
+
+def test_resume_after_a_crash_drops_rows_past_the_checkpoint(baseline, tmp_path, monkeypatch):
+    """A driver that died after step 20 with its last checkpoint at step 10: closed parts hold rows
+    of steps 11..20 and a part was being written."""
+    save = runner.save_checkpoint
+    monkeypatch.setattr(runner, "save_checkpoint",
+                        lambda run_dir, state, *a: save(run_dir, state, *a) if state.step <= 10 else None)
+    run_dir = tmp_path / "run"
+    run(config(N // 2), run_dir)
+    assert load_checkpoint(run_dir).state.step == 10
+    assert max(read_table(run_dir, "steps")["step"].to_pylist()) == 20
+    assert max(read_table(run_dir, "probes")["step"].to_pylist()) == 20
+    for table in ("steps", "probes", "events"):
+        (run_dir / table / ".part-00099.parquet.tmp").write_bytes(b"PAR1 half a part")
+    monkeypatch.setattr(runner, "save_checkpoint", save)
+    assert run(prepare_resume(run_dir, [f"runtime.max_images={N}"]), run_dir, resume=True).status == "finished"
+    assert not list(run_dir.glob("*/.part-*.tmp"))
+    assert_same_run(run_dir, baseline[1])
+
+
+def test_a_failing_worker_fails_the_run_which_resumes(baseline, tmp_path, monkeypatch):
+    step, calls = AdapterWorker.step, itertools.count(1)
+
+    def flaky(self, images):
+        if next(calls) == 34:
+            raise RuntimeError("device lost")
+        return step(self, images)
+
+    monkeypatch.setattr(AdapterWorker, "step", flaky)
+    run_dir = tmp_path / "run"
+    outcome = run(config(), run_dir)
+    assert outcome.status == "failed" and "adapter failed: RuntimeError: device lost" in outcome.error
+    assert outcome.state.step == 33
+    events = read_table(run_dir, "events").to_pylist()
+    assert events[-1]["kind"] == "error" and "device lost" in events[-1]["message"]
+    assert not list(run_dir.glob("*/.part-*.tmp"))  # the sink closed its parts
+    assert read_table(run_dir, "steps")["step"].to_pylist() == list(range(1, 34))
+    assert load_checkpoint(run_dir).state.step == 30  # a checkpoint at a cycle start
+    monkeypatch.setattr(AdapterWorker, "step", step)
+    assert run(prepare_resume(run_dir), run_dir, resume=True).status == "finished"
+    assert_same_run(run_dir, baseline[1])
+
+
+# ---- a diverging adapter -------------------------------------------------------------------------
+def test_nan_loss_does_not_stop_the_loop(tmp_path):
+    run_dir = tmp_path / "run"
+    outcome = run(config(640, "adapter.lr=1e30"), run_dir)
+    assert outcome.status == "finished", outcome.error
+    steps = read_table(run_dir, "steps").to_pylist()
+    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert any(r["loss"] is None for r in steps)  # the loss diverged ...
+    for r in steps:  # ... and no NaN reaches a row
+        for column in ("loss", "grad_norm", "mean_entropy", "mean_confidence", "marginal_entropy"):
+            assert r[column] is None or math.isfinite(r[column])
+    probes = read_table(run_dir, "probes").to_pylist()
+    assert [p["step"] for p in probes] == [5, 10, 20]
+    for p in probes:
+        assert math.isfinite(p["weighted_flips"]) and 0 <= p["flips"] <= p["probe_size"]
+        assert p["est_online_acc"] is None or math.isfinite(p["est_online_acc"])
