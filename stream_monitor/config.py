@@ -25,7 +25,7 @@ from .registry import suggest
 
 #: `stream-monitor run` with no flags: CCC-Medium on the embedded base, sized to finish in about
 #: 5 minutes on a 2-core machine.
-DEFAULT_MAX_IMAGES = 100_000
+DEFAULT_MAX_IMAGES = 75_000
 
 
 class ConfigError(ValueError):
@@ -68,7 +68,7 @@ class ProbeConfig:
     stream, reference predictions at the start of a cycle, flips at every snapshot."""
 
     enabled: bool = True
-    every: int = 50                   # adapter steps between snapshots
+    every: int = 100                  # adapter steps between snapshots (each costs `size` forwards)
     size: int = 1000                  # reference images
     chunk: int = 100                  # images per probe forward (the paper's 100)
     cycle: Optional[int] = None       # steps per cycle; None: the adapter's reset period, else 1000
@@ -85,7 +85,7 @@ class EvaluatorConfig:
     """Ground truth, when the stream has labels; it never reaches adapter, probe or estimators."""
 
     window: int = 5000                # images per reported window
-    source_every: int = 4             # score the frozen source model on every N-th batch (0: off)
+    source_every: int = 8             # score the frozen source model on every N-th batch (0: off)
 
     def __post_init__(self) -> None:
         _positive(self, "window")

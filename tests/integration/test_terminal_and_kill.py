@@ -53,29 +53,55 @@ def test_the_dashboard_draws_in_a_pseudo_terminal(tmp_path):
     assert any(0x2800 <= ord(c) <= 0x28FF for c in text)  # the braille accuracy chart
 
 
-def test_resume_after_kill_9_gives_the_rows_of_an_uninterrupted_run(tmp_path):
-    args = ["--max-images", "3840", "--no-dashboard", *SMALL]
-    reference = tmp_path / "reference"
-    assert subprocess.run(CLI + args + ["--out", str(reference)], env=env(), capture_output=True).returncode == 0
-    reference_dir = next(reference.iterdir())
+ARGS = ["--max-images", "3840", "--no-dashboard", *SMALL]
 
-    killed = tmp_path / "killed"
-    child = subprocess.Popen(CLI + args + ["--out", str(killed)], env=env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    assert subprocess.run(CLI + ARGS + ["--out", str(out)], env=env(), capture_output=True).returncode == 0
+    return next(out.iterdir())
+
+
+def start_and_signal(out, signum):
+    """Start a run, send `signum` anywhere after its first checkpoint, return (process, run_dir)."""
+    child = subprocess.Popen(CLI + ARGS + ["--out", str(out)], env=env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while not list(killed.glob("*/checkpoint.pt")) and time.time() < deadline:
+    while not list(out.glob("*/checkpoint.pt")) and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(random.Random().uniform(0.0, 2.0))  # anywhere after the first checkpoint
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    run_dir = next(killed.iterdir())
-    steps_before = read_table(run_dir, "steps").num_rows
+    time.sleep(random.Random().uniform(0.0, 2.0))
+    child.send_signal(signum)
+    output, _ = child.communicate(timeout=120)
+    return child, next(out.iterdir()), output
+
+
+def assert_resumes_to(run_dir, reference_dir):
     resumed = run(load_config(run_dir / "config.yaml", ["dashboard.enabled=False"]), run_dir, resume=True)
     assert resumed.status == "finished", resumed.error
-    assert steps_before < 120  # it really was killed before the end
     for table in ("steps", "probes"):
         got, want = read_table(run_dir, table), read_table(reference_dir, table)
         keep = [c for c in want.column_names if c not in TIMING]
         assert got.select(keep).to_pylist() == want.select(keep).to_pylist(), table
     kinds = [e["kind"] for e in read_table(run_dir, "events").to_pylist()]
     assert "resume" in kinds and kinds[-1] == "stop"
+
+
+def test_resume_after_kill_9_gives_the_rows_of_an_uninterrupted_run(tmp_path, reference_dir):
+    child, run_dir, _ = start_and_signal(tmp_path, signal.SIGKILL)
+    assert child.returncode == -signal.SIGKILL
+    assert read_table(run_dir, "steps").num_rows < 120  # it really was killed before the end
+    assert_resumes_to(run_dir, reference_dir)
+
+
+def test_ctrl_c_stops_cleanly_with_a_checkpoint_and_resumes_exactly(tmp_path, reference_dir):
+    child, run_dir, output = start_and_signal(tmp_path, signal.SIGINT)
+    assert child.returncode == 0, output
+    assert "Stopped. Resume with: stream-monitor run --resume" in " ".join(output.split())
+    assert not list(run_dir.rglob(".part-*.tmp"))  # every part closed
+    steps = read_table(run_dir, "steps")
+    assert 0 < steps.num_rows < 120
+    from stream_monitor.runtime.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir).state.step == steps.column("step").to_pylist()[-1]  # nothing lost
+    assert_resumes_to(run_dir, reference_dir)

@@ -17,7 +17,7 @@ def test_defaults():
     cfg = load_config()
     assert cfg == RunConfig()
     assert (cfg.source.kind, cfg.source.batch_size, cfg.adapter.lr, cfg.adapter.options) == ("ccc", 64, None, {})
-    assert (cfg.probe.every, cfg.probe.size, cfg.probe.chunk, cfg.probe.cycle) == (50, 1000, 100, None)
+    assert (cfg.probe.every, cfg.probe.size, cfg.probe.chunk, cfg.probe.cycle) == (100, 1000, 100, None)
     assert cfg.runtime.max_images == DEFAULT_MAX_IMAGES
     assert cfg.runtime.use_ray is True and cfg.runtime.device == "auto"
 
