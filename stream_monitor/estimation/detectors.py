@@ -48,62 +48,63 @@ class CollapseDetector(ABC):
         vars(self).update(state)
 
 
-class EntropyCollapse(CollapseDetector):
+class _StepEMA(CollapseDetector):
+    """An exponential moving average of one step column, after `warmup` finite values."""
+
+    column: str
+    decay: float
+
+    def __init__(self, warmup: int = 50) -> None:
+        self.warmup = warmup
+        super().__init__()
+
+    def reset(self) -> None:
+        self.ema: float | None = None
+        self.count = 0
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        value = row.get(self.column)
+        if value is None or not math.isfinite(value):
+            return
+        self.ema = value if self.ema is None else self.decay * self.ema + (1 - self.decay) * value
+        self.count += 1
+
+    def compute(self) -> Verdict:
+        if self.ema is None or self.count < self.warmup:
+            raise NotComputableError(f"{self.name} needs {self.warmup} steps")
+        return self.judge(self.ema)
+
+    @abstractmethod
+    def judge(self, ema: float) -> Verdict: ...
+
+
+class EntropyCollapse(_StepEMA):
     """SAR's model-recovery signal (Niu et al., ICLR 2023, mr-eggplant/SAR): an EMA (0.9) of the
     mean entropy below 0.2 nats for 1,000 classes, here scaled to 0.2 / ln(1000) of ln K."""
 
-    name = "entropy-ema"
+    name, column, decay = "entropy-ema", "mean_entropy", 0.9
 
     def __init__(self, num_classes: int, warmup: int = 50) -> None:
         self.threshold = 0.2 / math.log(1000) * math.log(num_classes)
-        self.warmup = warmup
-        super().__init__()
+        super().__init__(warmup)
 
-    def reset(self) -> None:
-        self.ema: float | None = None
-        self.count = 0
-
-    def update_step(self, row: dict[str, Any]) -> None:
-        value = row.get("mean_entropy")
-        if value is None or not math.isfinite(value):
-            return
-        self.ema = value if self.ema is None else 0.9 * self.ema + 0.1 * value
-        self.count += 1
-
-    def compute(self) -> Verdict:
-        if self.ema is None or self.count < self.warmup:
-            raise NotComputableError(f"{self.name} needs {self.warmup} steps")
-        return Verdict(self.ema < self.threshold,
-                       f"entropy EMA {self.ema:.3f} nats (threshold {self.threshold:.3f})", self.ema)
+    def judge(self, ema: float) -> Verdict:
+        return Verdict(ema < self.threshold, f"entropy EMA {ema:.3f} nats (threshold {self.threshold:.3f})", ema)
 
 
-class PredictionConcentration(CollapseDetector):
+class PredictionConcentration(_StepEMA):
     """Predictions piling onto one class: EMA (0.95) of the batch's top-class share above `share`
     (the degenerate solution of entropy minimisation; Press et al., RDumb, NeurIPS 2023)."""
 
-    name = "top-class-share"
+    name, column, decay = "top-class-share", "top_class_share", 0.95
 
     def __init__(self, share: float = 0.5, warmup: int = 50) -> None:
         self.share = share
-        self.warmup = warmup
-        super().__init__()
+        super().__init__(warmup)
 
-    def reset(self) -> None:
-        self.ema: float | None = None
-        self.count = 0
-
-    def update_step(self, row: dict[str, Any]) -> None:
-        value = row.get("top_class_share")
-        if value is None or not math.isfinite(value):
-            return
-        self.ema = value if self.ema is None else 0.95 * self.ema + 0.05 * value
-        self.count += 1
-
-    def compute(self) -> Verdict:
-        if self.ema is None or self.count < self.warmup:
-            raise NotComputableError(f"{self.name} needs {self.warmup} steps")
-        return Verdict(self.ema > self.share, f"top class takes {100 * self.ema:.0f}% of predictions "
-                       f"(threshold {100 * self.share:.0f}%)", self.ema)
+    def judge(self, ema: float) -> Verdict:
+        return Verdict(ema > self.share, f"top class takes {100 * ema:.0f}% of predictions "
+                       f"(threshold {100 * self.share:.0f}%)", ema)
 
 
 class EstimateBelowSource(CollapseDetector):
