@@ -12,7 +12,10 @@ from .ccc import CCCSpec
 SOURCE_KINDS = {
     "ccc": "CCC stream: the embedded glyph domain by default; official shards with --data DIR|URL",
     "imagefolder": "a plain ImageFolder, uncorrupted (Entropy Enigma's --data mode); needs --data DIR",
+    "heldout": "one calibration domain of the embedded base: --stream clean or CORRUPTION:SEVERITY "
+               "with a held-out corruption (what `stream-monitor calibrate` runs on)",
 }
+HELD_OUT_LENGTH = 1 << 20  # images per calibration domain
 DEFAULT_STREAM = CCCSpec().name  # CCC-Medium, speed 1000, seed 43
 
 
@@ -28,6 +31,12 @@ def open_source(kind: str = "ccc", stream: str | None = None, data: str | Path |
 
         size = model.image_size if model else 224
         return ImageFolderSource(data, image_size=size, resize=model.resize_size if model else 256)
+    if kind == "heldout":
+        from .heldout import HeldOutDomainSource
+
+        if model is not None and model.num_classes != 10:
+            raise ValueError("--source heldout renders the embedded glyph domain, for the embedded model only.")
+        return HeldOutDomainSource(stream or "clean", HELD_OUT_LENGTH, crop=crop)
     spec = CCCSpec.parse(stream or DEFAULT_STREAM)
     if data is not None:
         from .shards import CCCShardSource

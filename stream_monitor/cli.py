@@ -186,6 +186,49 @@ def _pair(summary: dict, target: str) -> str:
     return ", ".join(parts)
 
 
+@app.command()
+def calibrate(
+    config: Annotated[Optional[Path], typer.Option("--config", help="The run's YAML config (model, adapter, probe).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value (repeatable).")] = None,
+    out: Annotated[Path, typer.Option(help="Where the calibration file goes.")] = Path("calibration.json"),
+    domains: Annotated[Optional[str], typer.Option(help="Comma-separated meta-set domains: clean and "
+                                                   "CORRUPTION:SEVERITY of the held-out corruptions.")] = None,
+    keep: Annotated[Optional[Path], typer.Option(help="Keep each domain's run directory here.")] = None,
+) -> None:
+    """Fit weighted flips -> source accuracy (Entropy Enigma's f) on the held-out meta-set.
+
+    Runs the run's probe protocol with its model, adapter and cadence on each domain (never the
+    stream's 15 corruptions); use the file with --set estimation.calibration=FILE.
+    """
+    from .calibration import DEFAULT_DOMAINS, calibrate as fit
+    from .config import ConfigError, load_config
+    from .models import WeightsError
+
+    try:
+        cfg = load_config(config, set_ or [])
+        if cfg.model.name != "embedded":
+            raise ValueError("calibrate builds its meta-set on the embedded base for now; an ImageFolder meta-set "
+                             "for ImageNet models is not built yet (use the shipped ResNet-50 f).")
+        chosen = tuple(d.strip() for d in domains.split(",")) if domains else DEFAULT_DOMAINS
+        from sources.heldout import parse_domain
+
+        for domain in chosen:
+            parse_domain(domain)
+        result = fit(cfg, chosen, keep, log=lambda m: console.print(m, highlight=False))
+    except (ConfigError, ValueError, FileNotFoundError, WeightsError) as error:
+        _fail(str(error))
+    path = result.save(out)
+    table = Table(title=f"f per snapshot step ({len(chosen)} domains)")
+    for column in ("cycle step", "a", "b", "c", "WF range", "RMSE (points)"):
+        table.add_column(column)
+    for step, fit_ in sorted(result.fits.items()):
+        a, b, c = fit_["coefficients"]
+        table.add_row(str(step), f"{a:.3g}", f"{b:.4g}", f"{c:.4g}", f"{fit_['range'][0]:.1f}-{fit_['range'][1]:.1f}",
+                      f"{fit_['rmse']:.2f}")
+    console.print(table)
+    console.print(f"calibration: {path}  (use with --set estimation.calibration={path})", highlight=False)
+
+
 @app.command("show-config")
 def show_config(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML config file.")] = None,

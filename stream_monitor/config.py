@@ -92,6 +92,14 @@ class EvaluatorConfig:
 
 
 @dataclass(frozen=True)
+class EstimationConfig:
+    """Label-free estimates. `calibration`: a file from `stream-monitor calibrate`; None uses the
+    one shipped for the model and adapter when there is one (ResNet-50: the paper's f)."""
+
+    calibration: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     max_images: Optional[int] = DEFAULT_MAX_IMAGES  # None: the whole stream
     start: int = 0                    # first stream position
@@ -130,6 +138,7 @@ class RunConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    estimation: EstimationConfig = field(default_factory=EstimationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)

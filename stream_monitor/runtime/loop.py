@@ -19,7 +19,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from ..config import RunConfig
 from ..estimation.base import NotComputableError
@@ -32,6 +32,12 @@ from .observer import RunObserver, notify_health
 
 DEFAULT_CYCLE = 1000  # Entropy Enigma: reference at the start, flips after ~1,000 steps (990 in its code)
 SLOW_AFTER_S = 30.0  # an adapter step result this late marks the adapter "slow" on the dashboard
+
+
+def is_probe_step(cycle_step: int, cycle: int, every: int) -> bool:
+    """Snapshots every `every` steps of a cycle, and at Entropy Enigma's 990 of 1,000 (cycle - 10,
+    for cycles of 100 steps or more), never at the cycle start."""
+    return 0 < cycle_step < cycle and (cycle_step % every == 0 or (cycle >= 100 and cycle_step == cycle - 10))
 
 
 class Executor(Protocol):
@@ -115,7 +121,7 @@ class RunLoop:
         stop: stream position to end at.
         num_classes: of the model (detector thresholds).
         source_workers: names of the source workers, used round-robin.
-        calibration: weighted flips -> source accuracy, or None (no source estimate).
+        calibration: cycle step -> f (weighted flips -> source accuracy); None: no source estimate.
         checkpoint: called with (state, adapter_state, probe_state) at every checkpoint, after
             the observers rolled their files.
         state: where to continue from (a checkpoint), or a fresh start.
@@ -123,7 +129,8 @@ class RunLoop:
     """
 
     def __init__(self, config: RunConfig, executor: Executor, observers: Sequence[RunObserver], stop: int,
-                 num_classes: int, source_workers: Sequence[str], calibration: FlipsCalibration | None = None,
+                 num_classes: int, source_workers: Sequence[str],
+                 calibration: Mapping[int, FlipsCalibration] | None = None,
                  checkpoint: Callable[[LoopState, Any, Any], None] | None = None, state: LoopState | None = None,
                  clock: Callable[[], float] = time.time, reset_every: int | None = None) -> None:
         self.config, self.ex, self.observers = config, executor, list(observers)
@@ -157,8 +164,7 @@ class RunLoop:
         (cycle length - 10) where the shipped ResNet-50 calibration applies."""
         if not self.probe_on:
             return False
-        k = step % self.cycle_length
-        return k != 0 and (k % self.config.probe.every == 0 or (self.cycle_length > 10 and k == self.cycle_length - 10))
+        return is_probe_step(step % self.cycle_length, self.cycle_length, self.config.probe.every)
 
     def cycle_due(self, step: int) -> bool:
         return self.probe_on and step % self.cycle_length == 0
@@ -364,8 +370,8 @@ class RunLoop:
         row.update(step=result.step, wall_time=self.clock(), cycle=result.cycle, cycle_step=result.cycle_step,
                    probe_size=result.probe_size, flips=result.flips, weighted_flips=result.weighted_flips,
                    probe_ms=result.probe_ms)
-        cal = self.calibration
-        if cal is not None and result.cycle_step == cal.cycle_step:
+        cal = (self.calibration or {}).get(result.cycle_step)
+        if cal is not None:
             row["est_source_acc"], row["est_extrapolated"] = cal(result.weighted_flips, result.probe_size)
             row["est_source_method"] = "weighted-flips"
         for detector in self.detectors:

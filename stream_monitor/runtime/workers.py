@@ -134,7 +134,7 @@ class AdapterWorker:
         bundle = self.bundle
         base = "embedded glyphs (not ImageNet)" if bundle.name == "embedded_resnet20" else "ImageNet-format images"
         return {"base": base, "model": f"{bundle.name} {bundle.sha256[:12]}", "device": self.device,
-                "hyperparameters": self.hyperparameters()}
+                "hyperparameters": self.hyperparameters(), "model_name": bundle.name, "model_sha256": bundle.sha256}
 
     def hyperparameters(self) -> dict[str, Any]:
         """The adapter's scalar options, for the dashboard header and the run card."""

@@ -112,7 +112,7 @@ def test_steps_cover_the_stream_contiguously(baseline):
     assert all(r["correct"] is not None and 0 <= r["correct"] <= BATCH for r in steps)
     assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in steps)
     scored = [r["step"] for r in steps if r["source_seen"] is not None]
-    assert scored == list(range(1, STEPS + 1, 4))  # evaluator.source_every = 4
+    assert scored == list(range(1, STEPS + 1, 8))  # evaluator.source_every = 8
 
 
 def test_probe_rows_follow_the_schedule(baseline):

@@ -11,7 +11,7 @@ from sources.base import Batch
 from stream_monitor.config import load_config
 from stream_monitor.estimation.base import NotComputableError
 from stream_monitor.estimation.detectors import EntropyCollapse, EstimateBelowSource, PredictionConcentration
-from stream_monitor.estimation.flips import PAPER_RESNET50, FlipsCalibration, calibration_for
+from stream_monitor.estimation.flips import PAPER_RESNET50, SHIPPED, FlipsCalibration
 from stream_monitor.runtime.messages import Images, split_batches
 from stream_monitor.runtime.workers import ProbeWorker, percentile_ranks
 
@@ -159,11 +159,11 @@ def test_probe_state_round_trip_continues_the_same(probe_config):
 
 # ---- FlipsCalibration ----------------------------------------------------------------------------
 def test_paper_calibration_values():
-    cal = calibration_for("resnet50")
+    cal = SHIPPED["resnet50"][990]
     assert cal is PAPER_RESNET50 and cal.cycle_step == 990
     assert [round(cal(wf, 1000)[0], 1) for wf in (0, 100, 200)] == [75.7, 47.1, 25.6]
     assert round(cal(0, 1000)[0], 2) == 75.66
-    assert calibration_for("embedded") is None
+    assert "embedded" not in SHIPPED  # the embedded model's f comes from `stream-monitor calibrate`
 
 
 def test_paper_calibration_holds_the_vertex_value_above_it():

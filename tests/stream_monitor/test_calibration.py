@@ -1,0 +1,93 @@
+"""Calibration: the fit, the file and its provenance, and a run that uses (or refuses) it."""
+
+import numpy as np
+import pytest
+
+from stream_monitor.calibration import Calibration, CalibrationMismatch, calibrate, fit_flips
+from stream_monitor.config import load_config
+from stream_monitor.metrics.sink import read_table
+from stream_monitor.runtime.runner import run
+
+TINY = ["runtime.threads=1", "probe.cycle=12", "probe.every=4", "probe.size=64", "source.batch_size=32",
+        "runtime.checkpoint_every=100"]
+
+
+def points(f, wfs, step=990):
+    return [{"cycle_step": step, "weighted_flips": wf, "true_source_acc": f(wf)} for wf in wfs]
+
+
+def test_fit_recovers_a_known_quadratic_per_step():
+    f = np.poly1d([3.5e-4, -0.32, 75.66])
+    fits = fit_flips(points(f, [5, 40, 80, 150, 220, 260]) + points(lambda wf: 90 - wf, [1, 2, 3, 4, 5], step=100))
+    assert np.allclose(fits[990]["coefficients"], f.coeffs, rtol=1e-6) and fits[990]["range"] == [5.0, 260.0]
+    assert fits[990]["rmse"] < 1e-6
+    assert np.allclose(fits[100]["coefficients"], [0, -1, 90], atol=1e-9)  # 5 domains: a line, no curvature
+
+
+def test_fit_skips_steps_with_too_few_domains():
+    assert fit_flips(points(lambda wf: 50.0, [1, 2, 3])) == {}
+
+
+def calibration(**changes):
+    base = dict(model="embedded_resnet20", model_sha256="ab" * 32, adapter="rdumb",
+                hyperparameters={"lr": 0.00025, "reset_every": 1000}, probe_size=1000, probe_every=100, cycle=1000,
+                domains=["clean"], fits={990: {"coefficients": [0.0, -0.5, 80.0], "range": [0.0, 100.0],
+                                               "rmse": 1.0, "domains": 13}})
+    base.update(changes)
+    return Calibration(**base)
+
+
+def test_file_round_trip_and_provenance(tmp_path):
+    cal = calibration()
+    loaded = Calibration.load(cal.save(tmp_path / "c.json"))
+    assert loaded == cal
+    f = loaded.flips_calibrations()[990]
+    assert f(40, 1000) == (60.0, False) and f(6, 100)[0] == pytest.approx(80 - 0.5 * 60)  # 100 images: WF x10
+    assert f(400, 1000) == (0.0, True)  # clipped, and outside the fitted range
+    provenance = {k: getattr(cal, k) for k in ("model", "model_sha256", "adapter", "hyperparameters", "probe_size",
+                                               "cycle")}
+    loaded.check(provenance)
+    with pytest.raises(CalibrationMismatch, match=r"adapter: calibration has 'rdumb', the run has 'tent'"):
+        loaded.check({**provenance, "adapter": "tent"})
+    with pytest.raises(CalibrationMismatch, match="hyperparameters"):
+        loaded.check({**provenance, "hyperparameters": {"lr": 0.001, "reset_every": 1000}})
+
+
+def test_missing_or_foreign_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="stream-monitor calibrate --out"):
+        Calibration.load(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Calibration.load(tmp_path / "bad.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_calibration(tmp_path_factory):
+    cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01"])
+    cal = calibrate(cfg, ("clean", "speckle_noise:2", "speckle_noise:4", "gaussian_blur:3", "saturate:5"),
+                    log=lambda m: None)
+    return cal, cal.save(tmp_path_factory.mktemp("cal") / "tiny.json")
+
+
+def test_calibrate_runs_the_probe_protocol_on_every_domain(tiny_calibration):
+    cal, _ = tiny_calibration
+    assert {p["domain"] for p in cal.points} == {"clean", "speckle_noise:2", "speckle_noise:4", "gaussian_blur:3",
+                                                 "saturate:5"}
+    assert set(cal.fits) == {4, 8}  # the snapshots of a 12-step cycle, probe every 4
+    clean = [p for p in cal.points if p["domain"] == "clean"]
+    noisy = [p for p in cal.points if p["domain"] == "speckle_noise:4"]
+    assert clean[-1]["true_source_acc"] > noisy[-1]["true_source_acc"]  # labels scored the meta-set
+    assert cal.adapter == "tent" and cal.hyperparameters["lr"] == 0.01 and cal.cycle == 12
+
+
+def test_a_run_uses_a_matching_calibration_and_refuses_another(tiny_calibration, tmp_path):
+    _, path = tiny_calibration
+    cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01", f"estimation.calibration={path}",
+                             "runtime.use_ray=false", "runtime.max_images=640"])
+    assert run(cfg, tmp_path / "ok").status == "finished"
+    probes = read_table(tmp_path / "ok", "probes").to_pylist()
+    assert any(p["est_source_method"] == "weighted-flips" and p["est_source_acc"] is not None for p in probes)
+    other = load_config(None, [*TINY, "adapter.name=eta", f"estimation.calibration={path}", "runtime.use_ray=false",
+                               "runtime.max_images=640"])
+    with pytest.raises(CalibrationMismatch, match="adapter: calibration has 'tent', the run has 'eta'"):
+        run(other, tmp_path / "refused")
