@@ -229,6 +229,40 @@ def calibrate(
     console.print(f"calibration: {path}  (use with --set estimation.calibration={path})", highlight=False)
 
 
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory of a stream with labels.")],
+    window: Annotated[int, typer.Option(help="Images per window of the collapse definition.")] = 5000,
+    margin: Annotated[float, typer.Option(help="Points below the frozen model that make a window collapsed.")] = 5.0,
+    sustain: Annotated[int, typer.Option(help="Consecutive collapsed windows that make an event.")] = 2,
+    horizon: Annotated[int, typer.Option(help="Images before an event in which a warning counts as early.")] = 20_000,
+) -> None:
+    """Score every label-free estimate and collapse warning of a run against its labels."""
+    import numpy as np
+
+    from .evaluation import evaluate
+
+    try:
+        result = evaluate(run_dir, window, margin, sustain, horizon)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    table = Table(title="Estimators against the truth of the same windows")
+    for column in ("estimator", "target", "windows", "MAE (points)", "bias", "worst", "extrapolated"):
+        table.add_column(column)
+    for s in result["estimators"]:
+        table.add_row(s.estimator, s.target, str(s.windows), f"{s.mae:.2f}", f"{s.bias:+.2f}", f"{s.worst:.1f}",
+                      str(s.extrapolated))
+    if not result["estimators"]:
+        table.add_row("-", "-", "0", "no probe row has both an estimate and the truth", "", "", "")
+    console.print(table)
+    w = result["warnings"]
+    recall = f"{w.recall:.0%}" if w.recall is not None else "n/a (no collapse event)"
+    leads = f"median lead {int(np.median(w.lead_times)):,} images" if w.lead_times else "no lead time"
+    console.print(f"collapse events (online < frozen source - {margin:g} points for {sustain}+ windows of "
+                  f"{window:,}): {w.events}; warnings: recall {recall}, {leads}, {w.false_alarms} false alarm(s) "
+                  f"= {w.false_alarms_per_million:.1f} per million images", highlight=False)
+
+
 @app.command("show-config")
 def show_config(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML config file.")] = None,

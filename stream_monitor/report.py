@@ -640,6 +640,27 @@ def _events_html(run: _Run) -> str:
     return note + "<table>" + head + "".join(rows) + "</table>"
 
 
+def _eval_html(run: _Run) -> str:
+    """`stream-monitor eval`'s tables (estimator MAE per target, warnings against collapse events)."""
+    from .evaluation import evaluate
+
+    try:
+        result = evaluate(run.run_dir)
+    except (OSError, ValueError, KeyError) as error:  # a damaged part: the rest of the report still renders
+        return f'<p class="note">No evaluation: {_e(error)}</p>'
+    rows = "".join(f"<tr><td>{_e(s.estimator)}</td><td>{_e(s.target)}</td><td>{s.windows}</td><td>{s.mae:.2f}</td>"
+                   f"<td>{s.bias:+.2f}</td><td>{s.worst:.1f}</td></tr>" for s in result["estimators"])
+    table = ("<table><tr><th>estimator</th><th>target</th><th>windows</th><th>MAE (points)</th><th>bias</th>"
+             f"<th>worst</th></tr>{rows}</table>") if rows else \
+        '<p class="note">No probe row has both an estimate and the truth.</p>'
+    w = result["warnings"]
+    recall = f"{w.recall:.0%}" if w.recall is not None else "n/a"
+    leads = ", ".join(f"{x:,}" for x in w.lead_times) or "-"
+    return (table + f"<p>Collapse events (online accuracy more than 5 points below the frozen model for 2+ windows "
+            f"of 5,000 images): {w.events}. Warnings: recall {recall}, lead times (images) {leads}, "
+            f"{w.false_alarms} false alarm(s), {w.false_alarms_per_million:.1f} per million images.</p>")
+
+
 def _page(run: _Run, summary: Summary, plots: dict[str, list[str]], drawn: set[str]) -> str:
     run_id = summary.get("run_id") or run.run_dir.name
     facts = " &middot; ".join(f"{_e(k)}: <b>{_e(summary.get(k) or 'unknown')}</b>"
@@ -656,7 +677,8 @@ def _page(run: _Run, summary: Summary, plots: dict[str, list[str]], drawn: set[s
     ]
     if run.notes:
         parts.append("<ul>" + "".join(f'<li class="note">{_e(n)}</li>' for n in run.notes) + "</ul>")
-    parts += ["<h2>Summary</h2>", _summary_html(summary), "<h2>Plots</h2>"]
+    parts += ["<h2>Summary</h2>", _summary_html(summary), "<h2>Evaluation against the labels</h2>", _eval_html(run),
+              "<h2>Plots</h2>"]
     for name in PLOTS:
         parts.append(f"<h3>{_e(_PLOT_TITLES[name])}</h3>")
         if name in drawn:

@@ -1,0 +1,141 @@
+"""`stream-monitor eval RUN_DIR`: every label-free estimate and warning against the ground truth.
+
+Labels are used here only, after the run (DESIGN.md section 6):
+- **Estimators**: per estimator and target (source accuracy on the window, online accuracy),
+  the mean absolute error in accuracy points over the probe windows where both the estimate and
+  the truth exist, with the mean signed error (bias) and the worst window.
+- **Collapse warnings** against labelled collapse events: a window of `window` images is
+  collapsed when the served predictions' accuracy is below the frozen source model's accuracy on
+  the same window by more than `margin` points; an event is `sustain` or more consecutive
+  collapsed windows. Recall is the share of events with a warning that fired before the event
+  ended and at most `horizon` images before it started (lead time: event start minus the first
+  such warning's position, positive = early); a false alarm is a warning that fired with no
+  event starting within `horizon` images after it and none in progress, per million images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics.sink import read_table
+
+TARGETS = {"source": ("est_source_acc", "est_source_method", "true_source_acc"),
+           "online": ("est_online_acc", "est_online_method", "true_online_acc")}
+
+
+@dataclass(frozen=True)
+class EstimatorScore:
+    estimator: str
+    target: str
+    windows: int
+    mae: float
+    bias: float            # mean (estimate - truth)
+    worst: float           # largest absolute error
+    extrapolated: int      # windows the estimate flagged as outside its fitted range
+
+
+@dataclass(frozen=True)
+class CollapseEvent:
+    start: int             # stream position of the first collapsed window
+    stop: int
+    gap: float             # mean (source - online) accuracy over the event, points
+
+
+@dataclass(frozen=True)
+class WarningScore:
+    events: int
+    detected: int
+    lead_times: tuple[int, ...]  # images, per detected event
+    false_alarms: int
+    images: int
+
+    @property
+    def recall(self) -> float | None:
+        return self.detected / self.events if self.events else None
+
+    @property
+    def false_alarms_per_million(self) -> float:
+        return 1e6 * self.false_alarms / self.images if self.images else 0.0
+
+
+def score_estimators(run_dir: Path) -> list[EstimatorScore]:
+    """MAE of each estimator in the probes table against the truth of the same window."""
+    probes = read_table(run_dir, "probes").to_pylist()
+    scores = []
+    for target, (value_key, method_key, truth_key) in TARGETS.items():
+        by_method: dict[str, list[tuple[float, float, bool]]] = {}
+        for row in probes:
+            if row[value_key] is None or row[truth_key] is None:
+                continue
+            extrapolated = bool(row.get("est_extrapolated")) if target == "source" else False
+            by_method.setdefault(row[method_key] or "?", []).append((row[value_key], row[truth_key], extrapolated))
+        for method, pairs in sorted(by_method.items()):
+            est, truth, extra = (np.array(v) for v in zip(*pairs))
+            error = est - truth
+            scores.append(EstimatorScore(method, target, len(pairs), float(np.abs(error).mean()), float(error.mean()),
+                                         float(np.abs(error).max()), int(extra.sum())))
+    return scores
+
+
+def collapse_events(run_dir: Path, window: int = 5000, margin: float = 5.0, sustain: int = 2) -> list[CollapseEvent]:
+    """Labelled collapse events from the steps table (DESIGN.md 6)."""
+    steps = read_table(run_dir, "steps").select(["start", "images", "correct", "source_correct", "source_seen"])
+    data = {name: np.array(steps.column(name).to_pylist(), dtype=float) for name in steps.column_names}
+    if not len(data["start"]) or np.isnan(data["correct"]).all():
+        return []
+    bins = (data["start"] // window).astype(int)
+    events, run = [], []
+    for b in range(bins.min(), bins.max() + 1):
+        rows = bins == b
+        seen = np.nansum(data["source_seen"][rows])
+        images = data["images"][rows].sum()
+        collapsed = False
+        if seen and images:
+            online = 100 * np.nansum(data["correct"][rows]) / images
+            source = 100 * np.nansum(data["source_correct"][rows]) / seen
+            collapsed = source - online > margin
+        if collapsed:
+            run.append((b, source - online))
+        if not collapsed or b == bins.max():
+            if len(run) >= sustain:
+                events.append(CollapseEvent(run[0][0] * window, (run[-1][0] + 1) * window,
+                                            float(np.mean([g for _, g in run]))))
+            run = []
+    return events
+
+
+def warning_positions(run_dir: Path) -> list[int]:
+    """Stream positions at which collapse warnings fired (the step's stop position)."""
+    steps = read_table(run_dir, "steps").select(["step", "stop"])
+    stop_of = dict(zip(steps.column("step").to_pylist(), steps.column("stop").to_pylist()))
+    events = read_table(run_dir, "events").to_pylist()
+    return sorted(stop_of.get(e["step"], 0) for e in events if e["kind"] == "warning")
+
+
+def score_warnings(run_dir: Path, events: list[CollapseEvent], horizon: int = 20_000) -> WarningScore:
+    fired = warning_positions(run_dir)
+    steps = read_table(run_dir, "steps").select(["images", "skipped"])
+    images = int(np.sum(steps.column("images").to_numpy()) + np.sum(steps.column("skipped").to_numpy()))
+    detected, leads, explained = 0, [], set()
+    for event in events:
+        in_time = [p for p in fired if event.start - horizon <= p < event.stop]
+        if in_time:
+            detected += 1
+            leads.append(event.start - in_time[0])
+        explained |= set(in_time)
+    false_alarms = sum(1 for p in fired if p not in explained)
+    return WarningScore(len(events), detected, tuple(int(x) for x in leads), false_alarms, images)
+
+
+def evaluate(run_dir: Path, window: int = 5000, margin: float = 5.0, sustain: int = 2,
+             horizon: int = 20_000) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "steps").is_dir():
+        raise FileNotFoundError(f"{run_dir} has no steps/ table; pass a run directory written by `stream-monitor run`.")
+    events = collapse_events(run_dir, window, margin, sustain)
+    return {"estimators": score_estimators(run_dir), "events": events,
+            "warnings": score_warnings(run_dir, events, horizon)}

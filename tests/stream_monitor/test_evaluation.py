@@ -1,0 +1,66 @@
+"""eval: estimator MAE per target and warnings against labelled collapse events, on hand-made tables."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stream_monitor.evaluation import collapse_events, evaluate, score_warnings
+from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
+
+
+def write(run_dir, name, schema, rows):
+    (run_dir / name).mkdir(parents=True, exist_ok=True)
+    full = [{**empty_row(schema), **r} for r in rows]
+    pq.write_table(pa.Table.from_pylist(full, schema=schema), run_dir / name / "part-00000.parquet")
+
+
+def steps(online, source, batch=1000):
+    """One step of `batch` images per entry: online/source accuracy (%) of that batch."""
+    return [{"step": k + 1, "start": k * batch, "stop": (k + 1) * batch, "images": batch, "skipped": 0,
+             "wall_time": float(k), "correct": int(on * batch / 100), "source_correct": int(so * batch / 100),
+             "source_seen": batch} for k, (on, so) in enumerate(zip(online, source))]
+
+
+def probe(step, est_s, true_s, est_o, true_o, extrapolated=False):
+    return {"step": step, "position": step * 1000, "wall_time": 0.0, "cycle": 0, "cycle_step": step,
+            "probe_size": 1000, "flips": 0, "weighted_flips": 0.0, "est_source_acc": est_s,
+            "est_source_method": "weighted-flips", "est_extrapolated": extrapolated, "est_online_acc": est_o,
+            "est_online_method": "average-confidence", "true_source_acc": true_s, "true_online_acc": true_o}
+
+
+def test_mae_bias_and_worst_per_estimator_and_target(tmp_path):
+    write(tmp_path, "steps", STEP_SCHEMA, steps([50] * 4, [40] * 4))
+    write(tmp_path, "probes", PROBE_SCHEMA, [probe(1, 42, 40, 70, 50), probe(2, 35, 40, 60, 50, True),
+                                              probe(3, None, 40, 55, None)])
+    write(tmp_path, "events", EVENT_SCHEMA, [])
+    scores = {(s.estimator, s.target): s for s in evaluate(tmp_path)["estimators"]}
+    flips = scores["weighted-flips", "source"]
+    assert (flips.windows, flips.mae, flips.bias, flips.worst, flips.extrapolated) == (2, 3.5, -1.5, 5.0, 1)
+    ac = scores["average-confidence", "online"]
+    assert (ac.windows, ac.mae, ac.bias) == (2, 15.0, 15.0)
+
+
+def test_collapse_events_need_a_sustained_gap(tmp_path):
+    # windows of 5 steps x 1,000 images: fine, collapsed, collapsed, fine, collapsed (alone), fine
+    online = [40] * 5 + [20] * 10 + [40] * 5 + [20] * 5 + [40] * 5
+    write(tmp_path, "steps", STEP_SCHEMA, steps(online, [35] * 30))
+    events = collapse_events(tmp_path, window=5000, margin=5.0, sustain=2)
+    assert [(e.start, e.stop, e.gap) for e in events] == [(5000, 15000, 15.0)]
+
+
+def test_warnings_recall_lead_time_and_false_alarms(tmp_path):
+    online = [40] * 10 + [20] * 10 + [40] * 30
+    write(tmp_path, "steps", STEP_SCHEMA, steps(online, [35] * 50))
+    # a warning at step 8 (position 8,000: 2,000 images before the event at 10,000), one far later
+    write(tmp_path, "events", EVENT_SCHEMA, [
+        {"step": 8, "wall_time": 0.0, "kind": "warning", "origin": "entropy-ema", "message": "m"},
+        {"step": 45, "wall_time": 0.0, "kind": "warning", "origin": "top-class-share", "message": "m"}])
+    events = collapse_events(tmp_path)
+    score = score_warnings(tmp_path, events, horizon=5000)
+    assert (score.events, score.detected, score.lead_times, score.false_alarms) == (1, 1, (2000,), 1)
+    assert score.recall == 1.0 and score.false_alarms_per_million == pytest.approx(1e6 / 50_000)
+
+
+def test_a_folder_without_tables_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="stream-monitor run"):
+        evaluate(tmp_path)
