@@ -56,6 +56,7 @@ class Calibration:
     domains: list[str]
     points: list[dict[str, Any]] = field(default_factory=list)  # one per (domain, cycle_step)
     fits: dict[int, dict[str, Any]] = field(default_factory=dict)  # cycle_step -> coefficients, range, residual
+    source_stats: dict[str, Any] | None = None  # estimation.window.SourceStats: T, Acc_S, AC_S, ATC, NN line
     created: str = ""
     format: int = FORMAT
 
@@ -66,6 +67,11 @@ class Calibration:
             cycle_step=int(step), probe_size=self.probe_size, adapter=self.adapter,
             origin=f"stream-monitor calibrate, {len(self.domains)} domains",
         ) for step, fit in self.fits.items()}
+
+    def window_stats(self):
+        from .estimation.window import stats_from_dict
+
+        return stats_from_dict(self.source_stats)
 
     def check(self, provenance: dict[str, Any]) -> None:
         """Raise CalibrationMismatch, naming every difference, unless `provenance` matches."""
@@ -100,6 +106,34 @@ class Calibration:
             raise ValueError(f"Calibration file {path} has format {data.get('format')}; this version reads {FORMAT}.")
         data["fits"] = {int(k): v for k, v in data["fits"].items()}
         return cls(**data)
+
+
+def merge(calibrations: list[Calibration]) -> Calibration:
+    """One calibration from several made on disjoint domains with the same provenance (e.g. in
+    parallel processes): the points together, f and the nuclear-norm line fitted again."""
+    from dataclasses import replace
+
+    first = calibrations[0]
+    provenance = {k: getattr(first, k) for k in PROVENANCE_KEYS}
+    for other in calibrations[1:]:
+        other.check(provenance)
+    points = [p for c in calibrations for p in c.points]
+    stats = first.source_stats and {**first.source_stats, "nuclear_fit": _nuclear_line(points)}
+    return replace(first, domains=[d for c in calibrations for d in c.domains], points=points,
+                   fits=fit_flips(points), source_stats=stats)
+
+
+def _nuclear_line(points: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """Online accuracy = slope * NN + intercept over the meta-set's windows (Deng et al.'s regression)."""
+    pairs = [(p["nuclear_norm_score"], p["true_online_acc"]) for p in points
+             if p.get("nuclear_norm_score") is not None and p.get("true_online_acc") is not None]
+    if len(pairs) < 3:
+        return None
+    x, y = np.array(pairs).T
+    if np.ptp(x) == 0:
+        return None
+    slope, intercept = np.polyfit(x / 100.0, y, 1)
+    return float(slope), float(intercept)
 
 
 def run_provenance(describe: dict[str, Any], config: RunConfig, cycle: int) -> dict[str, Any]:
@@ -159,19 +193,48 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = DEFAULT_DOMAINS, wor
         outcome = run(cfg, run_dir, log=lambda message: None)
         if outcome.status != "finished":
             raise RuntimeError(f"calibration run on {domain} {outcome.status}: {outcome.error}")
+        nuclear = {r["step"]: r["value"] for r in read_table(run_dir, "estimates").to_pylist()
+                   if r["estimator"] == "nuclear-norm-score"}
         for row in read_table(run_dir, "probes").to_pylist():
             points.append({"domain": domain, "cycle_step": row["cycle_step"], "flips": row["flips"],
                            "weighted_flips": row["weighted_flips"], "true_source_acc": row["true_source_acc"],
-                           "true_online_acc": row["true_online_acc"], "est_online_acc": row["est_online_acc"]})
+                           "true_online_acc": row["true_online_acc"], "est_online_acc": row["est_online_acc"],
+                           "nuclear_norm_score": nuclear.get(row["step"])})
         last = points[-1] if points else {}
         log(f"[{k + 1}/{len(domains)}] {domain:<18} source acc {last.get('true_source_acc') or 0:5.1f}%  "
             f"WF {last.get('weighted_flips', 0):7.2f} at step {last.get('cycle_step')}  "
             f"({time.perf_counter() - started:.0f} s)")
     if work_dir is None:
         shutil.rmtree(scratch, ignore_errors=True)
+    stats = source_statistics(config, points)
+    log(f"source statistics (clean domain): T {stats.temperature:.2f}, Acc_S {stats.accuracy:.1f}%, "
+        f"AC_S {stats.mean_confidence:.1f}%, nuclear-norm line {stats.nuclear_fit}")
     provenance = run_provenance(describe, config, cycle)
     return Calibration(**provenance, probe_every=config.probe.every, domains=list(domains), points=points,
-                       fits=fit_flips(points), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                       fits=fit_flips(points), source_stats=asdict(stats),
+                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: int = 2048):
+    """DoC/ATC's labelled source statistics: the served outputs of a fresh adapter on the clean
+    domain's first `images` images (as a run's first steps serve them), and the nuclear norm's
+    line to the online accuracy over the meta-set's windows."""
+    from dataclasses import replace
+
+    from sources.heldout import HeldOutDomainSource
+
+    from .estimation.window import fit_source_stats
+    from .runtime.workers import AdapterWorker
+    from .runtime.messages import split_batches
+
+    worker = AdapterWorker(config)
+    source = HeldOutDomainSource("clean", images)
+    probs, labels = [], []
+    batches = list(source.read(0, images, config.source.batch_size))
+    for served, truth in split_batches(batches, 0, images, config.source.batch_size):
+        probs.append(worker.step(served).probabilities)
+        labels.append(truth.labels)
+    return replace(fit_source_stats(np.concatenate(probs), np.concatenate(labels)), nuclear_fit=_nuclear_line(points))
 
 
 def _normal(value: Any) -> Any:

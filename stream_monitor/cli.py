@@ -194,29 +194,35 @@ def calibrate(
     domains: Annotated[Optional[str], typer.Option(help="Comma-separated meta-set domains: clean and "
                                                    "CORRUPTION:SEVERITY of the held-out corruptions.")] = None,
     keep: Annotated[Optional[Path], typer.Option(help="Keep each domain's run directory here.")] = None,
+    merge: Annotated[Optional[list[Path]], typer.Option(help="Merge calibration files made on disjoint domains "
+                                                        "(e.g. in parallel) into --out instead of running.")] = None,
 ) -> None:
     """Fit weighted flips -> source accuracy (Entropy Enigma's f) on the held-out meta-set.
 
     Runs the run's probe protocol with its model, adapter and cadence on each domain (never the
     stream's 15 corruptions); use the file with --set estimation.calibration=FILE.
     """
-    from .calibration import DEFAULT_DOMAINS, calibrate as fit
+    from .calibration import DEFAULT_DOMAINS, Calibration, CalibrationMismatch, calibrate as fit, merge as merge_all
     from .config import ConfigError, load_config
     from .models import WeightsError
 
-    try:
-        cfg = load_config(config, set_ or [])
-        if cfg.model.name != "embedded":
-            raise ValueError("calibrate builds its meta-set on the embedded base for now; an ImageFolder meta-set "
-                             "for ImageNet models is not built yet (use the shipped ResNet-50 f).")
-        chosen = tuple(d.strip() for d in domains.split(",")) if domains else DEFAULT_DOMAINS
-        from sources.heldout import parse_domain
+    from sources.heldout import parse_domain
 
-        for domain in chosen:
-            parse_domain(domain)
-        result = fit(cfg, chosen, keep, log=lambda m: console.print(m, highlight=False))
-    except (ConfigError, ValueError, FileNotFoundError, WeightsError) as error:
+    try:
+        if merge:
+            result = merge_all([Calibration.load(p) for p in merge])
+        else:
+            cfg = load_config(config, set_ or [])
+            if cfg.model.name != "embedded":
+                raise ValueError("calibrate builds its meta-set on the embedded base for now; an ImageFolder "
+                                 "meta-set for ImageNet models is not built yet (use the shipped ResNet-50 f).")
+            chosen = tuple(d.strip() for d in domains.split(",")) if domains else DEFAULT_DOMAINS
+            for domain in chosen:
+                parse_domain(domain)
+            result = fit(cfg, chosen, keep, log=lambda m: console.print(m, highlight=False))
+    except (ConfigError, ValueError, FileNotFoundError, WeightsError, CalibrationMismatch) as error:
         _fail(str(error))
+    chosen = result.domains
     path = result.save(out)
     table = Table(title=f"f per snapshot step ({len(chosen)} domains)")
     for column in ("cycle step", "a", "b", "c", "WF range", "RMSE (points)"):

@@ -23,6 +23,7 @@ import numpy as np
 
 from .metrics.sink import read_table
 
+#: target -> (the probe row's estimate column, its method column, its truth column)
 TARGETS = {"source": ("est_source_acc", "est_source_method", "true_source_acc"),
            "online": ("est_online_acc", "est_online_method", "true_online_acc")}
 
@@ -63,21 +64,27 @@ class WarningScore:
 
 
 def score_estimators(run_dir: Path) -> list[EstimatorScore]:
-    """MAE of each estimator in the probes table against the truth of the same window."""
+    """MAE of each estimator (the estimates table, or the probes' own columns for runs without
+    it) against the truth of the same probe window."""
     probes = read_table(run_dir, "probes").to_pylist()
+    truth = {row["step"]: row for row in probes}
+    rows = [r for r in read_table(run_dir, "estimates").to_pylist() if r["target"] in TARGETS]
+    if not rows:  # a run from before the estimates table: the probe rows' estimate columns
+        rows = [{"step": p["step"], "estimator": p[TARGETS[t][1]] or "?", "target": t, "value": p[TARGETS[t][0]],
+                 "extrapolated": p.get("est_extrapolated") if t == "source" else None}
+                for p in probes for t in TARGETS]
+    by_key: dict[tuple[str, str], list[tuple[float, float, bool]]] = {}
+    for row in rows:
+        true = truth.get(row["step"], {}).get(TARGETS[row["target"]][2])
+        if row["value"] is None or true is None:
+            continue
+        by_key.setdefault((row["estimator"], row["target"]), []).append((row["value"], true, bool(row["extrapolated"])))
     scores = []
-    for target, (value_key, method_key, truth_key) in TARGETS.items():
-        by_method: dict[str, list[tuple[float, float, bool]]] = {}
-        for row in probes:
-            if row[value_key] is None or row[truth_key] is None:
-                continue
-            extrapolated = bool(row.get("est_extrapolated")) if target == "source" else False
-            by_method.setdefault(row[method_key] or "?", []).append((row[value_key], row[truth_key], extrapolated))
-        for method, pairs in sorted(by_method.items()):
-            est, truth, extra = (np.array(v) for v in zip(*pairs))
-            error = est - truth
-            scores.append(EstimatorScore(method, target, len(pairs), float(np.abs(error).mean()), float(error.mean()),
-                                         float(np.abs(error).max()), int(extra.sum())))
+    for (method, target), pairs in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        est, true, extra = (np.array(v) for v in zip(*pairs))
+        error = est - true
+        scores.append(EstimatorScore(method, target, len(pairs), float(np.abs(error).mean()), float(error.mean()),
+                                     float(np.abs(error).max()), int(extra.sum())))
     return scores
 
 

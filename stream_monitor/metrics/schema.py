@@ -5,6 +5,8 @@
 - `probes`: one row per probe evaluation of a weight snapshot (Entropy Enigma flips) with the
   label-free estimates beside the ground truth of the same window.
 - `events`: starts, resumes, resets, probe cycles, skipped images, collapse warnings, errors.
+- `estimates`: every label-free estimator's value at every probe, long format (one row per
+  estimator), on the probe row's window; the truth to judge it by is in `probes`.
 
 Rows travel between the run loop, the Parquet sink, the dashboard and the report as plain dicts
 keyed by these column names; `empty_row(schema)` gives a dict with every column present.
@@ -77,7 +79,21 @@ EVENT_SCHEMA = pa.schema([
     pa.field("value", pa.float64()),                        # the number behind it, when there is one
 ], metadata={"table": "events", "schema_version": str(SCHEMA_VERSION)})
 
-TABLES: dict[str, pa.Schema] = {"steps": STEP_SCHEMA, "probes": PROBE_SCHEMA, "events": EVENT_SCHEMA}
+ESTIMATE_SCHEMA = pa.schema([
+    pa.field("step", pa.int64(), nullable=False),           # the probe row's step
+    pa.field("position", pa.int64(), nullable=False),
+    pa.field("cycle", pa.int32(), nullable=False),
+    pa.field("cycle_step", pa.int64(), nullable=False),
+    pa.field("estimator", pa.string(), nullable=False),     # e.g. weighted-flips, atc-mc, cot
+    pa.field("target", pa.string(), nullable=False),        # source (frozen model on the window) or online
+    pa.field("value", pa.float32()),                        # estimated accuracy (%), null while not computable
+    pa.field("extrapolated", pa.bool_()),                   # outside the estimator's fitted range
+    pa.field("window_start", pa.int64()),                   # the stream positions it estimates (= the probe row's)
+    pa.field("window_stop", pa.int64()),
+], metadata={"table": "estimates", "schema_version": str(SCHEMA_VERSION)})
+
+TABLES: dict[str, pa.Schema] = {"steps": STEP_SCHEMA, "probes": PROBE_SCHEMA, "events": EVENT_SCHEMA,
+                                "estimates": ESTIMATE_SCHEMA}
 
 
 def empty_row(schema: pa.Schema) -> dict[str, Any]:

@@ -126,6 +126,9 @@ class _Observer:
     def on_event(self, row: dict[str, Any]) -> None:
         self._accept("events", row)
 
+    def on_estimate(self, row: dict[str, Any]) -> None:
+        self._accept("estimates", row)
+
     def _accept(self, table: str, row: dict[str, Any]) -> None:
         if self._closed:
             raise RuntimeError(f"{type(self).__name__} is closed; cannot write to {table}")

@@ -21,10 +21,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import numpy as np
+
 from ..config import RunConfig
 from ..estimation.base import NotComputableError
 from ..estimation.detectors import CollapseDetector, default_detectors
 from ..estimation.flips import FlipsCalibration
+from ..estimation.window import ESTIMATORS as WINDOW_ESTIMATORS
+from ..estimation.window import NuclearNorm, SourceStats, WindowEstimator
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from .messages import ProbeResult, StepSummary, Truth
 from .observer import RunObserver, notify_health
@@ -80,6 +84,7 @@ class LoopState:
     window: _CycleWindow = field(default_factory=_CycleWindow)
     active_warnings: list[str] = field(default_factory=list)
     detectors: dict[str, dict] = field(default_factory=dict)
+    estimators: dict[str, dict] = field(default_factory=dict)
     resets: int = 0
     skipped: int = 0
 
@@ -109,6 +114,7 @@ class _PendingProbe:
     step: int
     result: Any
     row: dict[str, Any] | None = None  # the window columns, filled when step `step` is processed
+    estimates: list[tuple[str, str, float | None]] = field(default_factory=list)  # (estimator, target, value)
 
 
 class RunLoop:
@@ -126,13 +132,15 @@ class RunLoop:
             the observers rolled their files.
         state: where to continue from (a checkpoint), or a fresh start.
         reset_every: the adapter's own reset period (RDumb's 1000): probe cycles follow it.
+        source_stats: labelled source statistics from the calibration (DoC, ATC, nuclear norm).
     """
 
     def __init__(self, config: RunConfig, executor: Executor, observers: Sequence[RunObserver], stop: int,
                  num_classes: int, source_workers: Sequence[str],
                  calibration: Mapping[int, FlipsCalibration] | None = None,
                  checkpoint: Callable[[LoopState, Any, Any], None] | None = None, state: LoopState | None = None,
-                 clock: Callable[[], float] = time.time, reset_every: int | None = None) -> None:
+                 clock: Callable[[], float] = time.time, reset_every: int | None = None,
+                 source_stats: SourceStats | None = None) -> None:
         self.config, self.ex, self.observers = config, executor, list(observers)
         self.stop, self.sources = stop, list(source_workers)
         self.calibration, self.checkpoint_fn, self.clock = calibration, checkpoint, clock
@@ -141,6 +149,10 @@ class RunLoop:
         for detector in self.detectors:
             if detector.name in self.state.detectors:
                 detector.load_state_dict(self.state.detectors[detector.name])
+        self.estimators: list[WindowEstimator] = [cls(source_stats) for cls in WINDOW_ESTIMATORS]
+        for estimator in self.estimators:
+            if estimator.name in self.state.estimators:
+                estimator.load_state_dict(self.state.estimators[estimator.name])
         probe = config.probe
         self.probe_on = probe.enabled
         self.reset_every = reset_every or config.adapter.reset_every
@@ -206,6 +218,7 @@ class RunLoop:
             return  # nothing new since the last checkpoint (or since the start): the runner's final call after `run`
         self._checkpointed_at = self.state.step
         self.state.detectors = {d.name: d.state_dict() for d in self.detectors}
+        self.state.estimators = {e.name: e.state_dict() for e in self.estimators}
         self.event("checkpoint", "driver", f"checkpoint at step {self.state.step:,}, position {self.state.position:,}")
         for observer in self.observers:
             roll = getattr(observer, "roll", None)
@@ -330,12 +343,17 @@ class RunLoop:
             state.resets += 1
             self.event("reset", "adapter", f"adapter reset to the source model after step {pending.step:,} "
                        f"(reset every {self.reset_every} steps)")
+        if summary.probabilities is not None:
+            finite = summary.probabilities[np.isfinite(summary.probabilities).all(1)]  # a diverged adapter's NaNs
+            for estimator in self.estimators:
+                estimator.update(finite)
         for detector in self.detectors:
             detector.update_step(row)
         self._check_detectors()
         for probe in self._probes:
             if probe.step == pending.step and probe.row is None:
                 probe.row = self._window_columns(pending.stop)
+                probe.estimates = self._window_estimates()
         if self.cycle_due(pending.step):
             # now rather than with the next step: the cycle event then precedes a checkpoint at this
             # step, so a resume from that checkpoint does not write it a second time
@@ -345,6 +363,8 @@ class RunLoop:
         state = self.state
         state.cycle, state.cycle_start = step // self.cycle_length, step
         state.window = _CycleWindow(start=position)
+        for estimator in self.estimators:
+            estimator.reset()
         self.event("cycle", "probe", f"probe cycle {state.cycle} starts at step {step:,}: the next "
                    f"{self.config.probe.size:,} images are the reference set")
 
@@ -357,6 +377,21 @@ class RunLoop:
             "true_online_acc": 100.0 * w.correct / w.images if w.images and self._has_labels(w) else None,
             "true_source_acc": 100.0 * w.source_correct / w.source_seen if w.source_seen else None,
         }
+
+    def _window_estimates(self) -> list[tuple[str, str, float | None]]:
+        out = []
+        for estimator in self.estimators:
+            try:
+                value = estimator.compute()
+            except NotComputableError:
+                value = None
+            out.append((estimator.name, estimator.target, _finite(value)))
+            if isinstance(estimator, NuclearNorm):  # the raw score: what calibrate maps to accuracy
+                try:
+                    out.append(("nuclear-norm-score", "score", 100.0 * estimator.score()))
+                except NotComputableError:
+                    pass
+        return out
 
     def _has_labels(self, w: _CycleWindow) -> bool:
         return w.correct > 0 or w.source_seen > 0
@@ -379,6 +414,15 @@ class RunLoop:
         self._check_detectors()
         row["warning"] = bool(self.state.active_warnings)
         self._emit("on_probe", row)
+        estimates = list(pending.estimates)
+        if cal is not None:
+            estimates.insert(0, ("weighted-flips", "source", row["est_source_acc"]))
+        for estimator, target, value in estimates:
+            self._emit("on_estimate", {
+                "step": row["step"], "position": row["position"], "cycle": row["cycle"], "cycle_step": row["cycle_step"],
+                "estimator": estimator, "target": target, "value": value,
+                "extrapolated": row["est_extrapolated"] if estimator == "weighted-flips" else None,
+                "window_start": row["window_start"], "window_stop": row["window_stop"]})
 
     def _check_detectors(self) -> None:
         active = self.state.active_warnings
@@ -403,7 +447,9 @@ class RunLoop:
 
     def _emit(self, hook: str, row: dict[str, Any]) -> None:
         for observer in self.observers:
-            getattr(observer, hook)(row)
+            method = getattr(observer, hook, None)  # on_estimate is optional (the dashboards skip it)
+            if method is not None:
+                method(row)
 
 
 def _finite(value: float | None) -> float | None:

@@ -57,6 +57,7 @@ class StepSummary:
     top_class_share: float
     step_ms: float
     reset: bool  # the adapter's own reset policy fired after this step
+    probabilities: np.ndarray | None = None  # float32 (N, K): served softmax, for the window estimators
 
 
 @dataclass

@@ -112,10 +112,10 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
         save_checkpoint(run_dir, loop_state, adapter_state, probe_state)
 
     reset_every = describe["hyperparameters"].get("reset_every")
-    calibration, origin = choose_calibration(config, describe, reset_every)
+    calibration, stats, origin = choose_calibration(config, describe, reset_every)
     log(f"source-accuracy estimate: {origin}")
     loop = RunLoop(config, ex, observers, stop, describe["num_classes"], names, calibration=calibration,
-                   checkpoint=write, state=state, reset_every=reset_every)
+                   checkpoint=write, state=state, reset_every=reset_every, source_stats=stats)
     if checkpoint is None and not resume:
         loop.event("start", "driver", f"run {run_dir.name}: {info.stream}, {info.model}, adapter {info.adapter}, "
                    f"images [{info.start:,}, {stop:,}) on {info.device}")
@@ -153,8 +153,9 @@ SHIPPED_CALIBRATIONS = Path(__file__).resolve().parent.parent / "assets" / "cali
 
 
 def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None):
-    """(cycle step -> f, where it came from): the configured file (which must match the run), else
-    a shipped one that matches, else None. Fails before any step when a configured file does not match."""
+    """(cycle step -> f, source statistics, where they came from): the configured file (which must
+    match the run), else a shipped one that matches, else none. Fails before any step when a
+    configured file does not match."""
     from ..calibration import Calibration, CalibrationMismatch, run_provenance
     from ..estimation.flips import SHIPPED
     from .loop import DEFAULT_CYCLE
@@ -164,19 +165,20 @@ def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every:
     if config.estimation.calibration:
         calibration = Calibration.load(Path(config.estimation.calibration))
         calibration.check(provenance)
-        return calibration.flips_calibrations(), f"weighted flips, {config.estimation.calibration}"
+        return (calibration.flips_calibrations(), calibration.window_stats(),
+                f"weighted flips, {config.estimation.calibration}")
     for path in sorted(SHIPPED_CALIBRATIONS.glob("*.json")):
         calibration = Calibration.load(path)
         try:
             calibration.check(provenance)
         except CalibrationMismatch:
             continue
-        return calibration.flips_calibrations(), f"weighted flips, shipped {path.name}"
+        return calibration.flips_calibrations(), calibration.window_stats(), f"weighted flips, shipped {path.name}"
     if describe["model_name"] in SHIPPED and config.adapter.name == "rdumb" and cycle == 1000 \
             and config.probe.size in (100, 1000):
-        return SHIPPED[describe["model_name"]], "weighted flips, Entropy Enigma's ResNet-50 f (step 990)"
-    return None, ("none: no calibration for this model, adapter and cadence "
-                  "(`stream-monitor calibrate` fits one)")
+        return SHIPPED[describe["model_name"]], None, "weighted flips, Entropy Enigma's ResNet-50 f (step 990)"
+    return None, None, ("none: no calibration for this model, adapter and cadence "
+                        "(`stream-monitor calibrate` fits one)")
 
 
 def _interrupt_handler(loop: RunLoop, log: Callable[[str], None]):

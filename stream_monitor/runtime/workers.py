@@ -115,6 +115,7 @@ class AdapterWorker:
             marginal_entropy=marginal_entropy, top_class_share=top_share,
             step_ms=1000.0 * (time.perf_counter() - started),
             reset=bool(every and self.adapter.num_steps % every == 0),
+            probabilities=probs.cpu().numpy().astype(np.float32, copy=False),
         )
 
     def snapshot(self) -> dict[str, np.ndarray]:

@@ -51,7 +51,10 @@ def steps_of(run_dir) -> list[int]:
 
 def test_round_trip_matches_rows_and_declared_schema(tmp_path):
     rows = {"steps": [step_row(s) for s in range(5)] + [step_row(5, noise_a=None, correct=40)],
-            "probes": [probe_row(s) for s in range(3)], "events": [event_row(0, "start"), event_row(4)]}
+            "probes": [probe_row(s) for s in range(3)], "events": [event_row(0, "start"), event_row(4)],
+            "estimates": [{"step": s, "position": 64 * s, "cycle": 0, "cycle_step": s, "estimator": "atc-mc",
+                           "target": "online", "value": 50.0 + s, "extrapolated": False, "window_start": 0,
+                           "window_stop": 64 * s} for s in range(2)]}
     memory, sink = MemorySink(), ParquetSink(tmp_path)
     for observer in (memory, sink):
         for row in rows["steps"]:
@@ -60,6 +63,8 @@ def test_round_trip_matches_rows_and_declared_schema(tmp_path):
             observer.on_probe(row)
         for row in rows["events"]:
             observer.on_event(row)
+        for row in rows["estimates"]:
+            observer.on_estimate(row)
         observer.close()
     for name, schema in TABLES.items():
         table = read_table(tmp_path, name)
@@ -223,15 +228,15 @@ def crashed_run(run_dir) -> ParquetSink:
 def test_recover_keeps_exactly_the_checkpointed_rows(tmp_path):
     abandoned = crashed_run(tmp_path)
     assert hidden(tmp_path) and hidden(tmp_path, "events")
-    assert recover(tmp_path, last_step=9) == {"steps": 3, "probes": 3, "events": 1}
+    assert recover(tmp_path, last_step=9) == {"steps": 3, "probes": 3, "events": 1, "estimates": 0}
     for name in TABLES:
         assert hidden(tmp_path, name) == []
     assert steps_of(tmp_path) == list(range(10))
     assert read_table(tmp_path, "probes")["step"].to_pylist() == list(range(6, 10))
     assert read_table(tmp_path, "events")["step"].to_pylist() == [3, 9]
     assert read_table(tmp_path, "steps").schema.equals(STEP_SCHEMA, check_metadata=True)
-    assert recover(tmp_path, last_step=9) == {"steps": 0, "probes": 0, "events": 0}
-    assert recover(tmp_path, last_step=4) == {"steps": 5, "probes": 4, "events": 1}
+    assert recover(tmp_path, last_step=9) == {"steps": 0, "probes": 0, "events": 0, "estimates": 0}
+    assert recover(tmp_path, last_step=4) == {"steps": 5, "probes": 4, "events": 1, "estimates": 0}
     assert parts(tmp_path, "probes") == []  # a part left empty is deleted
     assert read_table(tmp_path, "probes").schema.equals(PROBE_SCHEMA, check_metadata=True)
     del abandoned
@@ -271,7 +276,7 @@ def test_recover_quarantines_a_corrupt_part(tmp_path, caplog):
     with pytest.raises(OSError, match="part-00001.parquet: unreadable part"):
         read_table(tmp_path, "steps")
     with caplog.at_level(logging.WARNING, logger="stream_monitor.metrics.sink"):
-        assert recover(tmp_path, last_step=100) == {"steps": 0, "probes": 0, "events": 0}
+        assert recover(tmp_path, last_step=100) == {"steps": 0, "probes": 0, "events": 0, "estimates": 0}
     assert "quarantined" in caplog.text and "part-00001.parquet" in caplog.text
     assert parts(tmp_path) == ["part-00000.parquet", "part-00002.parquet"]
     assert (tmp_path / "quarantine" / "steps-part-00001.parquet").stat().st_size == 40  # kept, not deleted
@@ -279,7 +284,7 @@ def test_recover_quarantines_a_corrupt_part(tmp_path, caplog):
 
 
 def test_recover_of_an_empty_run_dir(tmp_path):
-    assert recover(tmp_path / "never-started", last_step=0) == {"steps": 0, "probes": 0, "events": 0}
+    assert recover(tmp_path / "never-started", last_step=0) == {"steps": 0, "probes": 0, "events": 0, "estimates": 0}
 
 
 def test_memory_sink_keeps_rows_and_run_info(tmp_path):
