@@ -79,7 +79,7 @@ def fit_source_stats(probs: np.ndarray, labels: np.ndarray) -> SourceStats:
         return loss
 
     optimizer.step(closure)
-    temperature = float(log_t.exp())
+    temperature = float(log_t.detach().exp())
     scaled = scale(probs, temperature)
     correct = scaled.argmax(1) == labels
     return SourceStats(temperature, float(100.0 * correct.mean()), float(100.0 * scaled.max(1).mean()),
