@@ -91,3 +91,17 @@ def test_a_run_uses_a_matching_calibration_and_refuses_another(tiny_calibration,
                                "runtime.max_images=640"])
     with pytest.raises(CalibrationMismatch, match="adapter: calibration has 'tent', the run has 'eta'"):
         run(other, tmp_path / "refused")
+
+
+def test_the_shipped_embedded_calibration_matches_the_default_run():
+    from stream_monitor.runtime.runner import choose_calibration
+    from stream_monitor.runtime.workers import AdapterWorker
+
+    cfg = load_config(None, ["runtime.threads=1"])
+    describe = AdapterWorker(cfg).describe()
+    flips, stats, origin = choose_calibration(cfg, describe, describe["hyperparameters"]["reset_every"])
+    assert "shipped embedded_resnet20_rdumb" in origin and 990 in flips and stats.atc_mc_threshold is not None
+    assert flips[990](0.0, 1000)[0] > flips[990](100.0, 1000)[0]  # more flips, lower estimated accuracy
+    # another adapter gets no shipped f
+    tent = load_config(None, ["runtime.threads=1", "adapter.name=tent"])
+    assert choose_calibration(tent, AdapterWorker(tent).describe(), None)[0] is None
