@@ -75,3 +75,19 @@ class StreamSource(Protocol):
 
     def read(self, start: int, stop: int, batch_size: int = 64) -> Iterator[Batch]:
         """Batches covering [start, stop) in stream order (the last one may be short)."""
+
+
+class RenderedSource:
+    """`read` for sources that can render any slice at once (`render(start, stop) -> Batch`)."""
+
+    length: int
+
+    def render(self, start: int, stop: int) -> Batch:
+        raise NotImplementedError
+
+    def read(self, start: int, stop: int, batch_size: int = 64) -> Iterator[Batch]:
+        stop = min(stop, self.length)
+        if not 0 <= start <= stop:
+            raise ValueError(f"invalid slice [{start}, {stop}) of a stream of {self.length} images")
+        for lo in range(start, stop, batch_size):
+            yield self.render(lo, min(lo + batch_size, stop))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .augment import jpeg_roundtrip, random_resized_crop_flip, to_uint8
-from .base import Batch
+from .base import Batch, RenderedSource
 from .ccc import CCCSpec, CCCWalk, Point
 from .corruptions import get_corruption
 from .glyphs import NUM_CLASSES, STREAM, GlyphDomain
@@ -29,7 +29,7 @@ UNIT = 64
 _SEED_STRIDE = 1 << 36
 
 
-class EmbeddedCCCSource:
+class EmbeddedCCCSource(RenderedSource):
     """A CCC stream over the embedded domain; implements `sources.base.StreamSource`."""
 
     num_classes = NUM_CLASSES
@@ -62,13 +62,6 @@ class EmbeddedCCCSource:
     @property
     def length(self) -> int:
         return self._length
-
-    def read(self, start: int, stop: int, batch_size: int = 64) -> Iterator[Batch]:
-        stop = min(stop, self.length)
-        if not 0 <= start <= stop:
-            raise ValueError(f"invalid slice [{start}, {stop}) of a stream of {self.length} images")
-        for lo in range(start, stop, batch_size):
-            yield self.render(lo, min(lo + batch_size, stop))
 
     def render(self, start: int, stop: int) -> Batch:
         """Images [start, stop) as one batch."""

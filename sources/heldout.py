@@ -10,13 +10,12 @@ clean domain), JPEG at quality 85. Image i is a pure function of (domain, i), in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from .augment import jpeg_roundtrip, random_resized_crop_flip, to_uint8
-from .base import Batch
+from .base import Batch, RenderedSource
 from .corruptions import HELD_OUT_CORRUPTIONS, get_corruption
 from .glyphs import CALIBRATION, NUM_CLASSES, GlyphDomain
 from .seeding import mix_seed
@@ -39,7 +38,7 @@ def parse_domain(text: str) -> tuple[str, float]:
     return name, value
 
 
-class HeldOutDomainSource:
+class HeldOutDomainSource(RenderedSource):
     """Implements `sources.base.StreamSource` for one calibration domain."""
 
     num_classes = NUM_CLASSES
@@ -61,13 +60,6 @@ class HeldOutDomainSource:
     @property
     def length(self) -> int:
         return self._length
-
-    def read(self, start: int, stop: int, batch_size: int = 64) -> Iterator[Batch]:
-        stop = min(stop, self.length)
-        if not 0 <= start <= stop:
-            raise ValueError(f"invalid slice [{start}, {stop}) of a domain of {self.length} images")
-        for lo in range(start, stop, batch_size):
-            yield self.render(lo, min(lo + batch_size, stop))
 
     def render(self, start: int, stop: int) -> Batch:
         first = start - start % UNIT
