@@ -10,7 +10,6 @@ clean domain), JPEG at quality 85. Image i is a pure function of (domain, i), in
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
