@@ -95,22 +95,23 @@ def collapse_events(run_dir: Path, window: int = 5000, margin: float = 5.0, sust
     if not len(data["start"]) or np.isnan(data["correct"]).all():
         return []
     bins = (data["start"] // window).astype(int)
+    first = bins.min()
+    bins -= first
+    sums = {name: np.bincount(bins, weights=np.nan_to_num(data[name])) for name in
+            ("images", "correct", "source_correct", "source_seen")}
     events, run = [], []
-    for b in range(bins.min(), bins.max() + 1):
-        rows = bins == b
-        seen = np.nansum(data["source_seen"][rows])
-        images = data["images"][rows].sum()
-        collapsed = False
-        if seen and images:
-            online = 100 * np.nansum(data["correct"][rows]) / images
-            source = 100 * np.nansum(data["source_correct"][rows]) / seen
-            collapsed = source - online > margin
+    last = len(sums["images"]) - 1
+    for b in range(last + 1):
+        seen, images = sums["source_seen"][b], sums["images"][b]
+        gap = 100 * sums["source_correct"][b] / seen - 100 * sums["correct"][b] / images if seen and images else None
+        collapsed = gap is not None and gap > margin
         if collapsed:
-            run.append((b, source - online))
-        if not collapsed or b == bins.max():
+            run.append(gap)
+        if not collapsed or b == last:
             if len(run) >= sustain:
-                events.append(CollapseEvent(run[0][0] * window, (run[-1][0] + 1) * window,
-                                            float(np.mean([g for _, g in run]))))
+                end = b + 1 if collapsed else b
+                events.append(CollapseEvent(int(first + end - len(run)) * window, int(first + end) * window,
+                                            float(np.mean(run))))
             run = []
     return events
 

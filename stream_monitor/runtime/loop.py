@@ -28,7 +28,7 @@ from ..estimation.base import NotComputableError
 from ..estimation.detectors import CollapseDetector, default_detectors
 from ..estimation.flips import FlipsCalibration
 from ..estimation.window import ESTIMATORS as WINDOW_ESTIMATORS
-from ..estimation.window import NuclearNorm, SourceStats, WindowEstimator
+from ..estimation.window import AverageConfidence, SourceStats, WindowEstimator
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from .messages import ProbeResult, StepSummary, Truth
 from .observer import RunObserver, notify_health
@@ -66,7 +66,7 @@ class _CycleWindow:
 
     start: int = 0            # stream position of the cycle start
     images: int = 0
-    confidence: float = 0.0   # sum of served max-softmax (average confidence estimate)
+    labelled: int = 0         # images whose served prediction was scored against a label
     correct: int = 0
     source_correct: int = 0
     source_seen: int = 0
@@ -322,11 +322,11 @@ class RunLoop:
         )
         window = state.window
         window.images += n
-        window.confidence += float(summary.confidences.sum())
         if n and len(truth.labels) == n:
             correct = int((summary.predictions == truth.labels).sum())
             row["correct"] = correct
             window.correct += correct
+            window.labelled += n
             if truth.source_predictions is not None:
                 source_correct = int((truth.source_predictions == truth.labels).sum())
                 row.update(source_correct=source_correct, source_seen=n)
@@ -352,8 +352,8 @@ class RunLoop:
         self._check_detectors()
         for probe in self._probes:
             if probe.step == pending.step and probe.row is None:
-                probe.row = self._window_columns(pending.stop)
                 probe.estimates = self._window_estimates()
+                probe.row = self._window_columns(pending.stop, probe.estimates)
         if self.cycle_due(pending.step):
             # now rather than with the next step: the cycle event then precedes a checkpoint at this
             # step, so a resume from that checkpoint does not write it a second time
@@ -368,13 +368,13 @@ class RunLoop:
         self.event("cycle", "probe", f"probe cycle {state.cycle} starts at step {step:,}: the next "
                    f"{self.config.probe.size:,} images are the reference set")
 
-    def _window_columns(self, position: int) -> dict[str, Any]:
+    def _window_columns(self, position: int, estimates: list[tuple[str, str, float | None]]) -> dict[str, Any]:
         w = self.state.window
+        shown = dict((name, value) for name, _, value in estimates)[AverageConfidence.name]
         return {
             "position": position, "window_start": w.start, "window_stop": position,
-            "est_online_acc": _finite(100.0 * w.confidence / w.images) if w.images else None,  # NaN: diverged
-            "est_online_method": "average-confidence",
-            "true_online_acc": 100.0 * w.correct / w.images if w.images and self._has_labels(w) else None,
+            "est_online_acc": shown, "est_online_method": AverageConfidence.name,
+            "true_online_acc": 100.0 * w.correct / w.labelled if w.labelled else None,
             "true_source_acc": 100.0 * w.source_correct / w.source_seen if w.source_seen else None,
         }
 
@@ -386,15 +386,7 @@ class RunLoop:
             except NotComputableError:
                 value = None
             out.append((estimator.name, estimator.target, _finite(value)))
-            if isinstance(estimator, NuclearNorm):  # the raw score: what calibrate maps to accuracy
-                try:
-                    out.append(("nuclear-norm-score", "score", 100.0 * estimator.score()))
-                except NotComputableError:
-                    pass
         return out
-
-    def _has_labels(self, w: _CycleWindow) -> bool:
-        return w.correct > 0 or w.source_seen > 0
 
     def _process_probe(self, pending: _PendingProbe) -> None:
         result: ProbeResult | None = self._get(pending.result, "probe")

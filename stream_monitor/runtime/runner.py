@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -220,23 +219,18 @@ def start_workers(config: RunConfig, checkpoint=None, run_id: str = "run") -> Wo
 
 
 def start_local_workers(config: RunConfig) -> Workers:
+    from ..adaptation import FISHER_IMAGES
     from .local import LocalExecutor
     from .workers import AdapterWorker, ProbeWorker, SourceWorker
 
     source = SourceWorker(config, config.runtime.threads)
-    fisher = source.first_images(_fisher_images(config)) if config.adapter.name == "eata" else None
+    fisher = source.first_images(FISHER_IMAGES) if config.adapter.name == "eata" else None
     adapter = AdapterWorker(config, fisher, config.runtime.threads)
     workers: dict[str, Any] = {"source-0": source, "adapter": adapter}
     if config.probe.enabled:
         workers["probe"] = ProbeWorker(config, config.runtime.threads)
     ex = LocalExecutor(workers)
     return Workers(ex, ["source-0"], {**source.describe(), **adapter.describe()}, lambda: None)
-
-
-def _fisher_images(config: RunConfig) -> int:
-    from ..adaptation import FISHER_IMAGES
-
-    return FISHER_IMAGES
 
 
 def _file_logging(run_dir: Path) -> None:
@@ -254,5 +248,3 @@ def with_overrides(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
     """`config` with some fields of some sections replaced (for the CLI's flags)."""
     return replace(config, **{name: replace(getattr(config, name), **values) for name, values in sections.items()})
 
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
