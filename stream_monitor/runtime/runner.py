@@ -88,6 +88,12 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
 
     workers = start_workers(config, checkpoint, run_dir.name)
     ex, names, describe = workers.executor, workers.source_names, workers.describe
+    reset_every = describe["hyperparameters"].get("reset_every")
+    try:  # a calibration for another model or adapter fails here, before any row is written
+        calibration, stats, origin = choose_calibration(config, describe, reset_every)
+    except BaseException:
+        workers.shutdown()
+        raise
     stop = describe["length"] if config.runtime.max_images is None else \
         min(describe["length"], config.runtime.start + config.runtime.max_images)
     state = checkpoint.state if checkpoint else None
@@ -110,8 +116,6 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
     def write(loop_state: LoopState, adapter_state: Any, probe_state: Any) -> None:
         save_checkpoint(run_dir, loop_state, adapter_state, probe_state)
 
-    reset_every = describe["hyperparameters"].get("reset_every")
-    calibration, stats, origin = choose_calibration(config, describe, reset_every)
     log(f"source-accuracy estimate: {origin}")
     loop = RunLoop(config, ex, observers, stop, describe["num_classes"], names, calibration=calibration,
                    checkpoint=write, state=state, reset_every=reset_every, source_stats=stats)
