@@ -19,14 +19,33 @@ HELD_OUT_LENGTH = 1 << 20  # images per calibration domain
 DEFAULT_STREAM = CCCSpec().name  # CCC-Medium, speed 1000, seed 43
 
 
+def check_source(kind: str, stream: str | None, data: str | Path | None, num_classes: int | None) -> None:
+    """Raise ValueError, saying what to pass, for a source that cannot open; cheap, so a run can
+    check before it starts any worker. `num_classes` is the model's (None: not known yet)."""
+    if kind not in SOURCE_KINDS:
+        raise ValueError(unknown_name_message("source", kind, SOURCE_KINDS))
+    if kind == "imagefolder" and data is None:
+        raise ValueError("--source imagefolder needs --data DIR, a folder of class sub-folders of images.")
+    if kind == "heldout":
+        from .heldout import parse_domain
+
+        parse_domain(stream or "clean")
+        if num_classes not in (None, 10):
+            raise ValueError("--source heldout renders the embedded glyph domain, for the embedded model only.")
+    if kind == "ccc":
+        CCCSpec.parse(stream or DEFAULT_STREAM)
+        if data is None and num_classes not in (None, 10):
+            raise ValueError(
+                "The embedded CCC stream is rendered for the embedded model (10 classes); use "
+                "--model embedded, or pass --data DIR|URL with official CCC shards for ImageNet models."
+            )
+
+
 def open_source(kind: str = "ccc", stream: str | None = None, data: str | Path | None = None, model=None,
                 crop: bool = True, device: str = "cpu") -> StreamSource:
     """The stream a run reads. `model` (a `SourceModel`) sets image size and the embedded matrix."""
-    if kind not in SOURCE_KINDS:
-        raise ValueError(unknown_name_message("source", kind, SOURCE_KINDS))
+    check_source(kind, stream, data, model.num_classes if model is not None else None)
     if kind == "imagefolder":
-        if data is None:
-            raise ValueError("--source imagefolder needs --data DIR, a folder of class sub-folders of images.")
         from .imagefolder import ImageFolderSource
 
         size = model.image_size if model else 224
@@ -34,19 +53,14 @@ def open_source(kind: str = "ccc", stream: str | None = None, data: str | Path |
     if kind == "heldout":
         from .heldout import HeldOutDomainSource
 
-        if model is not None and model.num_classes != 10:
-            raise ValueError("--source heldout renders the embedded glyph domain, for the embedded model only.")
         return HeldOutDomainSource(stream or "clean", HELD_OUT_LENGTH, crop=crop)
     spec = CCCSpec.parse(stream or DEFAULT_STREAM)
     if data is not None:
         from .shards import CCCShardSource
 
         return CCCShardSource(data, spec.name, device=device)
-    if model is None or model.num_classes != 10:
-        raise ValueError(
-            "The embedded CCC stream is rendered for the embedded model (10 classes); use "
-            "--model embedded, or pass --data DIR|URL with official CCC shards for ImageNet models."
-        )
+    if model is None:
+        raise ValueError("The embedded CCC stream needs the embedded model (its accuracy matrix steers the path).")
     from .accuracy_matrix import embedded_matrices
     from .embedded_ccc import EmbeddedCCCSource
 

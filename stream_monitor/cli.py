@@ -107,8 +107,7 @@ def run(
 def _validate(cfg) -> None:
     """Fail on names and files before any actor starts."""
     from adapters import ADAPTERS
-    from sources.ccc import CCCSpec
-    from sources.factory import SOURCE_KINDS
+    from sources.factory import check_source
 
     from .adaptation import PRECISIONS
     from .models import model_names
@@ -118,21 +117,14 @@ def _validate(cfg) -> None:
         ADAPTERS.get(cfg.adapter.name)
     except UnknownNameError as error:
         raise ValueError(str(error)) from None
-    if cfg.source.kind not in SOURCE_KINDS:
-        raise ValueError(unknown_name_message("source", cfg.source.kind, SOURCE_KINDS))
-    if cfg.source.kind == "imagefolder" and cfg.source.data is None:
-        raise ValueError("--source imagefolder needs --data DIR, a folder of class sub-folders of images.")
-    if cfg.source.kind == "ccc":
-        CCCSpec.parse(cfg.source.stream or CCCSpec().name)
     if cfg.adapter.precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {cfg.adapter.precision!r}. Valid precisions: {', '.join(PRECISIONS)}.")
     if cfg.model.name not in model_names():
         raise ValueError(unknown_name_message("model", cfg.model.name, model_names()))
     if cfg.model.weights and not Path(cfg.model.weights).exists():
         raise FileNotFoundError(f"Weights file {cfg.model.weights} not found.")
-    if cfg.source.kind == "ccc" and cfg.source.data is None and cfg.model.name != "embedded":
-        raise ValueError("The embedded CCC stream is rendered for the embedded model (10 classes); use "
-                         "--model embedded, or pass --data DIR|URL with official CCC shards for ImageNet models.")
+    # the model's classes are known without loading it: 10 for the embedded model, ImageNet's otherwise
+    check_source(cfg.source.kind, cfg.source.stream, cfg.source.data, 10 if cfg.model.name == "embedded" else 1000)
 
 
 def _run_and_summarise(cfg, run_dir: Path, resume: bool) -> None:
