@@ -25,7 +25,7 @@ import torch
 
 from .ccc import GRID, GRID_STEP
 from .ccc_pickle import load_matrices_npz, save_matrices_npz
-from .corruptions import CORRUPTIONS, STREAM_CORRUPTIONS, get_corruption
+from .corruptions import CORRUPTIONS, HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS, get_corruption
 from .glyphs import VAL, GlyphDomain
 from .seeding import mix_seed
 
@@ -38,9 +38,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("STREAM_MONITOR_CACHE", Path.home() / ".cache" / "stream-monitor"))
 
 
-def matrix_filename(model_sha256: str, profile: str, image_size: int, images: int) -> str:
+#: The corruptions each walk pool needs matrices for (sources.ccc.POOLS).
+POOL_NOISES = {"stream": STREAM_CORRUPTIONS, "heldout": HELD_OUT_CORRUPTIONS}
+
+
+def matrix_filename(model_sha256: str, profile: str, image_size: int, images: int, pool: str = "stream") -> str:
     """Cache key: the model, and the corruption constants, so retuning a table invalidates it."""
-    return f"ccc_matrix_{model_sha256[:16]}_{profile}-{constants_digest(profile)}_{image_size}px_n{images}.npz"
+    kind = "ccc_matrix" if pool == "stream" else f"ccc_matrix_{pool}"
+    return f"{kind}_{model_sha256[:16]}_{profile}-{constants_digest(profile)}_{image_size}px_n{images}.npz"
 
 
 def constants_digest(profile: str) -> str:
@@ -128,9 +133,10 @@ def _quantise(images: torch.Tensor) -> torch.Tensor:
 
 
 def embedded_matrices(model, images: int = DEFAULT_IMAGES, profile: str = "embedded", compute: bool = True,
-                      verbose: bool = True) -> Matrices:
-    """The embedded model's matrices: shipped asset, else user cache, else computed and cached."""
-    name = matrix_filename(model.sha256, profile, model.image_size, images)
+                      verbose: bool = True, pool: str = "stream") -> Matrices:
+    """The embedded model's matrices for a walk pool: shipped asset, else user cache, else
+    computed and cached."""
+    name = matrix_filename(model.sha256, profile, model.image_size, images, pool)
     for directory in (SHIPPED, cache_dir()):
         if (directory / name).exists():
             return load_matrices_npz(directory / name)
@@ -147,12 +153,12 @@ def embedded_matrices(model, images: int = DEFAULT_IMAGES, profile: str = "embed
         if verbose and (done % 14 == 0 or done == total):
             print(f"accuracy matrix: {done}/{total} pairs, {time.perf_counter() - started:.0f}s", flush=True)
 
-    matrices = compute_matrices(model.predict, x, y, profile=profile, progress=report)
+    matrices = compute_matrices(model.predict, x, y, noises=POOL_NOISES[pool], profile=profile, progress=report)
     path = cache_dir() / name
     path.parent.mkdir(parents=True, exist_ok=True)
     save_matrices_npz(path, matrices)
     path.with_suffix(".json").write_text(json.dumps({
-        "model": model.short_id, "model_sha256": model.sha256, "profile": profile, "images": images,
+        "model": model.short_id, "model_sha256": model.sha256, "profile": profile, "images": images, "pool": pool,
         "image_size": model.image_size, "calibration": f"GlyphDomain(seed=0) VAL[{VAL.start}, +{images})",
         "seconds": round(time.perf_counter() - started),
     }, indent=2) + "\n")
@@ -167,10 +173,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Compute the embedded model's CCC accuracy matrix.")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES)
     parser.add_argument("--profile", default="embedded")
+    parser.add_argument("--pool", default="stream", choices=sorted(POOL_NOISES),
+                        help="stream: CCC's 15 corruptions; heldout: the four calibration corruptions")
     args = parser.parse_args()
     model = load_model("embedded")
-    embedded_matrices(model, args.images, args.profile)
-    print(cache_dir() / matrix_filename(model.sha256, args.profile, model.image_size, args.images))
+    embedded_matrices(model, args.images, args.profile, pool=args.pool)
+    print(cache_dir() / matrix_filename(model.sha256, args.profile, model.image_size, args.images, args.pool))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import numpy as np
 
 from stream_monitor.registry import suggest
 
+from .corruptions.registry import HELD_OUT_CORRUPTIONS as HELD_OUT_NOISES
+
 BASELINES = (0, 20, 40)
 SPEEDS = (1000, 2000, 5000)
 SEEDS = (43, 44, 45)
@@ -48,21 +50,31 @@ NOISE_POOLS: dict[int, tuple[str, ...]] = {
 
 #: Stream folder names: `baseline_{b}_transition+speed_{s}_seed_{seed}`.
 STREAM_NAME = re.compile(r"^baseline_(\d+)_transition\+speed_(\d+)_seed_(\d+)$")
+#: Which corruptions a walk draws from: CCC's pools, or the four CCC holds out (the calibration
+#: meta-set's streams: the same protocol, none of the 15 stream corruptions).
+POOLS = ("stream", "heldout")
+HELD_OUT_SEEDS = range(64)
 
 
 @dataclass(frozen=True)
 class CCCSpec:
-    """One CCC stream: `baseline_{b}_transition+speed_{s}_seed_{seed}`."""
+    """One CCC stream: `baseline_{b}_transition+speed_{s}_seed_{seed}`, over CCC's corruption pool
+    or (pool "heldout", for calibration) over the four held-out corruptions, any seed 0-63."""
 
     baseline: int = 20
     speed: int = 1000
     seed: int = 43
+    pool: str = "stream"
 
     def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"CCC pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        seeds = SEEDS if self.pool == "stream" else HELD_OUT_SEEDS
         for field, value, valid in (("baseline", self.baseline, BASELINES), ("speed", self.speed, SPEEDS),
-                                    ("seed", self.seed, SEEDS)):
+                                    ("seed", self.seed, seeds)):
             if value not in valid:
-                raise ValueError(f"CCC {field} must be one of {', '.join(map(str, valid))}, got {value}")
+                shown = f"{valid.start}-{valid.stop - 1}" if isinstance(valid, range) else ", ".join(map(str, valid))
+                raise ValueError(f"CCC {field} must be one of {shown}, got {value}")
 
     @property
     def name(self) -> str:
@@ -74,7 +86,7 @@ class CCCSpec:
 
     @property
     def noises(self) -> tuple[str, ...]:
-        return NOISE_POOLS[self.baseline]
+        return NOISE_POOLS[self.baseline] if self.pool == "stream" else HELD_OUT_NOISES
 
     @property
     def shard_size(self) -> int:
@@ -85,14 +97,17 @@ class CCCSpec:
         return stream_length(self.speed)
 
     @classmethod
-    def parse(cls, name: str) -> "CCCSpec":
+    def parse(cls, name: str, pool: str = "stream") -> "CCCSpec":
         match = STREAM_NAME.match(name)
         values = tuple(map(int, match.groups())) if match else ()
+        if pool == "heldout" and match and values[0] in BASELINES and values[1] in SPEEDS and values[2] in HELD_OUT_SEEDS:
+            return cls(*values, pool=pool)
         if not match or values[0] not in BASELINES or values[1] not in SPEEDS or values[2] not in SEEDS:
             raise ValueError(
                 f"Unknown CCC stream {name!r}.{suggest(name, all_stream_names())} Stream names look like "
                 f"'baseline_20_transition+speed_1000_seed_43' (baseline 0/20/40, speed 1000/2000/5000, "
-                f"seed 43/44/45); `stream-monitor list streams` prints all 27."
+                + ("seed 0-63; held-out streams are for `stream-monitor calibrate`)." if pool == "heldout" else
+                   "seed 43/44/45); `stream-monitor list streams` prints all 27.")
             )
         return cls(*values)
 

@@ -22,11 +22,12 @@ from .augment import jpeg_roundtrip, random_resized_crop_flip, to_uint8
 from .base import Batch, RenderedSource
 from .ccc import CCCSpec, CCCWalk, Point
 from .corruptions import get_corruption
-from .glyphs import NUM_CLASSES, STREAM, GlyphDomain
+from .glyphs import CALIBRATION_STREAMS, NUM_CLASSES, STREAM, GlyphDomain
 from .seeding import mix_seed
 
 UNIT = 64
 _SEED_STRIDE = 1 << 36
+_HELD_OUT_STRIDE = 1 << 24
 
 
 class EmbeddedCCCSource(RenderedSource):
@@ -51,13 +52,17 @@ class EmbeddedCCCSource(RenderedSource):
         self.image_size = image_size
         self.crop, self.jpeg, self.profile = crop, jpeg, profile
         self._length = spec.length if length is None else min(length, spec.length)
-        self._offset = STREAM.start + spec.seed * _SEED_STRIDE
+        if spec.pool == "heldout":  # calibration streams: images no stream and no fixed domain draws
+            self._length = min(self._length, _HELD_OUT_STRIDE)
+            self._offset = CALIBRATION_STREAMS.start + spec.seed * _HELD_OUT_STRIDE
+        else:
+            self._offset = STREAM.start + spec.seed * _SEED_STRIDE
         # Batches need not align with render units (resume, other batch sizes): keep the last few.
         self._recent: OrderedDict[int, torch.Tensor] = OrderedDict()
 
     @property
     def name(self) -> str:
-        return f"embedded/{self.spec.name}"
+        return f"embedded{'-heldout' if self.spec.pool == 'heldout' else ''}/{self.spec.name}"
 
     @property
     def length(self) -> int:

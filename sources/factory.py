@@ -13,7 +13,9 @@ SOURCE_KINDS = {
     "ccc": "CCC stream: the embedded glyph domain by default; official shards with --data DIR|URL",
     "imagefolder": "a plain ImageFolder, uncorrupted (Entropy Enigma's --data mode); needs --data DIR",
     "heldout": "one calibration domain of the embedded base: --stream clean or CORRUPTION:SEVERITY "
-               "with a held-out corruption (what `stream-monitor calibrate` runs on)",
+               "with a held-out corruption (`stream-monitor calibrate --meta domains`)",
+    "heldout-ccc": "a CCC stream of the embedded base walked over the four held-out corruptions, any seed "
+                   "0-63 (`stream-monitor calibrate`'s default meta-set); --stream baseline_20_transition+speed_1000_seed_7",
 }
 HELD_OUT_LENGTH = 1 << 20  # images per calibration domain
 DEFAULT_STREAM = CCCSpec().name  # CCC-Medium, speed 1000, seed 43
@@ -32,6 +34,11 @@ def check_source(kind: str, stream: str | None, data: str | Path | None, num_cla
         parse_domain(stream or "clean")
         if num_classes not in (None, 10):
             raise ValueError("--source heldout renders the embedded glyph domain, for the embedded model only.")
+    if kind == "heldout-ccc":
+        CCCSpec.parse(stream or DEFAULT_STREAM, pool="heldout")
+        if data is not None or num_classes not in (None, 10):
+            raise ValueError("--source heldout-ccc renders the embedded glyph domain, for the embedded model only "
+                             "(and takes no --data).")
     if kind == "ccc":
         CCCSpec.parse(stream or DEFAULT_STREAM)
         if data is None and num_classes not in (None, 10):
@@ -54,7 +61,7 @@ def open_source(kind: str = "ccc", stream: str | None = None, data: str | Path |
         from .heldout import HeldOutDomainSource
 
         return HeldOutDomainSource(stream or "clean", HELD_OUT_LENGTH, crop=crop)
-    spec = CCCSpec.parse(stream or DEFAULT_STREAM)
+    spec = CCCSpec.parse(stream or DEFAULT_STREAM, pool="heldout" if kind == "heldout-ccc" else "stream")
     if data is not None:
         from .shards import CCCShardSource
 
@@ -64,4 +71,4 @@ def open_source(kind: str = "ccc", stream: str | None = None, data: str | Path |
     from .accuracy_matrix import embedded_matrices
     from .embedded_ccc import EmbeddedCCCSource
 
-    return EmbeddedCCCSource(spec, embedded_matrices(model), image_size=model.image_size, crop=crop)
+    return EmbeddedCCCSource(spec, embedded_matrices(model, pool=spec.pool), image_size=model.image_size, crop=crop)

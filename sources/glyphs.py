@@ -49,6 +49,7 @@ class IndexRange:
 TRAIN = IndexRange(0, 1 << 40)
 VAL = IndexRange(1 << 40, (1 << 40) + (1 << 20))
 CALIBRATION = IndexRange((1 << 41), (1 << 41) + (1 << 30))
+CALIBRATION_STREAMS = IndexRange((1 << 41) + (1 << 30), (1 << 41) + (1 << 31))  # 64 seeds x 2**24
 STREAM = IndexRange(1 << 42, 1 << 62)
 
 

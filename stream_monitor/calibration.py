@@ -1,13 +1,14 @@
 """`stream-monitor calibrate`: fit the flips-to-accuracy function f for a model, adapter and cadence.
 
-Entropy Enigma (Lee et al., ICML 2024, section 4.2) fits f on ImageNet validation plus CCC's
+Entropy Enigma (Press et al., ICML 2024, section 4.2) fits f on ImageNet validation plus CCC's
 held-out corruptions, with the model adapted by RDumb for 1,000 iterations and 1,000 probe
-images. This runs the same protocol, with the run's own loop, probe and adapter, on a meta-set of
-fixed domains (`sources.heldout`: clean, and speckle noise, gaussian blur, spatter, saturate at
-several severities; never the stream's 15 corruptions): per domain, one probe cycle from the
-source state, weighted flips at every snapshot step, and the frozen source model's accuracy on
-the images of the cycle (labels of the meta-set, used only here). Per snapshot step a quadratic
-f is fitted (the paper's form), so any cadence of the cycle has its own f.
+images. This runs the same protocol, with the run's own loop, probe and adapter, on a meta-set
+that never contains the stream's 15 corruptions: by default held-out CCC streams (the stream
+protocol walked over speckle noise, gaussian blur, spatter and saturate, `sources.ccc` pool
+"heldout"), or Entropy Enigma's fixed domains (`sources.heldout`). Every probe window gives one
+point: the weighted flips at a snapshot step and the frozen source model's accuracy on the
+window's images (labels of the meta-set, used only here). Per snapshot step a quadratic f is
+fitted (the paper's form), so any cadence of the cycle has its own f.
 
 The calibration file records its provenance (model checksum, adapter and hyperparameters, probe
 size, cadence, domains); a run refuses a calibration made for another model or adapter.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from .config import RunConfig
 from .estimation.flips import FlipsCalibration
@@ -59,25 +61,27 @@ class Calibration:
     source_stats: dict[str, Any] | None = None  # estimation.window.SourceStats: T, Acc_S, AC_S, ATC, NN line
     created: str = ""
     format: int = FORMAT
+    frozen_stats: dict[str, Any] | None = None  # the same for the frozen model (the source-target estimators)
 
     def flips_calibrations(self) -> dict[int, FlipsCalibration]:
         """cycle_step -> f, for the run loop."""
         return {int(step): FlipsCalibration(
             model=self.model, coefficients=tuple(fit["coefficients"]), fitted_range=tuple(fit["range"]),
             cycle_step=int(step), probe_size=self.probe_size, adapter=self.adapter,
-            origin=f"stream-monitor calibrate, {len(self.domains)} domains",
+            origin=f"stream-monitor calibrate, {len(self.domains)} meta-set runs",
         ) for step, fit in self.fits.items()}
 
-    def window_stats(self):
+    def window_stats(self, frozen: bool = False):
+        """SourceStats of the served adapter at its source state, or (`frozen`) of the frozen model."""
         from .estimation.window import stats_from_dict
 
-        return stats_from_dict(self.source_stats)
+        return stats_from_dict(self.frozen_stats if frozen else self.source_stats)
 
     def check(self, provenance: dict[str, Any]) -> None:
         """Raise CalibrationMismatch, naming every difference, unless `provenance` matches."""
         mine = asdict(self)
         wrong = [f"{key}: calibration has {mine[key]!r}, the run has {provenance[key]!r}"
-                 for key in PROVENANCE_KEYS if key in provenance and _normal(mine[key]) != _normal(provenance[key])]
+                 for key in PROVENANCE_KEYS if key in provenance and not _same(key, mine[key], provenance[key])]
         if wrong:
             raise CalibrationMismatch(
                 "This calibration was made for another setting, so its f would not mean anything here: "
@@ -119,14 +123,17 @@ def merge(calibrations: list[Calibration]) -> Calibration:
         other.check(provenance)
     points = [p for c in calibrations for p in c.points]
     stats = first.source_stats and {**first.source_stats, "nuclear_fit": _nuclear_line(points)}
+    frozen = first.frozen_stats and {**first.frozen_stats, "nuclear_fit": _nuclear_line(points, frozen=True)}
     return replace(first, domains=[d for c in calibrations for d in c.domains], points=points,
-                   fits=fit_flips(points), source_stats=stats)
+                   fits=fit_flips(points), source_stats=stats, frozen_stats=frozen)
 
 
-def _nuclear_line(points: list[dict[str, Any]]) -> tuple[float, float] | None:
-    """Online accuracy = slope * NN + intercept over the meta-set's windows (Deng et al.'s regression)."""
-    pairs = [(p["nuclear_norm_score"], p["true_online_acc"]) for p in points
-             if p.get("nuclear_norm_score") is not None and p.get("true_online_acc") is not None]
+def _nuclear_line(points: list[dict[str, Any]], frozen: bool = False) -> tuple[float, float] | None:
+    """Accuracy = slope * NN + intercept over the meta-set's windows (Deng et al.'s regression):
+    the served outputs' score against the online accuracy, or (`frozen`) the frozen model's
+    score against the source accuracy."""
+    score, truth = ("frozen_nuclear_score", "true_source_acc") if frozen else ("nuclear_norm_score", "true_online_acc")
+    pairs = [(p[score], p[truth]) for p in points if p.get(score) is not None and p.get(truth) is not None]
     if len(pairs) < 3:
         return None
     x, y = np.array(pairs).T
@@ -142,9 +149,27 @@ def run_provenance(describe: dict[str, Any], config: RunConfig, cycle: int) -> d
             "hyperparameters": describe["hyperparameters"], "probe_size": config.probe.size, "cycle": cycle}
 
 
+def run_provenance_of_dir(run_dir: Path) -> dict[str, Any]:
+    """A finished run's provenance from its run.json and config.yaml (the model by name only:
+    run.json keeps a 12-digit checksum prefix, checked here)."""
+    from .config import load_config
+    from .runtime.loop import DEFAULT_CYCLE
+
+    info_path = Path(run_dir) / "run.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{run_dir} has no run.json, so its model and adapter are unknown; "
+                                f"pass a run directory written by `stream-monitor run`.")
+    info = json.loads(info_path.read_text())
+    config = load_config(Path(run_dir) / "config.yaml", [])
+    name, _, digest = str(info["model"]).partition(" ")
+    cycle = config.probe.cycle or info["hyperparameters"].get("reset_every") or DEFAULT_CYCLE
+    return {"model": name, "model_sha256": digest, "adapter": info["adapter"],
+            "hyperparameters": info["hyperparameters"], "probe_size": info["probe_size"], "cycle": cycle}
+
+
 def fit_flips(points: list[dict[str, Any]], min_domains: int = 4) -> dict[int, dict[str, Any]]:
-    """Per snapshot step, the least-squares quadratic acc = a WF^2 + b WF + c over the domains
-    (a line when fewer than `min_domains` + 1 domains, a quadratic needs spread)."""
+    """Per snapshot step, the least-squares quadratic acc = a WF^2 + b WF + c over the meta-set's
+    windows (a line when fewer than `min_domains` + 1 windows, a quadratic needs spread)."""
     by_step: dict[int, list[tuple[float, float]]] = {}
     for p in points:
         if p["true_source_acc"] is not None:
@@ -163,78 +188,128 @@ def fit_flips(points: list[dict[str, Any]], min_domains: int = 4) -> dict[int, d
     return fits
 
 
-def calibrate(config: RunConfig, domains: tuple[str, ...] = DEFAULT_DOMAINS, work_dir: Path | None = None,
-              log: Callable[[str], None] = print) -> Calibration:
-    """Run the probe protocol on every domain of the meta-set and fit f per snapshot step."""
+def default_streams(speed: int = 1000) -> tuple[str, ...]:
+    """The default stream meta-set: held-out CCC streams at every baseline, two seeds each."""
+    return tuple(f"baseline_{b}_transition+speed_{speed}_seed_{seed}" for b in (40, 20, 0) for seed in (1, 2))
+
+
+@dataclass(frozen=True)
+class MetaRun:
+    """One run of the meta-set: a fixed domain (one cycle) or a held-out CCC stream (`cycles` cycles)."""
+
+    label: str
+    kind: str       # the source kind: heldout (a fixed domain) or heldout-ccc (a stream)
+    stream: str
+    cycles: int = 1
+
+
+def meta_runs(domains: tuple[str, ...] = (), streams: tuple[str, ...] = (), cycles: int = 2) -> list[MetaRun]:
+    return ([MetaRun(d, "heldout", d) for d in domains]
+            + [MetaRun(f"heldout-ccc/{s}", "heldout-ccc", s, cycles) for s in streams])
+
+
+def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path | None = None,
+              log: Callable[[str], None] = print, streams: tuple[str, ...] | None = None,
+              cycles: int = 2) -> Calibration:
+    """Run the probe protocol on the meta-set and fit f per snapshot step.
+
+    Two kinds of meta-set members, freely mixed:
+    - held-out CCC streams (the default): the stream protocol itself, walked over the four held-out
+      corruptions, for `cycles` probe cycles each; every probe window is one point. A run's windows
+      drift through corruptions while its reference set comes from the cycle's first images, and
+      an adapter that does not reset starts later cycles adapted: a fit on streams sees both;
+    - fixed domains (Entropy Enigma's meta-set): one cycle on one corruption and severity.
+    """
     from .metrics.sink import read_table
     from .runtime.loop import DEFAULT_CYCLE, is_probe_step
     from .runtime.runner import run, with_overrides
     from .runtime.workers import AdapterWorker
 
+    if streams is None:
+        streams = () if domains else default_streams()
+    members = meta_runs(domains, streams, cycles)
+    if not members:
+        raise ValueError("calibrate needs a meta-set: held-out streams (--streams) or fixed domains (--domains).")
     describe = AdapterWorker(config).describe()
     cycle = config.probe.cycle or describe["hyperparameters"].get("reset_every") or DEFAULT_CYCLE
-    # one cycle per domain, up to its last snapshot (the paper's 990 of 1,000)
+    # up to the cycle's last snapshot (the paper's 990 of 1,000)
     steps = max([k for k in range(1, cycle) if is_probe_step(k, cycle, config.probe.every)], default=0)
     if steps == 0:
         raise ValueError(f"probe.every ({config.probe.every}) leaves no snapshot inside a cycle of {cycle} steps")
     scratch = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="sm-calibrate-"))
     points: list[dict[str, Any]] = []
-    for k, domain in enumerate(domains):
+    for k, member in enumerate(members):
         started = time.perf_counter()
         cfg = with_overrides(
-            config, source={"kind": "heldout", "stream": domain},
-            runtime={"max_images": steps * config.source.batch_size, "start": 0, "use_ray": False},
+            config, source={"kind": member.kind, "stream": member.stream},
+            runtime={"max_images": ((member.cycles - 1) * cycle + steps) * config.source.batch_size, "start": 0,
+                     "use_ray": False},
             probe={"cycle": cycle, "enabled": True}, evaluator={"source_every": 2},
             dashboard={"enabled": False}, estimation={"calibration": None},
         )
-        run_dir = scratch / domain.replace(":", "_")
+        run_dir = scratch / member.label.replace(":", "_").replace("/", "_")
         if run_dir.exists():
             shutil.rmtree(run_dir)
         outcome = run(cfg, run_dir, log=lambda message: None)
         if outcome.status != "finished":
-            raise RuntimeError(f"calibration run on {domain} {outcome.status}: {outcome.error}")
-        nuclear = {r["step"]: r["value"] for r in read_table(run_dir, "estimates").to_pylist()
-                   if r["estimator"] == "nuclear-norm-score"}
-        for row in read_table(run_dir, "probes").to_pylist():
-            points.append({"domain": domain, "cycle_step": row["cycle_step"], "flips": row["flips"],
-                           "weighted_flips": row["weighted_flips"], "true_source_acc": row["true_source_acc"],
-                           "true_online_acc": row["true_online_acc"], "est_online_acc": row["est_online_acc"],
-                           "nuclear_norm_score": nuclear.get(row["step"])})
-        last = points[-1] if points else {}
-        log(f"[{k + 1}/{len(domains)}] {domain:<18} source acc {last.get('true_source_acc') or 0:5.1f}%  "
-            f"WF {last.get('weighted_flips', 0):7.2f} at step {last.get('cycle_step')}  "
+            raise RuntimeError(f"calibration run on {member.label} {outcome.status}: {outcome.error}")
+        scores = {(r["step"], r["target"]): r["value"] for r in read_table(run_dir, "estimates").to_pylist()
+                  if r["estimator"] == "nuclear-norm-score"}
+        mine = [{"domain": member.label if member.kind == "heldout" else f"{member.label}#cycle{row['cycle']}",
+                 "cycle_step": row["cycle_step"], "flips": row["flips"], "weighted_flips": row["weighted_flips"],
+                 "true_source_acc": row["true_source_acc"], "true_online_acc": row["true_online_acc"],
+                 "est_online_acc": row["est_online_acc"], "nuclear_norm_score": scores.get((row["step"], "score")),
+                 "frozen_nuclear_score": scores.get((row["step"], "source-score"))}
+                for row in read_table(run_dir, "probes").to_pylist()]
+        points += mine
+        last = [p for p in mine if p["cycle_step"] == steps]
+        shown = ", ".join(f"acc {p['true_source_acc'] or 0:.1f}% WF {p['weighted_flips']:.1f}" for p in last)
+        log(f"[{k + 1}/{len(members)}] {member.label:<18} at step {steps}: {shown}  "
             f"({time.perf_counter() - started:.0f} s)")
     if work_dir is None:
         shutil.rmtree(scratch, ignore_errors=True)
-    stats = source_statistics(config, points)
-    log(f"source statistics (clean domain): T {stats.temperature:.2f}, Acc_S {stats.accuracy:.1f}%, "
-        f"AC_S {stats.mean_confidence:.1f}%, nuclear-norm line {stats.nuclear_fit}")
+    stats, frozen = source_statistics(config, points)
+    for who, st in (("served adapter", stats), ("frozen model", frozen)):
+        log(f"{who} on the clean domain: T {st.temperature:.2f}, Acc_S {st.accuracy:.1f}%, "
+            f"AC_S {st.mean_confidence:.1f}%, nuclear-norm line {st.nuclear_fit}")
     provenance = run_provenance(describe, config, cycle)
-    return Calibration(**provenance, probe_every=config.probe.every, domains=list(domains), points=points,
-                       fits=fit_flips(points), source_stats=asdict(stats),
+    return Calibration(**provenance, probe_every=config.probe.every, domains=[m.label for m in members],
+                       points=points, fits=fit_flips(points), source_stats=asdict(stats), frozen_stats=asdict(frozen),
                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: int = 2048):
-    """DoC/ATC's labelled source statistics: the served outputs of a fresh adapter on the clean
-    domain's first `images` images (as a run's first steps serve them), and the nuclear norm's
-    line to the online accuracy over the meta-set's windows."""
+    """DoC/ATC's labelled source statistics, for both feeds, on the clean domain's first `images`
+    images: the served outputs of a fresh adapter (as a run's first steps serve them) and the
+    frozen model's outputs (eval-mode BatchNorm, as the evaluator scores the stream); with each
+    feed's nuclear-norm line over the meta-set's windows."""
     from dataclasses import replace
 
     from sources.heldout import HeldOutDomainSource
 
     from .estimation.window import fit_source_stats
-    from .runtime.workers import AdapterWorker
+    from .models import load_model
     from .runtime.messages import split_batches
+    from .runtime.workers import AdapterWorker
 
     worker = AdapterWorker(config)
+    model = load_model(config.model.name, config.model.weights, "cpu")  # not the adapter's (it adapts in place)
     source = HeldOutDomainSource("clean", images)
-    probs, labels = [], []
+    served, frozen, labels = [], [], []
     batches = list(source.read(0, images, config.source.batch_size))
-    for served, truth in split_batches(batches, 0, images, config.source.batch_size):
-        probs.append(worker.step(served).probabilities)
+    for batch, truth in split_batches(batches, 0, images, config.source.batch_size):
+        served.append(worker.step(batch).probabilities)
+        frozen.append(model.predict(torch.from_numpy(batch.images)).float().softmax(1).numpy())
         labels.append(truth.labels)
-    return replace(fit_source_stats(np.concatenate(probs), np.concatenate(labels)), nuclear_fit=_nuclear_line(points))
+    labels = np.concatenate(labels)
+    return (replace(fit_source_stats(np.concatenate(served), labels), nuclear_fit=_nuclear_line(points)),
+            replace(fit_source_stats(np.concatenate(frozen), labels), nuclear_fit=_nuclear_line(points, frozen=True)))
+
+
+def _same(key: str, mine: Any, theirs: Any) -> bool:
+    if key == "model_sha256" and theirs and len(theirs) < len(mine):  # run.json keeps a prefix
+        return mine.startswith(theirs)
+    return _normal(mine) == _normal(theirs)
 
 
 def _normal(value: Any) -> Any:

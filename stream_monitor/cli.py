@@ -183,21 +183,27 @@ def calibrate(
     config: Annotated[Optional[Path], typer.Option("--config", help="The run's YAML config (model, adapter, probe).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value (repeatable).")] = None,
     out: Annotated[Path, typer.Option(help="Where the calibration file goes.")] = Path("calibration.json"),
-    domains: Annotated[Optional[str], typer.Option(help="Comma-separated meta-set domains: clean and "
-                                                   "CORRUPTION:SEVERITY of the held-out corruptions.")] = None,
+    streams: Annotated[Optional[str], typer.Option(help="Comma-separated held-out CCC streams of the meta-set "
+                                                   "(default: baselines 40, 20, 0 x seeds 1, 2 at the run's speed).")] = None,
+    cycles: Annotated[int, typer.Option(help="Probe cycles per held-out stream (one window each).")] = 2,
+    domains: Annotated[Optional[str], typer.Option(help="Comma-separated fixed domains (Entropy Enigma's meta-set): "
+                                                   "clean and CORRUPTION:SEVERITY of the held-out corruptions; "
+                                                   "alone, they replace the default streams.")] = None,
     keep: Annotated[Optional[Path], typer.Option(help="Keep each domain's run directory here.")] = None,
     merge: Annotated[Optional[list[Path]], typer.Option(help="Merge calibration files made on disjoint domains "
                                                         "(e.g. in parallel) into --out instead of running.")] = None,
 ) -> None:
     """Fit weighted flips -> source accuracy (Entropy Enigma's f) on the held-out meta-set.
 
-    Runs the run's probe protocol with its model, adapter and cadence on each domain (never the
-    stream's 15 corruptions); use the file with --set estimation.calibration=FILE.
+    Runs the run's probe protocol with its model, adapter and cadence on held-out CCC streams
+    and/or fixed domains (never the stream's 15 corruptions); use the file with
+    --set estimation.calibration=FILE.
     """
-    from .calibration import DEFAULT_DOMAINS, Calibration, CalibrationMismatch, calibrate as fit, merge as merge_all
+    from .calibration import Calibration, CalibrationMismatch, calibrate as fit, default_streams, merge as merge_all
     from .config import ConfigError, load_config
     from .models import WeightsError
 
+    from sources.ccc import CCCSpec
     from sources.heldout import parse_domain
 
     try:
@@ -208,20 +214,31 @@ def calibrate(
             if cfg.model.name != "embedded":
                 raise ValueError("calibrate builds its meta-set on the embedded base for now; an ImageFolder "
                                  "meta-set for ImageNet models is not built yet (use the shipped ResNet-50 f).")
-            chosen = tuple(d.strip() for d in domains.split(",")) if domains else DEFAULT_DOMAINS
-            for domain in chosen:
+            fixed = tuple(d.strip() for d in domains.split(",")) if domains else ()
+            for domain in fixed:
                 parse_domain(domain)
-            result = fit(cfg, chosen, keep, log=lambda m: console.print(m, highlight=False))
+            if streams:
+                walked = tuple(x.strip() for x in streams.split(","))
+            else:
+                speed = CCCSpec.parse(cfg.source.stream).speed if cfg.source.kind == "ccc" and cfg.source.stream else 1000
+                walked = () if fixed else default_streams(speed)
+            for stream in walked:
+                CCCSpec.parse(stream, pool="heldout")
+            if cycles < 1:
+                raise ValueError(f"--cycles must be at least 1, got {cycles}")
+            result = fit(cfg, fixed, keep, log=lambda m: console.print(m, highlight=False), streams=walked,
+                         cycles=cycles)
     except (ConfigError, ValueError, FileNotFoundError, WeightsError, CalibrationMismatch) as error:
         _fail(str(error))
     chosen = result.domains
     path = result.save(out)
-    table = Table(title=f"f per snapshot step ({len(chosen)} domains)")
-    for column in ("cycle step", "a", "b", "c", "WF range", "RMSE (points)"):
+    table = Table(title=f"f per snapshot step ({len(chosen)} meta-set runs)")
+    for column in ("cycle step", "windows", "a", "b", "c", "WF range", "RMSE (points)"):
         table.add_column(column)
     for step, fit_ in sorted(result.fits.items()):
         a, b, c = fit_["coefficients"]
-        table.add_row(str(step), f"{a:.3g}", f"{b:.4g}", f"{c:.4g}", f"{fit_['range'][0]:.1f}-{fit_['range'][1]:.1f}",
+        table.add_row(str(step), str(fit_["domains"]), f"{a:.3g}", f"{b:.4g}", f"{c:.4g}",
+                      f"{fit_['range'][0]:.1f}-{fit_['range'][1]:.1f}",
                       f"{fit_['rmse']:.2f}")
     console.print(table)
     console.print(f"calibration: {path}  (use with --set estimation.calibration={path})", highlight=False)
@@ -234,17 +251,22 @@ def eval_(
     margin: Annotated[float, typer.Option(help="Points below the frozen model that make a window collapsed.")] = 5.0,
     sustain: Annotated[int, typer.Option(help="Consecutive collapsed windows that make an event.")] = 2,
     horizon: Annotated[int, typer.Option(help="Images before an event in which a warning counts as early.")] = 20_000,
+    calibration: Annotated[Optional[Path], typer.Option(help="Estimate weighted flips again with this calibration "
+                                                        "file's f (made for the run's model and adapter).")] = None,
 ) -> None:
     """Score every label-free estimate and collapse warning of a run against its labels."""
     import numpy as np
 
+    from .calibration import Calibration, CalibrationMismatch
     from .evaluation import evaluate
 
     try:
-        result = evaluate(run_dir, window, margin, sustain, horizon)
-    except FileNotFoundError as error:
+        result = evaluate(run_dir, window, margin, sustain, horizon,
+                          Calibration.load(calibration) if calibration else None)
+    except (FileNotFoundError, ValueError, CalibrationMismatch) as error:
         _fail(str(error))
-    table = Table(title="Estimators against the truth of the same windows")
+    title = "Estimators against the truth of the same windows"
+    table = Table(title=title + (f" (weighted flips with {calibration.name})" if calibration else ""))
     for column in ("estimator", "target", "windows", "MAE (points)", "bias", "worst", "extrapolated"):
         table.add_column(column)
     for s in result["estimators"]:

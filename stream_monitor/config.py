@@ -64,7 +64,7 @@ class AdapterConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """The Entropy Enigma protocol (Lee et al., ICML 2024): a reference set from the current
+    """The Entropy Enigma protocol (Press et al., ICML 2024): a reference set from the current
     stream, reference predictions at the start of a cycle, flips at every snapshot."""
 
     enabled: bool = True

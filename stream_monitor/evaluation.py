@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .metrics.sink import read_table
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 #: target -> (the probe row's estimate column, its method column, its truth column)
 TARGETS = {"source": ("est_source_acc", "est_source_method", "true_source_acc"),
@@ -63,9 +66,11 @@ class WarningScore:
         return 1e6 * self.false_alarms / self.images if self.images else 0.0
 
 
-def score_estimators(run_dir: Path) -> list[EstimatorScore]:
+def score_estimators(run_dir: Path, calibration: "Calibration | None" = None) -> list[EstimatorScore]:
     """MAE of each estimator (the estimates table, or the probes' own columns for runs without
-    it) against the truth of the same probe window."""
+    it) against the truth of the same probe window. With `calibration`, the weighted-flips
+    estimates are made again from the probe rows' flips with that file's f (a run's flips do
+    not depend on f, so a finished run can be scored with a calibration made after it)."""
     probes = read_table(run_dir, "probes").to_pylist()
     truth = {row["step"]: row for row in probes}
     rows = [r for r in read_table(run_dir, "estimates").to_pylist() if r["target"] in TARGETS]
@@ -73,6 +78,8 @@ def score_estimators(run_dir: Path) -> list[EstimatorScore]:
         rows = [{"step": p["step"], "estimator": p[TARGETS[t][1]] or "?", "target": t, "value": p[TARGETS[t][0]],
                  "extrapolated": p.get("est_extrapolated") if t == "source" else None}
                 for p in probes for t in TARGETS]
+    if calibration is not None:
+        rows = [r for r in rows if r["estimator"] != "weighted-flips"] + reestimate_flips(run_dir, probes, calibration)
     by_key: dict[tuple[str, str], list[tuple[float, float, bool]]] = {}
     for row in rows:
         true = truth.get(row["step"], {}).get(TARGETS[row["target"]][2])
@@ -86,6 +93,23 @@ def score_estimators(run_dir: Path) -> list[EstimatorScore]:
         scores.append(EstimatorScore(method, target, len(pairs), float(np.abs(error).mean()), float(error.mean()),
                                      float(np.abs(error).max()), int(extra.sum())))
     return scores
+
+
+def reestimate_flips(run_dir: Path, probes: list[dict[str, Any]], calibration: "Calibration") -> list[dict[str, Any]]:
+    """Weighted-flips estimate rows of every probe row, with `calibration`'s f; the calibration
+    must have been made for the run's model, adapter, hyperparameters, probe size and cycle."""
+    from .calibration import run_provenance_of_dir
+
+    calibration.check(run_provenance_of_dir(Path(run_dir)))
+    fs = calibration.flips_calibrations()
+    out = []
+    for p in probes:
+        f = fs.get(p["cycle_step"])
+        if f is not None:
+            value, extrapolated = f(p["weighted_flips"], p["probe_size"])
+            out.append({"step": p["step"], "estimator": "weighted-flips", "target": "source", "value": value,
+                        "extrapolated": extrapolated})
+    return out
 
 
 def collapse_events(run_dir: Path, window: int = 5000, margin: float = 5.0, sustain: int = 2) -> list[CollapseEvent]:
@@ -140,10 +164,10 @@ def score_warnings(run_dir: Path, events: list[CollapseEvent], horizon: int = 20
 
 
 def evaluate(run_dir: Path, window: int = 5000, margin: float = 5.0, sustain: int = 2,
-             horizon: int = 20_000) -> dict[str, Any]:
+             horizon: int = 20_000, calibration: "Calibration | None" = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "steps").is_dir():
         raise FileNotFoundError(f"{run_dir} has no steps/ table; pass a run directory written by `stream-monitor run`.")
     events = collapse_events(run_dir, window, margin, sustain)
-    return {"estimators": score_estimators(run_dir), "events": events,
+    return {"estimators": score_estimators(run_dir, calibration), "events": events,
             "warnings": score_warnings(run_dir, events, horizon)}

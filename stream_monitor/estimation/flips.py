@@ -1,4 +1,4 @@
-"""Weighted flips to accuracy: Entropy Enigma (Lee et al., ICML 2024), github.com/oripress/EntropyEnigma.
+"""Weighted flips to accuracy: Entropy Enigma (Press et al., ICML 2024), github.com/oripress/EntropyEnigma.
 
 WF = sum_i 1[pred_i(t) != pred_i(cycle start)] * rank_pct(conf_i(cycle start)); the probe counts it.
 Here it is mapped to the frozen source model's accuracy on the stream with a fitted quadratic f.

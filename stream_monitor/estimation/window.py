@@ -1,9 +1,14 @@
-"""Label-free estimates of the online accuracy from the served softmax outputs of a window.
+"""Label-free accuracy estimates from the softmax outputs of a window.
 
 Each estimator follows ignite's contract (`reset`, `update`, `compute`, NotComputableError) and
-sees only the probabilities the adapter served (never labels). Those that need labelled source
-statistics take them from the calibration (`SourceStats`, fitted by `stream-monitor calibrate` on
-the meta-set's clean domain); without one they are not computable. Written by hand because no
+sees only probabilities (never labels), from one of two feeds:
+- the outputs the adapter served: an estimate of the online accuracy (target "online");
+- the frozen source model's outputs on the batches the evaluator scores: an estimate of the
+  source accuracy on the window (target "source"), the baselines Entropy Enigma compares
+  weighted flips with (AC, DoC, ATC, COT on the pre-trained model's outputs).
+Those that need labelled statistics take them from the calibration (`SourceStats` of the served
+adapter at its source state, or of the frozen model, fitted by `stream-monitor calibrate` on the
+meta-set's clean domain); without one they are not computable. Written by hand because no
 maintained library ships them (research/estimators.md 4.3).
 
 - AC (Hendrycks & Gimpel, ICLR 2017): mean max-softmax.
@@ -33,9 +38,14 @@ from .base import NotComputableError
 RESERVOIR = 1024  # the most recent served softmax vectors kept for COT and the nuclear norm
 
 
+#: The target of an estimator class on the frozen model's feed, by its target on the served feed.
+FROZEN_TARGETS = {"online": "source", "score": "source-score"}
+
+
 @dataclass(frozen=True)
 class SourceStats:
-    """Labelled statistics of the served model at the source state, on the meta-set's clean domain."""
+    """Labelled statistics of one feed's model (the served adapter at the source state, or the
+    frozen model) on the meta-set's clean domain."""
 
     temperature: float = 1.0
     accuracy: float | None = None          # Acc_S, %
@@ -90,9 +100,18 @@ class WindowEstimator(ABC):
     name: str
     target = "online"
 
-    def __init__(self, stats: SourceStats | None = None) -> None:
+    def __init__(self, stats: SourceStats | None = None, frozen: bool = False) -> None:
+        """`frozen`: fed with the frozen source model's outputs (its target becomes FROZEN_TARGETS')."""
         self.stats = stats or SourceStats()
+        self.frozen = frozen
+        if frozen:
+            self.target = FROZEN_TARGETS[type(self).target]
         self.reset()
+
+    @property
+    def key(self) -> str:
+        """Unique among a loop's estimators: the name, and the feed."""
+        return f"{self.name}@frozen" if self.frozen else self.name
 
     @abstractmethod
     def reset(self) -> None: ...
@@ -107,7 +126,7 @@ class WindowEstimator(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         return {k: (torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v)
-                for k, v in vars(self).items() if k != "stats"}
+                for k, v in vars(self).items() if k not in ("stats", "frozen", "target")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
@@ -250,6 +269,9 @@ class NuclearNormScore(_Reservoir):
 
 
 class NuclearNorm(NuclearNormScore):
+    """Deng et al.'s regression: accuracy = slope * NN + intercept, the line the calibration fitted
+    on the meta-set's windows for this feed's target."""
+
     name, target = "nuclear-norm", "online"
 
     def compute(self) -> float:

@@ -132,7 +132,9 @@ class RunLoop:
             the observers rolled their files.
         state: where to continue from (a checkpoint), or a fresh start.
         reset_every: the adapter's own reset period (RDumb's 1000): probe cycles follow it.
-        source_stats: labelled source statistics from the calibration (DoC, ATC, nuclear norm).
+        source_stats: labelled statistics of the served adapter at its source state, from the
+            calibration (DoC, ATC, nuclear norm on the served feed).
+        frozen_stats: the same for the frozen source model (the source-target estimators).
     """
 
     def __init__(self, config: RunConfig, executor: Executor, observers: Sequence[RunObserver], stop: int,
@@ -140,7 +142,7 @@ class RunLoop:
                  calibration: Mapping[int, FlipsCalibration] | None = None,
                  checkpoint: Callable[[LoopState, Any, Any], None] | None = None, state: LoopState | None = None,
                  clock: Callable[[], float] = time.time, reset_every: int | None = None,
-                 source_stats: SourceStats | None = None) -> None:
+                 source_stats: SourceStats | None = None, frozen_stats: SourceStats | None = None) -> None:
         self.config, self.ex, self.observers = config, executor, list(observers)
         self.stop, self.sources = stop, list(source_workers)
         self.calibration, self.checkpoint_fn, self.clock = calibration, checkpoint, clock
@@ -149,10 +151,12 @@ class RunLoop:
         for detector in self.detectors:
             if detector.name in self.state.detectors:
                 detector.load_state_dict(self.state.detectors[detector.name])
-        self.estimators: list[WindowEstimator] = [cls(source_stats) for cls in WINDOW_ESTIMATORS]
+        # one set on the served outputs (online accuracy), one on the frozen model's (source accuracy)
+        self.estimators: list[WindowEstimator] = [cls(source_stats) for cls in WINDOW_ESTIMATORS] + \
+            [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS]
         for estimator in self.estimators:
-            if estimator.name in self.state.estimators:
-                estimator.load_state_dict(self.state.estimators[estimator.name])
+            if estimator.key in self.state.estimators:
+                estimator.load_state_dict(self.state.estimators[estimator.key])
         probe = config.probe
         self.probe_on = probe.enabled
         self.reset_every = reset_every or config.adapter.reset_every
@@ -218,7 +222,7 @@ class RunLoop:
             return  # nothing new since the last checkpoint (or since the start): the runner's final call after `run`
         self._checkpointed_at = self.state.step
         self.state.detectors = {d.name: d.state_dict() for d in self.detectors}
-        self.state.estimators = {e.name: e.state_dict() for e in self.estimators}
+        self.state.estimators = {e.key: e.state_dict() for e in self.estimators}
         self.event("checkpoint", "driver", f"checkpoint at step {self.state.step:,}, position {self.state.position:,}")
         for observer in self.observers:
             roll = getattr(observer, "roll", None)
@@ -343,10 +347,12 @@ class RunLoop:
             state.resets += 1
             self.event("reset", "adapter", f"adapter reset to the source model after step {pending.step:,} "
                        f"(reset every {self.reset_every} steps)")
-        if summary.probabilities is not None:
-            finite = summary.probabilities[np.isfinite(summary.probabilities).all(1)]  # a diverged adapter's NaNs
-            for estimator in self.estimators:
-                estimator.update(finite)
+        # the served softmax, and the frozen model's where it scored; rows with a diverged adapter's NaNs out
+        feeds = {frozen: probs[np.isfinite(probs).all(1)] for frozen, probs in
+                 ((False, summary.probabilities), (True, truth.source_probabilities)) if probs is not None}
+        for estimator in self.estimators:
+            if estimator.frozen in feeds:
+                estimator.update(feeds[estimator.frozen])
         for detector in self.detectors:
             detector.update_step(row)
         self._check_detectors()
@@ -370,7 +376,7 @@ class RunLoop:
 
     def _window_columns(self, position: int, estimates: list[tuple[str, str, float | None]]) -> dict[str, Any]:
         w = self.state.window
-        shown = dict((name, value) for name, _, value in estimates)[AverageConfidence.name]
+        shown = {(name, target): value for name, target, value in estimates}[AverageConfidence.name, "online"]
         return {
             "position": position, "window_start": w.start, "window_stop": position,
             "est_online_acc": shown, "est_online_method": AverageConfidence.name,

@@ -2,7 +2,7 @@
 
 A stream batch is split at the source into the part the adapter and probe may see (`Images`)
 and the part only the driver's evaluator sees (`Truth`: labels, CCC info and the frozen source
-model's predictions), so labels cannot reach an adapter, a probe or an estimator by accident
+model's outputs), so labels cannot reach an adapter, a probe or an estimator by accident
 (DESIGN.md section 5).
 """
 
@@ -43,6 +43,9 @@ class Truth:
     severity_b: float
     source_predictions: np.ndarray | None = None  # int64 (N,) or None when not scored
     skipped: list[str] = field(default_factory=list)  # unreadable images, as in Images
+    # float32 (N, K): the frozen model's softmax where it scored, for the source-target estimators
+    # (label-free; it travels here because only the driver's evaluator reads the frozen model)
+    source_probabilities: np.ndarray | None = None
 
 
 @dataclass

@@ -21,7 +21,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..config import RunConfig, dump_config, load_config
 from ..metrics.sink import ParquetSink, recover
@@ -90,7 +90,7 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
     ex, names, describe = workers.executor, workers.source_names, workers.describe
     reset_every = describe["hyperparameters"].get("reset_every")
     try:  # a calibration for another model or adapter fails here, before any row is written
-        calibration, stats, origin = choose_calibration(config, describe, reset_every)
+        chosen = choose_calibration(config, describe, reset_every)
     except BaseException:
         workers.shutdown()
         raise
@@ -116,9 +116,10 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
     def write(loop_state: LoopState, adapter_state: Any, probe_state: Any) -> None:
         save_checkpoint(run_dir, loop_state, adapter_state, probe_state)
 
-    log(f"source-accuracy estimate: {origin}")
-    loop = RunLoop(config, ex, observers, stop, describe["num_classes"], names, calibration=calibration,
-                   checkpoint=write, state=state, reset_every=reset_every, source_stats=stats)
+    log(f"source-accuracy estimate: {chosen.origin}")
+    loop = RunLoop(config, ex, observers, stop, describe["num_classes"], names, calibration=chosen.flips,
+                   checkpoint=write, state=state, reset_every=reset_every, source_stats=chosen.stats,
+                   frozen_stats=chosen.frozen_stats)
     if checkpoint is None and not resume:
         loop.event("start", "driver", f"run {run_dir.name}: {info.stream}, {info.model}, adapter {info.adapter}, "
                    f"images [{info.start:,}, {stop:,}) on {info.device}")
@@ -155,10 +156,16 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
 SHIPPED_CALIBRATIONS = Path(__file__).resolve().parent.parent / "assets" / "calibrations"
 
 
-def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None):
-    """(cycle step -> f, source statistics, where they came from): the configured file (which must
-    match the run), else a shipped one that matches, else none. Fails before any step when a
-    configured file does not match."""
+class ChosenCalibration(NamedTuple):
+    flips: dict[int, Any] | None       # cycle step -> f (estimation.flips.FlipsCalibration)
+    stats: Any                         # SourceStats of the served adapter at its source state, or None
+    frozen_stats: Any                  # SourceStats of the frozen source model, or None
+    origin: str                        # where they came from, for people
+
+
+def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None) -> ChosenCalibration:
+    """The configured calibration file (which must match the run), else a shipped one that
+    matches, else none. Fails before any step when a configured file does not match."""
     from ..calibration import Calibration, CalibrationMismatch, run_provenance
     from ..estimation.flips import SHIPPED
     from .loop import DEFAULT_CYCLE
@@ -168,20 +175,22 @@ def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every:
     if config.estimation.calibration:
         calibration = Calibration.load(Path(config.estimation.calibration))
         calibration.check(provenance)
-        return (calibration.flips_calibrations(), calibration.window_stats(),
-                f"weighted flips, {config.estimation.calibration}")
+        return ChosenCalibration(calibration.flips_calibrations(), calibration.window_stats(),
+                                 calibration.window_stats(frozen=True), f"weighted flips, {config.estimation.calibration}")
     for path in sorted(SHIPPED_CALIBRATIONS.glob("*.json")):
         calibration = Calibration.load(path)
         try:
             calibration.check(provenance)
         except CalibrationMismatch:
             continue
-        return calibration.flips_calibrations(), calibration.window_stats(), f"weighted flips, shipped {path.name}"
+        return ChosenCalibration(calibration.flips_calibrations(), calibration.window_stats(),
+                                 calibration.window_stats(frozen=True), f"weighted flips, shipped {path.name}")
     if describe["model_name"] in SHIPPED and config.adapter.name == "rdumb" and cycle == 1000 \
             and config.probe.size in (100, 1000):
-        return SHIPPED[describe["model_name"]], None, "weighted flips, Entropy Enigma's ResNet-50 f (step 990)"
-    return None, None, ("none: no calibration for this model, adapter and cadence "
-                        "(`stream-monitor calibrate` fits one)")
+        return ChosenCalibration(SHIPPED[describe["model_name"]], None, None,
+                                 "weighted flips, Entropy Enigma's ResNet-50 f (step 990)")
+    return ChosenCalibration(None, None, None, "none: no calibration for this model, adapter and cadence "
+                             "(`stream-monitor calibrate` fits one)")
 
 
 def _interrupt_handler(loop: RunLoop, log: Callable[[str], None]):

@@ -3,7 +3,7 @@
 - `SourceWorker` renders or reads slices of the stream and splits them into `Images` and `Truth`.
 - `AdapterWorker` owns the model being adapted on its device.
 - `ProbeWorker` owns the reference set and counts label flips of weight snapshots (Entropy
-  Enigma, Lee et al., ICML 2024, `main.py`: reference predictions with test-batch BatchNorm,
+  Enigma, Press et al., ICML 2024, `main.py`: reference predictions with test-batch BatchNorm,
   in chunks of 100).
 
 Each builds its model inside its own process from the config, as Ray's docs recommend (never an
@@ -62,7 +62,8 @@ class SourceWorker:
         out: list[Images | Truth] = []
         for images, truth in split_batches(batches, start, stop, batch_size):
             if self.source_every and len(images) and (images.start // batch_size) % self.source_every == 0:
-                truth.source_predictions = self.bundle.predict(torch.from_numpy(images.images)).argmax(1).numpy()
+                probs = self.bundle.predict(torch.from_numpy(images.images)).float().softmax(1).numpy()
+                truth.source_predictions, truth.source_probabilities = probs.argmax(1), probs
             out += [images, truth]
         return out
 

@@ -70,3 +70,27 @@ def test_streams_of_different_seeds_differ():
     a = EmbeddedCCCSource(CCCSpec(0, 1000, 43), m).render(0, 32)
     b = EmbeddedCCCSource(CCCSpec(0, 1000, 45), m).render(0, 32)
     assert not np.array_equal(a.labels, b.labels) or not np.array_equal(a.images, b.images)
+
+
+def test_a_held_out_stream_walks_only_the_held_out_corruptions_on_images_of_its_own():
+    from sources.ccc import HELD_OUT_NOISES
+    from sources.corruptions import STREAM_CORRUPTIONS
+    from sources.glyphs import CALIBRATION_STREAMS
+
+    spec = CCCSpec.parse("baseline_20_transition+speed_1000_seed_7", pool="heldout")
+    source = EmbeddedCCCSource(spec, flat_matrices(HELD_OUT_NOISES))
+    assert source.name == "embedded-heldout/baseline_20_transition+speed_1000_seed_7"
+    seen = {p.noise_a for p in source.walk.points(0, 40)} | {p.noise_b for p in source.walk.points(0, 40)}
+    assert seen <= set(HELD_OUT_NOISES) and not seen & set(STREAM_CORRUPTIONS)
+    assert CALIBRATION_STREAMS.start <= source._offset < source._offset + source.length <= CALIBRATION_STREAMS.stop
+    stream = EmbeddedCCCSource(CCCSpec(20, 1000, 43), flat_matrices(NOISE_POOLS[20]))
+    assert source._offset + source.length <= stream._offset  # never an image of a test stream
+
+
+def test_held_out_seeds_and_pools_are_checked():
+    with pytest.raises(ValueError, match="seed 0-63"):
+        CCCSpec.parse("baseline_20_transition+speed_1000_seed_99", pool="heldout")
+    with pytest.raises(ValueError, match="seed 43/44/45"):
+        CCCSpec.parse("baseline_20_transition+speed_1000_seed_7")  # a held-out seed is no test stream
+    with pytest.raises(ValueError, match="pool must be one of stream, heldout"):
+        CCCSpec(20, 1000, 43, pool="train")

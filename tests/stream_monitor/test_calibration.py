@@ -99,9 +99,49 @@ def test_the_shipped_embedded_calibration_matches_the_default_run():
 
     cfg = load_config(None, ["runtime.threads=1"])
     describe = AdapterWorker(cfg).describe()
-    flips, stats, origin = choose_calibration(cfg, describe, describe["hyperparameters"]["reset_every"])
+    flips, stats, frozen, origin = choose_calibration(cfg, describe, describe["hyperparameters"]["reset_every"])
     assert "shipped embedded_resnet20_rdumb" in origin and 990 in flips and stats.atc_mc_threshold is not None
     assert flips[990](0.0, 1000)[0] > flips[990](100.0, 1000)[0]  # more flips, lower estimated accuracy
     # another adapter gets no shipped f
     tent = load_config(None, ["runtime.threads=1", "adapter.name=tent"])
     assert choose_calibration(tent, AdapterWorker(tent).describe(), None)[0] is None
+
+
+@pytest.fixture(scope="module")
+def stream_calibration():
+    cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01"])
+    return calibrate(cfg, streams=("baseline_40_transition+speed_1000_seed_3",
+                                   "baseline_0_transition+speed_1000_seed_4"), cycles=2, log=lambda m: None)
+
+
+def test_calibrate_on_held_out_streams_fits_every_cycle_window(stream_calibration):
+    cal = stream_calibration
+    labels = {p["domain"] for p in cal.points}
+    assert labels == {f"heldout-ccc/baseline_{b}_transition+speed_1000_seed_{s}#cycle{c}"
+                      for b, s in ((40, 3), (0, 4)) for c in (0, 1)}
+    assert set(cal.fits) == {4, 8} and all(f["domains"] == 4 for f in cal.fits.values())
+    assert all(p["true_source_acc"] is not None and p["frozen_nuclear_score"] is not None for p in cal.points)
+    for stats in (cal.source_stats, cal.frozen_stats):  # both feeds' labelled statistics
+        assert stats["atc_mc_threshold"] is not None and 0 < stats["accuracy"] <= 100
+    assert cal.frozen_stats["nuclear_fit"] is not None  # frozen score against source accuracy, over 8 windows
+
+
+def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp_path):
+    from stream_monitor.calibration import run_provenance_of_dir
+    from stream_monitor.evaluation import score_estimators
+
+    cal = stream_calibration
+    cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01", "runtime.use_ray=false",
+                             "runtime.max_images=640"])
+    assert run(cfg, tmp_path / "run").status == "finished"  # no calibration: no flips estimate
+    assert not [s for s in score_estimators(tmp_path / "run") if s.estimator == "weighted-flips"]
+    scores = {(s.estimator, s.target): s for s in score_estimators(tmp_path / "run", cal)}
+    probes = [p for p in read_table(tmp_path / "run", "probes").to_pylist() if p["true_source_acc"] is not None]
+    f = cal.flips_calibrations()
+    errors = [abs(f[p["cycle_step"]](p["weighted_flips"], p["probe_size"])[0] - p["true_source_acc"]) for p in probes]
+    assert scores["weighted-flips", "source"].mae == pytest.approx(np.mean(errors))
+    assert run_provenance_of_dir(tmp_path / "run")["model_sha256"] == cal.model_sha256[:12]
+    eta = load_config(None, [*TINY, "adapter.name=eta", "runtime.use_ray=false", "runtime.max_images=320"])
+    assert run(eta, tmp_path / "eta").status == "finished"
+    with pytest.raises(CalibrationMismatch, match="adapter: calibration has 'tent', the run has 'eta'"):
+        score_estimators(tmp_path / "eta", cal)

@@ -42,6 +42,7 @@ def loop_events(run_dir, ignore: tuple[str, ...] = ()) -> list[tuple]:
 def assert_same_run(run_dir, reference, ignore: tuple[str, ...] = ()) -> None:
     assert rows(run_dir, "steps") == rows(reference, "steps")
     assert rows(run_dir, "probes") == rows(reference, "probes")
+    assert rows(run_dir, "estimates") == rows(reference, "estimates")  # both feeds' estimators resumed
     assert loop_events(run_dir, ignore) == loop_events(reference, ignore)
 
 
@@ -170,6 +171,25 @@ def test_labels_never_reach_adapter_or_probe(baseline):
     assert sum(a.dtype == np.uint8 for a in passed) >= STEPS  # the images did arrive
     for a in passed:
         assert not any(a.shape == x.shape and np.array_equal(a, x) for x in labels)
+
+
+def test_source_target_estimators_read_the_frozen_models_outputs(baseline):
+    _, run_dir, log = baseline
+    truths = [o for name, method, _, out in log if name.startswith("source") and method == "read"
+              for o in out if isinstance(o, Truth)]
+    scored = [t for t in truths if t.source_probabilities is not None]
+    assert scored and all(np.array_equal(t.source_probabilities.argmax(1), t.source_predictions) for t in scored)
+    estimates = rows(run_dir, "estimates")
+    ac = [e for e in estimates if e["estimator"] == "average-confidence" and e["target"] == "source"]
+    assert ac and {e["target"] for e in estimates} >= {"source", "online", "score", "source-score"}
+    for e in ac:  # no calibration: the untempered mean max-softmax of the frozen model on the window
+        inside = [t.source_probabilities for t in scored if e["window_start"] <= t.start < e["window_stop"]]
+        if not inside:
+            assert e["value"] is None
+            continue
+        assert e["value"] == pytest.approx(100 * np.concatenate(inside).max(1).mean(), abs=1e-3)
+    online = {e["step"]: e["value"] for e in estimates if e["estimator"] == "average-confidence" and e["target"] == "online"}
+    assert any(online[e["step"]] != e["value"] for e in ac)  # two feeds, two estimates
 
 
 # ---- resume --------------------------------------------------------------------------------------
