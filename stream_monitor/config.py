@@ -97,6 +97,9 @@ class EstimationConfig:
     one shipped for the model and adapter when there is one (ResNet-50: the paper's f)."""
 
     calibration: Optional[str] = None
+    # label-free recovery: a collapse warning resets the adapter to the source model (and re-arms
+    # the detectors), as AETTA's and SAR's recovery rules do on their own signals
+    reset_on_warning: bool = False
 
 
 @dataclass(frozen=True)

@@ -432,9 +432,25 @@ class RunLoop:
             if verdict.firing and detector.name not in active:
                 active.append(detector.name)
                 self.event("warning", detector.name, f"collapse warning: {verdict.evidence}", verdict.value)
+                if self.config.estimation.reset_on_warning:
+                    self._recover(detector.name)
+                    return
             elif not verdict.firing and detector.name in active:
                 active.remove(detector.name)
                 self.event("clear", detector.name, f"warning cleared: {verdict.evidence}", verdict.value)
+
+    def _recover(self, warned_by: str) -> None:
+        """Reset the adapter to the source model and re-arm every detector. The reset queues behind
+        the steps already submitted, so it takes effect `max_in_flight` steps after the warning."""
+        self.ex.call("adapter", "reset")
+        self.state.resets += 1
+        self.event("reset", "driver", f"label-free recovery: adapter reset to the source model after the "
+                   f"{warned_by} warning (estimation.reset_on_warning)")
+        for name in list(self.state.active_warnings):
+            self.event("clear", name, "warning cleared: the adapter was reset")
+        self.state.active_warnings.clear()
+        for detector in self.detectors:
+            detector.reset()
 
     # ---- rows ------------------------------------------------------------------------------------
     def event(self, kind: str, origin: str, message: str, value: float | None = None) -> None:

@@ -281,3 +281,30 @@ def test_nan_loss_does_not_stop_the_loop(tmp_path):
     for p in probes:
         assert math.isfinite(p["weighted_flips"]) and 0 <= p["flips"] <= p["probe_size"]
         assert p["est_online_acc"] is None or math.isfinite(p["est_online_acc"])
+
+
+def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, monkeypatch):
+    from stream_monitor.estimation.detectors import CollapseDetector, Verdict
+    from stream_monitor.runtime import loop as loop_module
+
+    class FiresAfterEight(CollapseDetector):
+        name = "after-eight"
+
+        def reset(self):
+            self.seen = 0
+
+        def update_step(self, row):
+            self.seen += 1
+
+        def compute(self):
+            return Verdict(self.seen >= 8, f"{self.seen} steps since the last reset", float(self.seen))
+
+    monkeypatch.setattr(loop_module, "default_detectors", lambda num_classes: [FiresAfterEight()])
+    monkeypatch.setattr(local, "LocalExecutor", RecordingExecutor)
+    assert run(config(N, "estimation.reset_on_warning=true"), tmp_path / "run").status == "finished"
+    events = rows(tmp_path / "run", "events")
+    warned = [e["step"] for e in events if e["kind"] == "warning"]
+    recovered = [e["step"] for e in events if e["kind"] == "reset" and e["origin"] == "driver"]
+    assert warned == recovered == [8, 16, 24, 32, 40]  # re-armed after each reset: 8 more steps each time
+    resets = [method for name, method, _, _ in RecordingExecutor.last.log if name == "adapter" and method == "reset"]
+    assert len(resets) == len(warned)

@@ -1,0 +1,90 @@
+"""One table of every estimator's error over several evaluation runs (issue 6's must-show).
+
+    python benchmarks/estimator_table.py RUN_DIR [RUN_DIR ...] [--calibration FILE ...]
+
+Each RUN_DIR is a `stream-monitor run` on a stream with labels. Per run, the weighted flips are
+estimated again with the `--calibration` file made for that run's adapter (when one is given;
+otherwise the run's own estimates are scored), then every estimator is scored with
+`stream_monitor.evaluation.score_estimators`. Prints, per target, a Markdown table: one row per
+estimator, one column per run, cells "MAE (bias)" in accuracy points, and the best estimator
+per run in bold; then the collapse-warning scores of each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from stream_monitor.calibration import Calibration, CalibrationMismatch
+from stream_monitor.evaluation import evaluate
+
+
+def run_label(run_dir: Path) -> str:
+    info = json.loads((run_dir / "run.json").read_text())
+    stream = info["stream"].split("/")[-1].replace("_transition+speed_", " s").replace("baseline_", "b")
+    return f"{info['adapter']} {stream.split('_seed')[0]}"
+
+
+def matching(run_dir: Path, calibrations: list[Calibration]) -> Calibration | None:
+    from stream_monitor.calibration import run_provenance_of_dir
+
+    provenance = run_provenance_of_dir(run_dir)
+    for calibration in calibrations:
+        try:
+            calibration.check(provenance)
+        except CalibrationMismatch:
+            continue
+        return calibration
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--calibration", type=Path, action="append", default=[])
+    parser.add_argument("--window", type=int, default=5000, help="images per collapse window")
+    args = parser.parse_args()
+    calibrations = [Calibration.load(p) for p in args.calibration]
+    labels, results = [], []
+    for run_dir in args.runs:
+        calibration = matching(run_dir, calibrations)
+        labels.append(run_label(run_dir))
+        results.append(evaluate(run_dir, window=args.window, calibration=calibration))
+        print(f"{labels[-1]}: {run_dir}  (weighted flips with "
+              f"{calibration.created + ' ' + calibration.adapter if calibration else 'the run’s own f'})")
+    for target in ("source", "online"):
+        cells: dict[str, dict[int, tuple[float, float]]] = {}
+        for k, result in enumerate(results):
+            for score in result["estimators"]:
+                if score.target == target:
+                    cells.setdefault(score.estimator, {})[k] = (score.mae, score.bias)
+        if not cells:
+            continue
+        best = {k: min((row[k][0], name) for name, row in cells.items() if k in row)[1]
+                for k in range(len(results)) if any(k in row for row in cells.values())}
+        print(f"\n### target: {target} accuracy (MAE, bias in points)\n")
+        print("| estimator | " + " | ".join(labels) + " |")
+        print("|---" * (len(labels) + 1) + "|")
+        for name in sorted(cells):
+            row = []
+            for k in range(len(results)):
+                if k not in cells[name]:
+                    row.append("-")
+                    continue
+                mae, bias = cells[name][k]
+                text = f"{mae:.2f} ({bias:+.1f})"
+                row.append(f"**{text}**" if best.get(k) == name else text)
+            print(f"| {name} | " + " | ".join(row) + " |")
+    print("\n### collapse warnings\n")
+    print("| run | events | recall | lead (images) | false alarms | per million images |")
+    print("|---|---|---|---|---|---|")
+    for label, result in zip(labels, results):
+        w = result["warnings"]
+        recall = f"{w.recall:.0%}" if w.recall is not None else "n/a"
+        leads = ", ".join(f"{x:,}" for x in w.lead_times) or "-"
+        print(f"| {label} | {w.events} | {recall} | {leads} | {w.false_alarms} | {w.false_alarms_per_million:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
