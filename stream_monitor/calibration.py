@@ -62,14 +62,16 @@ class Calibration:
     created: str = ""
     format: int = FORMAT
     frozen_stats: dict[str, Any] | None = None  # the same for the frozen model (the source-target estimators)
+    spread_fits: dict[int, dict[str, Any]] = field(default_factory=dict)  # f of the spread reference set's flips
 
-    def flips_calibrations(self) -> dict[int, FlipsCalibration]:
-        """cycle_step -> f, for the run loop."""
+    def flips_calibrations(self, spread: bool = False) -> dict[int, FlipsCalibration]:
+        """cycle_step -> f, for the run loop: of the first-images reference set, or (`spread`) of
+        the spread one."""
         return {int(step): FlipsCalibration(
             model=self.model, coefficients=tuple(fit["coefficients"]), fitted_range=tuple(fit["range"]),
             cycle_step=int(step), probe_size=self.probe_size, adapter=self.adapter,
             origin=f"stream-monitor calibrate, {len(self.domains)} meta-set runs",
-        ) for step, fit in self.fits.items()}
+        ) for step, fit in (self.spread_fits if spread else self.fits).items()}
 
     def window_stats(self, frozen: bool = False):
         """SourceStats of the served adapter at its source state, or (`frozen`) of the frozen model."""
@@ -93,6 +95,7 @@ class Calibration:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = asdict(self)
         data["fits"] = {str(k): v for k, v in self.fits.items()}
+        data["spread_fits"] = {str(k): v for k, v in self.spread_fits.items()}
         path.write_text(json.dumps(data, indent=1))
         return path
 
@@ -109,6 +112,7 @@ class Calibration:
         if data.get("format") != FORMAT:
             raise ValueError(f"Calibration file {path} has format {data.get('format')}; this version reads {FORMAT}.")
         data["fits"] = {int(k): v for k, v in data["fits"].items()}
+        data["spread_fits"] = {int(k): v for k, v in data.get("spread_fits", {}).items()}
         return cls(**data)
 
 
@@ -125,7 +129,8 @@ def merge(calibrations: list[Calibration]) -> Calibration:
     stats = first.source_stats and {**first.source_stats, "nuclear_fit": _nuclear_line(points)}
     frozen = first.frozen_stats and {**first.frozen_stats, "nuclear_fit": _nuclear_line(points, frozen=True)}
     return replace(first, domains=[d for c in calibrations for d in c.domains], points=points,
-                   fits=fit_flips(points), source_stats=stats, frozen_stats=frozen)
+                   fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
+                   source_stats=stats, frozen_stats=frozen)
 
 
 def _nuclear_line(points: list[dict[str, Any]], frozen: bool = False) -> tuple[float, float] | None:
@@ -167,13 +172,14 @@ def run_provenance_of_dir(run_dir: Path) -> dict[str, Any]:
             "hyperparameters": info["hyperparameters"], "probe_size": info["probe_size"], "cycle": cycle}
 
 
-def fit_flips(points: list[dict[str, Any]], min_domains: int = 4) -> dict[int, dict[str, Any]]:
+def fit_flips(points: list[dict[str, Any]], key: str = "weighted_flips", min_domains: int = 4) -> dict[int, dict[str, Any]]:
     """Per snapshot step, the least-squares quadratic acc = a WF^2 + b WF + c over the meta-set's
-    windows (a line when fewer than `min_domains` + 1 windows, a quadratic needs spread)."""
+    windows (a line when fewer than `min_domains` + 1 windows, a quadratic needs spread); `key`:
+    the weighted flips of the first-images or (spread_weighted_flips) of the spread reference set."""
     by_step: dict[int, list[tuple[float, float]]] = {}
     for p in points:
-        if p["true_source_acc"] is not None:
-            by_step.setdefault(int(p["cycle_step"]), []).append((p["weighted_flips"], p["true_source_acc"]))
+        if p["true_source_acc"] is not None and p.get(key) is not None:
+            by_step.setdefault(int(p["cycle_step"]), []).append((p[key], p["true_source_acc"]))
     fits = {}
     for step, pairs in sorted(by_step.items()):
         if len(pairs) < min_domains:
@@ -211,7 +217,9 @@ def meta_runs(domains: tuple[str, ...] = (), streams: tuple[str, ...] = (), cycl
 def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path | None = None,
               log: Callable[[str], None] = print, streams: tuple[str, ...] | None = None,
               cycles: int = 2) -> Calibration:
-    """Run the probe protocol on the meta-set and fit f per snapshot step.
+    """Run the probe protocol on the meta-set and fit f per snapshot step (`cycles` 0: only the
+    labelled statistics of the clean domain, in seconds; f and the nuclear-norm lines stay empty,
+    and `stream-monitor eval --calibration` can add them to a run made with it).
 
     Two kinds of meta-set members, freely mixed:
     - held-out CCC streams (the default): the stream protocol itself, walked over the four held-out
@@ -227,8 +235,8 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
 
     if streams is None:
         streams = () if domains else default_streams()
-    members = meta_runs(domains, streams, cycles)
-    if not members:
+    members = meta_runs(domains, streams, cycles) if cycles else []
+    if not members and cycles:
         raise ValueError("calibrate needs a meta-set: held-out streams (--streams) or fixed domains (--domains).")
     describe = AdapterWorker(config).describe()
     cycle = config.probe.cycle or describe["hyperparameters"].get("reset_every") or DEFAULT_CYCLE
@@ -257,13 +265,15 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
                   if r["estimator"] == "nuclear-norm-score"}
         mine = [{"domain": member.label if member.kind == "heldout" else f"{member.label}#cycle{row['cycle']}",
                  "cycle_step": row["cycle_step"], "flips": row["flips"], "weighted_flips": row["weighted_flips"],
+                 "spread_flips": row["spread_flips"], "spread_weighted_flips": row["spread_weighted_flips"],
                  "true_source_acc": row["true_source_acc"], "true_online_acc": row["true_online_acc"],
                  "est_online_acc": row["est_online_acc"], "nuclear_norm_score": scores.get((row["step"], "score")),
                  "frozen_nuclear_score": scores.get((row["step"], "source-score"))}
                 for row in read_table(run_dir, "probes").to_pylist()]
         points += mine
         last = [p for p in mine if p["cycle_step"] == steps]
-        shown = ", ".join(f"acc {p['true_source_acc'] or 0:.1f}% WF {p['weighted_flips']:.1f}" for p in last)
+        shown = ", ".join(f"acc {p['true_source_acc'] or 0:.1f}% WF {p['weighted_flips']:.1f} "
+                          f"spread {p['spread_weighted_flips'] or 0:.1f}" for p in last)
         log(f"[{k + 1}/{len(members)}] {member.label:<18} at step {steps}: {shown}  "
             f"({time.perf_counter() - started:.0f} s)")
     if work_dir is None:
@@ -274,7 +284,8 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
             f"AC_S {st.mean_confidence:.1f}%, nuclear-norm line {st.nuclear_fit}")
     provenance = run_provenance(describe, config, cycle)
     return Calibration(**provenance, probe_every=config.probe.every, domains=[m.label for m in members],
-                       points=points, fits=fit_flips(points), source_stats=asdict(stats), frozen_stats=asdict(frozen),
+                       points=points, fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
+                       source_stats=asdict(stats), frozen_stats=asdict(frozen),
                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 

@@ -185,7 +185,8 @@ def calibrate(
     out: Annotated[Path, typer.Option(help="Where the calibration file goes.")] = Path("calibration.json"),
     streams: Annotated[Optional[str], typer.Option(help="Comma-separated held-out CCC streams of the meta-set "
                                                    "(default: baselines 40, 20, 0 x seeds 1, 2 at the run's speed).")] = None,
-    cycles: Annotated[int, typer.Option(help="Probe cycles per held-out stream (one window each).")] = 2,
+    cycles: Annotated[int, typer.Option(help="Probe cycles per held-out stream (one window each); 0: only the "
+                                        "clean domain's statistics for DoC and ATC, in seconds, no f.")] = 2,
     domains: Annotated[Optional[str], typer.Option(help="Comma-separated fixed domains (Entropy Enigma's meta-set): "
                                                    "clean and CORRUPTION:SEVERITY of the held-out corruptions; "
                                                    "alone, they replace the default streams.")] = None,
@@ -224,8 +225,8 @@ def calibrate(
                 walked = () if fixed else default_streams(speed)
             for stream in walked:
                 CCCSpec.parse(stream, pool="heldout")
-            if cycles < 1:
-                raise ValueError(f"--cycles must be at least 1, got {cycles}")
+            if cycles < 0:
+                raise ValueError(f"--cycles must be 0 (statistics only) or more, got {cycles}")
             result = fit(cfg, fixed, keep, log=lambda m: console.print(m, highlight=False), streams=walked,
                          cycles=cycles)
     except (ConfigError, ValueError, FileNotFoundError, WeightsError, CalibrationMismatch) as error:

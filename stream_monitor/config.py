@@ -73,6 +73,10 @@ class ProbeConfig:
     chunk: int = 100                  # images per probe forward (the paper's 100)
     cycle: Optional[int] = None       # steps per cycle; None: the adapter's reset period, else 1000
     num_gpus: float = 0.0             # GPU share of the probe actor (e.g. 0.25 beside the adapter)
+    # also count flips on a second reference set, `size` images drawn uniformly from the whole
+    # cycle so far (their reference predictions by the cycle-start snapshot): on a drifting stream
+    # the first images describe the cycle's first domain, not the window
+    spread: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "every", "size", "chunk")

@@ -68,18 +68,19 @@ class WarningScore:
 
 def score_estimators(run_dir: Path, calibration: "Calibration | None" = None) -> list[EstimatorScore]:
     """MAE of each estimator (the estimates table, or the probes' own columns for runs without
-    it) against the truth of the same probe window. With `calibration`, the weighted-flips
-    estimates are made again from the probe rows' flips with that file's f (a run's flips do
-    not depend on f, so a finished run can be scored with a calibration made after it)."""
+    it) against the truth of the same probe window. With `calibration`, the REESTIMATED
+    estimators are made again with that file (a run's flips and raw nuclear-norm scores do not
+    depend on it, so a finished run can be scored with a calibration made after it)."""
     probes = read_table(run_dir, "probes").to_pylist()
     truth = {row["step"]: row for row in probes}
-    rows = [r for r in read_table(run_dir, "estimates").to_pylist() if r["target"] in TARGETS]
+    recorded = read_table(run_dir, "estimates").to_pylist()
+    rows = [r for r in recorded if r["target"] in TARGETS]
     if not rows:  # a run from before the estimates table: the probe rows' estimate columns
         rows = [{"step": p["step"], "estimator": p[TARGETS[t][1]] or "?", "target": t, "value": p[TARGETS[t][0]],
                  "extrapolated": p.get("est_extrapolated") if t == "source" else None}
                 for p in probes for t in TARGETS]
     if calibration is not None:
-        rows = [r for r in rows if r["estimator"] != "weighted-flips"] + reestimate_flips(run_dir, probes, calibration)
+        rows = [r for r in rows if r["estimator"] not in REESTIMATED] + reestimate(run_dir, probes, recorded, calibration)
     by_key: dict[tuple[str, str], list[tuple[float, float, bool]]] = {}
     for row in rows:
         true = truth.get(row["step"], {}).get(TARGETS[row["target"]][2])
@@ -95,20 +96,38 @@ def score_estimators(run_dir: Path, calibration: "Calibration | None" = None) ->
     return scores
 
 
-def reestimate_flips(run_dir: Path, probes: list[dict[str, Any]], calibration: "Calibration") -> list[dict[str, Any]]:
-    """Weighted-flips estimate rows of every probe row, with `calibration`'s f; the calibration
-    must have been made for the run's model, adapter, hyperparameters, probe size and cycle."""
+#: Estimators a later calibration can redo from what a run recorded: both flips estimators (from
+#: the probe rows' flips) and the nuclear norm of each feed (from its recorded raw score).
+REESTIMATED = ("weighted-flips", "spread-flips", "nuclear-norm")
+
+
+def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict[str, Any]],
+               calibration: "Calibration") -> list[dict[str, Any]]:
+    """The REESTIMATED estimators' rows for every probe row, with `calibration`'s f and lines; the
+    calibration must have been made for the run's model, adapter, hyperparameters, probe size and
+    cycle."""
     from .calibration import run_provenance_of_dir
 
     calibration.check(run_provenance_of_dir(Path(run_dir)))
-    fs = calibration.flips_calibrations()
     out = []
-    for p in probes:
-        f = fs.get(p["cycle_step"])
-        if f is not None:
-            value, extrapolated = f(p["weighted_flips"], p["probe_size"])
-            out.append({"step": p["step"], "estimator": "weighted-flips", "target": "source", "value": value,
-                        "extrapolated": extrapolated})
+    for name, fs, wf, size in (("weighted-flips", calibration.flips_calibrations(), "weighted_flips", "probe_size"),
+                               ("spread-flips", calibration.flips_calibrations(spread=True), "spread_weighted_flips",
+                                "spread_size")):
+        for p in probes:
+            f = fs.get(p["cycle_step"])
+            if f is not None and p[wf] is not None:
+                value, extrapolated = f(p[wf], p[size])
+                out.append({"step": p["step"], "estimator": name, "target": "source", "value": value,
+                            "extrapolated": extrapolated})
+    lines = {"score": (calibration.source_stats or {}).get("nuclear_fit"),
+             "source-score": (calibration.frozen_stats or {}).get("nuclear_fit")}
+    for row in estimates:
+        line = lines.get(row["target"]) if row["estimator"] == "nuclear-norm-score" else None
+        if line is not None and row["value"] is not None:
+            slope, intercept = line
+            out.append({"step": row["step"], "estimator": "nuclear-norm", "extrapolated": None,
+                        "target": "online" if row["target"] == "score" else "source",
+                        "value": float(np.clip(slope * row["value"] / 100.0 + intercept, 0.0, 100.0))})
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the probes' spread_* columns (older parts read with them null)
 
 STEP_SCHEMA = pa.schema([
     pa.field("step", pa.int64(), nullable=False),           # adapter steps done after this one (1, 2, ...), counted over resets
@@ -56,6 +56,9 @@ PROBE_SCHEMA = pa.schema([
     pa.field("flips", pa.int32(), nullable=False),          # predictions changed since the cycle start
     pa.field("weighted_flips", pa.float64(), nullable=False),  # flips weighted by confidence percentile rank
     pa.field("probe_ms", pa.float32()),
+    pa.field("spread_size", pa.int32()),                    # the spread reference set (uniform over the cycle so far)
+    pa.field("spread_flips", pa.int32()),                   # its flips since the cycle-start snapshot
+    pa.field("spread_weighted_flips", pa.float64()),
     pa.field("est_source_acc", pa.float32()),               # label-free estimate of the source accuracy (%)
     pa.field("est_source_method", pa.string()),             # which estimator produced it
     pa.field("est_extrapolated", pa.bool_()),               # the estimate is outside its fitted range

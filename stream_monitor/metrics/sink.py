@@ -284,10 +284,20 @@ def read_table(run_dir: str | os.PathLike[str], table: str) -> pa.Table:
     parts = []
     for _, path in _closed_parts(Path(run_dir) / table):
         try:
-            parts.append(pq.ParquetFile(path).read())
+            parts.append(_conform(pq.ParquetFile(path).read(), schema))
         except (pa.ArrowException, OSError) as e:
             raise OSError(f"{path}: unreadable part ({e}); recover() quarantines such parts") from e
     return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _conform(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part written by an older version, with the columns added since then as nulls, so old and
+    resumed runs stay readable; columns the schema no longer has are dropped."""
+    if part.schema.names == schema.names:
+        return part
+    columns = [part.column(f.name) if f.name in part.schema.names else pa.nulls(part.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _quarantine(run_dir: Path, table: str, path: Path, reason: str) -> None:

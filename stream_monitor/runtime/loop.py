@@ -128,6 +128,7 @@ class RunLoop:
         num_classes: of the model (detector thresholds).
         source_workers: names of the source workers, used round-robin.
         calibration: cycle step -> f (weighted flips -> source accuracy); None: no source estimate.
+        spread_calibration: the same for the flips on the spread reference set (probe.spread).
         checkpoint: called with (state, adapter_state, probe_state) at every checkpoint, after
             the observers rolled their files.
         state: where to continue from (a checkpoint), or a fresh start.
@@ -142,10 +143,12 @@ class RunLoop:
                  calibration: Mapping[int, FlipsCalibration] | None = None,
                  checkpoint: Callable[[LoopState, Any, Any], None] | None = None, state: LoopState | None = None,
                  clock: Callable[[], float] = time.time, reset_every: int | None = None,
-                 source_stats: SourceStats | None = None, frozen_stats: SourceStats | None = None) -> None:
+                 source_stats: SourceStats | None = None, frozen_stats: SourceStats | None = None,
+                 spread_calibration: Mapping[int, FlipsCalibration] | None = None) -> None:
         self.config, self.ex, self.observers = config, executor, list(observers)
         self.stop, self.sources = stop, list(source_workers)
         self.calibration, self.checkpoint_fn, self.clock = calibration, checkpoint, clock
+        self.spread_calibration = spread_calibration
         self.state = state or LoopState(position=config.runtime.start, window=_CycleWindow(start=config.runtime.start))
         self.detectors: list[CollapseDetector] = default_detectors(num_classes)
         for detector in self.detectors:
@@ -246,6 +249,8 @@ class RunLoop:
             if self.probe_on and self.state.reference_fed < self.config.probe.size:
                 self.ex.call("probe", "add_reference", images)
                 self.state.reference_fed += stop - start
+            if self.probe_on and self.config.probe.spread:
+                self.ex.call("probe", "observe", images)
             self._submitted += 1
             step = self._submitted
             self._steps.append(_PendingStep(step, self.ex.call("adapter", "step", images), truth, start, stop))
@@ -402,24 +407,28 @@ class RunLoop:
         row.update(pending.row or {})
         row.update(step=result.step, wall_time=self.clock(), cycle=result.cycle, cycle_step=result.cycle_step,
                    probe_size=result.probe_size, flips=result.flips, weighted_flips=result.weighted_flips,
-                   probe_ms=result.probe_ms)
+                   probe_ms=result.probe_ms, spread_size=result.spread_size, spread_flips=result.spread_flips,
+                   spread_weighted_flips=result.spread_weighted_flips)
+        flips = []  # (estimator, estimate, extrapolated), the spread set first: it estimates the window
+        spread = (self.spread_calibration or {}).get(result.cycle_step)
+        if spread is not None and result.spread_weighted_flips is not None:
+            flips.append(("spread-flips", *spread(result.spread_weighted_flips, result.spread_size)))
         cal = (self.calibration or {}).get(result.cycle_step)
         if cal is not None:
-            row["est_source_acc"], row["est_extrapolated"] = cal(result.weighted_flips, result.probe_size)
-            row["est_source_method"] = "weighted-flips"
+            flips.append(("weighted-flips", *cal(result.weighted_flips, result.probe_size)))
+        if flips:
+            row["est_source_method"], row["est_source_acc"], row["est_extrapolated"] = flips[0]
         for detector in self.detectors:
             detector.update_probe(row)
         self._check_detectors()
         row["warning"] = bool(self.state.active_warnings)
         self._emit("on_probe", row)
-        estimates = list(pending.estimates)
-        if cal is not None:
-            estimates.insert(0, ("weighted-flips", "source", row["est_source_acc"]))
+        extrapolated = {name: outside for name, _, outside in flips}
+        estimates = [(name, "source", value) for name, value, _ in flips] + list(pending.estimates)
         for estimator, target, value in estimates:
             self._emit("on_estimate", {
                 "step": row["step"], "position": row["position"], "cycle": row["cycle"], "cycle_step": row["cycle_step"],
-                "estimator": estimator, "target": target, "value": value,
-                "extrapolated": row["est_extrapolated"] if estimator == "weighted-flips" else None,
+                "estimator": estimator, "target": target, "value": value, "extrapolated": extrapolated.get(estimator),
                 "window_start": row["window_start"], "window_stop": row["window_stop"]})
 
     def _check_detectors(self) -> None:

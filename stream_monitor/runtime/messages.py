@@ -74,6 +74,10 @@ class ProbeResult:
     flips: int
     weighted_flips: float
     probe_ms: float
+    # the same on the spread reference set (uniform over the cycle so far); None when off
+    spread_size: int | None = None
+    spread_flips: int | None = None
+    spread_weighted_flips: float | None = None
 
 
 def split_batches(batches: list[Batch], start: int, stop: int, batch_size: int) -> list[tuple[Images, Truth]]:

@@ -119,7 +119,7 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
     log(f"source-accuracy estimate: {chosen.origin}")
     loop = RunLoop(config, ex, observers, stop, describe["num_classes"], names, calibration=chosen.flips,
                    checkpoint=write, state=state, reset_every=reset_every, source_stats=chosen.stats,
-                   frozen_stats=chosen.frozen_stats)
+                   frozen_stats=chosen.frozen_stats, spread_calibration=chosen.spread_flips)
     if checkpoint is None and not resume:
         loop.event("start", "driver", f"run {run_dir.name}: {info.stream}, {info.model}, adapter {info.adapter}, "
                    f"images [{info.start:,}, {stop:,}) on {info.device}")
@@ -161,6 +161,7 @@ class ChosenCalibration(NamedTuple):
     stats: Any                         # SourceStats of the served adapter at its source state, or None
     frozen_stats: Any                  # SourceStats of the frozen source model, or None
     origin: str                        # where they came from, for people
+    spread_flips: dict[int, Any] | None = None  # cycle step -> f of the spread reference set's flips
 
 
 def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None) -> ChosenCalibration:
@@ -176,7 +177,8 @@ def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every:
         calibration = Calibration.load(Path(config.estimation.calibration))
         calibration.check(provenance)
         return ChosenCalibration(calibration.flips_calibrations(), calibration.window_stats(),
-                                 calibration.window_stats(frozen=True), f"weighted flips, {config.estimation.calibration}")
+                                 calibration.window_stats(frozen=True), f"weighted flips, {config.estimation.calibration}",
+                                 calibration.flips_calibrations(spread=True))
     for path in sorted(SHIPPED_CALIBRATIONS.glob("*.json")):
         calibration = Calibration.load(path)
         try:
@@ -184,7 +186,8 @@ def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every:
         except CalibrationMismatch:
             continue
         return ChosenCalibration(calibration.flips_calibrations(), calibration.window_stats(),
-                                 calibration.window_stats(frozen=True), f"weighted flips, shipped {path.name}")
+                                 calibration.window_stats(frozen=True), f"weighted flips, shipped {path.name}",
+                                 calibration.flips_calibrations(spread=True))
     if describe["model_name"] in SHIPPED and config.adapter.name == "rdumb" and cycle == 1000 \
             and config.probe.size in (100, 1000):
         return ChosenCalibration(SHIPPED[describe["model_name"]], None, None,

@@ -164,6 +164,13 @@ class ProbeWorker:
     the snapshot's predictions and confidences on them (test-batch BatchNorm, chunks of `chunk`)
     the reference. Each later snapshot is scored by its flips against that reference, weighted by
     the percentile rank of the reference confidence.
+
+    With `probe.spread`, a second reference set is a uniform sample of `size` images of the whole
+    cycle so far (bottom-k of a hash of the stream position: deterministic, resumable, no RNG
+    state); at each snapshot both the cycle-start snapshot and the new one predict it. In the
+    paper the reference set is drawn from the whole dataset whose accuracy f estimates; on a
+    drifting stream this is the sample that matches the window, while the first images only
+    describe the cycle's first domain.
     """
 
     def __init__(self, config: RunConfig, threads: int | None = None) -> None:
@@ -179,6 +186,7 @@ class ProbeWorker:
         self.model.eval()
         self.source_state = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.size, self.chunk = config.probe.size, config.probe.chunk
+        self.spread = config.probe.spread
         self.cycle = -1
         self.cycle_start = 0
         self._reset_reference()
@@ -190,12 +198,29 @@ class ProbeWorker:
         self.cycle_snapshot: dict[str, np.ndarray] | None = None
         self.reference_predictions: np.ndarray | None = None
         self.reference_confidences: np.ndarray | None = None
+        self.start_snapshot: dict[str, np.ndarray] | None = None  # the cycle's first weights (spread set)
+        self.spread_images = np.zeros((0,), np.uint8)
+        self.spread_keys = np.zeros((0,), np.uint64)
 
     def start_cycle(self, snapshot: dict[str, np.ndarray], cycle: int, step: int) -> None:
         """Begin a cycle at adapter step `step`; the reference images follow with `add_reference`."""
         self._reset_reference()
         self.cycle, self.cycle_start = cycle, step
         self.cycle_snapshot = snapshot
+        if self.spread:
+            self.start_snapshot = snapshot
+
+    def observe(self, images: Images) -> None:
+        """Every batch of the cycle: keep the `size` images of smallest position hash (the spread set)."""
+        if not self.spread or not len(images):
+            return
+        keys = _position_hash(images.indices, self.cycle)
+        if len(self.spread_keys) == self.size and keys.min() >= self.spread_keys.max():
+            return  # nothing here enters the sample (the common case once the cycle is long)
+        pool = np.concatenate([self.spread_images, images.images]) if len(self.spread_keys) else np.array(images.images)
+        keys = np.concatenate([self.spread_keys, keys])
+        keep = np.sort(np.argsort(keys, kind="stable")[:self.size])
+        self.spread_images, self.spread_keys = pool[keep], keys[keep]
 
     def add_reference(self, images: Images) -> int:
         """Take the readable images of the cycle's first `size` stream positions as the reference set;
@@ -209,7 +234,8 @@ class ProbeWorker:
                 self.reference_count += int(keep.sum())
             self.reference_positions += min(need, images.stop - images.start)
             if self.reference_positions >= self.size and self.reference_count and self.cycle_snapshot is not None:
-                self.reference_predictions, self.reference_confidences = self._predict(self.cycle_snapshot)
+                self.reference_predictions, self.reference_confidences = self._predict(
+                    self.cycle_snapshot, np.concatenate(self.reference_images))
                 self.cycle_snapshot = None  # no longer needed
         return self.reference_count
 
@@ -222,20 +248,25 @@ class ProbeWorker:
         if not self.ready:
             return None
         started = time.perf_counter()
-        predictions, _ = self._predict(snapshot)
-        flipped = predictions != self.reference_predictions
-        return ProbeResult(step, self.cycle, step - self.cycle_start, len(predictions), int(flipped.sum()),
-                           float(np.nansum(flipped * percentile_ranks(self.reference_confidences))),
-                           1000.0 * (time.perf_counter() - started))
+        images = np.concatenate(self.reference_images)
+        predictions, _ = self._predict(snapshot, images)
+        flips, weighted = _flips(self.reference_predictions, self.reference_confidences, predictions)
+        spread = {}
+        if self.spread and self.start_snapshot is not None and len(self.spread_keys):
+            initial, confidences = self._predict(self.start_snapshot, self.spread_images)
+            now, _ = self._predict(snapshot, self.spread_images)
+            count, value = _flips(initial, confidences, now)
+            spread = {"spread_size": len(now), "spread_flips": count, "spread_weighted_flips": value}
+        return ProbeResult(step, self.cycle, step - self.cycle_start, len(predictions), flips, weighted,
+                           1000.0 * (time.perf_counter() - started), **spread)
 
     @torch.inference_mode()
-    def _predict(self, snapshot: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _predict(self, snapshot: dict[str, np.ndarray], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         state = dict(self.source_state)
         own = set(state)
         state.update({k: torch.from_numpy(np.asarray(v)) for k, v in snapshot.items() if k in own})
         self.model.load_state_dict(state)
         device = next(self.model.parameters()).device
-        images = np.concatenate(self.reference_images)
         predictions, confidences = [], []
         for lo in range(0, len(images), self.chunk):
             x = self.bundle.normalise(torch.from_numpy(images[lo:lo + self.chunk]).to(device))
@@ -256,6 +287,9 @@ class ProbeWorker:
             "cycle_snapshot": None if self.cycle_snapshot is None else {k: tensor(v) for k, v in self.cycle_snapshot.items()},
             "reference_predictions": tensor(self.reference_predictions),
             "reference_confidences": tensor(self.reference_confidences),
+            "start_snapshot": None if self.start_snapshot is None else {k: tensor(v) for k, v in self.start_snapshot.items()},
+            "spread_images": tensor(self.spread_images),
+            "spread_keys": tensor(self.spread_keys.view(np.int64)),  # torch has no uint64 tensors to save
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -270,12 +304,33 @@ class ProbeWorker:
         self.cycle_snapshot = None if snap is None else {k: array(v) for k, v in snap.items()}
         self.reference_predictions = array(state["reference_predictions"])
         self.reference_confidences = array(state["reference_confidences"])
+        start = state.get("start_snapshot")
+        self.start_snapshot = None if start is None else {k: array(v) for k, v in start.items()}
+        if "spread_images" in state:
+            self.spread_images = array(state["spread_images"])
+            self.spread_keys = array(state["spread_keys"]).view(np.uint64)
 
     def ping(self) -> str:
         return "ok"
 
     def __repr__(self) -> str:
         return "ProbeWorker()"
+
+
+def _flips(reference: np.ndarray, confidences: np.ndarray, predictions: np.ndarray) -> tuple[int, float]:
+    """Entropy Enigma's `count_flips`: the flips, and the flips weighted by the percentile rank of
+    the reference confidence."""
+    flipped = predictions != reference
+    return int(flipped.sum()), float(np.nansum(flipped * percentile_ranks(confidences)))
+
+
+def _position_hash(positions: np.ndarray, cycle: int) -> np.ndarray:
+    """splitmix64 of (position, cycle): a uniform key per image, a fresh permutation per cycle."""
+    with np.errstate(over="ignore"):
+        z = positions.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(cycle + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def percentile_ranks(values: np.ndarray) -> np.ndarray:

@@ -99,7 +99,7 @@ def test_the_shipped_embedded_calibration_matches_the_default_run():
 
     cfg = load_config(None, ["runtime.threads=1"])
     describe = AdapterWorker(cfg).describe()
-    flips, stats, frozen, origin = choose_calibration(cfg, describe, describe["hyperparameters"]["reset_every"])
+    flips, stats, frozen, origin, _ = choose_calibration(cfg, describe, describe["hyperparameters"]["reset_every"])
     assert "shipped embedded_resnet20_rdumb" in origin and 990 in flips and stats.atc_mc_threshold is not None
     assert flips[990](0.0, 1000)[0] > flips[990](100.0, 1000)[0]  # more flips, lower estimated accuracy
     # another adapter gets no shipped f

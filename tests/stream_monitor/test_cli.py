@@ -26,7 +26,7 @@ def test_bad_stream_name_is_a_clear_error():
 
 def test_unknown_source_lists_valid_ones():
     result = runner.invoke(app, ["run", "--source", "cc"])
-    assert result.exit_code == 2 and "Valid sources: ccc, heldout, imagefolder" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "Valid sources: ccc, heldout, heldout-ccc, imagefolder" in " ".join(result.output.split())
 
 
 def test_imagefolder_needs_data():

@@ -90,7 +90,7 @@ def test_probe_weighted_flips_by_hand(probe_config, monkeypatch):
     reference = (np.array([0, 1, 2, 3, 4, 5, 6, 7]), np.array([0.9, 0.5, 0.5, 0.7, 0.1, 0.3, 0.9, 0.8]))
     later = np.array([0, 9, 2, 3, 9, 5, 9, 7])  # positions 1, 4 and 6 flipped
     answers = iter([reference, (later, np.zeros(8))])
-    monkeypatch.setattr(probe, "_predict", lambda snapshot: next(answers))
+    monkeypatch.setattr(probe, "_predict", lambda snapshot, images: next(answers))
     probe.start_cycle({}, cycle=3, step=300)
     assert probe.evaluate({}, 305) is None  # no reference yet
     assert probe.add_reference(images(0, 5)) == 5 and not probe.ready
@@ -100,11 +100,58 @@ def test_probe_weighted_flips_by_hand(probe_config, monkeypatch):
     assert result.weighted_flips == pytest.approx((3.5 + 1 + 7.5) / 8)
 
 
+def test_spread_reference_is_a_uniform_sample_of_the_cycle_whatever_the_batching(probe_config):
+    from stream_monitor.runtime.workers import _position_hash
+
+    def coded(lo, hi):  # each image's pixels name its position, however the stream is cut
+        idx = np.arange(lo, hi)
+        return Images(lo, hi, idx, np.broadcast_to((idx % 251).astype(np.uint8)[:, None, None, None], (hi - lo, 3, 4, 4)))
+
+    by_8, by_20 = ProbeWorker(probe_config), ProbeWorker(probe_config)
+    for probe, size in ((by_8, 8), (by_20, 20)):
+        probe.start_cycle({}, cycle=2, step=0)
+        for lo in range(0, 200, size):
+            probe.observe(coded(lo, min(lo + size, 200)))
+    expected = np.sort(np.argsort(_position_hash(np.arange(200), 2))[:8])  # bottom-8 of the cycle's hash
+    assert np.array_equal(np.sort(np.argsort(by_8.spread_keys)), np.arange(8))
+    assert np.array_equal(np.sort(_position_hash(expected, 2)), np.sort(by_8.spread_keys))
+    assert np.array_equal(by_8.spread_keys, by_20.spread_keys) and np.array_equal(by_8.spread_images, by_20.spread_images)
+    assert np.array_equal(np.sort(by_8.spread_images[:, 0, 0, 0]), expected % 251)  # the images of those positions
+    assert expected.max() > 100  # drawn from the whole cycle, not its first images
+    other = ProbeWorker(probe_config)
+    other.start_cycle({}, cycle=3, step=0)
+    other.observe(images(0, 200))
+    assert not np.array_equal(np.sort(other.spread_keys), np.sort(by_8.spread_keys))  # a new sample per cycle
+
+
+def test_spread_flips_compare_the_cycle_start_snapshot_with_the_new_one(probe_config, monkeypatch):
+    probe = ProbeWorker(probe_config)
+    start, later = {"w": np.zeros(1)}, {"w": np.ones(1)}
+    conf = np.array([0.9, 0.5, 0.5, 0.7, 0.1, 0.3, 0.9, 0.8])
+
+    def predict(snapshot, images):
+        if snapshot is start:
+            return np.zeros(len(images), np.int64), conf[:len(images)]
+        return np.array([0, 9, 0, 0, 9, 0, 9, 0])[:len(images)], np.zeros(len(images))
+
+    monkeypatch.setattr(probe, "_predict", predict)
+    probe.start_cycle(start, cycle=0, step=0)
+    probe.observe(images(0, 50))
+    probe.add_reference(images(0, 8))
+    result = probe.evaluate(later, 20)
+    assert (result.spread_size, result.spread_flips) == (8, 3)
+    assert result.spread_weighted_flips == pytest.approx((3.5 + 1 + 7.5) / 8)
+    state = probe.state_dict()
+    again = ProbeWorker(probe_config)
+    again.load_state_dict(state)
+    assert np.array_equal(again.spread_keys, probe.spread_keys) and again.start_snapshot.keys() == start.keys()
+
+
 def test_probe_nan_reference_confidences_do_not_make_weighted_flips_nan(probe_config, monkeypatch):
     probe = ProbeWorker(probe_config)
     conf = np.array([np.nan, 0.2, 0.4, np.nan, 0.1, 0.3, 0.9, 0.8])
     answers = iter([(np.zeros(8, np.int64), conf), (np.array([1, 1, 0, 0, 0, 0, 0, 0]), conf)])
-    monkeypatch.setattr(probe, "_predict", lambda snapshot: next(answers))
+    monkeypatch.setattr(probe, "_predict", lambda snapshot, images: next(answers))
     probe.start_cycle({}, 0, 0)
     probe.add_reference(images(0, 8))
     result = probe.evaluate({}, 10)
