@@ -51,18 +51,22 @@ class RunOutcome:
 
 
 def new_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
-    """A fresh run directory under `out` (or `metrics.out`), named by time, adapter and stream."""
+    """A fresh run directory under `out` (or `metrics.out`), named by time, adapter and stream, and
+    created here: `mkdir` is atomic, so runs started in the same second never share one."""
     from sources.factory import DEFAULT_STREAM
 
     stream = (config.source.stream or DEFAULT_STREAM).replace("_transition+", "_").replace("speed_", "s")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent = Path(out or config.metrics.out)
-    path = parent / f"{stamp}-{config.adapter.name}-{stream}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = parent / f"{stamp}-{config.adapter.name}-{stream}-{suffix}"
-    return path
+    parent.mkdir(parents=True, exist_ok=True)
+    for suffix in range(1, 10_000):
+        path = parent / f"{stamp}-{config.adapter.name}-{stream}{'' if suffix == 1 else f'-{suffix}'}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RuntimeError(f"no free run directory name under {parent} for {stamp}-{config.adapter.name}-{stream}")
 
 
 def prepare_resume(run_dir: Path, overrides: list[str] = ()) -> RunConfig:

@@ -86,7 +86,9 @@ def test_a_run_uses_a_matching_calibration_and_refuses_another(tiny_calibration,
                              "runtime.use_ray=false", "runtime.max_images=640"])
     assert run(cfg, tmp_path / "ok").status == "finished"
     probes = read_table(tmp_path / "ok", "probes").to_pylist()
-    assert any(p["est_source_method"] == "weighted-flips" and p["est_source_acc"] is not None for p in probes)
+    assert any(p["est_source_method"] == "spread-flips" and p["est_source_acc"] is not None for p in probes)
+    estimates = read_table(tmp_path / "ok", "estimates").to_pylist()
+    assert {"spread-flips", "weighted-flips"} <= {e["estimator"] for e in estimates if e["value"] is not None}
     other = load_config(None, [*TINY, "adapter.name=eta", f"estimation.calibration={path}", "runtime.use_ray=false",
                                "runtime.max_images=640"])
     with pytest.raises(CalibrationMismatch, match="adapter: calibration has 'tent', the run has 'eta'"):
@@ -120,6 +122,8 @@ def test_calibrate_on_held_out_streams_fits_every_cycle_window(stream_calibratio
     assert labels == {f"heldout-ccc/baseline_{b}_transition+speed_1000_seed_{s}#cycle{c}"
                       for b, s in ((40, 3), (0, 4)) for c in (0, 1)}
     assert set(cal.fits) == {4, 8} and all(f["domains"] == 4 for f in cal.fits.values())
+    assert set(cal.spread_fits) == {4, 8}  # the spread reference set has its own f
+    assert all(p["spread_size"] if "spread_size" in p else p["spread_weighted_flips"] is not None for p in cal.points)
     assert all(p["true_source_acc"] is not None and p["frozen_nuclear_score"] is not None for p in cal.points)
     for stats in (cal.source_stats, cal.frozen_stats):  # both feeds' labelled statistics
         assert stats["atc_mc_threshold"] is not None and 0 < stats["accuracy"] <= 100
@@ -145,3 +149,12 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
     assert run(eta, tmp_path / "eta").status == "finished"
     with pytest.raises(CalibrationMismatch, match="adapter: calibration has 'tent', the run has 'eta'"):
         score_estimators(tmp_path / "eta", cal)
+
+
+def test_statistics_only_calibration_takes_no_meta_set(tmp_path):
+    cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01"])
+    cal = calibrate(cfg, cycles=0, log=lambda m: None)
+    assert cal.points == [] and cal.fits == {} and cal.spread_fits == {}
+    assert cal.source_stats["atc_mc_threshold"] is not None and cal.frozen_stats["atc_ne_threshold"] is not None
+    again = Calibration.load(cal.save(tmp_path / "stats.json"))
+    assert again.frozen_stats == cal.frozen_stats and again.flips_calibrations() == {}

@@ -308,3 +308,9 @@ def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, 
     assert warned == recovered == [8, 16, 24, 32, 40]  # re-armed after each reset: 8 more steps each time
     resets = [method for name, method, _, _ in RecordingExecutor.last.log if name == "adapter" and method == "reset"]
     assert len(resets) == len(warned)
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner.time, "strftime", lambda fmt: "20261202-063123")
+    first, second = runner.new_run_dir(config(), tmp_path), runner.new_run_dir(config(), tmp_path)
+    assert first != second and first.is_dir() and second.is_dir() and second.name.endswith("-2")
