@@ -26,11 +26,23 @@ err_console = Console(stderr=True)
 LIST_WHAT = ("sources", "adapters", "estimators", "streams", "corruptions", "models")
 
 
-ESTIMATORS = {
-    "weighted-flips": "source accuracy on the cycle: Entropy Enigma's weighted flips through a fitted f "
+FLIPS_ESTIMATORS = {
+    "weighted-flips": "Entropy Enigma's weighted flips on the cycle's first images, through a fitted f "
                       "(shipped for resnet50; other models need a calibration)",
-    "average-confidence": "online accuracy: mean max-softmax of the served predictions (AC)",
+    "spread-flips": "the same on the spread reference set (uniform over the cycle so far)",
 }
+
+
+def estimator_lines() -> list[str]:
+    """`list estimators`: name, target(s) and what it is, from the estimators themselves."""
+    from .estimation.window import ESTIMATORS as WINDOW, FROZEN_TARGETS
+
+    lines = [f"{name:<20} {'source':<22} {text}" for name, text in FLIPS_ESTIMATORS.items()]
+    for cls in WINDOW:
+        targets = f"{cls.target}, {FROZEN_TARGETS[cls.target]}"
+        doc = (cls.__doc__ or "").strip().splitlines()
+        lines.append(f"{cls.name:<20} {targets:<22} {doc[0] if doc else ''}")
+    return lines
 
 
 def _fail(message: str) -> None:
@@ -342,8 +354,9 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
             doc = (ADAPTERS.get(name).__doc__ or "").strip().splitlines()
             console.print(f"{name:<10} {doc[0] if doc else ''}", highlight=False)
     elif what == "estimators":
-        for name, text in ESTIMATORS.items():
-            console.print(f"{name:<20} {text}", highlight=False)
+        console.print(f"{'estimator':<20} {'targets (served, frozen)':<22} what", highlight=False)
+        for line in estimator_lines():
+            console.print(line, highlight=False)
     elif what == "models":
         console.print("\n".join(model_names()))
     else:

@@ -165,6 +165,8 @@ class _Counting(WindowEstimator):
 
 
 class AverageConfidence(_Counting):
+    """AC (Hendrycks & Gimpel, ICLR 2017): the mean max-softmax."""
+
     name = "average-confidence"
 
     def score(self, probs):
@@ -175,6 +177,8 @@ class AverageConfidence(_Counting):
 
 
 class DifferenceOfConfidences(AverageConfidence):
+    """DoC (Guillory et al., ICCV 2021): Acc_S - (AC_S - AC_t)."""
+
     name = "doc"
 
     def compute(self) -> float:
@@ -183,6 +187,8 @@ class DifferenceOfConfidences(AverageConfidence):
 
 
 class ATCMaxConfidence(_Counting):
+    """ATC-MC (Garg et al., ICLR 2022): the share above the source-fitted max-confidence threshold."""
+
     name = "atc-mc"
 
     def score(self, probs):
@@ -195,6 +201,8 @@ class ATCMaxConfidence(_Counting):
 
 
 class ATCNegativeEntropy(_Counting):
+    """ATC-NE (Garg et al., ICLR 2022): the share above the source-fitted negative-entropy threshold."""
+
     name = "atc-ne"
 
     def score(self, probs):
@@ -240,6 +248,8 @@ class _Reservoir(WindowEstimator):
 
 
 class OptimalTransport(_Reservoir):
+    """COT (Lu et al., NeurIPS 2023): 1 - W1 to one-hot labels of the (uniform) source marginal."""
+
     name = "cot"
 
     def compute(self) -> float:
@@ -269,8 +279,9 @@ class NuclearNormScore(_Reservoir):
 
 
 class NuclearNorm(NuclearNormScore):
-    """Deng et al.'s regression: accuracy = slope * NN + intercept, the line the calibration fitted
-    on the meta-set's windows for this feed's target."""
+    """Nuclear norm (Deng et al., ICML 2023): accuracy = slope * NN + intercept, a meta-set line.
+
+    The line is the calibration's, fitted on the meta-set's windows for this feed's target."""
 
     name, target = "nuclear-norm", "online"
 

@@ -93,7 +93,8 @@ def test_list_adapters_and_estimators():
     adapters = runner.invoke(app, ["list", "adapters"])
     assert adapters.exit_code == 0 and "rdumb" in adapters.output and "em-inf" in adapters.output
     estimators = runner.invoke(app, ["list", "estimators"])
-    assert "weighted-flips" in estimators.output
+    assert "weighted-flips" in estimators.output and "spread-flips" in estimators.output
+    assert "atc-mc" in estimators.output and "online, source" in estimators.output
 
 
 def test_show_config_prints_yaml_that_loads_back(tmp_path):
