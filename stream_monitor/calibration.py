@@ -310,7 +310,7 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
     batches = list(source.read(0, images, config.source.batch_size))
     for batch, truth in split_batches(batches, 0, images, config.source.batch_size):
         served.append(worker.step(batch).probabilities)
-        frozen.append(model.predict(torch.from_numpy(batch.images)).float().softmax(1).numpy())
+        frozen.append(model.probabilities(torch.from_numpy(batch.images)))
         labels.append(truth.labels)
     labels = np.concatenate(labels)
     return (replace(fit_source_stats(np.concatenate(served), labels), nuclear_fit=_nuclear_line(points)),

@@ -107,6 +107,7 @@ def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict
     calibration must have been made for the run's model, adapter, hyperparameters, probe size and
     cycle."""
     from .calibration import run_provenance_of_dir
+    from .estimation.window import nuclear_accuracy
 
     calibration.check(run_provenance_of_dir(Path(run_dir)))
     out = []
@@ -123,11 +124,10 @@ def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict
              "source-score": (calibration.frozen_stats or {}).get("nuclear_fit")}
     for row in estimates:
         line = lines.get(row["target"]) if row["estimator"] == "nuclear-norm-score" else None
-        if line is not None and row["value"] is not None:
-            slope, intercept = line
+        if line is not None and row["value"] is not None:  # the recorded score is x100
             out.append({"step": row["step"], "estimator": "nuclear-norm", "extrapolated": None,
                         "target": "online" if row["target"] == "score" else "source",
-                        "value": float(np.clip(slope * row["value"] / 100.0 + intercept, 0.0, 100.0))})
+                        "value": nuclear_accuracy(row["value"] / 100.0, line)})
     return out
 
 

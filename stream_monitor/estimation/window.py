@@ -287,8 +287,13 @@ class NuclearNorm(NuclearNormScore):
 
     def compute(self) -> float:
         self._need("nuclear_fit")
-        slope, intercept = self.stats.nuclear_fit
-        return float(np.clip(slope * self.score() + intercept, 0.0, 100.0))
+        return nuclear_accuracy(self.score(), self.stats.nuclear_fit)
+
+
+def nuclear_accuracy(score: float, line: tuple[float, float]) -> float:
+    """The meta-set line applied to a raw nuclear-norm score (in [0, 1]), clipped to [0, 100]."""
+    slope, intercept = line
+    return float(np.clip(slope * score + intercept, 0.0, 100.0))
 
 
 ESTIMATORS = (AverageConfidence, DifferenceOfConfidences, ATCMaxConfidence, ATCNegativeEntropy, OptimalTransport,

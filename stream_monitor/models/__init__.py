@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -69,6 +70,10 @@ class SourceModel:
         self.module.eval()
         with torch.inference_mode():
             return self.module(self.normalise(images))
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        """The frozen model's softmax (float32 numpy, on the CPU), as the evaluator and calibrate score it."""
+        return self.predict(images).float().softmax(1).cpu().numpy()
 
 
 def sha256_file(path: Path) -> str:

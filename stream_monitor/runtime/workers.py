@@ -62,7 +62,7 @@ class SourceWorker:
         out: list[Images | Truth] = []
         for images, truth in split_batches(batches, start, stop, batch_size):
             if self.source_every and len(images) and (images.start // batch_size) % self.source_every == 0:
-                probs = self.bundle.predict(torch.from_numpy(images.images)).float().softmax(1).numpy()
+                probs = self.bundle.probabilities(torch.from_numpy(images.images))
                 truth.source_predictions, truth.source_probabilities = probs.argmax(1), probs
             out += [images, truth]
         return out
