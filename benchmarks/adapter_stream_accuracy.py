@@ -50,19 +50,43 @@ def stream_arrays(out: Path, spec: CCCSpec, images: int, crop: bool, model) -> t
     return pixels, labels
 
 
-def adapt(method: str, model, pixels: np.ndarray, labels: np.ndarray, batch_size: int, lr: float | None) -> dict:
+def adapt(method: str, model, pixels: np.ndarray, labels: np.ndarray, batch_size: int, lr: float | None,
+          checkpoint: Path | None = None, checkpoint_every: int = 200) -> dict:
+    """Serve and adapt batch by batch; with `checkpoint`, resumable every `checkpoint_every` steps.
+
+    The checkpoint holds the adapter's full `state_dict()` (bit-exact continuation, a contract every
+    adapter is tested for) with the hits and statistics so far, written atomically, so a killed or
+    interrupted run (CoTTA needs hours on 2 cores) continues where it stopped with the same result.
+    """
     adapter = make_adapter(method, model, lambda n: torch.from_numpy(pixels[:n]), lr=lr)
     hits = np.zeros(len(pixels), dtype=bool)
     stats: dict[str, list[float]] = {}
-    started = time.perf_counter()
-    for lo in range(0, len(pixels), batch_size):
+    start, spent = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["images"] != len(pixels) or saved["batch_size"] != batch_size or saved["lr"] != lr:
+            raise SystemExit(f"{checkpoint} was made for another run (images, batch size or lr differ): "
+                             "delete it to start this method over")
+        adapter.load_state_dict(saved["adapter"])
+        start, spent, stats = saved["position"], saved["seconds"], saved["stats"]
+        hits[:start] = saved["hits"][:start]
+        print(f"  {method:<8}resumed at image {start:,}", flush=True)
+    started = time.perf_counter() - spent
+    for lo in range(start, len(pixels), batch_size):
         result = adapter.step(model.normalise(torch.from_numpy(pixels[lo:lo + batch_size])))
         hits[lo:lo + batch_size] = result.logits.argmax(1).numpy() == labels[lo:lo + batch_size]
         for key, value in result.stats().items():
             stats.setdefault(key, []).append(value)
-        if (lo // batch_size) % 500 == 0:
+        step = lo // batch_size
+        if step % 500 == 0:
             print(f"  {method:<8}{lo:>9,}  acc so far {100 * hits[:lo + batch_size].mean():5.1f}%  "
-                  f"{(lo + batch_size) / (time.perf_counter() - started):6,.0f} img/s", flush=True)
+                  f"{(lo + batch_size - start) / (time.perf_counter() - started - spent):6,.0f} img/s", flush=True)
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            partial = checkpoint.with_suffix(".tmp")
+            torch.save({"adapter": adapter.state_dict(), "position": lo + batch_size, "hits": hits,
+                        "stats": stats, "seconds": time.perf_counter() - started, "images": len(pixels),
+                        "batch_size": batch_size, "lr": lr}, partial)
+            partial.replace(checkpoint)
     return {"hits": hits, "seconds": time.perf_counter() - started, **{k: np.asarray(v) for k, v in stats.items()}}
 
 
@@ -116,6 +140,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/adapters"))
     parser.add_argument("--report", action="store_true", help="only print the table of what --out holds")
     parser.add_argument("--window", type=int, default=25_000)
+    parser.add_argument("--checkpoint-every", type=int, default=200,
+                        help="steps between resumable checkpoints in --out (0: none)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.report:
@@ -129,8 +155,12 @@ def main() -> None:
     pixels, labels = stream_arrays(args.out, spec, args.images, not args.no_crop, model)
     print(f"{spec.name}: {len(pixels):,} images, model {model.short_id}, {args.threads} threads", flush=True)
     for method in methods:
-        result = adapt(method, model, pixels[:args.limit], labels[:args.limit], args.batch_size, args.lr)
+        checkpoint = args.out / f"partial_{method}.pt" if args.checkpoint_every else None
+        result = adapt(method, model, pixels[:args.limit], labels[:args.limit], args.batch_size, args.lr,
+                       checkpoint, args.checkpoint_every)
         np.savez(args.out / f"method_{method}.npz", **result)
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
         print(f"{method}: {100 * result['hits'].mean():.2f}% in {result['seconds']:.0f} s", flush=True)
     report(args.out, args.window)
 
