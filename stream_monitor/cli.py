@@ -257,6 +257,105 @@ def calibrate(
     console.print(f"calibration: {path}  (use with --set estimation.calibration={path})", highlight=False)
 
 
+@app.command()
+def bench(
+    streams: Annotated[str, typer.Option(help="Comma-separated CCC streams, or `all` (the 27).")] =
+        "baseline_20_transition+speed_1000_seed_43",
+    adapters: Annotated[str, typer.Option(help="Comma-separated TTA methods (see `list adapters`).")] = "rdumb",
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated stream seeds (43, 44, 45): each stream "
+                                                 "once per seed.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder of the run directories (shared storage on a multi-node "
+                                      "cluster); an existing one resumes.")] = Path("bench"),
+    max_images: Annotated[Optional[int], typer.Option(help=f"Images per run (default {DEFAULT_MAX_IMAGES:,}; "
+                                                      "0: the whole stream).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="section.key=value for every run (repeatable).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (auto or HOST:6379).")] = None,
+    gpus_per_run: Annotated[float, typer.Option(help="GPUs each run reserves (1 on a GPU cluster).")] = 0.0,
+    cpus_per_run: Annotated[float, typer.Option(help="CPU cores each run reserves.")] = 1.0,
+    max_retries: Annotated[int, typer.Option(help="Retries of a run whose worker or node died (each resumes).")] = 3,
+    submit: Annotated[Optional[str], typer.Option(help="Submit this bench through the Ray Jobs API to the "
+                                                  "dashboard at this address (http://HEAD:8265) and return.")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the jobs one after the other in this process.")] = False,
+) -> None:
+    """Fan out many runs (streams x adapters x seeds) over Ray, one resumable run directory each.
+
+    Shows a live table of every run; writes OUT/summary.csv and OUT/summary.parquet at the end.
+    """
+    from rich.live import Live
+
+    from .bench import live_rows, plan, run_local, run_on_ray, submit_job, write_summary
+    from .config import ConfigError, load_config
+
+    if submit:
+        try:
+            job_id = submit_job(submit, sys.argv[2:] if len(sys.argv) > 2 else [])
+        except Exception as error:  # the Jobs client raises plain exceptions for an unreachable dashboard
+            _fail(f"could not submit to {submit}: {error}. Is the Ray dashboard (port 8265) reachable?")
+        console.print(f"submitted bench job {job_id}; follow it with: ray job logs --follow {job_id} "
+                      f"--address {submit}", highlight=False)
+        return
+    overrides = list(set_ or [])
+    if max_images is not None:
+        overrides.append(f"runtime.max_images={max_images or None}")
+    if cpus_per_run >= 1:
+        overrides.append(f"runtime.threads={int(cpus_per_run)}")
+    try:
+        jobs = plan([s.strip() for s in streams.split(",") if s.strip()],
+                    [a.strip() for a in adapters.split(",") if a.strip()],
+                    [int(s) for s in seeds.split(",")] if seeds else (), overrides)
+        load_config(None, jobs[0].config_overrides())  # a bad --set fails here, before any run starts
+    except (ValueError, ConfigError) as error:
+        _fail(str(error))
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]stream-monitor bench[/]: {len(jobs)} runs in [cyan]{out}[/]", highlight=False)
+
+    def table() -> Table:
+        view = Table(title=f"bench: {out}")
+        for column in ("run", "status", "images", "img/s", "est. online acc", "node"):
+            view.add_column(column)
+        for row in live_rows(jobs, out):
+            images = f"{row['position']:,}/{row['stop']:,}" if row["position"] is not None and row["stop"] else "-"
+            view.add_row(row["job"], row["status"], images,
+                         f"{row['img_per_s']:,.0f}" if row["img_per_s"] else "-",
+                         f"{row['est_online_acc']:.1f}%" if row["est_online_acc"] is not None else "-",
+                         row["node"] or "-")
+        return view
+
+    with Live(table(), console=console, refresh_per_second=1, transient=False) as live:
+        update = lambda: live.update(table())  # noqa: E731
+        if no_ray:
+            rows = run_local(jobs, out, update)
+        else:
+            import ray
+
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False)
+            try:
+                rows = run_on_ray(jobs, out, gpus_per_run, cpus_per_run, max_retries, update)
+            finally:
+                ray.shutdown()
+        live.update(table())
+    final = Table(title="bench summary (accuracies in %)")
+    columns = {"run": None, "status": "status", "images": "images", "true online": "true_online_acc",
+               "est. online": "est_online_acc", "MAE": "online_acc_mae", "warnings": "warnings",
+               "resets": "resets", "img/s": "img_per_s"}
+    for header in columns:
+        final.add_column(header, no_wrap=header == "run")
+    for job, row in zip(jobs, rows):
+        final.add_row(job.name, *[f"{v:,.1f}" if isinstance(v, float) else ("-" if v is None else f"{v:,}"
+                                  if isinstance(v, int) else str(v)) for v in (row[c] for c in list(columns.values())[1:])])
+    console.print(final)
+    csv_path, parquet_path = write_summary(rows, out)
+    console.print(f"summary: {csv_path}, {parquet_path}", highlight=False)
+    failed = [row for row in rows if row["status"] != "finished"]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} run(s) did not finish[/]; `stream-monitor bench` with the "
+                          f"same --out resumes them. First error: {failed[0]['error']}")
+        raise typer.Exit(1)
+
+
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory of a stream with labels.")],
