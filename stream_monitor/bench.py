@@ -86,7 +86,7 @@ class ProgressFile:
         self._first_position: int | None = None
 
     def on_start(self, info) -> None:
-        self.state.update(start=info.start, stop=info.stop, position=info.start, node=os.uname().nodename)
+        self.state.update(start=info.start, stop=info.stop, position=info.start, **where_am_i())
         self._write(force=True)
 
     def on_step(self, row: dict[str, Any]) -> None:
@@ -117,6 +117,20 @@ class ProgressFile:
         tmp.write_text(json.dumps(self.state))
         tmp.replace(self.path)
         self._written = now
+
+
+def where_am_i() -> dict[str, Any]:
+    """Host, process and (inside a Ray worker) Ray node id: which machine holds a run, and which
+    node to look at (or drain) when it stalls; hostnames alone repeat on a simulated cluster."""
+    where: dict[str, Any] = {"node": os.uname().nodename, "pid": os.getpid(), "ray_node": None}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            where["ray_node"] = ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    return where
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -13,3 +13,21 @@ def ray_local():
              object_store_memory=200 * 2**20, runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
     yield ray
     ray.shutdown()
+
+
+TIMING = {"wall_time", "step_ms", "probe_ms"}
+
+
+@pytest.fixture(scope="session")
+def tables():
+    """A run directory's step and probe rows without the timing columns: what must match bitwise."""
+    from stream_monitor.metrics.sink import read_table
+
+    def read(run_dir):
+        out = {}
+        for name in ("steps", "probes"):
+            table = read_table(run_dir, name)
+            out[name] = table.drop_columns([c for c in table.column_names if c in TIMING]).to_pylist()
+        return out
+
+    return read

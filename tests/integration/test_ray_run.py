@@ -10,26 +10,15 @@ pytestmark = pytest.mark.timeout(300)
 
 SMALL = ["runtime.max_images=1920", "adapter.name=rdumb", "adapter.reset_every=12", "probe.every=4", "probe.size=128",
          "runtime.checkpoint_every=8", "runtime.threads=1", "source.chunk_batches=2", "source.num_actors=2"]
-TIMING = {"wall_time", "step_ms", "probe_ms"}
-
-
-def tables(run_dir):
-    out = {}
-    for name in ("steps", "probes"):
-        table = read_table(run_dir, name)
-        out[name] = table.drop_columns([c for c in table.column_names if c in TIMING]).to_pylist()
-    return out
-
-
 @pytest.fixture(scope="module")
-def in_process(tmp_path_factory):
+def in_process(tmp_path_factory, tables):
     run_dir = tmp_path_factory.mktemp("local") / "run"
     outcome = run(load_config(None, [*SMALL, "runtime.use_ray=false"]), run_dir)
     assert outcome.status == "finished"
     return tables(run_dir)
 
 
-def test_ray_run_writes_the_rows_of_the_in_process_run(ray_local, tmp_path, in_process):
+def test_ray_run_writes_the_rows_of_the_in_process_run(ray_local, tmp_path, in_process, tables):
     outcome = run(load_config(None, SMALL), tmp_path / "run")
     assert outcome.status == "finished" and outcome.images == 1920
     got = tables(tmp_path / "run")
@@ -62,7 +51,7 @@ class KillAdapterAt:
         pass
 
 
-def test_a_dead_adapter_actor_leaves_a_run_that_resumes_to_the_same_rows(ray_local, tmp_path, in_process):
+def test_a_dead_adapter_actor_leaves_a_run_that_resumes_to_the_same_rows(ray_local, tmp_path, in_process, tables):
     run_dir = tmp_path / "run"
     outcome = run(load_config(None, SMALL), run_dir, extra_observers=[KillAdapterAt(13)])
     assert outcome.status == "failed" and "adapter failed" in outcome.error
