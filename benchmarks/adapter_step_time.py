@@ -2,6 +2,7 @@
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/adapter_step_time.py                  # embedded, CPU
     python benchmarks/adapter_step_time.py --model resnet50 --device cuda [--precision bf16]
+    python benchmarks/adapter_step_time.py --methods tent,cotta:copy_workers=1,cotta   # one option changed
 
 Rounds interleave the variants (each round runs every variant for `--steps` steps, in turn) and
 the table shows the median over rounds of the mean step time, so background load hits every
@@ -61,6 +62,15 @@ def first_batch(model, batch_size: int) -> torch.Tensor:
     return torch.randint(0, 256, (batch_size, 3, model.image_size, model.image_size), generator=g, dtype=torch.uint8)
 
 
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """`name` or `name:key=value:key=value` (values as Python literals): a method with options changed."""
+    import ast
+
+    name, *options = spec.split(":")
+    pairs = [option.split("=", 1) for option in options]
+    return name, {key: ast.literal_eval(value) for key, value in pairs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
@@ -77,8 +87,9 @@ def main() -> None:
     pixels = first_batch(model, args.batch_size)
     x = model.normalise(pixels)
     variants = {"minimal tent": MinimalTent(model.module)}
-    for name in args.methods.split(","):
-        variants[name] = make_adapter(name, model, lambda n: pixels, args.precision)
+    for spec in args.methods.split(","):
+        name, options = parse_variant(spec)
+        variants[spec] = make_adapter(name, model, lambda n: pixels, args.precision, **options)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     for step in variants.values():  # warm-up: allocator, cuDNN autotuning, lazy inits
         for _ in range(3):
@@ -96,10 +107,10 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     print(f"{model.short_id}, batch {args.batch_size}, {device}, {args.precision}; "
           f"median of {args.rounds} interleaved rounds x {args.steps} steps")
-    print(f"{'method':<14}{'ms/step':>10}{'img/s':>10}{'x minimal tent':>16}")
+    print(f"{'method':<24}{'ms/step':>10}{'img/s':>10}{'x minimal tent':>16}")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<14}{1000 * median:10.2f}{args.batch_size / median:10,.0f}{median / base:16.2f}")
+        print(f"{name:<24}{1000 * median:10.2f}{args.batch_size / median:10,.0f}{median / base:16.2f}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,20 @@ def test_cotta_serves_the_mean_of_augmented_teacher_predictions_when_the_anchor_
     assert (served - plain).abs().max() > 1e-3  # the augmented path was really taken
 
 
+def test_augmented_copies_on_threads_give_the_sequential_result_bit_for_bit():
+    data = diverse_batches(3)
+
+    def run(workers):
+        adapter = ADAPTERS.get("cotta")(confident_model(), lr=0.05, confidence_threshold=1.01, augmentations=6,
+                                        restore_prob=0.1, seed=3, copy_workers=workers)
+        served = [adapter.step(x).logits for x in data]
+        return served, [p.detach().clone() for p in adapter.teacher.parameters()]
+
+    (served_1, teacher_1), (served_3, teacher_3) = run(1), run(3)
+    assert all(torch.equal(a, b) for a, b in zip(served_1, served_3))
+    assert all(torch.equal(a, b) for a, b in zip(teacher_1, teacher_3))
+
+
 def test_cotta_restore_puts_elements_back_to_source_with_the_given_probability():
     data = diverse_batches(3)
     always = ADAPTERS.get("cotta")(confident_model(), lr=0.05, confidence_threshold=0.0, restore_prob=1.0)
