@@ -331,7 +331,7 @@ def bench(
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(include_dashboard=False, log_to_driver=False)
+                ray.init(address="local", include_dashboard=False, log_to_driver=False)
             try:
                 rows = run_on_ray(jobs, out, gpus_per_run, cpus_per_run, max_retries, update)
             finally:

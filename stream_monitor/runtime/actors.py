@@ -58,7 +58,9 @@ def init_ray(config: RunConfig) -> bool:
     if config.runtime.address:
         ray.init(address=config.runtime.address, **kwargs)
     else:
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kwargs)
+        # "local": a Ray of its own even when another one runs on this machine (`ray start`, a
+        # second run); plain ray.init() would join that one and refuse num_cpus.
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kwargs)
     return True
 
 
