@@ -41,9 +41,17 @@ class SourceConfig:
     batch_size: int = 64
     num_actors: int = 1               # source actors rendering slices in parallel (Ray only)
     chunk_batches: int = 4            # batches one source task renders
+    decode_device: str = "cpu"        # where source actors decode JPEG shards: cpu, or cuda (nvjpeg)
+    num_gpus: float = 0.1             # GPU share of each source actor when decode_device is cuda
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "num_actors", "chunk_batches")
+        if self.decode_device not in ("cpu", "cuda"):
+            raise ConfigError(f"source.decode_device must be cpu or cuda, got {self.decode_device!r}")
+        if self.decode_device == "cuda" and self.data is None:
+            raise ConfigError("source.decode_device=cuda decodes JPEG shards on the GPU, and this source has none "
+                              "(the embedded stream is rendered, not decoded): pass --data DIR|URL with CCC shards, "
+                              "or leave source.decode_device at cpu")
 
 
 @dataclass(frozen=True)

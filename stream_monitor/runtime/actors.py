@@ -64,6 +64,22 @@ def init_ray(config: RunConfig) -> bool:
     return True
 
 
+def gpu_shares(config: RunConfig, cuda: bool) -> tuple[float, float]:
+    """GPUs of the adapter actor and of each source actor.
+
+    Source actors need a GPU share only to decode with nvjpeg (`source.decode_device=cuda`). By
+    default the adapter takes the GPU but for the shares of the source actors and the probe, so
+    that a run fits on one device; `runtime.num_gpus` sets the adapter's share explicitly.
+    """
+    source = config.source.num_gpus if config.source.decode_device == "cuda" else 0.0
+    if config.runtime.num_gpus is not None:
+        return config.runtime.num_gpus, source
+    if not cuda:
+        return 0.0, source
+    shares = source * config.source.num_actors + (config.probe.num_gpus if config.probe.enabled else 0.0)
+    return (1.0 - shares if shares < 1 else 1.0), source
+
+
 def start_ray_workers(config: RunConfig, run_id: str = "run"):
     """The actors of one run, named `{run_id}/adapter`, `{run_id}/probe`, `{run_id}/source-K`."""
     from .runner import Workers
@@ -71,7 +87,7 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
     started_ray = init_ray(config)
     rt = config.runtime
     cuda = resolve_device(rt.device) == "cuda" if rt.address is None else rt.device == "cuda"
-    num_gpus = rt.num_gpus if rt.num_gpus is not None else (1.0 if cuda else 0.0)
+    num_gpus, source_gpus = gpu_shares(config, cuda)
     cpus = os.cpu_count() or 2
     # The adapter is the bottleneck; sources and the probe mostly wait, so they get a fraction
     # of a CPU for scheduling and one torch thread each.
@@ -80,8 +96,8 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
     names = []
     for k in range(config.source.num_actors):
         name = f"source-{k}"
-        actors[name] = SourceActor.options(num_cpus=0.25, name=f"{run_id}/{name}", max_restarts=2,
-                                           max_task_retries=2).remote(config, 1)
+        actors[name] = SourceActor.options(num_cpus=0.25, num_gpus=source_gpus, name=f"{run_id}/{name}",
+                                           max_restarts=2, max_task_retries=2).remote(config, 1)
         names.append(name)
     fisher = None
     if config.adapter.name == "eata":

@@ -31,6 +31,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _decode_device(device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("source.decode_device is cuda but this source actor sees no CUDA device; give source "
+                         "actors a GPU share (source.num_gpus) on a GPU node, or use --set source.decode_device=cpu")
+    return device
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -48,7 +55,8 @@ class SourceWorker:
         self.config = config
         self.bundle = load_model(config.model.name, config.model.weights, "cpu")
         src = config.source
-        self.source = open_source(src.kind, src.stream, src.data, self.bundle, crop=src.crop)
+        self.source = open_source(src.kind, src.stream, src.data, self.bundle, crop=src.crop,
+                                  device=_decode_device(src.decode_device))
         self.source_every = config.evaluator.source_every
 
     def describe(self) -> dict[str, Any]:

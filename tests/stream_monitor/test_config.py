@@ -84,6 +84,8 @@ def test_null_is_rejected_where_not_allowed(override):
     (["probe.every=50", "probe.cycle=49"], r"probe.cycle \(49\) must be at least probe.every \(50\)"),
     (["runtime.device=gpu"], r"runtime.device must be auto, cpu or cuda, got 'gpu'"),
     (["runtime.checkpoint_every=-1"], r"runtime.checkpoint_every must be >= 1"),
+    (["source.decode_device=gpu"], r"source.decode_device must be cpu or cuda, got 'gpu'"),
+    (["source.decode_device=cuda"], r"decodes JPEG shards on the GPU, and this source has none.*--data DIR\|URL"),
 ])
 def test_section_validation(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -301,3 +301,29 @@ def test_estimate_below_source_needs_patience():
     assert detector.compute().firing
     detector.update_probe({"est_online_acc": 58.0, "est_source_acc": 60.0})
     assert not detector.compute().firing
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_decode_on_a_machine_without_cuda_says_what_to_do(tmp_path):
+    from stream_monitor.runtime.workers import SourceWorker
+
+    config = load_config(None, ["source.decode_device=cuda", f"source.data={str(tmp_path)!r}"])
+    with pytest.raises(ValueError, match=r"source.decode_device is cuda but this source actor sees no CUDA device.*"
+                                         r"source.num_gpus.*--set source.decode_device=cpu"):
+        SourceWorker(config, 1)
+
+
+@pytest.mark.parametrize("overrides, cuda, adapter, source", [
+    ([], False, 0.0, 0.0),
+    ([], True, 1.0, 0.0),
+    (["probe.num_gpus=0.25"], True, 0.75, 0.0),
+    (["source.decode_device=cuda", "source.data='/d'", "source.num_actors=4"], True, 0.6, 0.1),
+    (["source.decode_device=cuda", "source.data='/d'", "source.num_actors=20"], True, 1.0, 0.1),
+    (["source.decode_device=cuda", "source.data='/d'", "runtime.num_gpus=1.0"], True, 1.0, 0.1),
+    (["runtime.num_gpus=0.5"], False, 0.5, 0.0),
+])
+def test_gpu_shares_fit_adapter_sources_and_probe_on_one_device(overrides, cuda, adapter, source):
+    from stream_monitor.runtime.actors import gpu_shares
+
+    got = gpu_shares(load_config(None, overrides), cuda)
+    assert got == pytest.approx((adapter, source))
