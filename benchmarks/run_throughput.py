@@ -8,19 +8,17 @@ The adapter-only rate is `AdapterWorker.step` on batches rendered beforehand, wi
 the run's adapter actor gets, timed before and after the run (so load on the machine hits both);
 the end-to-end rate is the full `stream-monitor run` pipeline (source actors, adapter actor,
 probe actor, ground-truth scoring, Parquet sink), from the first to the last step row, and also
-with Ray's start-up included. Prints a table and appends a CSV row (git SHA, machine) to
-bench-out/run_throughput.csv.
+with Ray's start-up included. Prints a table and appends a row (git SHA, device) to
+bench-out/run_throughput.csv and .parquet.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from _record import git_sha, record  # noqa: E402
 
 from stream_monitor.config import load_config  # noqa: E402
 from stream_monitor.metrics.sink import read_table  # noqa: E402
@@ -97,19 +96,11 @@ def main() -> None:
           f"{threads} adapter thread(s), {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     for name, value in rows:
         print(f"  {name:<36} {value}")
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    Path("bench-out").mkdir(exist_ok=True)
-    path = Path("bench-out/run_throughput.csv")
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(["git_sha", "device", "adapter", "images", "ray", "probe", "threads", "adapter_only",
-                             "best_adapter_only", "steady", "with_startup", "wall_s"])
-        writer.writerow([sha, outcome.info.device, args.adapter, args.images, config.runtime.use_ray,
-                         not args.no_probe, threads, round(adapter, 1), round(best, 1), round(steady, 1), round(outcome.images / wall, 1),
-                         round(wall, 1)])
-
+    record({"git_sha": git_sha(), "device": outcome.info.device, "adapter": args.adapter, "images": args.images,
+            "ray": config.runtime.use_ray, "probe": not args.no_probe, "threads": threads,
+            "adapter_only_img_s": round(adapter, 1), "best_adapter_only_img_s": round(best, 1),
+            "steady_img_s": round(steady, 1), "with_startup_img_s": round(outcome.images / wall, 1),
+            "wall_s": round(wall, 1)}, Path("bench-out/run_throughput"))
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from _record import git_sha, record  # noqa: E402
 
 STREAM = "baseline_20_transition+speed_1000_seed_43"
 
@@ -203,25 +203,6 @@ def main() -> None:
             "reference_decode_img_s": reference_decode, "source_decode_img_s": ours_decode,
             "decode_device": args.decode_device, "reference_img_s": reference, "pipeline_img_s": steady, "pipeline_with_startup_img_s": with_startup,
             "ceiling_img_s": ceiling}, Path("bench-out/shard_throughput"))
-
-
-def git_sha() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-
-
-def record(row: dict, stem: Path) -> None:
-    """Append `row` to STEM.csv and rewrite STEM.parquet with every row so far."""
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pq
-
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist([row])
-    csv_path = stem.with_suffix(".csv")
-    if csv_path.exists():
-        table = pa.concat_tables([pa_csv.read_csv(csv_path), table], promote_options="permissive")
-    pa_csv.write_csv(table, csv_path)
-    pq.write_table(table, stem.with_suffix(".parquet"))
 
 
 if __name__ == "__main__":
