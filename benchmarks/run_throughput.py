@@ -44,6 +44,8 @@ def adapter_only_rate(config, batches, threads: int) -> float:
         started = time.perf_counter()
         for batch in batches:
             worker.step(batch)
+        if str(config.runtime.device).startswith("cuda"):
+            torch.cuda.synchronize()
         rates.append(sum(len(b) for b in batches) / (time.perf_counter() - started))
     return statistics.median(rates)
 

@@ -35,6 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 from _record import git_sha, record  # noqa: E402
+from run_throughput import adapter_only_rate  # noqa: E402
 
 STREAM = "baseline_20_transition+speed_1000_seed_43"
 
@@ -113,21 +114,6 @@ def time_pipeline(config, run_dir: Path) -> tuple[float, float, int]:
     return counts[1:].sum() / (times[-1] - times[0]), outcome.images / wall, outcome.images
 
 
-def time_ceiling(config, batches, threads: int) -> float:
-    from stream_monitor.runtime.workers import AdapterWorker
-
-    worker = AdapterWorker(config, None, threads)
-    worker.step(batches[0])
-    rates = []
-    for _ in range(3):
-        started = time.perf_counter()
-        for batch in batches:
-            worker.step(batch)
-        sync(config.runtime.device)
-        rates.append(sum(len(b) for b in batches) / (time.perf_counter() - started))
-    return statistics.median(rates)
-
-
 def sync(device: str) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -181,9 +167,9 @@ def main() -> None:
     ours_decode = time_decode(shard_source.read(0, args.images, config.source.batch_size))
 
     items = SourceWorker(config, 1).read(0, min(10 * config.source.batch_size, args.images))
-    ceiling = time_ceiling(config, items[0::2], args.threads)
+    ceiling = adapter_only_rate(config, items[0::2], args.threads)
     steady, with_startup, adapted = time_pipeline(config, work / "run")
-    ceiling = statistics.mean([ceiling, time_ceiling(config, items[0::2], args.threads)])
+    ceiling = statistics.mean([ceiling, adapter_only_rate(config, items[0::2], args.threads)])
 
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
         f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} adapter threads")
