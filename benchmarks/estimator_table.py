@@ -1,10 +1,11 @@
 """One table of every estimator's error over several evaluation runs (issue 6's must-show).
 
-    python benchmarks/estimator_table.py RUN_DIR [RUN_DIR ...] [--calibration FILE ...]
+    python benchmarks/estimator_table.py RUN_DIR [RUN_DIR ...] [--calibration FILE ...] [--frozen-calibration FILE]
 
 Each RUN_DIR is a `stream-monitor run` on a stream with labels. Per run, the weighted flips are
 estimated again with the `--calibration` file made for that run's adapter (when one is given;
-otherwise the run's own estimates are scored), then every estimator is scored with
+otherwise the run's own estimates are scored), the frozen feed's nuclear norm and Sentinel with
+`--frozen-calibration` (one file serves every adapter of a model), then every estimator is scored with
 `stream_monitor.evaluation.score_estimators`. Prints, per target, a Markdown table: one row per
 estimator, one column per run, cells "MAE (bias)" in accuracy points, and the best estimator
 per run in bold; then the collapse-warning scores of each run.
@@ -43,14 +44,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--calibration", type=Path, action="append", default=[])
+    parser.add_argument("--frozen-calibration", type=Path, default=None,
+                        help="the frozen feed's nuclear norm and Sentinel from this file (any adapter, same model)")
     parser.add_argument("--window", type=int, default=5000, help="images per collapse window")
     args = parser.parse_args()
     calibrations = [Calibration.load(p) for p in args.calibration]
+    frozen = Calibration.load(args.frozen_calibration) if args.frozen_calibration else None
     labels, results = [], []
     for run_dir in args.runs:
         calibration = matching(run_dir, calibrations)
         labels.append(run_label(run_dir))
-        results.append(evaluate(run_dir, window=args.window, calibration=calibration))
+        results.append(evaluate(run_dir, window=args.window, calibration=calibration, frozen_calibration=frozen))
         print(f"{labels[-1]}: {run_dir}  (weighted flips with "
               f"{calibration.created + ' ' + calibration.adapter if calibration else 'the run’s own f'})")
     for target in ("source", "online"):

@@ -40,6 +40,8 @@ DEFAULT_DOMAINS = (
 )
 #: What must match between a calibration and a run for f to mean anything.
 PROVENANCE_KEYS = ("model", "model_sha256", "adapter", "hyperparameters", "probe_size", "cycle")
+#: What the frozen model's feed needs to match: its estimators never see the adapter.
+FROZEN_PROVENANCE_KEYS = ("model", "model_sha256")
 
 
 class CalibrationMismatch(ValueError):
@@ -126,8 +128,10 @@ def merge(calibrations: list[Calibration]) -> Calibration:
     for other in calibrations[1:]:
         other.check(provenance)
     points = [p for c in calibrations for p in c.points]
-    stats = first.source_stats and {**first.source_stats, "nuclear_fit": _nuclear_line(points)}
-    frozen = first.frozen_stats and {**first.frozen_stats, "nuclear_fit": _nuclear_line(points, frozen=True)}
+    stats = first.source_stats and {**first.source_stats, "nuclear_fit": _nuclear_line(points),
+                                     "sentinel": _sentinel_set(points)}
+    frozen = first.frozen_stats and {**first.frozen_stats, "nuclear_fit": _nuclear_line(points, frozen=True),
+                                     "sentinel": _sentinel_set(points, frozen=True)}
     return replace(first, domains=[d for c in calibrations for d in c.domains], points=points,
                    fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
                    source_stats=stats, frozen_stats=frozen)
@@ -146,6 +150,21 @@ def _nuclear_line(points: list[dict[str, Any]], frozen: bool = False) -> tuple[f
         return None
     slope, intercept = np.polyfit(x / 100.0, y, 1)
     return float(slope), float(intercept)
+
+
+def _sentinel_set(points: list[dict[str, Any]], frozen: bool = False) -> dict[str, Any] | None:
+    """The Sentinel forest's training set over the meta-set's windows: the served outputs' features
+    against the online accuracy, or (`frozen`) the frozen model's against the source accuracy. The
+    cross-validation folds hold out whole meta-set runs (a domain, or a stream with all its cycles)."""
+    from .estimation.sentinel import fit_sentinel
+
+    features, truth = ("frozen_sentinel_features", "true_source_acc") if frozen else ("sentinel_features", "true_online_acc")
+    rows = [(p[features], p[truth], p["domain"].split("#")[0]) for p in points
+            if p.get(features) is not None and p.get(truth) is not None]
+    if len(rows) < 4:
+        return None
+    x, y, groups = zip(*rows)
+    return fit_sentinel(x, y, groups)
 
 
 def run_provenance(describe: dict[str, Any], config: RunConfig, cycle: int) -> dict[str, Any]:
@@ -261,14 +280,17 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
         outcome = run(cfg, run_dir, log=lambda message: None)
         if outcome.status != "finished":
             raise RuntimeError(f"calibration run on {member.label} {outcome.status}: {outcome.error}")
-        scores = {(r["step"], r["target"]): r["value"] for r in read_table(run_dir, "estimates").to_pylist()
-                  if r["estimator"] == "nuclear-norm-score"}
+        recorded = read_table(run_dir, "estimates").to_pylist()
+        scores = {(r["step"], r["target"]): r["value"] for r in recorded if r["estimator"] == "nuclear-norm-score"}
+        features = {(r["step"], r["target"]): r["features"] for r in recorded if r["estimator"] == "sentinel"}
         mine = [{"domain": member.label if member.kind == "heldout" else f"{member.label}#cycle{row['cycle']}",
                  "cycle_step": row["cycle_step"], "flips": row["flips"], "weighted_flips": row["weighted_flips"],
                  "spread_flips": row["spread_flips"], "spread_weighted_flips": row["spread_weighted_flips"],
                  "true_source_acc": row["true_source_acc"], "true_online_acc": row["true_online_acc"],
                  "est_online_acc": row["est_online_acc"], "nuclear_norm_score": scores.get((row["step"], "score")),
-                 "frozen_nuclear_score": scores.get((row["step"], "source-score"))}
+                 "frozen_nuclear_score": scores.get((row["step"], "source-score")),
+                 "sentinel_features": features.get((row["step"], "online")),
+                 "frozen_sentinel_features": features.get((row["step"], "source"))}
                 for row in read_table(run_dir, "probes").to_pylist()]
         points += mine
         last = [p for p in mine if p["cycle_step"] == steps]
@@ -280,8 +302,11 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
         shutil.rmtree(scratch, ignore_errors=True)
     stats, frozen = source_statistics(config, points)
     for who, st in (("served adapter", stats), ("frozen model", frozen)):
+        forest = st.sentinel or {}
         log(f"{who} on the clean domain: T {st.temperature:.2f}, Acc_S {st.accuracy:.1f}%, "
-            f"AC_S {st.mean_confidence:.1f}%, nuclear-norm line {st.nuclear_fit}")
+            f"AC_S {st.mean_confidence:.1f}%, nuclear-norm line {st.nuclear_fit}; Sentinel forest on "
+            f"{len(forest.get('accuracy', []))} windows, {forest.get('params')}, held-out-run MAE "
+            f"{forest.get('cv_mae') if forest.get('cv_mae') is None else round(forest['cv_mae'], 2)}")
     provenance = run_provenance(describe, config, cycle)
     return Calibration(**provenance, probe_every=config.probe.every, domains=[m.label for m in members],
                        points=points, fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
@@ -293,7 +318,7 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
     """DoC/ATC's labelled source statistics, for both feeds, on the clean domain's first `images`
     images: the served outputs of a fresh adapter (as a run's first steps serve them) and the
     frozen model's outputs (eval-mode BatchNorm, as the evaluator scores the stream); with each
-    feed's nuclear-norm line over the meta-set's windows."""
+    feed's nuclear-norm line and Sentinel training set over the meta-set's windows."""
     from dataclasses import replace
 
     from sources.heldout import HeldOutDomainSource
@@ -313,8 +338,10 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
         frozen.append(model.probabilities(torch.from_numpy(batch.images)))
         labels.append(truth.labels)
     labels = np.concatenate(labels)
-    return (replace(fit_source_stats(np.concatenate(served), labels), nuclear_fit=_nuclear_line(points)),
-            replace(fit_source_stats(np.concatenate(frozen), labels), nuclear_fit=_nuclear_line(points, frozen=True)))
+    return (replace(fit_source_stats(np.concatenate(served), labels), nuclear_fit=_nuclear_line(points),
+                    sentinel=_sentinel_set(points)),
+            replace(fit_source_stats(np.concatenate(frozen), labels), nuclear_fit=_nuclear_line(points, frozen=True),
+                    sentinel=_sentinel_set(points, frozen=True)))
 
 
 def _same(key: str, mine: Any, theirs: Any) -> bool:

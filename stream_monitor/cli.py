@@ -35,7 +35,8 @@ FLIPS_ESTIMATORS = {
 
 def estimator_lines() -> list[str]:
     """`list estimators`: name, target(s) and what it is, from the estimators themselves."""
-    from .estimation.window import ESTIMATORS as WINDOW, FROZEN_TARGETS
+    from .estimation import WINDOW_ESTIMATORS as WINDOW
+    from .estimation.window import FROZEN_TARGETS
 
     lines = [f"{name:<20} {'source':<22} {text}" for name, text in FLIPS_ESTIMATORS.items()]
     for cls in WINDOW:
@@ -365,6 +366,9 @@ def eval_(
     horizon: Annotated[int, typer.Option(help="Images before an event in which a warning counts as early.")] = 20_000,
     calibration: Annotated[Optional[Path], typer.Option(help="Estimate weighted flips again with this calibration "
                                                         "file's f (made for the run's model and adapter).")] = None,
+    frozen_calibration: Annotated[Optional[Path], typer.Option(
+        help="Estimate the frozen model's nuclear norm and Sentinel again with this calibration file "
+             "(made for the run's model, with any adapter).")] = None,
 ) -> None:
     """Score every label-free estimate and collapse warning of a run against its labels."""
     import numpy as np
@@ -374,7 +378,8 @@ def eval_(
 
     try:
         result = evaluate(run_dir, window, margin, sustain, horizon,
-                          Calibration.load(calibration) if calibration else None)
+                          Calibration.load(calibration) if calibration else None,
+                          Calibration.load(frozen_calibration) if frozen_calibration else None)
     except (FileNotFoundError, ValueError, CalibrationMismatch) as error:
         _fail(str(error))
     title = "Estimators against the truth of the same windows"

@@ -66,11 +66,15 @@ class WarningScore:
         return 1e6 * self.false_alarms / self.images if self.images else 0.0
 
 
-def score_estimators(run_dir: Path, calibration: "Calibration | None" = None) -> list[EstimatorScore]:
+def score_estimators(run_dir: Path, calibration: "Calibration | None" = None,
+                     frozen_calibration: "Calibration | None" = None) -> list[EstimatorScore]:
     """MAE of each estimator (the estimates table, or the probes' own columns for runs without
     it) against the truth of the same probe window. With `calibration`, the REESTIMATED
-    estimators are made again with that file (a run's flips and raw nuclear-norm scores do not
-    depend on it, so a finished run can be scored with a calibration made after it)."""
+    estimators are made again with that file (a run's flips, raw nuclear-norm scores and
+    Sentinel features do not depend on it, so a finished run can be scored with a calibration
+    made after it). With `frozen_calibration`, the frozen feed's REESTIMATED estimators are made
+    again with that file instead: they see only the frozen model, so a calibration of the same
+    model with any adapter serves (e.g. a fast one made with `--set adapter.name=source`)."""
     probes = read_table(run_dir, "probes").to_pylist()
     truth = {row["step"]: row for row in probes}
     recorded = read_table(run_dir, "estimates").to_pylist()
@@ -81,6 +85,9 @@ def score_estimators(run_dir: Path, calibration: "Calibration | None" = None) ->
                 for p in probes for t in TARGETS]
     if calibration is not None:
         rows = [r for r in rows if r["estimator"] not in REESTIMATED] + reestimate(run_dir, probes, recorded, calibration)
+    if frozen_calibration is not None:
+        redone = reestimate(run_dir, probes, recorded, frozen_calibration, frozen_only=True)
+        rows = [r for r in rows if not (r["target"] == "source" and r["estimator"] in FROZEN_REESTIMATED)] + redone
     by_key: dict[tuple[str, str], list[tuple[float, float, bool]]] = {}
     for row in rows:
         true = truth.get(row["step"], {}).get(TARGETS[row["target"]][2])
@@ -97,30 +104,39 @@ def score_estimators(run_dir: Path, calibration: "Calibration | None" = None) ->
 
 
 #: Estimators a later calibration can redo from what a run recorded: both flips estimators (from
-#: the probe rows' flips) and the nuclear norm of each feed (from its recorded raw score).
-REESTIMATED = ("weighted-flips", "spread-flips", "nuclear-norm")
+#: the probe rows' flips), the nuclear norm of each feed (from its recorded raw score) and the
+#: Sentinel of each feed (from its recorded window features).
+REESTIMATED = ("weighted-flips", "spread-flips", "nuclear-norm", "sentinel")
+#: Those of them on the frozen model's feed: they depend on the model only, not on the adapter.
+FROZEN_REESTIMATED = ("nuclear-norm", "sentinel")
 
 
 def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict[str, Any]],
-               calibration: "Calibration") -> list[dict[str, Any]]:
-    """The REESTIMATED estimators' rows for every probe row, with `calibration`'s f and lines; the
-    calibration must have been made for the run's model, adapter, hyperparameters, probe size and
-    cycle."""
-    from .calibration import run_provenance_of_dir
+               calibration: "Calibration", frozen_only: bool = False) -> list[dict[str, Any]]:
+    """The REESTIMATED estimators' rows for every probe row, with `calibration`'s f, lines and
+    forests; the calibration must have been made for the run's model, adapter, hyperparameters,
+    probe size and cycle, or (`frozen_only`: the FROZEN_REESTIMATED rows only) for its model."""
+    from .calibration import FROZEN_PROVENANCE_KEYS, run_provenance_of_dir
+    from .estimation.sentinel import SentinelForest
     from .estimation.window import nuclear_accuracy
 
-    calibration.check(run_provenance_of_dir(Path(run_dir)))
+    provenance = run_provenance_of_dir(Path(run_dir))
+    if frozen_only:
+        provenance = {k: provenance[k] for k in FROZEN_PROVENANCE_KEYS}
+    calibration.check(provenance)
     out = []
-    for name, fs, wf, size in (("weighted-flips", calibration.flips_calibrations(), "weighted_flips", "probe_size"),
-                               ("spread-flips", calibration.flips_calibrations(spread=True), "spread_weighted_flips",
-                                "spread_size")):
+    flips = () if frozen_only else (
+        ("weighted-flips", calibration.flips_calibrations(), "weighted_flips", "probe_size"),
+        ("spread-flips", calibration.flips_calibrations(spread=True), "spread_weighted_flips", "spread_size"))
+    for name, fs, wf, size in flips:
         for p in probes:
             f = fs.get(p["cycle_step"])
             if f is not None and p[wf] is not None:
                 value, extrapolated = f(p[wf], p[size])
                 out.append({"step": p["step"], "estimator": name, "target": "source", "value": value,
                             "extrapolated": extrapolated})
-    lines = {"score": (calibration.source_stats or {}).get("nuclear_fit"),
+    served = None if frozen_only else calibration.source_stats
+    lines = {"score": (served or {}).get("nuclear_fit"),
              "source-score": (calibration.frozen_stats or {}).get("nuclear_fit")}
     for row in estimates:
         line = lines.get(row["target"]) if row["estimator"] == "nuclear-norm-score" else None
@@ -128,6 +144,14 @@ def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict
             out.append({"step": row["step"], "estimator": "nuclear-norm", "extrapolated": None,
                         "target": "online" if row["target"] == "score" else "source",
                         "value": nuclear_accuracy(row["value"] / 100.0, line)})
+    forests = {target: SentinelForest(stats["sentinel"]) for target, stats in
+               (("online", served), ("source", calibration.frozen_stats))
+               if stats and stats.get("sentinel")}
+    for row in estimates:
+        forest = forests.get(row["target"]) if row["estimator"] == "sentinel" else None
+        if forest is not None and row.get("features") is not None:
+            out.append({"step": row["step"], "estimator": "sentinel", "extrapolated": None, "target": row["target"],
+                        "value": forest(row["features"])})
     return out
 
 
@@ -183,10 +207,11 @@ def score_warnings(run_dir: Path, events: list[CollapseEvent], horizon: int = 20
 
 
 def evaluate(run_dir: Path, window: int = 5000, margin: float = 5.0, sustain: int = 2,
-             horizon: int = 20_000, calibration: "Calibration | None" = None) -> dict[str, Any]:
+             horizon: int = 20_000, calibration: "Calibration | None" = None,
+             frozen_calibration: "Calibration | None" = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "steps").is_dir():
         raise FileNotFoundError(f"{run_dir} has no steps/ table; pass a run directory written by `stream-monitor run`.")
     events = collapse_events(run_dir, window, margin, sustain)
-    return {"estimators": score_estimators(run_dir, calibration), "events": events,
+    return {"estimators": score_estimators(run_dir, calibration, frozen_calibration), "events": events,
             "warnings": score_warnings(run_dir, events, horizon)}

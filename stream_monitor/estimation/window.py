@@ -53,6 +53,7 @@ class SourceStats:
     atc_mc_threshold: float | None = None
     atc_ne_threshold: float | None = None
     nuclear_fit: tuple[float, float] | None = None  # accuracy = slope * NN + intercept (meta-set line)
+    sentinel: dict[str, Any] | None = None  # the Sentinel forest's meta-set training set (sentinel.fit_sentinel)
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -123,6 +124,10 @@ class WindowEstimator(ABC):
     @abstractmethod
     def compute(self) -> float:
         """Estimated accuracy (%) on the window so far."""
+
+    def features(self) -> list[float] | None:
+        """What a run records beside the estimate so a later calibration can redo it (None: nothing)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {k: (torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: the probes' spread_* columns (older parts read with them null)
+SCHEMA_VERSION = 3  # 2: the probes' spread_* columns; 3: the estimates' features (older parts read with them null)
 
 STEP_SCHEMA = pa.schema([
     pa.field("step", pa.int64(), nullable=False),           # adapter steps done after this one (1, 2, ...), counted over resets
@@ -93,6 +93,7 @@ ESTIMATE_SCHEMA = pa.schema([
     pa.field("extrapolated", pa.bool_()),                   # outside the estimator's fitted range
     pa.field("window_start", pa.int64()),                   # the stream positions it estimates (= the probe row's)
     pa.field("window_stop", pa.int64()),
+    pa.field("features", pa.list_(pa.field("element", pa.float32()))),  # the Sentinel's 17 window features (eval re-estimates from them)
 ], metadata={"table": "estimates", "schema_version": str(SCHEMA_VERSION)})
 
 TABLES: dict[str, pa.Schema] = {"steps": STEP_SCHEMA, "probes": PROBE_SCHEMA, "events": EVENT_SCHEMA,

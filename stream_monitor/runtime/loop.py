@@ -19,15 +19,15 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from ..config import RunConfig
+from ..estimation import WINDOW_ESTIMATORS
 from ..estimation.base import NotComputableError
 from ..estimation.detectors import CollapseDetector, default_detectors
 from ..estimation.flips import FlipsCalibration
-from ..estimation.window import ESTIMATORS as WINDOW_ESTIMATORS
 from ..estimation.window import AverageConfidence, SourceStats, WindowEstimator
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from .messages import ProbeResult, StepSummary, Truth
@@ -109,12 +109,22 @@ class _PendingStep:
     stop: int
 
 
+class Estimate(NamedTuple):
+    """One estimator's value on a probe window, with what it was computed from where a later
+    calibration can redo it (the Sentinel's features)."""
+
+    estimator: str
+    target: str
+    value: float | None
+    features: list[float] | None = None
+
+
 @dataclass
 class _PendingProbe:
     step: int
     result: Any
     row: dict[str, Any] | None = None  # the window columns, filled when step `step` is processed
-    estimates: list[tuple[str, str, float | None]] = field(default_factory=list)  # (estimator, target, value)
+    estimates: list[Estimate] = field(default_factory=list)
 
 
 class RunLoop:
@@ -379,9 +389,9 @@ class RunLoop:
         self.event("cycle", "probe", f"probe cycle {state.cycle} starts at step {step:,}: the next "
                    f"{self.config.probe.size:,} images are the reference set")
 
-    def _window_columns(self, position: int, estimates: list[tuple[str, str, float | None]]) -> dict[str, Any]:
+    def _window_columns(self, position: int, estimates: list[Estimate]) -> dict[str, Any]:
         w = self.state.window
-        shown = {(name, target): value for name, target, value in estimates}[AverageConfidence.name, "online"]
+        shown = {(e.estimator, e.target): e.value for e in estimates}[AverageConfidence.name, "online"]
         return {
             "position": position, "window_start": w.start, "window_stop": position,
             "est_online_acc": shown, "est_online_method": AverageConfidence.name,
@@ -389,14 +399,14 @@ class RunLoop:
             "true_source_acc": 100.0 * w.source_correct / w.source_seen if w.source_seen else None,
         }
 
-    def _window_estimates(self) -> list[tuple[str, str, float | None]]:
+    def _window_estimates(self) -> list[Estimate]:
         out = []
         for estimator in self.estimators:
             try:
                 value = estimator.compute()
             except NotComputableError:
                 value = None
-            out.append((estimator.name, estimator.target, _finite(value)))
+            out.append(Estimate(estimator.name, estimator.target, _finite(value), estimator.features()))
         return out
 
     def _process_probe(self, pending: _PendingProbe) -> None:
@@ -424,11 +434,12 @@ class RunLoop:
         row["warning"] = bool(self.state.active_warnings)
         self._emit("on_probe", row)
         extrapolated = {name: outside for name, _, outside in flips}
-        estimates = [(name, "source", value) for name, value, _ in flips] + list(pending.estimates)
-        for estimator, target, value in estimates:
+        estimates = [Estimate(name, "source", value) for name, value, _ in flips] + list(pending.estimates)
+        for e in estimates:
             self._emit("on_estimate", {
                 "step": row["step"], "position": row["position"], "cycle": row["cycle"], "cycle_step": row["cycle_step"],
-                "estimator": estimator, "target": target, "value": value, "extrapolated": extrapolated.get(estimator),
+                "estimator": e.estimator, "target": e.target, "value": e.value,
+                "extrapolated": extrapolated.get(e.estimator), "features": e.features,
                 "window_start": row["window_start"], "window_stop": row["window_stop"]})
 
     def _check_detectors(self) -> None:

@@ -1,5 +1,7 @@
 """Calibration: the fit, the file and its provenance, and a run that uses (or refuses) it."""
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -128,6 +130,10 @@ def test_calibrate_on_held_out_streams_fits_every_cycle_window(stream_calibratio
     for stats in (cal.source_stats, cal.frozen_stats):  # both feeds' labelled statistics
         assert stats["atc_mc_threshold"] is not None and 0 < stats["accuracy"] <= 100
     assert cal.frozen_stats["nuclear_fit"] is not None  # frozen score against source accuracy, over 8 windows
+    for stats in (cal.source_stats, cal.frozen_stats):  # a Sentinel training set per feed, CV over the 2 streams
+        assert len(stats["sentinel"]["features"]) == 8 and len(stats["sentinel"]["features"][0]) == 17
+        assert set(stats["sentinel"]["groups"]) == {"heldout-ccc/baseline_40_transition+speed_1000_seed_3",
+                                                    "heldout-ccc/baseline_0_transition+speed_1000_seed_4"}
 
 
 def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp_path):
@@ -144,11 +150,30 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
     f = cal.flips_calibrations()
     errors = [abs(f[p["cycle_step"]](p["weighted_flips"], p["probe_size"])[0] - p["true_source_acc"]) for p in probes]
     assert scores["weighted-flips", "source"].mae == pytest.approx(np.mean(errors))
+    # the Sentinel of each feed is redone from the window features the run recorded
+    from stream_monitor.estimation.sentinel import SentinelForest
+
+    recorded = [e for e in read_table(tmp_path / "run", "estimates").to_pylist() if e["estimator"] == "sentinel"]
+    assert all(e["value"] is None for e in recorded)  # the run had no calibration
+    recorded = [e for e in recorded if e["features"] is not None]  # windows of 32 images or more
+    assert recorded and all(len(e["features"]) == 17 for e in recorded)
+    forest = SentinelForest(cal.frozen_stats["sentinel"])
+    truth = {p["step"]: p["true_source_acc"] for p in probes}
+    errors = [abs(forest(e["features"]) - truth[e["step"]]) for e in recorded
+              if e["target"] == "source" and e["step"] in truth]
+    assert errors and scores["sentinel", "source"].mae == pytest.approx(np.mean(errors), rel=1e-5)
+    assert scores["sentinel", "online"].windows > 0
     assert run_provenance_of_dir(tmp_path / "run")["model_sha256"] == cal.model_sha256[:12]
     eta = load_config(None, [*TINY, "adapter.name=eta", "runtime.use_ray=false", "runtime.max_images=320"])
     assert run(eta, tmp_path / "eta").status == "finished"
     with pytest.raises(CalibrationMismatch, match="adapter: calibration has 'tent', the run has 'eta'"):
         score_estimators(tmp_path / "eta", cal)
+    # the frozen feed's estimators depend on the model only: tent's file serves the eta run there
+    frozen = {(s.estimator, s.target): s for s in score_estimators(tmp_path / "eta", frozen_calibration=cal)}
+    assert frozen["sentinel", "source"].windows > 0 and ("sentinel", "online") not in frozen
+    other_model = Calibration(**{**asdict(cal), "model_sha256": "0" * 64})
+    with pytest.raises(CalibrationMismatch, match="model_sha256"):
+        score_estimators(tmp_path / "eta", frozen_calibration=other_model)
 
 
 def test_statistics_only_calibration_takes_no_meta_set(tmp_path):

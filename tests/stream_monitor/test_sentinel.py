@@ -1,0 +1,136 @@
+"""The Entropy-Sentinel-style window estimator: features on hand-checkable windows, the meta-set
+forest, the estimator contract and its checkpoint."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stream_monitor.estimation import WINDOW_ESTIMATORS, NotComputableError
+from stream_monitor.estimation.sentinel import (FEATURES, EntropySentinel, SentinelForest, fit_sentinel, profile,
+                                                window_features)
+from stream_monitor.estimation.window import SourceStats
+
+
+def feature(values, name):
+    return values[FEATURES.index(name)]
+
+
+def test_seventeen_features_in_the_papers_order():
+    assert len(FEATURES) == 17
+    assert FEATURES[:10] == ("mean", "std", "max", "q10", "q25", "q50", "q75", "q90", "skewness", "kurtosis")
+    assert EntropySentinel in WINDOW_ESTIMATORS
+
+
+def test_uniform_softmax_has_the_entropy_and_perplexity_of_k_classes():
+    k = 8
+    h, nll = profile(np.full((50, k), 1.0 / k))
+    assert np.allclose(h, math.log(k)) and np.allclose(nll, math.log(k))
+    f = window_features(h, nll)
+    for name in ("mean", "max", "q10", "q50", "q90", "se_sum", "nll_avg", "nll_max", "nll_sum"):
+        assert feature(f, name) == pytest.approx(math.log(k))
+    assert feature(f, "std") == pytest.approx(0.0, abs=1e-12)
+    assert feature(f, "skewness") == 0.0 and feature(f, "kurtosis") == 0.0  # constant profile
+    assert feature(f, "ppl") == pytest.approx(k)
+    assert feature(f, "lntp") == pytest.approx(math.log(k) * math.log(math.log(k)))
+
+
+def test_one_hot_windows_are_certain_and_the_nll_log_term_is_zero_there():
+    h, nll = profile(np.eye(5)[[0, 1, 2, 3, 4, 0, 1]])
+    f = window_features(h, nll)
+    assert np.allclose(f[:8], 0.0, atol=1e-9)
+    assert feature(f, "lntp") == pytest.approx(0.0, abs=1e-9) and feature(f, "ppl") == pytest.approx(1.0)
+
+
+def test_two_valued_profile_by_hand():
+    # half the images certain (H = 0), half uniform over 2 classes (H = ln 2)
+    probs = np.array([[1.0, 0.0]] * 5 + [[0.5, 0.5]] * 5)
+    h, nll = profile(probs)
+    f = window_features(h, nll)
+    ln2 = math.log(2)
+    assert feature(f, "mean") == pytest.approx(ln2 / 2)
+    assert feature(f, "std") == pytest.approx(ln2 / 2)
+    assert feature(f, "q25") == pytest.approx(0.0, abs=1e-9) and feature(f, "q75") == pytest.approx(ln2)
+    assert feature(f, "skewness") == pytest.approx(0.0, abs=1e-9)  # symmetric
+    assert feature(f, "kurtosis") == pytest.approx(-2.0)  # two points: Fisher kurtosis 1 - 3
+    assert feature(f, "nll_max") == pytest.approx(ln2)
+    # -lp log(-lp): 0 on the certain half, ln2 ln(ln2) < 0 on the other, so the max is 0
+    assert feature(f, "lntp") == pytest.approx(ln2 * math.log(ln2) / 2)
+    assert feature(f, "mtp") == pytest.approx(0.0, abs=1e-9)
+
+
+def synthetic_meta_set(rng, runs=6, windows=8, k=10):
+    """Windows whose softmax sharpness sets their accuracy: accuracy falls as the entropy rises."""
+    features, accuracy, groups = [], [], []
+    for run in range(runs):
+        for w in range(windows):
+            sharpness = rng.uniform(0.5, 6.0)
+            logits = rng.normal(size=(400, k)) * sharpness
+            probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            h, nll = profile(probs)
+            features.append(window_features(h, nll).tolist())
+            accuracy.append(float(100 * np.exp(-h.mean())))
+            groups.append(f"run{run}")
+    return features, accuracy, groups
+
+
+def test_the_forest_learns_a_meta_set_and_survives_a_json_round_trip():
+    rng = np.random.default_rng(0)
+    x, y, groups = synthetic_meta_set(rng)
+    training = fit_sentinel(x[:40], y[:40], groups[:40])
+    assert set(training["params"]) == {"max_depth", "min_samples_split"} and training["cv_mae"] is not None
+    held_out = np.array([SentinelForest(training)(f) for f in x[40:]])
+    assert np.abs(held_out - np.array(y[40:])).mean() < 5.0  # targets span ~5-60 points
+    again = json.loads(json.dumps(training))
+    assert [SentinelForest(again)(f) for f in x[40:]] == list(held_out)  # deterministic refit
+
+
+def test_the_forest_clips_to_a_percentage():
+    training = {"features": [[0.0] * 17, [1.0] * 17] * 10, "accuracy": [150.0, -20.0] * 10,
+                "params": {"max_depth": 2, "min_samples_split": 2}, "seed": 0}
+    forest = SentinelForest(training)
+    assert forest([0.0] * 17) == 100.0 and forest([1.0] * 17) == 0.0
+
+
+def test_too_few_meta_set_runs_keep_the_default_grid_point():
+    rng = np.random.default_rng(1)
+    x, y, _ = synthetic_meta_set(rng, runs=1, windows=6)
+    training = fit_sentinel(x, y, ["one"] * 6)
+    assert training["cv_mae"] is None and training["params"] == {"max_depth": 5, "min_samples_split": 2}
+
+
+def test_estimator_needs_a_calibration_and_enough_images():
+    est = EntropySentinel()
+    est.update(np.full((64, 4), 0.25))
+    with pytest.raises(NotComputableError, match="sentinel"):
+        est.compute()
+    assert est.features() is not None  # features are recorded even without a calibration
+    rng = np.random.default_rng(2)
+    x, y, groups = synthetic_meta_set(rng, runs=3, windows=4)
+    few = EntropySentinel(SourceStats(sentinel=fit_sentinel(x, y, groups)))
+    few.update(np.full((8, 4), 0.25))
+    assert few.features() is None
+    with pytest.raises(NotComputableError, match="32 images"):
+        few.compute()
+
+
+def test_estimate_is_the_forest_on_the_whole_window_and_reset_starts_a_new_one(tmp_path):
+    rng = np.random.default_rng(3)
+    x, y, groups = synthetic_meta_set(rng, runs=3, windows=5)
+    stats = SourceStats(sentinel=fit_sentinel(x, y, groups))
+    est = EntropySentinel(stats, frozen=True)
+    assert est.target == "source" and est.key == "sentinel@frozen"
+    batches = [np.exp(l) / np.exp(l).sum(1, keepdims=True) for l in rng.normal(size=(5, 64, 10)) * 3]
+    for b in batches:
+        est.update(b)
+    whole = np.concatenate(batches)
+    assert est.features() == pytest.approx(window_features(*profile(whole)).tolist(), rel=1e-5)
+    assert est.compute() == SentinelForest(stats.sentinel)(est.features())
+    torch.save(est.state_dict(), tmp_path / "s.pt")
+    restored = EntropySentinel(stats, frozen=True)
+    restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert restored.compute() == est.compute()
+    est.reset()
+    assert est.features() is None
