@@ -1,8 +1,8 @@
 """Collapse detectors over label-free signals; a warning fires when any detector fires.
 
 Each follows ignite's contract (`reset`, `update`, `compute`), returns a `Verdict` with its
-evidence, and keeps its state in a plain dict for checkpoints. The estimation issue grows this
-set (AETTA's rule, flip-rate rise, a fused warning wired to the adapter's reset).
+evidence, and keeps its state in a plain dict for checkpoints. A warning fires when any detector
+fires (the fused warning); with estimation.reset_on_warning it resets the adapter.
 """
 
 from __future__ import annotations
@@ -135,5 +135,38 @@ class EstimateBelowSource(CollapseDetector):
                        f"the estimated source accuracy for {self.below} probes", self.gap)
 
 
+class AETTAReset(CollapseDetector):
+    """AETTA's recovery rule (Lee et al., CVPR 2024, reset_function "aetta"): its accuracy estimate
+    below `floor` %, or the mean of the last 5 estimates `drop` points under the mean of the 5
+    before; read from the step rows' `aetta_acc` (only with estimation.aetta_every > 0)."""
+
+    name = "aetta-drop"
+
+    def __init__(self, floor: float = 20.0, drop: float = 2.0, span: int = 5) -> None:
+        self.floor, self.drop, self.span = floor, drop, span
+        super().__init__()
+
+    def reset(self) -> None:
+        self.history: list[float] = []
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        value = row.get("aetta_acc")
+        if value is not None and math.isfinite(value):
+            self.history = (self.history + [float(value)])[-2 * self.span:]
+
+    def compute(self) -> Verdict:
+        if not self.history:
+            raise NotComputableError(f"{self.name} needs AETTA estimates (estimation.aetta_every > 0)")
+        last = self.history[-1]
+        if last < self.floor:
+            return Verdict(True, f"AETTA estimates {last:.1f}% (below {self.floor:g}%)", last)
+        if len(self.history) < 2 * self.span:
+            return Verdict(False, f"AETTA estimates {last:.1f}%", last)
+        before = sum(self.history[:self.span]) / self.span
+        recent = sum(self.history[self.span:]) / self.span
+        return Verdict(recent + self.drop < before, f"AETTA's mean estimate of the last {self.span} batches "
+                       f"{recent:.1f}% against {before:.1f}% before", recent - before)
+
+
 def default_detectors(num_classes: int) -> list[CollapseDetector]:
-    return [EntropyCollapse(num_classes), PredictionConcentration(), EstimateBelowSource()]
+    return [EntropyCollapse(num_classes), PredictionConcentration(), EstimateBelowSource(), AETTAReset()]

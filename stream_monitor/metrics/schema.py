@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: the probes' spread_* columns; 3: the estimates' features (older parts read with them null)
+SCHEMA_VERSION = 3  # 2: the probes' spread_* columns; 3: the estimates' features and the steps' aetta_acc (older parts read them null)
 
 STEP_SCHEMA = pa.schema([
     pa.field("step", pa.int64(), nullable=False),           # adapter steps done after this one (1, 2, ...), counted over resets
@@ -37,6 +37,7 @@ STEP_SCHEMA = pa.schema([
     pa.field("grad_norm", pa.float32()),
     pa.field("update_skipped", pa.bool_()),                 # no weight update this step
     pa.field("reset", pa.bool_()),                          # the adapter was reset after this step
+    pa.field("aetta_acc", pa.float32()),                    # AETTA's smoothed accuracy estimate (%), on its PDD batches
     pa.field("noise_a", pa.string()),                       # CCC info of the batch's first image
     pa.field("severity_a", pa.float32()),
     pa.field("noise_b", pa.string()),

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..estimation import WINDOW_ESTIMATORS
+from ..estimation.aetta import AETTA
 from ..estimation.base import NotComputableError
 from ..estimation.detectors import CollapseDetector, default_detectors
 from ..estimation.flips import FlipsCalibration
@@ -165,8 +166,9 @@ class RunLoop:
             if detector.name in self.state.detectors:
                 detector.load_state_dict(self.state.detectors[detector.name])
         # one set on the served outputs (online accuracy), one on the frozen model's (source accuracy)
-        self.estimators: list[WindowEstimator] = [cls(source_stats) for cls in WINDOW_ESTIMATORS] + \
-            [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS]
+        self.aetta = AETTA(num_classes)  # fed by the adapter's dropout statistics, when estimation.aetta_every
+        self.estimators: list[WindowEstimator | AETTA] = [cls(source_stats) for cls in WINDOW_ESTIMATORS] + \
+            [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + [self.aetta]
         for estimator in self.estimators:
             if estimator.key in self.state.estimators:
                 estimator.load_state_dict(self.state.estimators[estimator.key])
@@ -339,6 +341,9 @@ class RunLoop:
             update_skipped=bool(summary.stats.get("skipped", 0.0)), reset=summary.reset,
             noise_a=truth.noise_a, severity_a=truth.severity_a, noise_b=truth.noise_b, severity_b=truth.severity_b,
         )
+        if "pdd_agreement" in summary.stats:
+            row["aetta_acc"] = self.aetta.update_pdd(summary.stats["pdd_agreement"],
+                                                     summary.stats["pdd_marginal_entropy"])
         window = state.window
         window.images += n
         if n and len(truth.labels) == n:

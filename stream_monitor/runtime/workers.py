@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
+from ..estimation.aetta import DropoutDisagreement, stage_ends
 from .messages import Images, ProbeResult, StepSummary, Truth, split_batches
 
 
@@ -102,6 +103,11 @@ class AdapterWorker:
         self.adapter = make_adapter(cfg.name, self.bundle, first, cfg.precision, lr=cfg.lr,
                                     reset_every=cfg.reset_every, restore_prob=cfg.restore_prob, **cfg.options)
         self.name = cfg.name
+        est = config.estimation
+        self.pdd_every = est.aetta_every
+        self.pdd = DropoutDisagreement(est.aetta_dropout, est.aetta_forwards) if est.aetta_every else None
+        if self.pdd is not None:
+            stage_ends(self.adapter.serving_model())  # a model without stages fails here, not mid-run
 
     def step(self, images: Images) -> StepSummary:
         started = time.perf_counter()
@@ -109,13 +115,17 @@ class AdapterWorker:
             return StepSummary(self.adapter.num_steps, np.zeros(0, np.int64), np.zeros(0, np.float32),
                                {"mean_entropy": float("nan"), "num_used": 0.0, "loss": 0.0, "grad_norm": 0.0,
                                 "skipped": 1.0}, float("nan"), float("nan"), 0.0, False)
-        result = self.adapter.step(self.bundle.normalise(torch.from_numpy(images.images)))
+        x = self.bundle.normalise(torch.from_numpy(images.images))
+        result = self.adapter.step(x)
         probs = result.logits.detach().float().softmax(1)
         confidences, predictions = probs.max(1)
         marginal = probs.mean(0)
         counts = torch.bincount(predictions, minlength=probs.shape[1])
         extra = torch.stack([-(marginal * marginal.clamp_min(1e-12).log()).sum(), counts.max() / len(predictions)])
         stats = result.stats()  # the one host sync of the step
+        if self.pdd is not None and self.adapter.num_steps % self.pdd_every == 0:
+            agreement, marginal = self.pdd(self.adapter.serving_model(), x, predictions)
+            stats.update(pdd_agreement=agreement, pdd_marginal_entropy=marginal)
         marginal_entropy, top_share = extra.tolist()
         every = self.adapter.reset_every
         return StepSummary(
