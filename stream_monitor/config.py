@@ -109,6 +109,9 @@ class EstimationConfig:
     one shipped for the model and adapter when there is one (ResNet-50: the paper's f)."""
 
     calibration: Optional[str] = None
+    # the frozen source model's feed (its nuclear norm, Sentinel, DoC, ATC) from this file instead:
+    # one made for the same model with any adapter serves, e.g. a fast `--set adapter.name=source` one
+    frozen_calibration: Optional[str] = None
     # label-free recovery: a collapse warning resets the adapter to the source model (and re-arms
     # the detectors), as AETTA's and SAR's recovery rules do on their own signals
     reset_on_warning: bool = False

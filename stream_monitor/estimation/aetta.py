@@ -97,8 +97,9 @@ def robust_error(agreement: float, marginal_entropy: float, num_classes: int) ->
 
 
 class AETTA:
-    """Online accuracy of the window: the mean over its PDD batches of AETTA's smoothed estimate
-    100 (1 - err_t). The smoothing runs over the whole stream (as AETTA's), the mean over the
+    """AETTA (Lee et al., CVPR 2024): dropout disagreement, robustly calibrated (estimation.aetta_every).
+
+    The window's online accuracy is the mean over its PDD batches of the smoothed 100 (1 - err_t). The smoothing runs over the whole stream (as AETTA's), the mean over the
     probe window; `last` is the latest batch's estimate (the step rows' `aetta_acc`)."""
 
     name, target, frozen, key = "aetta", "online", False, "aetta"

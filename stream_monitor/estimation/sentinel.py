@@ -99,8 +99,10 @@ class SentinelForest:
 
 
 class EntropySentinel(WindowEstimator):
-    """Entropy Sentinel (Memoli Buffa & Del Corro, 2026): 17 entropy-profile statistics of the window,
-    a meta-set forest."""
+    """Entropy Sentinel (Memoli Buffa & Del Corro, 2026): 17 entropy-profile features, a meta-set forest.
+
+    The features are taken over the whole window (the cycle so far), and recorded with each
+    estimate so a later calibration can redo it."""
 
     name = "sentinel"
 

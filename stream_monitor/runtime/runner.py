@@ -170,7 +170,24 @@ class ChosenCalibration(NamedTuple):
 
 def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None) -> ChosenCalibration:
     """The configured calibration file (which must match the run), else a shipped one that
-    matches, else none. Fails before any step when a configured file does not match."""
+    matches, else none; the frozen feed's statistics from `estimation.frozen_calibration` when
+    set (a file made for the run's model with any adapter: that feed never sees the adapter).
+    Fails before any step when a configured file does not match."""
+    from ..calibration import FROZEN_PROVENANCE_KEYS, Calibration, run_provenance
+    from .loop import DEFAULT_CYCLE
+
+    chosen = _choose_calibration(config, describe, reset_every)
+    path = config.estimation.frozen_calibration
+    if not path:
+        return chosen
+    frozen = Calibration.load(Path(path))
+    provenance = run_provenance(describe, config, config.probe.cycle or reset_every or DEFAULT_CYCLE)
+    frozen.check({k: provenance[k] for k in FROZEN_PROVENANCE_KEYS})
+    return chosen._replace(frozen_stats=frozen.window_stats(frozen=True),
+                           origin=f"{chosen.origin}; frozen model's feed from {path}")
+
+
+def _choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None) -> ChosenCalibration:
     from ..calibration import Calibration, CalibrationMismatch, run_provenance
     from ..estimation.flips import SHIPPED
     from .loop import DEFAULT_CYCLE

@@ -174,6 +174,19 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
     other_model = Calibration(**{**asdict(cal), "model_sha256": "0" * 64})
     with pytest.raises(CalibrationMismatch, match="model_sha256"):
         score_estimators(tmp_path / "eta", frozen_calibration=other_model)
+    # and live: a run's frozen feed takes its statistics and forest from estimation.frozen_calibration
+    path = cal.save(tmp_path / "tent.json")
+    live = load_config(None, [*TINY, "adapter.name=eta", "runtime.use_ray=false", "runtime.max_images=320",
+                              f"estimation.frozen_calibration={path}"])
+    assert run(live, tmp_path / "live").status == "finished"
+    sentinel = [e for e in read_table(tmp_path / "live", "estimates").to_pylist()
+                if e["estimator"] == "sentinel" and e["features"] is not None]
+    assert sentinel and all((e["value"] is None) == (e["target"] == "online") for e in sentinel)
+    other_model.save(tmp_path / "other.json")
+    refused = load_config(None, [*TINY, "adapter.name=eta", "runtime.use_ray=false", "runtime.max_images=320",
+                                 f"estimation.frozen_calibration={tmp_path / 'other.json'}"])
+    with pytest.raises(CalibrationMismatch, match="model_sha256"):
+        run(refused, tmp_path / "refused")
 
 
 def test_statistics_only_calibration_takes_no_meta_set(tmp_path):

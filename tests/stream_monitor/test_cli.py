@@ -95,6 +95,7 @@ def test_list_adapters_and_estimators():
     estimators = runner.invoke(app, ["list", "estimators"])
     assert "weighted-flips" in estimators.output and "spread-flips" in estimators.output
     assert "atc-mc" in estimators.output and "online, source" in estimators.output
+    assert "sentinel" in estimators.output and "aetta" in estimators.output
 
 
 def test_show_config_prints_yaml_that_loads_back(tmp_path):
