@@ -323,23 +323,33 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
 
     from sources.heldout import HeldOutDomainSource
 
+    from .estimation.duo import fit_duo_temperatures
     from .estimation.window import fit_source_stats
     from .models import load_model
     from .runtime.messages import split_batches
-    from .runtime.workers import AdapterWorker
+    from .runtime.workers import AdapterWorker, SidekickWorker
 
     worker = AdapterWorker(config)
     model = load_model(config.model.name, config.model.weights, "cpu")  # not the adapter's (it adapts in place)
+    sidekick = SidekickWorker(config) if config.estimation.duo_model else None
     source = HeldOutDomainSource("clean", images)
-    served, frozen, labels = [], [], []
+    served, frozen, side, labels = [], [], [], []
     batches = list(source.read(0, images, config.source.batch_size))
     for batch, truth in split_batches(batches, 0, images, config.source.batch_size):
         served.append(worker.step(batch).probabilities)
         frozen.append(model.probabilities(torch.from_numpy(batch.images)))
+        if sidekick is not None:
+            side.append(sidekick.predict(batch))
         labels.append(truth.labels)
     labels = np.concatenate(labels)
-    return (replace(fit_source_stats(np.concatenate(served), labels), nuclear_fit=_nuclear_line(points),
-                    sentinel=_sentinel_set(points)),
+    served = np.concatenate(served)
+    duo = None
+    if sidekick is not None:
+        temperatures = fit_duo_temperatures(np.log(np.clip(served, 1e-12, None)), np.concatenate(side), labels)
+        duo = {"model": config.estimation.duo_model, "sidekick": sidekick.describe()["sidekick"],
+               "temperatures": list(temperatures)}
+    return (replace(fit_source_stats(served, labels), nuclear_fit=_nuclear_line(points),
+                    sentinel=_sentinel_set(points), duo=duo),
             replace(fit_source_stats(np.concatenate(frozen), labels), nuclear_fit=_nuclear_line(points, frozen=True),
                     sentinel=_sentinel_set(points, frozen=True)))
 

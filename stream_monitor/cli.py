@@ -37,11 +37,12 @@ def estimator_lines() -> list[str]:
     """`list estimators`: name, target(s) and what it is, from the estimators themselves."""
     from .estimation import WINDOW_ESTIMATORS as WINDOW
     from .estimation.aetta import AETTA
+    from .estimation.duo import DUO_ESTIMATORS
     from .estimation.window import FROZEN_TARGETS
 
     lines = [f"{name:<20} {'source':<22} {text}" for name, text in FLIPS_ESTIMATORS.items()]
-    for cls in (*WINDOW, AETTA):
-        targets = cls.target if cls is AETTA else f"{cls.target}, {FROZEN_TARGETS[cls.target]}"
+    for cls in (*WINDOW, AETTA, *DUO_ESTIMATORS):
+        targets = f"{cls.target}, {FROZEN_TARGETS[cls.target]}" if cls in WINDOW else cls.target
         doc = (cls.__doc__ or "").strip().splitlines()
         lines.append(f"{cls.name:<20} {targets:<22} {doc[0] if doc else ''}")
     return lines

@@ -121,6 +121,10 @@ class EstimationConfig:
     aetta_every: int = 0
     aetta_dropout: float = 0.4
     aetta_forwards: int = 10
+    # Asymmetric Duos: a frozen smaller model served by its own actor beside the adapter, on every
+    # batch (e.g. embedded-small beside embedded, resnet18 beside resnet50); None: off
+    duo_model: Optional[str] = None
+    duo_weights: Optional[str] = None
 
 
 @dataclass(frozen=True)

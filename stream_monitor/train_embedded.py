@@ -1,12 +1,13 @@
 """Train the embedded source model on freshly rendered glyph images.
 
-    python -m stream_monitor.train_embedded --out stream_monitor/assets
+    python -m stream_monitor.train_embedded --out stream_monitor/assets              # the source model
+    python -m stream_monitor.train_embedded --depth 8 --out stream_monitor/assets    # the Duos sidekick
 
 Every step renders a new batch from the domain's TRAIN range (no image is seen twice), so there
 is no dataset to store. Half the images go through CCC's own RandomResizedCrop + flip, so the
 model meets the stream's crops the way ImageNet models meet theirs, while clean accuracy stays
 high. SGD with Nesterov momentum and a one-cycle schedule. The weights are written with their
-recipe, seed, validation accuracy and sha256 beside them (`embedded_resnet20.json`).
+recipe, seed, validation accuracy and sha256 beside them (`embedded_resnet{depth}.json`).
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def train(out_dir: Path, steps: int, batch_size: int, seed: int, log_every: int = 100) -> dict:
+def train(out_dir: Path, steps: int, batch_size: int, seed: int, log_every: int = 100, depth: int = 20) -> dict:
     torch.manual_seed(seed)
     domain = GlyphDomain(seed=0, image_size=32)
-    model = CifarResNet(depth=20).to(memory_format=torch.channels_last)
+    model = CifarResNet(depth=depth).to(memory_format=torch.channels_last)
+    name = f"embedded_resnet{depth}"
     optimiser = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=0.2, total_steps=steps, pct_start=0.15)
     rng = torch.Generator().manual_seed(seed)
@@ -81,23 +83,24 @@ def train(out_dir: Path, steps: int, batch_size: int, seed: int, log_every: int 
     print(f"clean validation accuracy {accuracy:.2f}% on 10,000 images", flush=True)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / "embedded_resnet20.pt"
+    weights = out_dir / f"{name}.pt"
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     torch.save(state, weights)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     card = {
-        "name": "embedded_resnet20",
+        "name": name,
         "weights": weights.name,
         "sha256": digest,
         "val_accuracy": round(accuracy, 2),
         "val_images": 10_000,
-        "recipe": {**RECIPE, "steps": steps, "batch_size": batch_size, "seed": seed},
+        "recipe": {**RECIPE, "architecture": f"CifarResNet(depth={depth}, widths=(16, 32, 64))", "steps": steps,
+                   "batch_size": batch_size, "seed": seed},
         "trained_with": {"torch": torch.__version__, "python": platform.python_version(),
                          "seconds": round(time.perf_counter() - started)},
         "mean": list(EMBEDDED_MEAN),
         "std": list(EMBEDDED_STD),
     }
-    (out_dir / "embedded_resnet20.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {weights} sha256 {digest}")
     return card
 
@@ -108,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=RECIPE["steps"])
     parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
     parser.add_argument("--seed", type=int, default=RECIPE["seed"])
+    parser.add_argument("--depth", type=int, default=20, help="6n + 2: 20 for the source model, 8 for the sidekick")
     args = parser.parse_args(argv)
-    train(args.out, args.steps, args.batch_size, args.seed)
+    train(args.out, args.steps, args.batch_size, args.seed, depth=args.depth)
 
 
 if __name__ == "__main__":

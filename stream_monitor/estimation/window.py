@@ -54,6 +54,7 @@ class SourceStats:
     atc_ne_threshold: float | None = None
     nuclear_fit: tuple[float, float] | None = None  # accuracy = slope * NN + intercept (meta-set line)
     sentinel: dict[str, Any] | None = None  # the Sentinel forest's meta-set training set (sentinel.fit_sentinel)
+    duo: dict[str, Any] | None = None  # Asymmetric Duos: the sidekick's name and the joint (T_L, T_S)
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -29,6 +29,8 @@ from .normalisation import EMBEDDED_MEAN, EMBEDDED_STD
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED_CARD = ASSETS / "embedded_resnet20.json"
+#: The embedded models by name: the source model, and the ResNet-8 sidekick of Asymmetric Duos.
+EMBEDDED = {"embedded": ("embedded_resnet20", 20), "embedded-small": ("embedded_resnet8", 8)}
 #: The paper's model (Entropy Enigma, CCC): ResNet-50 with torchvision's IMAGENET1K_V1 weights.
 DEFAULT_IMAGENET_WEIGHTS = {"resnet50": "IMAGENET1K_V1"}
 
@@ -86,8 +88,8 @@ def sha256_file(path: Path) -> str:
 
 def load_model(name: str = "embedded", weights: str | os.PathLike | None = None, device: str = "cpu") -> SourceModel:
     """Load a source model by name: `embedded` or any torchvision classification model."""
-    if name == "embedded":
-        model = _load_embedded(Path(weights) if weights else None)
+    if name in EMBEDDED:
+        model = _load_embedded(Path(weights) if weights else None, *EMBEDDED[name])
     else:
         model = _load_torchvision(name, Path(weights) if weights else None)
     model.module.to(device, memory_format=torch.channels_last).eval()
@@ -95,16 +97,17 @@ def load_model(name: str = "embedded", weights: str | os.PathLike | None = None,
 
 
 def model_names() -> list[str]:
-    return ["embedded", *torchvision.models.list_models(module=torchvision.models)]
+    return [*EMBEDDED, *torchvision.models.list_models(module=torchvision.models)]
 
 
-def _load_embedded(weights: Path | None) -> SourceModel:
-    if not EMBEDDED_CARD.exists():
+def _load_embedded(weights: Path | None, name: str = "embedded_resnet20", depth: int = 20) -> SourceModel:
+    card_path = ASSETS / f"{name}.json"
+    if not card_path.exists():
         raise WeightsError(
-            f"The embedded model card {EMBEDDED_CARD} is missing; reinstall stream-monitor, or train the "
-            f"model with `python -m stream_monitor.train_embedded --out {ASSETS}`."
+            f"The embedded model card {card_path} is missing; reinstall stream-monitor, or train the "
+            f"model with `python -m stream_monitor.train_embedded --depth {depth} --out {ASSETS}`."
         )
-    card = json.loads(EMBEDDED_CARD.read_text())
+    card = json.loads(card_path.read_text())
     path = weights or ASSETS / card["weights"]
     if not path.exists():
         raise WeightsError(
@@ -115,19 +118,19 @@ def _load_embedded(weights: Path | None) -> SourceModel:
     if weights is None and digest != card["sha256"]:
         raise WeightsError(
             f"Checksum mismatch for {path}: sha256 {digest}, expected {card['sha256']} "
-            f"(from {EMBEDDED_CARD.name}). The file is corrupt or was replaced; reinstall stream-monitor "
+            f"(from {card_path.name}). The file is corrupt or was replaced; reinstall stream-monitor "
             f"or pass your own file with --weights."
         )
-    module = CifarResNet(depth=20, num_classes=10)
+    module = CifarResNet(depth=depth, num_classes=10)
     module.load_state_dict(_read_state_dict(path))
-    return SourceModel("embedded_resnet20", module, 10, 32, 32, tuple(card.get("mean", EMBEDDED_MEAN)),
+    return SourceModel(name, module, 10, 32, 32, tuple(card.get("mean", EMBEDDED_MEAN)),
                        tuple(card.get("std", EMBEDDED_STD)), str(path), digest)
 
 
 def _load_torchvision(name: str, weights: Path | None) -> SourceModel:
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
-        raise ValueError(unknown_name_message("model", name, ["embedded", *available]))
+        raise ValueError(unknown_name_message("model", name, [*EMBEDDED, *available]))
     enum = torchvision.models.get_model_weights(name)
     spec = getattr(enum, DEFAULT_IMAGENET_WEIGHTS.get(name, "DEFAULT"))
     module = torchvision.models.get_model(name, weights=None, num_classes=len(spec.meta["categories"]))

@@ -15,13 +15,14 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from ..config import RunConfig
-from .workers import AdapterWorker, ProbeWorker, SourceWorker, resolve_device
+from .workers import AdapterWorker, ProbeWorker, SidekickWorker, SourceWorker, resolve_device
 
 logger = logging.getLogger(__name__)
 
 SourceActor = ray.remote(SourceWorker)
 AdapterActor = ray.remote(AdapterWorker)
 ProbeActor = ray.remote(ProbeWorker)
+SidekickActor = ray.remote(SidekickWorker)
 
 
 class RayExecutor:
@@ -110,6 +111,9 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
     if config.probe.enabled:
         actors["probe"] = ProbeActor.options(num_cpus=0.25, num_gpus=config.probe.num_gpus, max_restarts=0,
                                              name=f"{run_id}/probe").remote(config, 1)
+    if config.estimation.duo_model:
+        actors["sidekick"] = SidekickActor.options(num_cpus=0.25, max_restarts=0,
+                                                   name=f"{run_id}/sidekick").remote(config, 1)
     try:
         ray.get([a.ping.remote() for a in actors.values()], timeout=rt.start_timeout_s)
     except GetTimeoutError:
@@ -120,6 +124,8 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
         ) from None
     source_info = ray.get(actors["source-0"].describe.remote())
     adapter_info = ray.get(actors["adapter"].describe.remote())
+    if "sidekick" in actors:
+        adapter_info.update(ray.get(actors["sidekick"].describe.remote()))
     ex = RayExecutor(actors)
 
     def shutdown() -> None:

@@ -27,6 +27,7 @@ from ..config import RunConfig
 from ..estimation import WINDOW_ESTIMATORS
 from ..estimation.aetta import AETTA
 from ..estimation.base import NotComputableError
+from ..estimation.duo import DUO_ESTIMATORS
 from ..estimation.detectors import CollapseDetector, default_detectors
 from ..estimation.flips import FlipsCalibration
 from ..estimation.window import AverageConfidence, SourceStats, WindowEstimator
@@ -108,6 +109,7 @@ class _PendingStep:
     truth: Any
     start: int
     stop: int
+    sidekick: Any = None      # the Duos sidekick's log-softmax of the batch (estimation.duo_model)
 
 
 class Estimate(NamedTuple):
@@ -167,8 +169,13 @@ class RunLoop:
                 detector.load_state_dict(self.state.detectors[detector.name])
         # one set on the served outputs (online accuracy), one on the frozen model's (source accuracy)
         self.aetta = AETTA(num_classes)  # fed by the adapter's dropout statistics, when estimation.aetta_every
-        self.estimators: list[WindowEstimator | AETTA] = [cls(source_stats) for cls in WINDOW_ESTIMATORS] + \
-            [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + [self.aetta]
+        # Asymmetric Duos, fed by the sidekick actor; its temperatures only from a calibration with this sidekick
+        duo_name = config.estimation.duo_model
+        duo_stats = source_stats if duo_name and source_stats and (source_stats.duo or {}).get("model") == duo_name \
+            else None
+        self.duos = [cls(duo_stats) for cls in DUO_ESTIMATORS] if duo_name else []
+        self.estimators: list[WindowEstimator | AETTA | Any] = [cls(source_stats) for cls in WINDOW_ESTIMATORS] + \
+            [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + [self.aetta] + self.duos
         for estimator in self.estimators:
             if estimator.key in self.state.estimators:
                 estimator.load_state_dict(self.state.estimators[estimator.key])
@@ -265,7 +272,9 @@ class RunLoop:
                 self.ex.call("probe", "observe", images)
             self._submitted += 1
             step = self._submitted
-            self._steps.append(_PendingStep(step, self.ex.call("adapter", "step", images), truth, start, stop))
+            sidekick = self.ex.call("sidekick", "predict", images) if self.duos else None
+            self._steps.append(_PendingStep(step, self.ex.call("adapter", "step", images), truth, start, stop,
+                                            sidekick))
             if self.probe_due(step):
                 snapshot = self.ex.call("adapter", "snapshot")
                 self._probes.append(_PendingProbe(step, self.ex.call("probe", "evaluate", snapshot, step)))
@@ -373,6 +382,11 @@ class RunLoop:
         for estimator in self.estimators:
             if estimator.frozen in feeds:
                 estimator.update(feeds[estimator.frozen])
+        if pending.sidekick is not None and summary.probabilities is not None:
+            sidekick = self._get(pending.sidekick, "sidekick")
+            finite = np.isfinite(summary.probabilities).all(1)
+            for duo in self.duos:
+                duo.update_duo(summary.probabilities[finite], sidekick[finite])
         for detector in self.detectors:
             detector.update_step(row)
         self._check_detectors()

@@ -94,6 +94,7 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
     ex, names, describe = workers.executor, workers.source_names, workers.describe
     reset_every = describe["hyperparameters"].get("reset_every")
     try:  # a calibration for another model or adapter fails here, before any row is written
+        check_sidekick(config, describe)
         chosen = choose_calibration(config, describe, reset_every)
     except BaseException:
         workers.shutdown()
@@ -114,7 +115,8 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
         ([reporter] if reporter is not None else [])
     for observer in observers:
         observer.on_start(info)
-    for name in ["adapter", *names] + (["probe"] if config.probe.enabled else []):
+    for name in ["adapter", *names] + (["probe"] if config.probe.enabled else []) + \
+            (["sidekick"] if config.estimation.duo_model else []):
         notify_health(observers, name, "ok", info.device if name == "adapter" else "")
 
     def write(loop_state: LoopState, adapter_state: Any, probe_state: Any) -> None:
@@ -166,6 +168,16 @@ class ChosenCalibration(NamedTuple):
     frozen_stats: Any                  # SourceStats of the frozen source model, or None
     origin: str                        # where they came from, for people
     spread_flips: dict[int, Any] | None = None  # cycle step -> f of the spread reference set's flips
+
+
+def check_sidekick(config: RunConfig, describe: dict[str, Any]) -> None:
+    """A Duos sidekick must predict the model's classes."""
+    classes = describe.get("sidekick_classes")
+    if classes is not None and classes != describe["num_classes"]:
+        raise ValueError(f"The Duos sidekick {config.estimation.duo_model} predicts {classes} classes and the model "
+                         f"{config.model.name} {describe['num_classes']}; a duo needs a sidekick trained on the same "
+                         f"classes (estimation.duo_model, e.g. embedded-small beside embedded, resnet18 beside "
+                         f"resnet50).")
 
 
 def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None) -> ChosenCalibration:
@@ -258,7 +270,7 @@ def start_workers(config: RunConfig, checkpoint=None, run_id: str = "run") -> Wo
 def start_local_workers(config: RunConfig) -> Workers:
     from ..adaptation import FISHER_IMAGES
     from .local import LocalExecutor
-    from .workers import AdapterWorker, ProbeWorker, SourceWorker
+    from .workers import AdapterWorker, ProbeWorker, SidekickWorker, SourceWorker
 
     source = SourceWorker(config, config.runtime.threads)
     fisher = source.first_images(FISHER_IMAGES) if config.adapter.name == "eata" else None
@@ -266,8 +278,11 @@ def start_local_workers(config: RunConfig) -> Workers:
     workers: dict[str, Any] = {"source-0": source, "adapter": adapter}
     if config.probe.enabled:
         workers["probe"] = ProbeWorker(config, config.runtime.threads)
+    if config.estimation.duo_model:
+        workers["sidekick"] = SidekickWorker(config, config.runtime.threads)
     ex = LocalExecutor(workers)
-    return Workers(ex, ["source-0"], {**source.describe(), **adapter.describe()}, lambda: None)
+    sidekick = workers["sidekick"].describe() if "sidekick" in workers else {}
+    return Workers(ex, ["source-0"], {**source.describe(), **adapter.describe(), **sidekick}, lambda: None)
 
 
 def _file_logging(run_dir: Path) -> None:

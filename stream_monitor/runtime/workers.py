@@ -175,6 +175,33 @@ class AdapterWorker:
         return f"AdapterWorker({self.name})"
 
 
+class SidekickWorker:
+    """The frozen smaller model of Asymmetric Duos (`estimation.duo_model`), on its own actor: uint8
+    in, log-softmax out (eval-mode BatchNorm: the sidekick never adapts)."""
+
+    def __init__(self, config: RunConfig, threads: int | None = None) -> None:
+        from ..models import load_model
+
+        _set_threads(threads)
+        est = config.estimation
+        self.bundle = load_model(est.duo_model, est.duo_weights, resolve_device(config.runtime.device))
+
+    def predict(self, images: Images) -> np.ndarray:
+        if not len(images):
+            return np.zeros((0, self.bundle.num_classes), np.float32)
+        logits = self.bundle.predict(torch.from_numpy(images.images))
+        return logits.float().log_softmax(1).cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"sidekick": self.bundle.short_id, "sidekick_classes": self.bundle.num_classes}
+
+    def ping(self) -> str:
+        return "ok"
+
+    def __repr__(self) -> str:
+        return f"SidekickWorker({self.bundle.name})"
+
+
 class ProbeWorker:
     """The reference set and flip counting of the Entropy Enigma protocol.
 
