@@ -27,8 +27,8 @@ from ..config import RunConfig
 from ..estimation import WINDOW_ESTIMATORS
 from ..estimation.aetta import AETTA
 from ..estimation.base import NotComputableError
-from ..estimation.duo import DUO_ESTIMATORS
 from ..estimation.detectors import CollapseDetector, default_detectors
+from ..estimation.duo import DUO_ESTIMATORS
 from ..estimation.flips import FlipsCalibration
 from ..estimation.window import AverageConfidence, SourceStats, WindowEstimator
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
@@ -168,14 +168,16 @@ class RunLoop:
             if detector.name in self.state.detectors:
                 detector.load_state_dict(self.state.detectors[detector.name])
         # one set on the served outputs (online accuracy), one on the frozen model's (source accuracy)
-        self.aetta = AETTA(num_classes)  # fed by the adapter's dropout statistics, when estimation.aetta_every
+        # AETTA, fed by the adapter's dropout statistics (estimation.aetta_every)
+        self.aetta = AETTA(num_classes) if config.estimation.aetta_every else None
         # Asymmetric Duos, fed by the sidekick actor; its temperatures only from a calibration with this sidekick
         duo_name = config.estimation.duo_model
         duo_stats = source_stats if duo_name and source_stats and (source_stats.duo or {}).get("model") == duo_name \
             else None
         self.duos = [cls(duo_stats) for cls in DUO_ESTIMATORS] if duo_name else []
         self.estimators: list[WindowEstimator | AETTA | Any] = [cls(source_stats) for cls in WINDOW_ESTIMATORS] + \
-            [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + [self.aetta] + self.duos
+            [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + ([self.aetta] if self.aetta else []) + \
+            self.duos
         for estimator in self.estimators:
             if estimator.key in self.state.estimators:
                 estimator.load_state_dict(self.state.estimators[estimator.key])
@@ -350,7 +352,7 @@ class RunLoop:
             update_skipped=bool(summary.stats.get("skipped", 0.0)), reset=summary.reset,
             noise_a=truth.noise_a, severity_a=truth.severity_a, noise_b=truth.noise_b, severity_b=truth.severity_b,
         )
-        if "pdd_agreement" in summary.stats:
+        if self.aetta is not None and "pdd_agreement" in summary.stats:
             row["aetta_acc"] = self.aetta.update_pdd(summary.stats["pdd_agreement"],
                                                      summary.stats["pdd_marginal_entropy"])
         window = state.window
