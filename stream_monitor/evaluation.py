@@ -15,6 +15,8 @@ Labels are used here only, after the run (DESIGN.md section 6):
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,24 +187,42 @@ def collapse_events(run_dir: Path, window: int = 5000, margin: float = 5.0, sust
 
 def warning_positions(run_dir: Path) -> list[int]:
     """Stream positions at which collapse warnings fired (the step's stop position)."""
+    return sorted(start for start, _ in warning_intervals(run_dir))
+
+
+def warning_intervals(run_dir: Path) -> list[tuple[int, float]]:
+    """(fired, cleared) stream positions of every warning, per detector; a warning never cleared
+    stays active to the end of the run (inf)."""
     steps = read_table(run_dir, "steps").select(["step", "stop"])
     stop_of = dict(zip(steps.column("step").to_pylist(), steps.column("stop").to_pylist()))
-    events = read_table(run_dir, "events").to_pylist()
-    return sorted(stop_of.get(e["step"], 0) for e in events if e["kind"] == "warning")
+    active: dict[str, int] = {}
+    intervals: list[tuple[int, float]] = []
+    for e in read_table(run_dir, "events").to_pylist():
+        position = stop_of.get(e["step"], 0)
+        if e["kind"] == "warning" and e["origin"] not in active:
+            active[e["origin"]] = position
+        elif e["kind"] == "clear" and e["origin"] in active:
+            intervals.append((active.pop(e["origin"]), position))
+    intervals += [(start, math.inf) for start in active.values()]
+    return sorted(intervals)
 
 
 def score_warnings(run_dir: Path, events: list[CollapseEvent], horizon: int = 20_000) -> WarningScore:
-    fired = warning_positions(run_dir)
+    """An event is detected when a warning is active at some point from `horizon` images before it
+    to its end (one that fired earlier and was never cleared counts: the dashboard still shows it);
+    the lead is how long before the event's start the warning was on, at most `horizon`. A warning
+    that fires outside every event's span is a false alarm."""
+    intervals = warning_intervals(run_dir)
     steps = read_table(run_dir, "steps").select(["images", "skipped"])
     images = int(np.sum(steps.column("images").to_numpy()) + np.sum(steps.column("skipped").to_numpy()))
-    detected, leads, explained = 0, [], set()
+    detected, leads = 0, []
     for event in events:
-        in_time = [p for p in fired if event.start - horizon <= p < event.stop]
-        if in_time:
+        on = [start for start, end in intervals if start < event.stop and end > event.start - horizon]
+        if on:
             detected += 1
-            leads.append(event.start - in_time[0])
-        explained |= set(in_time)
-    false_alarms = sum(1 for p in fired if p not in explained)
+            leads.append(event.start - max(min(on), event.start - horizon))
+    false_alarms = sum(1 for start, _ in intervals
+                       if not any(e.start - horizon <= start < e.stop for e in events))
     return WarningScore(len(events), detected, tuple(int(x) for x in leads), false_alarms, images)
 
 

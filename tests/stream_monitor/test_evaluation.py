@@ -61,6 +61,23 @@ def test_warnings_recall_lead_time_and_false_alarms(tmp_path):
     assert score.recall == 1.0 and score.false_alarms_per_million == pytest.approx(1e6 / 50_000)
 
 
+def test_a_warning_still_active_from_an_earlier_fire_detects_a_later_event(tmp_path):
+    # events at 10,000-20,000 and 40,000-50,000; entropy-ema fires at 9,000 and is never cleared,
+    # aetta-drop fires at 30,000 and clears at 31,000
+    online = [40] * 10 + [20] * 10 + [40] * 20 + [20] * 10 + [40] * 10
+    write(tmp_path, "steps", STEP_SCHEMA, steps(online, [35] * 60))
+    write(tmp_path, "events", EVENT_SCHEMA, [
+        {"step": 9, "wall_time": 0.0, "kind": "warning", "origin": "entropy-ema", "message": "m"},
+        {"step": 30, "wall_time": 0.0, "kind": "warning", "origin": "aetta-drop", "message": "m"},
+        {"step": 31, "wall_time": 0.0, "kind": "clear", "origin": "aetta-drop", "message": "m"}])
+    events = collapse_events(tmp_path)
+    assert [(e.start, e.stop) for e in events] == [(10000, 20000), (40000, 50000)]
+    score = score_warnings(tmp_path, events, horizon=5000)
+    # the second event: entropy-ema still on (lead capped at the horizon); aetta-drop's fire at 30,000
+    # is before 40,000 - 5,000, so it is a false alarm
+    assert (score.detected, score.lead_times, score.false_alarms) == (2, (1000, 5000), 1)
+
+
 def test_a_folder_without_tables_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="stream-monitor run"):
         evaluate(tmp_path)
