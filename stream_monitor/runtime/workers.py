@@ -23,6 +23,8 @@ from ..config import RunConfig
 from ..estimation.aetta import DropoutDisagreement, stage_ends
 from .messages import Images, ProbeResult, StepSummary, Truth, split_batches
 
+AETTA_RNG_KEY = "aetta_generator"  # beside the adapter's own keys in the checkpoint's adapter state
+
 
 def resolve_device(device: str) -> str:
     if device == "auto":
@@ -144,9 +146,16 @@ class AdapterWorker:
         self.adapter.reset()
 
     def state_dict(self) -> dict[str, Any]:
-        return _to_cpu(self.adapter.state_dict())
+        state = _to_cpu(self.adapter.state_dict())
+        if self.pdd is not None:  # AETTA's dropout masks continue where they were after a resume
+            state[AETTA_RNG_KEY] = self.pdd.generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        generator = state.pop(AETTA_RNG_KEY, None)
+        if self.pdd is not None and generator is not None:
+            self.pdd.generator.set_state(generator)
         self.adapter.load_state_dict(state)
 
     def describe(self) -> dict[str, Any]:

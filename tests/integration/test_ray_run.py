@@ -9,7 +9,9 @@ from stream_monitor.runtime.runner import run
 pytestmark = pytest.mark.timeout(300)
 
 SMALL = ["runtime.max_images=1920", "adapter.name=rdumb", "adapter.reset_every=12", "probe.every=4", "probe.size=128",
-         "runtime.checkpoint_every=8", "runtime.threads=1", "source.chunk_batches=2", "source.num_actors=2"]
+         "runtime.checkpoint_every=8", "runtime.threads=1", "source.chunk_batches=2", "source.num_actors=2",
+         # the Duos sidekick actor and AETTA's dropout passes ride along: the same rows through Ray too
+         "estimation.duo_model=embedded-small", "estimation.aetta_every=4", "estimation.aetta_forwards=2"]
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory, tables):
     run_dir = tmp_path_factory.mktemp("local") / "run"
@@ -24,6 +26,9 @@ def test_ray_run_writes_the_rows_of_the_in_process_run(ray_local, tmp_path, in_p
     got = tables(tmp_path / "run")
     assert len(got["steps"]) == 30 and len(got["probes"]) > 0
     assert got == in_process  # two source actors merged in stream order, the same adaptation bit for bit
+    duo = [e for e in read_table(tmp_path / "run", "estimates").to_pylist()
+           if e["estimator"] == "duo-agreement" and e["value"] is not None]
+    assert duo and any(s["aetta_acc"] is not None for s in got["steps"])
 
 
 class KillAdapterAt:

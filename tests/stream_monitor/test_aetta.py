@@ -13,7 +13,7 @@ from stream_monitor.estimation.base import NotComputableError
 from stream_monitor.estimation.detectors import AETTAReset
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.models.embedded import CifarResNet
-from stream_monitor.runtime.runner import run
+from stream_monitor.runtime.runner import prepare_resume, run
 
 
 def test_robust_error_by_hand():
@@ -106,3 +106,22 @@ def test_a_run_with_aetta_records_its_estimate_on_every_nth_batch(tmp_path):
     off = load_config(None, TINY)
     assert run(off, tmp_path / "off").status == "finished"
     assert all(s["aetta_acc"] is None for s in read_table(tmp_path / "off", "steps").to_pylist())
+
+
+def test_a_resumed_run_continues_the_dropout_masks(tmp_path):
+    """The dropout generator is in the checkpoint: a run stopped half way and resumed writes the
+    same AETTA rows as the uninterrupted run, not a fresh mask sequence from the seed."""
+    aetta = ["estimation.aetta_every=2", "estimation.aetta_forwards=2", "runtime.checkpoint_every=4"]
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    assert run(load_config(None, [*TINY, *aetta]), whole).status == "finished"
+    assert run(load_config(None, [*TINY, *aetta, "runtime.max_images=320"]), half).status == "finished"
+    resumed = run(prepare_resume(half, ["runtime.max_images=640"]), half, resume=True)
+    assert resumed.status == "finished" and resumed.images == 320
+
+    def aetta_rows(run_dir):
+        steps = [(s["step"], s["aetta_acc"]) for s in read_table(run_dir, "steps").to_pylist()]
+        values = [(e["step"], e["value"]) for e in read_table(run_dir, "estimates").to_pylist()
+                  if e["estimator"] == "aetta"]
+        return steps, values
+
+    assert aetta_rows(half) == aetta_rows(whole)
