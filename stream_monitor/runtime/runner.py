@@ -182,21 +182,36 @@ def check_sidekick(config: RunConfig, describe: dict[str, Any]) -> None:
 
 def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None) -> ChosenCalibration:
     """The configured calibration file (which must match the run), else a shipped one that
-    matches, else none; the frozen feed's statistics from `estimation.frozen_calibration` when
-    set (a file made for the run's model with any adapter: that feed never sees the adapter).
-    Fails before any step when a configured file does not match."""
-    from ..calibration import FROZEN_PROVENANCE_KEYS, Calibration, run_provenance
+    matches, else none. The frozen model's feed comes from `estimation.frozen_calibration` when set
+    (a file made for the run's model with any adapter: that feed never sees the adapter), else from
+    the configured calibration file, else from a shipped frozen-feed calibration of the model
+    (`assets/calibrations/frozen/`). Fails before any step when a configured file does not match."""
+    from ..calibration import FROZEN_PROVENANCE_KEYS, Calibration, CalibrationMismatch, run_provenance
     from .loop import DEFAULT_CYCLE
 
     chosen = _choose_calibration(config, describe, reset_every)
-    path = config.estimation.frozen_calibration
-    if not path:
-        return chosen
-    frozen = Calibration.load(Path(path))
     provenance = run_provenance(describe, config, config.probe.cycle or reset_every or DEFAULT_CYCLE)
-    frozen.check({k: provenance[k] for k in FROZEN_PROVENANCE_KEYS})
+    model_only = {k: provenance[k] for k in FROZEN_PROVENANCE_KEYS}
+    path = config.estimation.frozen_calibration
+    if path:
+        frozen = Calibration.load(Path(path))
+        frozen.check(model_only)
+        origin = str(path)
+    elif config.estimation.calibration:
+        return chosen  # the user's own file serves both feeds
+    else:
+        for candidate in sorted((SHIPPED_CALIBRATIONS / "frozen").glob("*.json")):
+            frozen = Calibration.load(candidate)
+            try:
+                frozen.check(model_only)
+            except CalibrationMismatch:
+                continue
+            origin = f"shipped {candidate.name}"
+            break
+        else:
+            return chosen
     return chosen._replace(frozen_stats=frozen.window_stats(frozen=True),
-                           origin=f"{chosen.origin}; frozen model's feed from {path}")
+                           origin=f"{chosen.origin}; frozen model's feed from {origin}")
 
 
 def _choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None) -> ChosenCalibration:

@@ -106,9 +106,24 @@ def test_the_shipped_embedded_calibration_matches_the_default_run():
     flips, stats, frozen, origin, _ = choose_calibration(cfg, describe, describe["hyperparameters"]["reset_every"])
     assert "shipped embedded_resnet20_rdumb" in origin and 990 in flips and stats.atc_mc_threshold is not None
     assert flips[990](0.0, 1000)[0] > flips[990](100.0, 1000)[0]  # more flips, lower estimated accuracy
-    # another adapter gets no shipped f
+    # the frozen model's feed: the shipped held-out-stream calibration of the model, Sentinel forest included
+    assert "frozen model's feed from shipped embedded_resnet20_frozen" in origin and frozen.sentinel is not None
+    # another adapter gets no shipped f, and the same frozen feed: that feed never sees the adapter
     tent = load_config(None, ["runtime.threads=1", "adapter.name=tent"])
-    assert choose_calibration(tent, AdapterWorker(tent).describe(), None)[0] is None
+    chosen = choose_calibration(tent, AdapterWorker(tent).describe(), None)
+    assert chosen.flips is None and chosen.frozen_stats.sentinel is not None
+
+
+def test_a_configured_calibration_serves_the_frozen_feed_too(tmp_path):
+    from stream_monitor.runtime.runner import SHIPPED_CALIBRATIONS, choose_calibration
+    from stream_monitor.runtime.workers import AdapterWorker
+
+    shipped = next(SHIPPED_CALIBRATIONS.glob("embedded_resnet20_rdumb*.json"))
+    cfg = load_config(None, ["runtime.threads=1", f"estimation.calibration={shipped}"])
+    describe = AdapterWorker(cfg).describe()
+    chosen = choose_calibration(cfg, describe, describe["hyperparameters"]["reset_every"])
+    assert "frozen model's feed" not in chosen.origin
+    assert chosen.frozen_stats == Calibration.load(shipped).window_stats(frozen=True)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +169,9 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
     from stream_monitor.estimation.sentinel import SentinelForest
 
     recorded = [e for e in read_table(tmp_path / "run", "estimates").to_pylist() if e["estimator"] == "sentinel"]
-    assert all(e["value"] is None for e in recorded)  # the run had no calibration
+    # no calibration for tent: no served-feed forest; the frozen feed's from the shipped file
+    assert all(e["value"] is None for e in recorded if e["target"] == "online")
+    assert any(e["value"] is not None for e in recorded if e["target"] == "source")
     recorded = [e for e in recorded if e["features"] is not None]  # windows of 32 images or more
     assert recorded and all(len(e["features"]) == 17 for e in recorded)
     forest = SentinelForest(cal.frozen_stats["sentinel"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stream_monitor.config import load_config
+from stream_monitor.estimation.window import scale
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.runtime import local, runner
 from stream_monitor.runtime.checkpoint import load_checkpoint
@@ -182,12 +183,15 @@ def test_source_target_estimators_read_the_frozen_models_outputs(baseline):
     estimates = rows(run_dir, "estimates")
     ac = [e for e in estimates if e["estimator"] == "average-confidence" and e["target"] == "source"]
     assert ac and {e["target"] for e in estimates} >= {"source", "online", "score", "source-score"}
-    for e in ac:  # no calibration: the untempered mean max-softmax of the frozen model on the window
+    # no calibration for tent: the frozen feed's temperature is the shipped frozen-feed calibration's
+    temperature = runner.choose_calibration(config(), AdapterWorker(config()).describe(), None).frozen_stats.temperature
+    assert temperature != 1.0
+    for e in ac:  # the tempered mean max-softmax of the frozen model on the window
         inside = [t.source_probabilities for t in scored if e["window_start"] <= t.start < e["window_stop"]]
         if not inside:
             assert e["value"] is None
             continue
-        assert e["value"] == pytest.approx(100 * np.concatenate(inside).max(1).mean(), abs=1e-3)
+        assert e["value"] == pytest.approx(100 * scale(np.concatenate(inside), temperature).max(1).mean(), abs=1e-3)
     online = {e["step"]: e["value"] for e in estimates if e["estimator"] == "average-confidence" and e["target"] == "online"}
     assert any(online[e["step"]] != e["value"] for e in ac)  # two feeds, two estimates
 
