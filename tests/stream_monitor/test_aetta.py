@@ -10,7 +10,7 @@ from torch import nn
 from stream_monitor.config import load_config
 from stream_monitor.estimation.aetta import AETTA, DropoutDisagreement, robust_error, stage_ends
 from stream_monitor.estimation.base import NotComputableError
-from stream_monitor.estimation.detectors import AETTAReset
+from stream_monitor.estimation.detectors import AETTAReset, default_detectors
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.models.embedded import CifarResNet
 from stream_monitor.runtime.runner import prepare_resume, run
@@ -88,6 +88,22 @@ def test_aetta_reset_rule_fires_on_the_floor_and_on_a_drop_only():
     floor.update_step({"aetta_acc": None})  # steps without dropout statistics change nothing
     assert floor.history == [15.0]
 
+
+
+def test_the_warning_rule_ignores_a_few_points_of_noise_and_fires_on_a_fall():
+    (warning,) = [d for d in default_detectors(10) if d.name == "aetta-drop"]
+    for v in [60.0, 52.0, 63.0, 55.0, 58.0] * 4 + [54.0] * 10:  # noise, then 5 points lower
+        warning.update_step({"aetta_acc": v})
+        assert not warning.compute().firing
+    for v in [40.0] * 10:  # 14 points under the previous 10 estimates' mean
+        warning.update_step({"aetta_acc": v})
+    assert warning.compute().firing
+    paper = AETTAReset()  # the paper's reset rule fires on the same noise
+    fired = False
+    for v in [60.0, 52.0, 63.0, 55.0, 58.0] * 4 + [54.0] * 10:
+        paper.update_step({"aetta_acc": v})
+        fired = fired or paper.compute().firing
+    assert fired
 
 TINY = ["runtime.threads=1", "probe.cycle=12", "probe.every=4", "probe.size=64", "source.batch_size=32",
         "runtime.use_ray=false", "runtime.max_images=640", "adapter.name=tent"]
