@@ -3,6 +3,7 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/adapter_step_time.py                  # embedded, CPU
     python benchmarks/adapter_step_time.py --model resnet50 --device cuda [--precision bf16]
     python benchmarks/adapter_step_time.py --methods tent,cotta:copy_workers=1,cotta   # one option changed
+    python benchmarks/adapter_step_time.py --methods tent --aetta 10   # + AETTA's dropout passes on a batch
 
 Rounds interleave the variants (each round runs every variant for `--steps` steps, in turn) and
 the table shows the median over rounds of the mean step time, so background load hits every
@@ -50,6 +51,25 @@ class MinimalTent:
         return logits.detach()
 
 
+class AETTAPasses:
+    """AETTA's dropout passes on one batch (estimation.aetta_forwards of them), as the adapter
+    worker runs them on every estimation.aetta_every-th batch: their cost per batch is this row's
+    time divided by aetta_every."""
+
+    def __init__(self, adapter, forwards: int) -> None:
+        from stream_monitor.estimation.aetta import DropoutDisagreement
+
+        self.adapter, self.passes = adapter, DropoutDisagreement(forwards=forwards)
+        self.predictions: torch.Tensor | None = None  # the worker has the step's; not part of the cost
+
+    def step(self, x: torch.Tensor) -> None:
+        model = self.adapter.serving_model()
+        if self.predictions is None:
+            with torch.no_grad():
+                self.predictions = model(x).argmax(1)
+        self.passes(model, x, self.predictions)
+
+
 def first_batch(model, batch_size: int) -> torch.Tensor:
     if model.name.startswith("embedded"):
         from sources.accuracy_matrix import embedded_matrices
@@ -81,6 +101,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--aetta", type=int, default=0, metavar="FORWARDS",
+                        help="also time AETTA's FORWARDS dropout passes on the first method's model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device)
@@ -90,6 +112,9 @@ def main() -> None:
     for spec in args.methods.split(","):
         name, options = parse_variant(spec)
         variants[spec] = make_adapter(name, model, lambda n: pixels, args.precision, **options)
+    if args.aetta:
+        first = variants[args.methods.split(",")[0]]
+        variants[f"aetta {args.aetta} passes"] = AETTAPasses(first, args.aetta)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     for step in variants.values():  # warm-up: allocator, cuDNN autotuning, lazy inits
         for _ in range(3):
