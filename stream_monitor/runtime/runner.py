@@ -186,7 +186,7 @@ def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every:
     (a file made for the run's model with any adapter: that feed never sees the adapter), else from
     the configured calibration file, else from a shipped frozen-feed calibration of the model
     (`assets/calibrations/frozen/`). Fails before any step when a configured file does not match."""
-    from ..calibration import FROZEN_PROVENANCE_KEYS, Calibration, CalibrationMismatch, run_provenance
+    from ..calibration import FROZEN_PROVENANCE_KEYS, Calibration, run_provenance
     from .loop import DEFAULT_CYCLE
 
     chosen = _choose_calibration(config, describe, reset_every)
@@ -200,22 +200,16 @@ def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every:
     elif config.estimation.calibration:
         return chosen  # the user's own file serves both feeds
     else:
-        for candidate in sorted((SHIPPED_CALIBRATIONS / "frozen").glob("*.json")):
-            frozen = Calibration.load(candidate)
-            try:
-                frozen.check(model_only)
-            except CalibrationMismatch:
-                continue
-            origin = f"shipped {candidate.name}"
-            break
-        else:
+        shipped = _shipped_calibration(SHIPPED_CALIBRATIONS / "frozen", model_only)
+        if shipped is None:
             return chosen
+        frozen, origin = shipped[0], f"shipped {shipped[1].name}"
     return chosen._replace(frozen_stats=frozen.window_stats(frozen=True),
                            origin=f"{chosen.origin}; frozen model's feed from {origin}")
 
 
 def _choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None) -> ChosenCalibration:
-    from ..calibration import Calibration, CalibrationMismatch, run_provenance
+    from ..calibration import Calibration, run_provenance
     from ..estimation.flips import SHIPPED
     from .loop import DEFAULT_CYCLE
 
@@ -227,12 +221,9 @@ def _choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every
         return ChosenCalibration(calibration.flips_calibrations(), calibration.window_stats(),
                                  calibration.window_stats(frozen=True), f"weighted flips, {config.estimation.calibration}",
                                  calibration.flips_calibrations(spread=True))
-    for path in sorted(SHIPPED_CALIBRATIONS.glob("*.json")):
-        calibration = Calibration.load(path)
-        try:
-            calibration.check(provenance)
-        except CalibrationMismatch:
-            continue
+    shipped = _shipped_calibration(SHIPPED_CALIBRATIONS, provenance)
+    if shipped is not None:
+        calibration, path = shipped
         return ChosenCalibration(calibration.flips_calibrations(), calibration.window_stats(),
                                  calibration.window_stats(frozen=True), f"weighted flips, shipped {path.name}",
                                  calibration.flips_calibrations(spread=True))
@@ -242,6 +233,20 @@ def _choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every
                                  "weighted flips, Entropy Enigma's ResNet-50 f (step 990)")
     return ChosenCalibration(None, None, None, "none: no calibration for this model, adapter and cadence "
                              "(`stream-monitor calibrate` fits one)")
+
+
+def _shipped_calibration(folder: Path, provenance: dict[str, Any]):
+    """(calibration, path) of the first file in `folder` that matches `provenance`, else None."""
+    from ..calibration import Calibration, CalibrationMismatch
+
+    for path in sorted(folder.glob("*.json")):
+        calibration = Calibration.load(path)
+        try:
+            calibration.check(provenance)
+        except CalibrationMismatch:
+            continue
+        return calibration, path
+    return None
 
 
 def _interrupt_handler(loop: RunLoop, log: Callable[[str], None]):

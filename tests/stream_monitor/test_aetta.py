@@ -91,8 +91,9 @@ def test_aetta_reset_rule_fires_on_the_floor_and_on_a_drop_only():
 
 
 def test_the_warning_rule_ignores_a_few_points_of_noise_and_fires_on_a_fall():
+    noise = [60.0, 52.0, 63.0, 55.0, 58.0] * 4 + [54.0] * 10  # noise, then 5 points lower
     (warning,) = [d for d in default_detectors(10) if d.name == "aetta-drop"]
-    for v in [60.0, 52.0, 63.0, 55.0, 58.0] * 4 + [54.0] * 10:  # noise, then 5 points lower
+    for v in noise:
         warning.update_step({"aetta_acc": v})
         assert not warning.compute().firing
     for v in [40.0] * 10:  # 14 points under the previous 10 estimates' mean
@@ -100,10 +101,11 @@ def test_the_warning_rule_ignores_a_few_points_of_noise_and_fires_on_a_fall():
     assert warning.compute().firing
     paper = AETTAReset()  # the paper's reset rule fires on the same noise
     fired = False
-    for v in [60.0, 52.0, 63.0, 55.0, 58.0] * 4 + [54.0] * 10:
+    for v in noise:
         paper.update_step({"aetta_acc": v})
         fired = fired or paper.compute().firing
     assert fired
+
 
 TINY = ["runtime.threads=1", "probe.cycle=12", "probe.every=4", "probe.size=64", "source.batch_size=32",
         "runtime.use_ray=false", "runtime.max_images=640", "adapter.name=tent"]
