@@ -128,10 +128,12 @@ def merge(calibrations: list[Calibration]) -> Calibration:
     for other in calibrations[1:]:
         other.check(provenance)
     points = [p for c in calibrations for p in c.points]
+    sidekicks = {((c.source_stats or {}).get("duo") or {}).get("model") for c in calibrations}
+    sidekick = sidekicks.pop() if len(sidekicks) == 1 else None  # agreement columns of two sidekicks don't mix
     stats = first.source_stats and {**first.source_stats, "nuclear_fit": _nuclear_line(points),
-                                     "sentinel": _sentinel_set(points)}
+                                     "sentinel": _sentinel_set(points, sidekick=sidekick)}
     frozen = first.frozen_stats and {**first.frozen_stats, "nuclear_fit": _nuclear_line(points, frozen=True),
-                                     "sentinel": _sentinel_set(points, frozen=True)}
+                                     "sentinel": _sentinel_set(points, frozen=True, sidekick=sidekick)}
     return replace(first, domains=[d for c in calibrations for d in c.domains], points=points,
                    fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
                    source_stats=stats, frozen_stats=frozen)
@@ -152,11 +154,13 @@ def _nuclear_line(points: list[dict[str, Any]], frozen: bool = False) -> tuple[f
     return float(slope), float(intercept)
 
 
-def _sentinel_set(points: list[dict[str, Any]], frozen: bool = False) -> dict[str, Any] | None:
+def _sentinel_set(points: list[dict[str, Any]], frozen: bool = False,
+                  sidekick: str | None = None) -> dict[str, Any] | None:
     """The Sentinel forest's training set over the meta-set's windows: the served outputs' features
     against the online accuracy, or (`frozen`) the frozen model's against the source accuracy. The
-    cross-validation folds hold out whole meta-set runs (a domain, or a stream with all its cycles)."""
-    from .estimation.sentinel import fit_sentinel
+    cross-validation folds hold out whole meta-set runs (a domain, or a stream with all its cycles).
+    Without one `sidekick` for all points, the windows' Duos agreement column is left out."""
+    from .estimation.sentinel import FEATURES, MARGINAL_FEATURES, fit_sentinel
 
     features, truth = ("frozen_sentinel_features", "true_source_acc") if frozen else ("sentinel_features", "true_online_acc")
     rows = [(p[features], p[truth], p["domain"].split("#")[0]) for p in points
@@ -164,7 +168,9 @@ def _sentinel_set(points: list[dict[str, Any]], frozen: bool = False) -> dict[st
     if len(rows) < 4:
         return None
     x, y, groups = zip(*rows)
-    return fit_sentinel(x, y, groups)
+    if sidekick is None:
+        x = [f[:len(FEATURES + MARGINAL_FEATURES)] for f in x]
+    return fit_sentinel(x, y, groups, sidekick=sidekick)
 
 
 def run_provenance(describe: dict[str, Any], config: RunConfig, cycle: int) -> dict[str, Any]:
@@ -348,10 +354,11 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
         temperatures = fit_duo_temperatures(np.log(np.clip(served, 1e-12, None)), np.concatenate(side), labels)
         duo = {"model": config.estimation.duo_model, "sidekick": sidekick.describe()["sidekick"],
                "temperatures": list(temperatures)}
+    sidekick_name = config.estimation.duo_model
     return (replace(fit_source_stats(served, labels), nuclear_fit=_nuclear_line(points),
-                    sentinel=_sentinel_set(points), duo=duo),
+                    sentinel=_sentinel_set(points, sidekick=sidekick_name), duo=duo),
             replace(fit_source_stats(np.concatenate(frozen), labels), nuclear_fit=_nuclear_line(points, frozen=True),
-                    sentinel=_sentinel_set(points, frozen=True)))
+                    sentinel=_sentinel_set(points, frozen=True, sidekick=sidekick_name)))
 
 
 def _same(key: str, mine: Any, theirs: Any) -> bool:

@@ -146,6 +146,9 @@ def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict
             out.append({"step": row["step"], "estimator": "nuclear-norm", "extrapolated": None,
                         "target": "online" if row["target"] == "score" else "source",
                         "value": nuclear_accuracy(row["value"] / 100.0, line)})
+    from .config import load_config
+
+    sidekick = load_config(Path(run_dir) / "config.yaml", []).estimation.duo_model  # whose agreement it recorded
     forests = {target: SentinelForest(stats["sentinel"]) for target, stats in
                (("online", served), ("source", calibration.frozen_stats))
                if stats and stats.get("sentinel")}
@@ -153,7 +156,7 @@ def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict
         forest = forests.get(row["target"]) if row["estimator"] == "sentinel" else None
         if forest is not None and row.get("features") is not None:
             out.append({"step": row["step"], "estimator": "sentinel", "extrapolated": None, "target": row["target"],
-                        "value": forest(row["features"])})
+                        "value": forest(row["features"], sidekick)})
     return out
 
 

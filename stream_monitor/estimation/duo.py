@@ -66,14 +66,17 @@ def duo_probabilities(log_large: np.ndarray, log_small: np.ndarray, t_large: flo
 
 
 class _Duo:
-    """Shared by the duo estimators: fed with the served softmax and the sidekick's log-softmax of
-    the same images (`update_duo`); the softmax-only feed is ignored."""
+    """Shared by the duo estimators: fed with a feed's softmax and the sidekick's log-softmax of
+    the same images (`update_duo`); the softmax-only feed is ignored. On the served feed they
+    estimate the online accuracy; `frozen`: on the frozen model's feed, its source accuracy."""
 
     target, frozen = "online", False
 
-    def __init__(self, stats: Any = None) -> None:
+    def __init__(self, stats: Any = None, frozen: bool = False) -> None:
         self.stats = stats
-        self.key = self.name
+        self.frozen = frozen
+        self.target = "source" if frozen else "online"
+        self.key = f"{self.name}@frozen" if frozen else self.name
         self.reset()
 
     def reset(self) -> None:

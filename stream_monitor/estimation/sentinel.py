@@ -16,6 +16,21 @@ and each image a "token":
   `stream-monitor calibrate` on the meta-set's probe windows: a random forest, as the paper's
   default, with its depth and split grid chosen by cross-validation that holds out whole meta-set
   runs (windows of one run are nested, so a split inside a run would flatter the fit).
+
+Beyond the paper, two groups of window features follow the 17 (MARGINAL_FEATURES, DUO_FEATURES).
+The entropy profile cannot tell a model that is confident and right from one that a destroying
+corruption leaves confident and wrong; on the embedded CCC streams at baseline 0 the frozen model
+is at chance with a mean confidence of ~65%, and its predictions pile onto one class. So:
+- the predicted-class marginal q of the window: its top share, its entropy (/ log K), and its
+  overlap with the uniform label marginal, sum_k min(q_k, 1/K) = 1 - TV(q, uniform), which bounds
+  the accuracy from above when the labels are balanced (as CCC's and the glyphs' are; COT in
+  window.py makes the same assumption);
+- with an Asymmetric Duos sidekick (estimation.duo_model), the share of the window where its class
+  agrees with the feed's: GDE's agreement (Jiang et al., ICLR 2022), an accuracy signal that two
+  differently built models share only where the input is still readable.
+A feature vector is always a prefix of ALL_FEATURES, and a forest is fitted on the columns its
+training set and the window have in common, so calibrations and runs from before the extension
+still score one another on the 17.
 """
 
 from __future__ import annotations
@@ -29,6 +44,9 @@ from .window import NotComputableError, WindowEstimator
 
 FEATURES = ("mean", "std", "max", "q10", "q25", "q50", "q75", "q90", "skewness", "kurtosis", "se_sum",
             "nll_avg", "nll_max", "nll_sum", "lntp", "mtp", "ppl")
+MARGINAL_FEATURES = ("top_share", "class_entropy", "prior_overlap")
+DUO_FEATURES = ("duo_agreement",)
+ALL_FEATURES = FEATURES + MARGINAL_FEATURES + DUO_FEATURES
 #: Entropy Sentinel's random-forest grid (train_stem_entropy_sentinel.py), 100 trees.
 GRID = {"max_depth": (3, 5, 10), "min_samples_split": (2, 5, 10)}
 MIN_IMAGES = 32  # fewer images than this give quantiles and moments that mean little
@@ -59,15 +77,27 @@ def window_features(entropy: np.ndarray, nll: np.ndarray) -> np.ndarray:
     ])
 
 
+def marginal_features(counts: np.ndarray) -> list[float]:
+    """MARGINAL_FEATURES of a window's predicted-class counts."""
+    q = np.asarray(counts, dtype=np.float64) / max(1, int(np.sum(counts)))
+    k = len(q)
+    nonzero = q[q > 0]
+    return [float(q.max()), float(-(nonzero * np.log(nonzero)).sum() / np.log(k)), float(np.minimum(q, 1.0 / k).sum())]
+
+
 def fit_sentinel(features: Sequence[Sequence[float]], accuracy: Sequence[float], groups: Sequence[str],
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, sidekick: str | None = None) -> dict[str, Any]:
     """The meta-set's training set and the grid point of least held-out-run MAE, as a calibration
     stores them (the forest is refitted from them on load: a few hundred rows take a fraction of
-    a second, and the file stays JSON)."""
+    a second, and the file stays JSON). Windows with fewer features (e.g. merged from an older
+    calibration) cut every window to the shared prefix; `sidekick` names the Duos sidekick the
+    agreement column came from."""
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.model_selection import GridSearchCV, GroupKFold
 
-    x, y = np.asarray(features, dtype=np.float64), np.asarray(accuracy, dtype=np.float64)
+    width = min(len(f) for f in features)
+    x = np.asarray([list(f)[:width] for f in features], dtype=np.float64)
+    y = np.asarray(accuracy, dtype=np.float64)
     params = {"max_depth": 5, "min_samples_split": 2}
     folds = min(5, len(set(groups)))
     cv_mae = None
@@ -79,32 +109,56 @@ def fit_sentinel(features: Sequence[Sequence[float]], accuracy: Sequence[float],
         params = {k: int(v) for k, v in search.best_params_.items()}
         cv_mae = float(-search.best_score_)
     return {"features": x.tolist(), "accuracy": y.tolist(), "groups": list(groups), "params": params,
-            "cv_mae": cv_mae, "seed": seed}
+            "cv_mae": cv_mae, "seed": seed, "names": list(ALL_FEATURES[:width]),
+            "sidekick": sidekick if width > len(FEATURES + MARGINAL_FEATURES) else None}
 
 
 class SentinelForest:
-    """A calibration's forest, refitted from its stored training set (deterministic: fixed seed)."""
+    """A calibration's forest, refitted from its stored training set (deterministic: fixed seed) on
+    the feature columns it shares with the window it scores."""
 
     def __init__(self, training: dict[str, Any]) -> None:
-        from sklearn.ensemble import RandomForestRegressor
+        self.training = training
+        self.width = len(training["features"][0])
+        self._forests: dict[int, Any] = {}
+        self._forest(self.width)
 
-        self.forest = RandomForestRegressor(n_estimators=100, random_state=training.get("seed", 0),
-                                            **training["params"])
-        self.forest.fit(np.asarray(training["features"]), np.asarray(training["accuracy"]))
+    def _forest(self, width: int):
+        if width not in self._forests:
+            from sklearn.ensemble import RandomForestRegressor
 
-    def __call__(self, features: Sequence[float]) -> float:
-        """Estimated accuracy (%) of one window, clipped to [0, 100]."""
-        value = self.forest.predict(np.asarray(features, dtype=np.float64)[None])[0]
+            forest = RandomForestRegressor(n_estimators=100, random_state=self.training.get("seed", 0),
+                                           **self.training["params"])
+            forest.fit(np.asarray(self.training["features"])[:, :width], np.asarray(self.training["accuracy"]))
+            self._forests[width] = forest
+        return self._forests[width]
+
+    def columns(self, features: Sequence[float], sidekick: str | None = None) -> int:
+        """How many leading features the window and the training set share; the agreement column
+        only where both come from the same sidekick."""
+        width = min(len(features), self.width)
+        if width > len(FEATURES + MARGINAL_FEATURES) and self.training.get("sidekick") != sidekick:
+            width = len(FEATURES + MARGINAL_FEATURES)
+        return width
+
+    def __call__(self, features: Sequence[float], sidekick: str | None = None) -> float:
+        """Estimated accuracy (%) of one window, clipped to [0, 100]; `sidekick`: the run's Duos
+        sidekick (estimation.duo_model), whose agreement is the window's last feature if any."""
+        width = self.columns(features, sidekick)
+        value = self._forest(width).predict(np.asarray(features[:width], dtype=np.float64)[None])[0]
         return float(np.clip(value, 0.0, 100.0))
 
 
 class EntropySentinel(WindowEstimator):
-    """Entropy Sentinel (Memoli Buffa & Del Corro, 2026): 17 entropy-profile features, a meta-set forest.
+    """Entropy Sentinel (Memoli Buffa & Del Corro, 2026): 17 entropy-profile features, a meta-set
+    forest; with the window's class marginal and, with a sidekick, the Duos agreement (see above).
 
     The features are taken over the whole window (the cycle so far), and recorded with each
-    estimate so a later calibration can redo it."""
+    estimate so a later calibration can redo it. `sidekick` is the run's Duos sidekick, set by the
+    loop that feeds `update_duo`."""
 
     name = "sentinel"
+    sidekick: str | None = None
 
     def __init__(self, stats=None, frozen: bool = False) -> None:
         self._forest: SentinelForest | None = None  # fitted on first use, kept across cycles
@@ -113,6 +167,8 @@ class EntropySentinel(WindowEstimator):
     def reset(self) -> None:
         self._entropy: list[np.ndarray] = []
         self._nll: list[np.ndarray] = []
+        self._counts: np.ndarray | None = np.zeros(0, np.int64)  # None: unknown (an older checkpoint)
+        self._agreed = self._paired = 0
 
     def update(self, probs: np.ndarray) -> None:
         if not len(probs):
@@ -120,6 +176,14 @@ class EntropySentinel(WindowEstimator):
         h, nll = profile(probs)
         self._entropy.append(h.astype(np.float32))
         self._nll.append(nll.astype(np.float32))
+        if self._counts is not None:
+            counts = np.bincount(np.asarray(probs).argmax(1), minlength=np.shape(probs)[1])
+            self._counts = counts if not len(self._counts) else self._counts + counts
+
+    def update_duo(self, probs: np.ndarray, sidekick_log_probs: np.ndarray) -> None:
+        """The feed's softmax and the sidekick's log-softmax of the same images (the agreement)."""
+        self._agreed += int((np.asarray(probs).argmax(1) == np.asarray(sidekick_log_probs).argmax(1)).sum())
+        self._paired += len(probs)
 
     def _profile(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._entropy:
@@ -129,11 +193,16 @@ class EntropySentinel(WindowEstimator):
         return self._entropy[0], self._nll[0]
 
     def features(self) -> list[float] | None:
-        """The window's 17 features (what a run records, so a later calibration can re-estimate)."""
+        """The window's features, a prefix of ALL_FEATURES (what a run records, so a later
+        calibration can re-estimate)."""
         entropy, nll = self._profile()
         if len(entropy) < MIN_IMAGES:
             return None
-        return [float(v) for v in window_features(entropy, nll)]
+        out = [float(v) for v in window_features(entropy, nll)]
+        if self._counts is None or not len(self._counts):
+            return out
+        out += marginal_features(self._counts)
+        return out + [self._agreed / self._paired] if self._paired else out
 
     def compute(self) -> float:
         self._need("sentinel")
@@ -142,11 +211,17 @@ class EntropySentinel(WindowEstimator):
             raise NotComputableError(f"{self.name} needs {MIN_IMAGES} images in the window")
         if self._forest is None:
             self._forest = SentinelForest(self.stats.sentinel)
-        return self._forest(features)
+        return self._forest(features, self.sidekick)
 
     def state_dict(self) -> dict[str, Any]:
         entropy, nll = self._profile()
-        return {"entropy": torch.from_numpy(entropy.copy()), "nll": torch.from_numpy(nll.copy())}
+        counts = torch.from_numpy(self._counts.copy()) if self._counts is not None else None
+        return {"entropy": torch.from_numpy(entropy.copy()), "nll": torch.from_numpy(nll.copy()), "counts": counts,
+                "agreed": self._agreed, "paired": self._paired}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._entropy, self._nll = [state["entropy"].numpy()], [state["nll"].numpy()]
+        # a checkpoint from before the marginal features: this window keeps the 17
+        counts = state.get("counts")
+        self._counts = counts.numpy() if counts is not None else None
+        self._agreed, self._paired = int(state.get("agreed", 0)), int(state.get("paired", 0))

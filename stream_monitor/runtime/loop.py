@@ -28,8 +28,9 @@ from ..estimation import WINDOW_ESTIMATORS
 from ..estimation.aetta import AETTA
 from ..estimation.base import NotComputableError
 from ..estimation.detectors import CollapseDetector, default_detectors
-from ..estimation.duo import DUO_ESTIMATORS
+from ..estimation.duo import DUO_ESTIMATORS, DuoAgreement
 from ..estimation.flips import FlipsCalibration
+from ..estimation.sentinel import EntropySentinel
 from ..estimation.window import AverageConfidence, SourceStats, WindowEstimator
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from .messages import ProbeResult, StepSummary, Truth
@@ -174,10 +175,16 @@ class RunLoop:
         duo_name = config.estimation.duo_model
         duo_stats = source_stats if duo_name and source_stats and (source_stats.duo or {}).get("model") == duo_name \
             else None
-        self.duos = [cls(duo_stats) for cls in DUO_ESTIMATORS] if duo_name else []
+        # (GDE's agreement of the frozen model and the sidekick estimates the source accuracy too)
+        self.duos = [cls(duo_stats) for cls in DUO_ESTIMATORS] + [DuoAgreement(frozen=True)] if duo_name else []
         self.estimators: list[WindowEstimator | AETTA | Any] = [cls(source_stats) for cls in WINDOW_ESTIMATORS] + \
             [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + ([self.aetta] if self.aetta else []) + \
             self.duos
+        # the estimators that take the sidekick's outputs beside a feed's: the duos and the Sentinels
+        self.duo_fed = [e for e in self.estimators if hasattr(e, "update_duo")] if duo_name else []
+        for estimator in self.estimators:
+            if isinstance(estimator, EntropySentinel):
+                estimator.sidekick = duo_name
         for estimator in self.estimators:
             if estimator.key in self.state.estimators:
                 estimator.load_state_dict(self.state.estimators[estimator.key])
@@ -384,11 +391,15 @@ class RunLoop:
         for estimator in self.estimators:
             if estimator.frozen in feeds:
                 estimator.update(feeds[estimator.frozen])
-        if pending.sidekick is not None and summary.probabilities is not None:
+        if pending.sidekick is not None:
             sidekick = self._get(pending.sidekick, "sidekick")
-            finite = np.isfinite(summary.probabilities).all(1)
-            for duo in self.duos:
-                duo.update_duo(summary.probabilities[finite], sidekick[finite])
+            for frozen, probs in ((False, summary.probabilities), (True, truth.source_probabilities)):
+                if probs is None:
+                    continue
+                finite = np.isfinite(probs).all(1)
+                for estimator in self.duo_fed:
+                    if estimator.frozen == frozen:
+                        estimator.update_duo(probs[finite], sidekick[finite])
         for detector in self.detectors:
             detector.update_step(row)
         self._check_detectors()

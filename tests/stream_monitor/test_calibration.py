@@ -7,6 +7,7 @@ import pytest
 
 from stream_monitor.calibration import Calibration, CalibrationMismatch, calibrate, fit_flips
 from stream_monitor.config import load_config
+from stream_monitor.estimation.sentinel import ALL_FEATURES
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.runtime.runner import run
 
@@ -146,7 +147,8 @@ def test_calibrate_on_held_out_streams_fits_every_cycle_window(stream_calibratio
         assert stats["atc_mc_threshold"] is not None and 0 < stats["accuracy"] <= 100
     assert cal.frozen_stats["nuclear_fit"] is not None  # frozen score against source accuracy, over 8 windows
     for stats in (cal.source_stats, cal.frozen_stats):  # a Sentinel training set per feed, CV over the 2 streams
-        assert len(stats["sentinel"]["features"]) == 8 and len(stats["sentinel"]["features"][0]) == 17
+        assert len(stats["sentinel"]["features"]) == 8 and len(stats["sentinel"]["features"][0]) == 20
+        assert stats["sentinel"]["names"] == list(ALL_FEATURES[:20]) and stats["sentinel"]["sidekick"] is None
         assert set(stats["sentinel"]["groups"]) == {"heldout-ccc/baseline_40_transition+speed_1000_seed_3",
                                                     "heldout-ccc/baseline_0_transition+speed_1000_seed_4"}
 
@@ -173,7 +175,7 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
     assert all(e["value"] is None for e in recorded if e["target"] == "online")
     assert any(e["value"] is not None for e in recorded if e["target"] == "source")
     recorded = [e for e in recorded if e["features"] is not None]  # windows of 32 images or more
-    assert recorded and all(len(e["features"]) == 17 for e in recorded)
+    assert recorded and all(len(e["features"]) == 20 for e in recorded)  # no sidekick: no agreement column
     forest = SentinelForest(cal.frozen_stats["sentinel"])
     truth = {p["step"]: p["true_source_acc"] for p in probes}
     errors = [abs(forest(e["features"]) - truth[e["step"]]) for e in recorded

@@ -10,6 +10,7 @@ from stream_monitor.config import load_config
 from stream_monitor.estimation.base import NotComputableError
 from stream_monitor.estimation.duo import (DuoAgreement, DuoConfidence, _duo_nll, duo_probabilities,
                                            fit_duo_temperatures)
+from stream_monitor.estimation.sentinel import ALL_FEATURES
 from stream_monitor.estimation.window import SourceStats
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.runtime.runner import run
@@ -85,6 +86,12 @@ def test_a_run_with_a_sidekick_estimates_the_duo_on_every_probe_window(tmp_path)
     assert {e["estimator"] for e in rows} == {"duo-agreement", "duo-confidence"}
     agreement = [e["value"] for e in rows if e["estimator"] == "duo-agreement" and e["value"] is not None]
     assert agreement and all(a == 100.0 for a in agreement)
+    # the frozen feed's agreement estimates the source accuracy, on the probe windows where it scored
+    assert {e["target"] for e in rows if e["estimator"] == "duo-agreement"} == {"online", "source"}
+    # both Sentinels record the agreement as their last feature
+    sentinel = [e["features"] for e in read_table(tmp_path / "run", "estimates").to_pylist()
+                if e["estimator"] == "sentinel" and e["features"] is not None]
+    assert sentinel and all(len(f) == len(ALL_FEATURES) and f[-1] == 1.0 for f in sentinel)
 
 
 def test_a_sidekick_with_other_classes_is_refused_with_the_fix(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from stream_monitor.estimation import WINDOW_ESTIMATORS, NotComputableError
-from stream_monitor.estimation.sentinel import (FEATURES, EntropySentinel, SentinelForest, fit_sentinel, profile,
+from stream_monitor.estimation.sentinel import (ALL_FEATURES, FEATURES, MARGINAL_FEATURES, EntropySentinel,
+                                                SentinelForest, fit_sentinel, marginal_features, profile,
                                                 window_features)
 from stream_monitor.estimation.window import SourceStats
 
@@ -126,7 +127,9 @@ def test_estimate_is_the_forest_on_the_whole_window_and_reset_starts_a_new_one(t
     for b in batches:
         est.update(b)
     whole = np.concatenate(batches)
-    assert est.features() == pytest.approx(window_features(*profile(whole)).tolist(), rel=1e-5)
+    counts = np.bincount(whole.argmax(1), minlength=10)
+    expected = window_features(*profile(whole)).tolist() + marginal_features(counts)
+    assert est.features() == pytest.approx(expected, rel=1e-5)
     assert est.compute() == SentinelForest(stats.sentinel)(est.features())
     torch.save(est.state_dict(), tmp_path / "s.pt")
     restored = EntropySentinel(stats, frozen=True)
@@ -134,3 +137,78 @@ def test_estimate_is_the_forest_on_the_whole_window_and_reset_starts_a_new_one(t
     assert restored.compute() == est.compute()
     est.reset()
     assert est.features() is None
+
+
+def test_marginal_features_by_hand():
+    k = 4
+    pile = marginal_features(np.array([12, 0, 0, 0]))  # every prediction on one class
+    assert pile == pytest.approx([1.0, 0.0, 1.0 / k])  # the overlap bounds a balanced stream's accuracy by 1/K
+    assert marginal_features(np.array([5, 5, 5, 5])) == pytest.approx([0.25, 1.0, 1.0])
+    # q = (1/2, 1/2, 0, 0): entropy ln2 / ln4 = 1/2, overlap 1/4 + 1/4
+    assert marginal_features(np.array([3, 3, 0, 0])) == pytest.approx([0.5, 0.5, 0.5])
+    assert MARGINAL_FEATURES == ("top_share", "class_entropy", "prior_overlap")
+
+
+def wide_meta_set(rng, runs=4, windows=8, k=10):
+    """The synthetic meta-set with its marginal features and an agreement column that is the accuracy."""
+    x, y, groups = synthetic_meta_set(rng, runs, windows, k)
+    wide = [f + marginal_features(rng.multinomial(400, np.full(k, 1.0 / k))) + [a / 100] for f, a in zip(x, y)]
+    return wide, y, groups
+
+
+def test_a_forest_uses_the_columns_it_shares_with_the_window_and_the_same_sidekicks_agreement():
+    x, y, groups = wide_meta_set(np.random.default_rng(4))
+    training = fit_sentinel(x, y, groups, sidekick="small")
+    assert training["names"] == list(ALL_FEATURES) and training["sidekick"] == "small"
+    forest = SentinelForest(training)
+    window = x[0]
+    assert forest.columns(window, "small") == len(ALL_FEATURES)
+    assert forest.columns(window, "other") == forest.columns(window, None) == 20  # another sidekick's agreement
+    assert forest.columns(window[:17], "small") == 17  # a window recorded before the extension
+    # each width is a forest fitted on those leading columns alone
+    for width, sidekick in ((21, "small"), (20, "other"), (17, "small")):
+        alone = SentinelForest({**training, "features": [f[:width] for f in training["features"]]})
+        assert forest(window[:width], sidekick) == alone(window[:width], sidekick)
+    # a training set from before the extension scores a wide window on its 17
+    old = SentinelForest(fit_sentinel([f[:17] for f in x], y, groups))
+    assert old.columns(window, "small") == 17 and old(window, "small") == old(window[:17])
+
+
+def test_mixed_widths_train_on_the_shared_prefix_and_no_agreement_forgets_the_sidekick():
+    x, y, groups = wide_meta_set(np.random.default_rng(5), runs=3, windows=4)
+    mixed = [f[:17] if i % 2 else f for i, f in enumerate(x)]
+    training = fit_sentinel(mixed, y, groups, sidekick="small")
+    assert len(training["features"][0]) == 17 and training["names"] == list(FEATURES)
+    assert training["sidekick"] is None
+
+
+def test_the_agreement_with_the_sidekick_is_the_last_feature_and_survives_a_checkpoint(tmp_path):
+    rng = np.random.default_rng(6)
+    probs = np.exp(rng.normal(size=(64, 5)) * 2)
+    probs /= probs.sum(1, keepdims=True)
+    sidekick = np.log(probs.copy())
+    sidekick[:16] = np.log(np.roll(probs[:16], 1, axis=1))  # a quarter where the sidekick's class differs
+    disagree = (probs[:16].argmax(1) != np.roll(probs[:16], 1, axis=1).argmax(1)).sum()
+    est = EntropySentinel()
+    est.update(probs)
+    assert len(est.features()) == 20  # no sidekick fed: no agreement column
+    est.update_duo(probs, sidekick)
+    assert est.features()[-1] == pytest.approx(1 - disagree / 64) and len(est.features()) == len(ALL_FEATURES)
+    torch.save(est.state_dict(), tmp_path / "s.pt")
+    restored = EntropySentinel()
+    restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert restored.features() == est.features()
+
+
+def test_a_checkpoint_from_before_the_marginal_features_keeps_the_seventeen():
+    est = EntropySentinel()
+    est.update(np.full((64, 4), 0.25))
+    state = est.state_dict()
+    old = {"entropy": state["entropy"], "nll": state["nll"]}  # what a checkpoint from before held
+    restored = EntropySentinel()
+    restored.load_state_dict(old)
+    restored.update(np.full((8, 4), 0.25))
+    assert len(restored.features()) == 17
+    restored.reset()  # the next window has them all again
+    restored.update(np.full((64, 4), 0.25))
+    assert len(restored.features()) == 20
