@@ -1,6 +1,7 @@
 """One table of every estimator's error over several evaluation runs (issue 6's must-show).
 
     python benchmarks/estimator_table.py RUN_DIR [RUN_DIR ...] [--calibration FILE ...] [--frozen-calibration FILE]
+        [--sentinel-features N]
 
 Each RUN_DIR is a `stream-monitor run` on a stream with labels. Per run, the weighted flips are
 estimated again with the `--calibration` file made for that run's adapter (when one is given;
@@ -8,16 +9,20 @@ otherwise the run's own estimates are scored), the frozen feed's nuclear norm an
 `--frozen-calibration` (one file serves every adapter of a model), then every estimator is scored with
 `stream_monitor.evaluation.score_estimators`. Prints, per target, a Markdown table: one row per
 estimator, one column per run, cells "MAE (bias)" in accuracy points, and the best estimator
-per run in bold; then the collapse-warning scores of each run.
+per run in bold; then the collapse-warning scores of each run. `--sentinel-features 17` (or 20)
+scores the Sentinels on their calibrations' first N features only: the ablation of the class
+marginal (and the Duos agreement) on the same meta-set.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from stream_monitor.calibration import Calibration, CalibrationMismatch
+from stream_monitor.estimation.sentinel import leading
 from stream_monitor.evaluation import evaluate
 
 
@@ -40,6 +45,14 @@ def matching(run_dir: Path, calibrations: list[Calibration]) -> Calibration | No
     return None
 
 
+def with_sentinel_features(calibration: Calibration, width: int) -> Calibration:
+    """The calibration with both Sentinel training sets cut to their first `width` features."""
+    def cut(stats):
+        return stats and {**stats, "sentinel": stats.get("sentinel") and leading(stats["sentinel"], width)}
+
+    return replace(calibration, source_stats=cut(calibration.source_stats), frozen_stats=cut(calibration.frozen_stats))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
@@ -47,9 +60,14 @@ def main() -> None:
     parser.add_argument("--frozen-calibration", type=Path, default=None,
                         help="the frozen feed's nuclear norm and Sentinel from this file (any adapter, same model)")
     parser.add_argument("--window", type=int, default=5000, help="images per collapse window")
+    parser.add_argument("--sentinel-features", type=int, default=None,
+                        help="score the Sentinels on their calibrations' first N features (17: the paper's)")
     args = parser.parse_args()
     calibrations = [Calibration.load(p) for p in args.calibration]
     frozen = Calibration.load(args.frozen_calibration) if args.frozen_calibration else None
+    if args.sentinel_features:
+        calibrations = [with_sentinel_features(c, args.sentinel_features) for c in calibrations]
+        frozen = frozen and with_sentinel_features(frozen, args.sentinel_features)
     labels, results = [], []
     for run_dir in args.runs:
         calibration = matching(run_dir, calibrations)

@@ -113,6 +113,14 @@ def fit_sentinel(features: Sequence[Sequence[float]], accuracy: Sequence[float],
             "sidekick": sidekick if width > len(FEATURES + MARGINAL_FEATURES) else None}
 
 
+def leading(training: dict[str, Any], width: int) -> dict[str, Any]:
+    """A training set cut to its first `width` features: what a forest makes of fewer (ablations)."""
+    width = min(width, len(training["features"][0]))
+    return {**training, "features": [list(f)[:width] for f in training["features"]],
+            "names": list(ALL_FEATURES[:width]),
+            "sidekick": training.get("sidekick") if width > len(FEATURES + MARGINAL_FEATURES) else None}
+
+
 class SentinelForest:
     """A calibration's forest, refitted from its stored training set (deterministic: fixed seed) on
     the feature columns it shares with the window it scores."""

@@ -10,7 +10,7 @@ import torch
 
 from stream_monitor.estimation import WINDOW_ESTIMATORS, NotComputableError
 from stream_monitor.estimation.sentinel import (ALL_FEATURES, FEATURES, MARGINAL_FEATURES, EntropySentinel,
-                                                SentinelForest, fit_sentinel, marginal_features, profile,
+                                                SentinelForest, fit_sentinel, leading, marginal_features, profile,
                                                 window_features)
 from stream_monitor.estimation.window import SourceStats
 
@@ -169,6 +169,9 @@ def test_a_forest_uses_the_columns_it_shares_with_the_window_and_the_same_sideki
     for width, sidekick in ((21, "small"), (20, "other"), (17, "small")):
         alone = SentinelForest({**training, "features": [f[:width] for f in training["features"]]})
         assert forest(window[:width], sidekick) == alone(window[:width], sidekick)
+    cut = leading(training, 20)  # the ablation: no agreement column, whatever the window has
+    assert cut["names"] == list(ALL_FEATURES[:20]) and cut["sidekick"] is None
+    assert SentinelForest(cut)(window, "small") == forest(window[:20])
     # a training set from before the extension scores a wide window on its 17
     old = SentinelForest(fit_sentinel([f[:17] for f in x], y, groups))
     assert old.columns(window, "small") == 17 and old(window, "small") == old(window[:17])
