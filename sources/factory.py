@@ -12,8 +12,8 @@ from .ccc import CCCSpec
 SOURCE_KINDS = {
     "ccc": "CCC stream: the embedded glyph domain by default; official shards with --data DIR|URL",
     "imagefolder": "a plain ImageFolder, uncorrupted (Entropy Enigma's --data mode); needs --data DIR",
-    "heldout": "one calibration domain of the embedded base: --stream clean or CORRUPTION:SEVERITY "
-               "with a held-out corruption (`stream-monitor calibrate --meta domains`)",
+    "heldout": "one calibration domain: --stream clean or CORRUPTION:SEVERITY with a held-out corruption, "
+               "on the embedded base, or on an ImageFolder with --data DIR (`stream-monitor calibrate --domains`)",
     "heldout-ccc": "a CCC stream of the embedded base walked over the four held-out corruptions, any seed "
                    "0-63 (`stream-monitor calibrate`'s default meta-set); --stream baseline_20_transition+speed_1000_seed_7",
 }
@@ -32,8 +32,9 @@ def check_source(kind: str, stream: str | None, data: str | Path | None, num_cla
         from .heldout import parse_domain
 
         parse_domain(stream or "clean")
-        if num_classes not in (None, 10):
-            raise ValueError("--source heldout renders the embedded glyph domain, for the embedded model only.")
+        if data is None and num_classes not in (None, 10):
+            raise ValueError("--source heldout without --data renders the embedded glyph domain, for the embedded "
+                             "model only; pass --data DIR (an ImageFolder of the model's classes) for other models.")
     if kind == "heldout-ccc":
         CCCSpec.parse(stream or DEFAULT_STREAM, pool="heldout")
         if data is not None or num_classes not in (None, 10):
@@ -57,6 +58,11 @@ def open_source(kind: str = "ccc", stream: str | None = None, data: str | Path |
 
         size = model.image_size if model else 224
         return ImageFolderSource(data, image_size=size, resize=model.resize_size if model else 256)
+    if kind == "heldout" and data is not None:
+        from .heldout import HeldOutFolderSource
+
+        return HeldOutFolderSource(data, stream or "clean", HELD_OUT_LENGTH, image_size=model.image_size if model else 224,
+                                   resize=model.resize_size if model else 256, profile=corruption_profile(model))
     if kind == "heldout":
         from .heldout import HeldOutDomainSource
 
@@ -72,3 +78,9 @@ def open_source(kind: str = "ccc", stream: str | None = None, data: str | Path |
     from .embedded_ccc import EmbeddedCCCSource
 
     return EmbeddedCCCSource(spec, embedded_matrices(model, pool=spec.pool), image_size=model.image_size, crop=crop)
+
+
+def corruption_profile(model=None) -> str:
+    """The corruption constants for a model's images: the embedded models' tuned ones, else
+    ImageNet-C's (224 px)."""
+    return "embedded" if model is not None and str(model.name).startswith("embedded") else "imagenet"

@@ -1,4 +1,5 @@
-"""One fixed domain of the calibration meta-set: the embedded glyphs under one held-out corruption.
+"""One fixed domain of the calibration meta-set: the embedded glyphs, or a user's image folder,
+under one held-out corruption.
 
 Entropy Enigma fits its flips-to-accuracy function on ImageNet validation plus the ImageNet-C
 corruptions CCC holds out (speckle noise, gaussian blur, spatter, saturate); this is the same
@@ -6,12 +7,21 @@ meta-set on the embedded base. Images come from the glyph domain's CALIBRATION i
 seen in training, validation or any stream) and go through the stream's own pipeline, so the fit
 sees what a run sees: flip + random resized crop, the corruption at one severity (none for the
 clean domain), JPEG at quality 85. Image i is a pure function of (domain, i), in aligned blocks.
+
+`HeldOutFolderSource` is the same meta-set on a user's ImageFolder (ImageNet validation for the
+paper's ResNet-50: Entropy Enigma's meta-set is exactly that folder plus ImageNet-C's four extra
+corruptions): the folder's images, resized and centre-cropped as for evaluation, under one
+held-out corruption with the model's constants, then JPEG at quality 85 as CCC's shards store
+them. A cycle longer than the folder goes over it again in a fresh permutation.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from collections.abc import Iterator
+from pathlib import Path
 
 from .augment import jpeg_roundtrip, random_resized_crop_flip, to_uint8
 from .base import Batch, RenderedSource
@@ -20,6 +30,9 @@ from .glyphs import CALIBRATION, NUM_CLASSES, GlyphDomain
 from .seeding import mix_seed
 
 UNIT = 64
+#: Entropy Enigma's meta-set on an image folder: clean plus the four held-out corruptions at the
+#: five ImageNet-C severities (research/enigma_ccc.md 1.3).
+FOLDER_DOMAINS = ("clean",) + tuple(f"{c}:{s}" for c in HELD_OUT_CORRUPTIONS for s in (1, 2, 3, 4, 5))
 
 
 def parse_domain(text: str) -> tuple[str, float]:
@@ -79,3 +92,58 @@ class HeldOutDomainSource(RenderedSource):
         if self.severity > 0:
             x = get_corruption(self.corruption)(x, self.severity, g, self.profile)
         return jpeg_roundtrip(x)[0]
+
+
+class HeldOutFolderSource:
+    """Implements `sources.base.StreamSource` for one calibration domain over an image folder.
+
+    Args:
+        root: ``root/<class>/<image>``, the classes the model predicts (sorted sub-folders).
+        domain: ``clean`` or ``CORRUPTION:SEVERITY`` with a held-out corruption.
+        length: images of the domain; more than the folder holds goes over it again, reshuffled.
+        image_size, resize: the model's evaluation transform (shorter side, then centre crop).
+        profile: the corruption constants: ``imagenet`` for 224 px images, ``embedded`` for 32 px.
+    """
+
+    def __init__(self, root: str | Path, domain: str, length: int, image_size: int = 224, resize: int = 256,
+                 profile: str = "imagenet", seed: int = 0) -> None:
+        from .imagefolder import ImageFolderSource
+
+        self.corruption, self.severity = parse_domain(domain)
+        self.domain_name, self.profile = domain, profile
+        self._seed = mix_seed(seed, len(domain), *domain.encode())
+        self.folder = ImageFolderSource(root, image_size=image_size, resize=resize, shuffle_seed=seed)
+        self.folder.passes = max(1, -(-length // len(self.folder.samples)))  # as many as the domain needs
+        self.num_classes = self.folder.num_classes
+        self._length = length
+
+    @property
+    def name(self) -> str:
+        return f"heldout/{self.folder.root.name}/{self.domain_name}"
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def read(self, start: int, stop: int, batch_size: int = 64) -> Iterator[Batch]:
+        """The folder's batches of [start, stop), each image corrupted on its own generator
+        (seeded by the domain and its position, so any slicing gives the same images)."""
+        if not 0 <= start <= stop <= self._length:
+            raise ValueError(f"slice [{start}, {stop}) is outside {self.name!r} of {self._length} images")
+        for batch in self.folder.read(start, stop, batch_size):
+            if len(batch.indices) and self.severity > 0:
+                corrupt = get_corruption(self.corruption)
+                x = torch.from_numpy(batch.images).float() / 255.0
+                x = torch.cat([corrupt(x[k:k + 1], self.severity,
+                                       torch.Generator().manual_seed(mix_seed(self._seed, int(i))), self.profile)
+                               for k, i in enumerate(batch.indices)])
+                batch.images = jpeg_roundtrip(x)[0].numpy()
+            elif len(batch.indices):
+                batch.images = jpeg_roundtrip(torch.from_numpy(batch.images).float() / 255.0)[0].numpy()
+            n = len(batch.indices)
+            batch.noise_a = np.full(n, self.corruption)
+            batch.severity_a = np.full(n, self.severity, np.float32)
+            yield batch
+
+    def __repr__(self) -> str:
+        return f"HeldOutFolderSource({str(self.folder.root)!r}, {self.domain_name!r}, {self._length} images)"

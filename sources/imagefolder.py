@@ -7,7 +7,9 @@ Every image is resized on its shorter side to ``resize`` and centre-cropped to `
 (the usual ImageNet evaluation transform), giving uint8 NCHW batches.
 
 Order is deterministic: ``make_dataset``'s sorted order, or a permutation drawn from
-``numpy.random.default_rng(shuffle_seed)``. An unreadable or corrupt file is left out of its batch,
+``numpy.random.default_rng(shuffle_seed)``. With ``passes`` > 1 the stream goes over the folder
+that many times, each later pass in a fresh seeded permutation (as a reshuffling loader would,
+e.g. Entropy Enigma adapting on the held-out set for more iterations than it has images). An unreadable or corrupt file is left out of its batch,
 logged with its path and listed in ``Batch.skipped``; batches are cut by stream position, as in
 `sources.shards`, so one bad file never shifts the rest of the stream.
 """
@@ -83,6 +85,8 @@ class ImageFolderSource:
         image_size: side of the centre crop.
         resize: the shorter side is resized to this before cropping (256 for 224 crops).
         shuffle_seed: None for sorted order (class, then file name), else a seeded permutation.
+        passes: times the stream goes over the folder; pass p > 0 is permuted with the seed
+            (shuffle_seed or 0, p).
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class ImageFolderSource:
         resize: int = 256,
         shuffle_seed: int | None = None,
         name: str | None = None,
+        passes: int = 1,
     ) -> None:
         if resize < image_size:
             raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
@@ -101,6 +106,10 @@ class ImageFolderSource:
             order = np.random.default_rng(shuffle_seed).permutation(len(samples))
             samples = [samples[i] for i in order]
         self.samples = samples
+        if passes < 1:
+            raise ValueError(f"passes must be at least 1, got {passes}")
+        self.passes = int(passes)
+        self._orders: dict[int, np.ndarray] = {}
         self.image_size = int(image_size)
         self.resize = int(resize)
         self.shuffle_seed = shuffle_seed
@@ -109,11 +118,22 @@ class ImageFolderSource:
 
     @property
     def length(self) -> int:
-        return len(self.samples)
+        return len(self.samples) * self.passes
+
+    def sample(self, index: int) -> tuple[str, int]:
+        """(path, label) of stream position `index`."""
+        n = len(self.samples)
+        turn, j = divmod(index, n)
+        if turn == 0:
+            return self.samples[j]
+        if turn not in self._orders:
+            seed = [self.shuffle_seed or 0, turn]
+            self._orders[turn] = np.random.default_rng(seed).permutation(n)
+        return self.samples[self._orders[turn][j]]
 
     def load(self, index: int) -> torch.Tensor:
         """Image `index` of the stream, resized and centre-cropped: uint8 (3, S, S)."""
-        image = load_image_uint8(self.samples[index][0])
+        image = load_image_uint8(self.sample(index)[0])
         image = TF.resize(image, [self.resize], antialias=True)
         return TF.center_crop(image, [self.image_size, self.image_size])
 
@@ -127,7 +147,7 @@ class ImageFolderSource:
         for lo in range(start, stop, batch_size):
             indices, images, skipped = [], [], []
             for i in range(lo, min(lo + batch_size, stop)):
-                path = self.samples[i][0]
+                path = self.sample(i)[0]
                 try:
                     images.append(self.load(i))
                     indices.append(i)
@@ -149,7 +169,7 @@ class ImageFolderSource:
             indices=np.asarray(indices, dtype=np.int64),
             images=(torch.stack(images).numpy() if images
                     else np.zeros((0, 3, self.image_size, self.image_size), np.uint8)),
-            labels=np.asarray([self.samples[i][1] for i in indices], dtype=np.int64),
+            labels=np.asarray([self.sample(i)[1] for i in indices], dtype=np.int64),
             noise_a=np.full(n, "", dtype=str),
             severity_a=np.zeros(n, dtype=np.float32),
             noise_b=np.full(n, "", dtype=str),

@@ -5,7 +5,9 @@ held-out corruptions, with the model adapted by RDumb for 1,000 iterations and 1
 images. This runs the same protocol, with the run's own loop, probe and adapter, on a meta-set
 that never contains the stream's 15 corruptions: by default held-out CCC streams (the stream
 protocol walked over speckle noise, gaussian blur, spatter and saturate, `sources.ccc` pool
-"heldout"), or Entropy Enigma's fixed domains (`sources.heldout`). Every probe window gives one
+"heldout"), or Entropy Enigma's fixed domains (`sources.heldout`), on the embedded glyphs or on
+a user's image folder (`--data DIR`, e.g. ImageNet validation for ResNet-50: the paper's own
+meta-set, clean plus the four held-out corruptions at severities 1-5). Every probe window gives one
 point: the weighted flips at a snapshot step and the frozen source model's accuracy on the
 window's images (labels of the meta-set, used only here). Per snapshot step a quadratic f is
 fitted (the paper's form), so any cadence of the cycle has its own f.
@@ -26,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from sources.heldout import FOLDER_DOMAINS
 
 from .config import RunConfig
 from .estimation.flips import FlipsCalibration
@@ -258,12 +262,22 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
     from .runtime.runner import run, with_overrides
     from .runtime.workers import AdapterWorker
 
+    folder = config.source.data
+    if folder is not None:
+        if streams:
+            raise ValueError("Held-out CCC streams are rendered from the embedded base; with an image folder "
+                             "(--data) the meta-set is fixed domains (--domains, default clean plus the four "
+                             "held-out corruptions at severities 1-5).")
+        streams, domains = (), domains or FOLDER_DOMAINS
     if streams is None:
         streams = () if domains else default_streams()
     members = meta_runs(domains, streams, cycles) if cycles else []
     if not members and cycles:
         raise ValueError("calibrate needs a meta-set: held-out streams (--streams) or fixed domains (--domains).")
-    describe = AdapterWorker(config).describe()
+    worker = AdapterWorker(config)
+    describe = worker.describe()
+    if folder is not None:
+        _check_folder(folder, worker.bundle.num_classes, config.model.name)
     cycle = config.probe.cycle or describe["hyperparameters"].get("reset_every") or DEFAULT_CYCLE
     # up to the cycle's last snapshot (the paper's 990 of 1,000)
     steps = max([k for k in range(1, cycle) if is_probe_step(k, cycle, config.probe.every)], default=0)
@@ -320,6 +334,18 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
+def _check_folder(root: str, num_classes: int, model: str) -> None:
+    """An image folder meta-set must hold the model's classes (one sub-folder each, sorted as the
+    model's class indices)."""
+    from sources.imagefolder import index_image_folder
+
+    classes, _ = index_image_folder(root)
+    if len(classes) != num_classes:
+        raise ValueError(f"The image folder {root} has {len(classes)} class folders and the model {model} predicts "
+                         f"{num_classes} classes; the meta-set needs one sub-folder per class of the model, sorted "
+                         f"as its class indices (e.g. ImageNet validation in its 1,000 wnid folders).")
+
+
 def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: int = 2048):
     """DoC/ATC's labelled source statistics, for both feeds, on the clean domain's first `images`
     images: the served outputs of a fresh adapter (as a run's first steps serve them) and the
@@ -327,7 +353,7 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
     feed's nuclear-norm line and Sentinel training set over the meta-set's windows."""
     from dataclasses import replace
 
-    from sources.heldout import HeldOutDomainSource
+    from sources.factory import open_source
 
     from .estimation.duo import fit_duo_temperatures
     from .estimation.window import fit_source_stats
@@ -338,7 +364,7 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
     worker = AdapterWorker(config)
     model = load_model(config.model.name, config.model.weights, "cpu")  # not the adapter's (it adapts in place)
     sidekick = SidekickWorker(config) if config.estimation.duo_model else None
-    source = HeldOutDomainSource("clean", images)
+    source = open_source("heldout", "clean", config.source.data, model)  # the glyphs, or the image folder
     served, frozen, side, labels = [], [], [], []
     batches = list(source.read(0, images, config.source.batch_size))
     for batch, truth in split_batches(batches, 0, images, config.source.batch_size):

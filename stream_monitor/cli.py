@@ -208,6 +208,8 @@ def calibrate(
     keep: Annotated[Optional[Path], typer.Option(help="Keep each domain's run directory here.")] = None,
     merge: Annotated[Optional[list[Path]], typer.Option(help="Merge calibration files made on disjoint domains "
                                                         "(e.g. in parallel) into --out instead of running.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="An ImageFolder of the model's classes (e.g. ImageNet val) "
+                                                "as the meta-set's images instead of the embedded glyphs.")] = None,
 ) -> None:
     """Fit weighted flips -> source accuracy (Entropy Enigma's f) on the held-out meta-set.
 
@@ -226,10 +228,11 @@ def calibrate(
         if merge:
             result = merge_all([Calibration.load(p) for p in merge])
         else:
-            cfg = load_config(config, set_ or [])
-            if cfg.model.name != "embedded":
-                raise ValueError("calibrate builds its meta-set on the embedded base for now; an ImageFolder "
-                                 "meta-set for ImageNet models is not built yet (use the shipped ResNet-50 f).")
+            cfg = load_config(config, [*(set_ or []), *([f"source.data={data}"] if data else [])])
+            if cfg.model.name != "embedded" and cfg.source.data is None:
+                raise ValueError(f"calibrate renders its meta-set from the embedded glyphs, for the embedded model; "
+                                 f"for {cfg.model.name}, pass --data DIR, an ImageFolder of its classes (ImageNet "
+                                 f"validation in its 1,000 wnid folders for ImageNet models).")
             fixed = tuple(d.strip() for d in domains.split(",")) if domains else ()
             for domain in fixed:
                 parse_domain(domain)
@@ -237,7 +240,7 @@ def calibrate(
                 walked = tuple(x.strip() for x in streams.split(","))
             else:
                 speed = CCCSpec.parse(cfg.source.stream).speed if cfg.source.kind == "ccc" and cfg.source.stream else 1000
-                walked = () if fixed else default_streams(speed)
+                walked = () if fixed or cfg.source.data else default_streams(speed)
             for stream in walked:
                 CCCSpec.parse(stream, pool="heldout")
             if cycles < 0:

@@ -3,3 +3,21 @@ import os
 # Must be set before torch loads OpenMP: spinning worker threads make small CPU ops 20-30x slower
 # on a shared machine (measured: the accuracy-matrix test took 320 s instead of 20 s under load).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def write_glyph_folder(root, images: int = 40, start: int = 0):
+    """An ImageFolder of rendered glyphs (`<root>/<digit>/<i>.png`, 32 px) for the embedded model:
+    a user's own image folder, as tests can make one."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from sources.glyphs import VAL, GlyphDomain
+
+    root = Path(root)
+    for digit in range(10):
+        (root / str(digit)).mkdir(parents=True, exist_ok=True)
+    glyphs, labels = GlyphDomain().render_range(VAL.start + start, VAL.start + start + images)
+    for i, (image, label) in enumerate(zip(glyphs, labels)):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / str(int(label)) / f"{i:05d}.png")
+    return root

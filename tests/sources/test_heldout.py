@@ -33,3 +33,32 @@ def test_domains_differ_in_images_and_severity_hurts():
 
 def test_the_factory_opens_a_domain_for_the_embedded_model_only():
     assert open_source("heldout", "clean").name == "heldout/clean"
+
+
+def test_an_image_folder_domain_is_sliceable_reshuffled_and_corrupted(tmp_path):
+    from sources.base import Batch
+    from sources.heldout import FOLDER_DOMAINS, HeldOutFolderSource
+    from tests.conftest import write_glyph_folder
+
+    root = write_glyph_folder(tmp_path / "val", images=30)
+    source = HeldOutFolderSource(root, "speckle_noise:4", length=70, image_size=32, resize=32, profile="embedded")
+    assert source.num_classes == 10 and source.length == 70 and source.folder.passes == 3
+    whole = Batch.concat(list(source.read(0, 70, 16)))
+    part = Batch.concat(list(source.read(25, 47, 8)))
+    assert np.array_equal(part.images, whole.images[25:47]) and np.array_equal(part.labels, whole.labels[25:47])
+    assert set(part.noise_a) == {"speckle_noise"} and set(part.severity_a) == {4.0}
+    # each pass holds every image once, later passes in a fresh order
+    firsts = [sorted(map(str, whole.labels[k:k + 30])) for k in (0, 30)]
+    assert firsts[0] == firsts[1] and not np.array_equal(whole.labels[:30], whole.labels[30:60])
+    clean = Batch.concat(list(HeldOutFolderSource(root, "clean", 30, 32, 32, "embedded").read(0, 30)))
+    assert np.abs(clean.images.astype(float) - whole.images[:30].astype(float)).mean() > 5  # the noise is there
+    assert len(FOLDER_DOMAINS) == 21 and "clean" in FOLDER_DOMAINS and "spatter:5" in FOLDER_DOMAINS
+    with pytest.raises(ValueError, match="never used to fit"):
+        HeldOutFolderSource(root, "fog:3", 10)
+
+
+def test_the_factory_opens_a_folder_domain_for_any_model(tmp_path):
+    from tests.conftest import write_glyph_folder
+
+    root = write_glyph_folder(tmp_path / "val", images=12)
+    assert open_source("heldout", "saturate:2", data=root).name == "heldout/val/saturate:2"

@@ -215,3 +215,32 @@ def test_statistics_only_calibration_takes_no_meta_set(tmp_path):
     assert cal.source_stats["atc_mc_threshold"] is not None and cal.frozen_stats["atc_ne_threshold"] is not None
     again = Calibration.load(cal.save(tmp_path / "stats.json"))
     assert again.frozen_stats == cal.frozen_stats and again.flips_calibrations() == {}
+
+
+def test_calibrate_on_an_image_folder_fits_its_fixed_domains(tmp_path):
+    from tests.conftest import write_glyph_folder
+
+    root = write_glyph_folder(tmp_path / "val", images=48)
+    cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01", f"source.data={root}"])
+    domains = ("clean", "speckle_noise:5", "gaussian_blur:5", "saturate:3")
+    cal = calibrate(cfg, domains, log=lambda m: None)
+    assert [d for d in cal.domains] == list(domains) and {p["domain"] for p in cal.points} == set(domains)
+    assert set(cal.fits) == {4, 8} and all(f["domains"] == 4 for f in cal.fits.values())
+    by = {p["domain"]: p["true_source_acc"] for p in cal.points if p["cycle_step"] == 8}
+    assert by["clean"] > 80 and by["speckle_noise:5"] < by["clean"] - 30  # the folder's images, corrupted
+    assert cal.frozen_stats["accuracy"] > 80  # the clean statistics come from the folder too
+    with pytest.raises(ValueError, match="fixed domains"):
+        calibrate(cfg, streams=("baseline_40_transition+speed_1000_seed_3",), log=lambda m: None)
+
+
+def test_an_image_folder_of_other_classes_is_refused(tmp_path):
+    import shutil
+
+    from tests.conftest import write_glyph_folder
+
+    root = write_glyph_folder(tmp_path / "val", images=12)
+    for extra in ("x", "y"):  # 12 class folders for a 10-class model
+        shutil.copytree(root / "0", root / extra)
+    cfg = load_config(None, [*TINY, "adapter.name=tent", f"source.data={root}"])
+    with pytest.raises(ValueError, match="12 class folders and the model embedded predicts 10 classes"):
+        calibrate(cfg, ("clean",), log=lambda m: None)

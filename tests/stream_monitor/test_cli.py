@@ -118,3 +118,13 @@ def test_report_writes_html_for_a_run(tmp_path):
 def test_report_of_a_missing_folder_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "stream-monitor run --out DIR" in result.output
+
+
+def test_calibrate_for_another_model_needs_an_image_folder(tmp_path):
+    result = runner.invoke(app, ["calibrate", "--set", "model.name=resnet18", "--out", str(tmp_path / "c.json")])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "for resnet18, pass --data DIR, an ImageFolder of its classes" in message
+    result = runner.invoke(app, ["calibrate", "--data", str(tmp_path), "--streams",
+                                 "baseline_40_transition+speed_1000_seed_3", "--out", str(tmp_path / "c.json")])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "with an image folder (--data) the meta-set is fixed domains" in message
