@@ -23,7 +23,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-LIST_WHAT = ("sources", "adapters", "estimators", "streams", "corruptions", "models")
+LIST_WHAT = ("sources", "adapters", "estimators", "detectors", "streams", "corruptions", "models")
 
 
 FLIPS_ESTIMATORS = {
@@ -374,18 +374,24 @@ def eval_(
     frozen_calibration: Annotated[Optional[Path], typer.Option(
         help="Estimate the frozen model's nuclear norm and Sentinel again with this calibration file "
              "(made for the run's model, with any adapter).")] = None,
+    detectors: Annotated[Optional[str], typer.Option(
+        help="Score the warnings these detectors (comma-separated, `list detectors`) give when replayed on the "
+             "run's rows, fused and one by one, instead of the run's own.")] = None,
 ) -> None:
     """Score every label-free estimate and collapse warning of a run against its labels."""
     import numpy as np
 
     from .calibration import Calibration, CalibrationMismatch
+    from .estimation.detectors import parse_detectors
     from .evaluation import evaluate
+    from .registry import UnknownNameError
 
     try:
         result = evaluate(run_dir, window, margin, sustain, horizon,
                           Calibration.load(calibration) if calibration else None,
-                          Calibration.load(frozen_calibration) if frozen_calibration else None)
-    except (FileNotFoundError, ValueError, CalibrationMismatch) as error:
+                          Calibration.load(frozen_calibration) if frozen_calibration else None,
+                          parse_detectors(detectors) if detectors is not None else None)
+    except (FileNotFoundError, ValueError, CalibrationMismatch, UnknownNameError) as error:
         _fail(str(error))
     title = "Estimators against the truth of the same windows"
     table = Table(title=title + (f" (weighted flips with {calibration.name})" if calibration else ""))
@@ -400,9 +406,14 @@ def eval_(
     w = result["warnings"]
     recall = f"{w.recall:.0%}" if w.recall is not None else "n/a (no collapse event)"
     leads = f"median lead {int(np.median(w.lead_times)):,} images" if w.lead_times else "no lead time"
+    replayed = f" (replayed: {detectors})" if detectors is not None else ""
     console.print(f"collapse events (online < frozen source - {margin:g} points for {sustain}+ windows of "
-                  f"{window:,}): {w.events}; warnings: recall {recall}, {leads}, {w.false_alarms} false alarm(s) "
-                  f"= {w.false_alarms_per_million:.1f} per million images", highlight=False)
+                  f"{window:,}): {w.events}; warnings{replayed}: recall {recall}, {leads}, {w.false_alarms} false "
+                  f"alarm(s) = {w.false_alarms_per_million:.1f} per million images", highlight=False)
+    for name, score in result["per_detector"].items():
+        alone = f"recall {score.recall:.0%}" if score.recall is not None else "no event"
+        lead = f", leads {', '.join(f'{x:,}' for x in score.lead_times)}" if score.lead_times else ""
+        console.print(f"  {name:<20} {alone}{lead}, {score.false_alarms} false alarm(s)", highlight=False)
 
 
 @app.command("show-config")
@@ -436,7 +447,7 @@ def report(
 
 @app.command("list")
 def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHAT)}.")] = "sources") -> None:
-    """List sources, adapters, estimators, CCC streams, corruptions or models."""
+    """List sources, adapters, estimators, collapse detectors, CCC streams, corruptions or models."""
     from sources.ccc import NOISE_POOLS, all_stream_names
     from sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS
     from sources.factory import SOURCE_KINDS
@@ -466,6 +477,13 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
         console.print(f"{'estimator':<20} {'targets (served, frozen)':<22} what", highlight=False)
         for line in estimator_lines():
             console.print(line, highlight=False)
+    elif what == "detectors":
+        from .estimation.detectors import DEFAULT_DETECTORS, DETECTORS
+
+        for name in DETECTORS.names():
+            doc = " ".join((DETECTORS.get(name).__doc__ or "").split()).split(": ")[0]
+            mark = "default" if name in DEFAULT_DETECTORS else ""
+            console.print(f"{name:<20} {mark:<8} {doc}", highlight=False)
     elif what == "models":
         console.print("\n".join(model_names()))
     else:

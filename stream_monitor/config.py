@@ -125,6 +125,18 @@ class EstimationConfig:
     # batch (e.g. embedded-small beside embedded, resnet18 beside resnet50); None: off
     duo_model: Optional[str] = None
     duo_weights: Optional[str] = None
+    # the fused collapse warning's detectors, comma-separated (`stream-monitor list detectors`)
+    detectors: str = "entropy-ema,top-class-share,online-below-source,aetta-drop"
+
+    def __post_init__(self) -> None:
+        from .estimation.detectors import parse_detectors
+        from .registry import UnknownNameError
+
+        try:
+            parse_detectors(self.detectors)
+        except UnknownNameError as error:
+            raise ConfigError(f"estimation.detectors: {error} Separate several with commas; an empty value "
+                              f"turns the warnings off.") from None
 
 
 @dataclass(frozen=True)

@@ -210,12 +210,65 @@ def warning_intervals(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(intervals)
 
 
-def score_warnings(run_dir: Path, events: list[CollapseEvent], horizon: int = 20_000) -> WarningScore:
+def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    """Per named detector, the (fired, cleared) stream positions of the warnings it would have
+    raised on a finished run, replayed on the run's recorded step and probe rows with the live
+    loop's rule (`detectors.transitions`). A probe row is replayed right after its step's row;
+    live, its result reaches the detectors a few steps later, so a probe-fed warning can come a few
+    steps early here. A run with estimation.reset_on_warning reset its adapter on its own warnings,
+    so no replay of other detectors is what that run would have done."""
+    from .estimation.detectors import build_detectors, transitions
+
+    detectors = build_detectors(names, _num_classes(Path(run_dir)))
+    probes: dict[int, list[dict[str, Any]]] = {}
+    for row in read_table(run_dir, "probes").to_pylist():
+        probes.setdefault(row["step"], []).append(row)
+    active: list[str] = []
+    fired: dict[str, int] = {}
+    intervals: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
+
+    def record(position: int) -> None:
+        for kind, detector, _ in transitions(detectors, active):
+            if kind == "warning":
+                fired[detector.name] = position
+            else:
+                intervals[detector.name].append((fired.pop(detector.name), position))
+
+    for step in read_table(run_dir, "steps").to_pylist():
+        for detector in detectors:
+            detector.update_step(step)
+        record(step["stop"])
+        for probe in probes.get(step["step"], []):
+            for detector in detectors:
+                detector.update_probe(probe)
+            record(step["stop"])
+    for name, start in fired.items():
+        intervals[name].append((start, math.inf))
+    return intervals
+
+
+def _num_classes(run_dir: Path) -> int:
+    """The run's number of classes: run.json, or (older runs) its model."""
+    import json
+
+    known = json.loads((run_dir / "run.json").read_text()).get("num_classes") if (run_dir / "run.json").exists() else 0
+    if known:
+        return int(known)
+    from .config import load_config
+    from .models import load_model
+
+    model = load_config(run_dir / "config.yaml", []).model
+    return load_model(model.name, model.weights).num_classes
+
+
+def score_warnings(run_dir: Path, events: list[CollapseEvent], horizon: int = 20_000,
+                   intervals: list[tuple[int, float]] | None = None) -> WarningScore:
     """An event is detected when a warning is active at some point from `horizon` images before it
     to its end (one that fired earlier and was never cleared counts: the dashboard still shows it);
     the lead is how long before the event's start the warning was on, at most `horizon`. A warning
-    that fires outside every event's span is a false alarm."""
-    intervals = warning_intervals(run_dir)
+    that fires outside every event's span is a false alarm. `intervals`: the warnings to score
+    (default: the run's own, from its events table)."""
+    intervals = warning_intervals(run_dir) if intervals is None else intervals
     steps = read_table(run_dir, "steps").select(["images", "skipped"])
     images = int(np.sum(steps.column("images").to_numpy()) + np.sum(steps.column("skipped").to_numpy()))
     detected, leads = 0, []
@@ -231,10 +284,21 @@ def score_warnings(run_dir: Path, events: list[CollapseEvent], horizon: int = 20
 
 def evaluate(run_dir: Path, window: int = 5000, margin: float = 5.0, sustain: int = 2,
              horizon: int = 20_000, calibration: "Calibration | None" = None,
-             frozen_calibration: "Calibration | None" = None) -> dict[str, Any]:
+             frozen_calibration: "Calibration | None" = None,
+             detectors: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Estimators and warnings against the labels; `detectors`: score the warnings these detectors
+    give when replayed on the run's rows (`replay_warnings`) instead of the run's own, and each of
+    them alone (`per_detector`)."""
     run_dir = Path(run_dir)
     if not (run_dir / "steps").is_dir():
         raise FileNotFoundError(f"{run_dir} has no steps/ table; pass a run directory written by `stream-monitor run`.")
     events = collapse_events(run_dir, window, margin, sustain)
-    return {"estimators": score_estimators(run_dir, calibration, frozen_calibration), "events": events,
-            "warnings": score_warnings(run_dir, events, horizon)}
+    result = {"estimators": score_estimators(run_dir, calibration, frozen_calibration), "events": events,
+              "warnings": score_warnings(run_dir, events, horizon), "per_detector": {}}
+    if detectors is not None:
+        replayed = replay_warnings(run_dir, detectors)
+        fused = sorted(interval for intervals in replayed.values() for interval in intervals)
+        result["warnings"] = score_warnings(run_dir, events, horizon, fused)
+        result["per_detector"] = {name: score_warnings(run_dir, events, horizon, intervals)
+                                  for name, intervals in replayed.items()}
+    return result

@@ -1,18 +1,30 @@
 """Collapse detectors over label-free signals; a warning fires when any detector fires.
 
 Each follows ignite's contract (`reset`, `update`, `compute`), returns a `Verdict` with its
-evidence, and keeps its state in a plain dict for checkpoints. A warning fires when any detector
-fires (the fused warning); with estimation.reset_on_warning it resets the adapter.
+evidence, and keeps its state in a plain dict for checkpoints. Detectors are registered by name
+(`DETECTORS`, `stream-monitor list detectors`) and a run uses those of `estimation.detectors`.
+A warning fires when any of them fires (the fused warning); with estimation.reset_on_warning it
+resets the adapter. `transitions` is the one place that turns verdicts into warning and clear
+events, for a live run and for `stream-monitor eval --detectors`, which replays them on a
+finished run's rows.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..registry import Registry
 from .base import NotComputableError
+
+#: name -> detector class; `for_model(num_classes)` builds the detector as a warning uses it.
+DETECTORS: Registry[type["CollapseDetector"]] = Registry("detector")
+#: The fused warning's detectors unless estimation.detectors says otherwise (measured: README).
+DEFAULT_DETECTORS = ("entropy-ema", "top-class-share", "online-below-source", "aetta-drop")
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,11 @@ class CollapseDetector(ABC):
 
     def __init__(self) -> None:
         self.reset()
+
+    @classmethod
+    def for_model(cls, num_classes: int) -> "CollapseDetector":
+        """The detector as the fused warning uses it, for a model of `num_classes` classes."""
+        return cls()
 
     @abstractmethod
     def reset(self) -> None: ...
@@ -78,6 +95,7 @@ class _StepEMA(CollapseDetector):
     def judge(self, ema: float) -> Verdict: ...
 
 
+@DETECTORS.register("entropy-ema")
 class EntropyCollapse(_StepEMA):
     """SAR's model-recovery signal (Niu et al., ICLR 2023, mr-eggplant/SAR): an EMA (0.9) of the
     mean entropy below 0.2 nats for 1,000 classes, here scaled to 0.2 / ln(1000) of ln K."""
@@ -88,10 +106,15 @@ class EntropyCollapse(_StepEMA):
         self.threshold = 0.2 / math.log(1000) * math.log(num_classes)
         super().__init__(warmup)
 
+    @classmethod
+    def for_model(cls, num_classes: int) -> "EntropyCollapse":
+        return cls(num_classes)
+
     def judge(self, ema: float) -> Verdict:
         return Verdict(ema < self.threshold, f"entropy EMA {ema:.3f} nats (threshold {self.threshold:.3f})", ema)
 
 
+@DETECTORS.register("top-class-share")
 class PredictionConcentration(_StepEMA):
     """Predictions piling onto one class: EMA (0.95) of the batch's top-class share above `share`
     (the degenerate solution of entropy minimisation; Press et al., RDumb, NeurIPS 2023)."""
@@ -107,6 +130,36 @@ class PredictionConcentration(_StepEMA):
                        f"(threshold {100 * self.share:.0f}%)", ema)
 
 
+@DETECTORS.register("marginal-entropy")
+class MarginalEntropyCollapse(_StepEMA):
+    """Predictions spreading over ever fewer classes: EMA (0.95) of the entropy of the batch's mean
+    prediction, normalised by its largest possible value ln min(K, batch), below `fraction` (0.5:
+    fewer than sqrt(min(K, batch)) effective classes). The marginal entropy that entropy
+    minimisation drives to zero when it degenerates; SHOT and its successors maximise it to
+    prevent exactly that (Liang et al., ICML 2020)."""
+
+    name, column, decay = "marginal-entropy", "marginal_entropy", 0.95
+
+    def __init__(self, num_classes: int, fraction: float = 0.5, warmup: int = 50) -> None:
+        self.num_classes, self.fraction = num_classes, fraction
+        super().__init__(warmup)
+
+    @classmethod
+    def for_model(cls, num_classes: int) -> "MarginalEntropyCollapse":
+        return cls(num_classes)
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        value, images = row.get(self.column), row.get("images") or 0
+        ceiling = math.log(min(self.num_classes, images)) if images > 1 else 0.0
+        if value is not None and ceiling > 0:  # a one-image batch says nothing about the marginal
+            super().update_step({self.column: value / ceiling})
+
+    def judge(self, ema: float) -> Verdict:
+        return Verdict(ema < self.fraction, f"marginal entropy at {100 * ema:.0f}% of its maximum "
+                       f"(threshold {100 * self.fraction:.0f}%)", ema)
+
+
+@DETECTORS.register("online-below-source")
 class EstimateBelowSource(CollapseDetector):
     """The estimated online accuracy below the estimated source accuracy by `margin` points on
     `patience` consecutive probes: label-free form of the collapse definition (DESIGN.md 6)."""
@@ -135,6 +188,7 @@ class EstimateBelowSource(CollapseDetector):
                        f"the estimated source accuracy for {self.below} probes", self.gap)
 
 
+@DETECTORS.register("aetta-drop")
 class AETTAReset(CollapseDetector):
     """AETTA's recovery rule (Lee et al., CVPR 2024, reset_function "aetta"): its accuracy estimate
     below `floor` %, or the mean of the last `span` estimates `drop` points under the mean of the
@@ -155,6 +209,14 @@ class AETTAReset(CollapseDetector):
         if value is not None and math.isfinite(value):
             self.history = (self.history + [float(value)])[-2 * self.span:]
 
+    @classmethod
+    def for_model(cls, num_classes: int) -> "AETTAReset":
+        # AETTA's own drop rule (2 points over 5 estimates) is a cheap reset trigger, but as a warning
+        # it fired 22, 22 and 10 times on three 300k Tent runs that never collapsed; 10 points over
+        # 10 estimates fired 0, 0 and 2 times and still caught all 5 collapse events of the lr 5e-3
+        # run (README, "Measured")
+        return cls(drop=10.0, span=10)
+
     def compute(self) -> Verdict:
         if not self.history:
             raise NotComputableError(f"{self.name} needs AETTA estimates (estimation.aetta_every > 0)")
@@ -169,10 +231,79 @@ class AETTAReset(CollapseDetector):
                        f"{recent:.1f}% against {before:.1f}% before", recent - before)
 
 
+@DETECTORS.register("flip-rate")
+class FlipRateRise(CollapseDetector):
+    """The probe's flips rising far above their usual level: at each snapshot, the share of the
+    reference set whose prediction changed since the cycle start, against the median share at the
+    same cycle step over the last `history` cycles; fires when it is `factor` times that median
+    and at least `rise` higher, on `patience` consecutive probes. A collapsing model rewrites its
+    predictions on the reference set wholesale (most of them onto one class), long before a stable
+    one does; comparing like cycle steps keeps the flips' natural growth within a cycle (Entropy
+    Enigma, Press et al., ICML 2024) from counting as a rise."""
+
+    name = "flip-rate"
+
+    def __init__(self, factor: float = 2.0, rise: float = 0.1, history: int = 5, patience: int = 2) -> None:
+        self.factor, self.rise, self.history, self.patience = factor, rise, history, patience
+        super().__init__()
+
+    def reset(self) -> None:
+        self.shares: dict[str, list[list[float]]] = {}  # cycle step -> [[cycle, share], ...], JSON-friendly keys
+        self.latest: list | None = None  # [share, baseline] of the last probe
+        self.above = 0
+
+    def update_probe(self, row: dict[str, Any]) -> None:
+        flips, size, step = row.get("flips"), row.get("probe_size"), row.get("cycle_step")
+        if flips is None or not size or step is None:
+            return
+        share = flips / size
+        seen = self.shares.setdefault(str(step), [])
+        earlier = [s for cycle, s in seen if cycle != row.get("cycle")][-self.history:]
+        baseline = statistics.median(earlier) if len(earlier) >= 2 else None
+        self.latest = [share, baseline]
+        high = baseline is not None and share > max(self.factor * baseline, baseline + self.rise)
+        self.above = self.above + 1 if high else 0
+        self.shares[str(step)] = (seen + [[row.get("cycle"), share]])[-(self.history + 1):]
+
+    def compute(self) -> Verdict:
+        if self.latest is None or self.latest[1] is None:
+            raise NotComputableError(f"{self.name} needs two earlier cycles' flips at the same cycle step")
+        share, baseline = self.latest
+        return Verdict(self.above >= self.patience, f"{100 * share:.0f}% of the reference set flipped, against a "
+                       f"median of {100 * baseline:.0f}% at this cycle step before ({self.above} probes above)",
+                       share - baseline)
+
+
+def build_detectors(names: Sequence[str], num_classes: int) -> list[CollapseDetector]:
+    """The named detectors (DETECTORS) for a model of `num_classes` classes; unknown names raise
+    UnknownNameError listing the valid ones."""
+    return [DETECTORS.get(name).for_model(num_classes) for name in names]
+
+
 def default_detectors(num_classes: int) -> list[CollapseDetector]:
-    # AETTA's own drop rule (2 points over 5 estimates) is a cheap reset trigger, but as a warning it
-    # fired 22, 22 and 10 times on three 300k Tent runs that never collapsed; 10 points over 10
-    # estimates fired 0, 0 and 2 times and still caught all 5 collapse events of the lr 5e-3 run
-    # (README, "Measured")
-    return [EntropyCollapse(num_classes), PredictionConcentration(), EstimateBelowSource(),
-            AETTAReset(drop=10.0, span=10)]
+    return build_detectors(DEFAULT_DETECTORS, num_classes)
+
+
+def parse_detectors(text: str) -> tuple[str, ...]:
+    """`estimation.detectors`: comma-separated names, each checked against DETECTORS."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        DETECTORS.get(name)
+    return names
+
+
+def transitions(detectors: Sequence[CollapseDetector], active: list[str]) -> Iterator[tuple[str, CollapseDetector, Verdict]]:
+    """("warning" | "clear", detector, verdict) for each detector whose verdict changed against
+    `active` (the names of the warnings on), which is updated as each one is yielded; detectors
+    still warming up are skipped."""
+    for detector in detectors:
+        try:
+            verdict = detector.compute()
+        except NotComputableError:
+            continue
+        if verdict.firing and detector.name not in active:
+            active.append(detector.name)
+            yield "warning", detector, verdict
+        elif not verdict.firing and detector.name in active:
+            active.remove(detector.name)
+            yield "clear", detector, verdict

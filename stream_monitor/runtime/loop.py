@@ -27,7 +27,7 @@ from ..config import RunConfig
 from ..estimation import WINDOW_ESTIMATORS
 from ..estimation.aetta import AETTA
 from ..estimation.base import NotComputableError
-from ..estimation.detectors import CollapseDetector, default_detectors
+from ..estimation.detectors import CollapseDetector, build_detectors, parse_detectors, transitions
 from ..estimation.duo import DUO_ESTIMATORS, DuoAgreement
 from ..estimation.flips import FlipsCalibration
 from ..estimation.sentinel import EntropySentinel
@@ -164,7 +164,8 @@ class RunLoop:
         self.calibration, self.checkpoint_fn, self.clock = calibration, checkpoint, clock
         self.spread_calibration = spread_calibration
         self.state = state or LoopState(position=config.runtime.start, window=_CycleWindow(start=config.runtime.start))
-        self.detectors: list[CollapseDetector] = default_detectors(num_classes)
+        self.detectors: list[CollapseDetector] = build_detectors(parse_detectors(config.estimation.detectors),
+                                                                 num_classes)
         for detector in self.detectors:
             if detector.name in self.state.detectors:
                 detector.load_state_dict(self.state.detectors[detector.name])
@@ -475,21 +476,12 @@ class RunLoop:
                 "window_start": row["window_start"], "window_stop": row["window_stop"]})
 
     def _check_detectors(self) -> None:
-        active = self.state.active_warnings
-        for detector in self.detectors:
-            try:
-                verdict = detector.compute()
-            except NotComputableError:
-                continue
-            if verdict.firing and detector.name not in active:
-                active.append(detector.name)
-                self.event("warning", detector.name, f"collapse warning: {verdict.evidence}", verdict.value)
-                if self.config.estimation.reset_on_warning:
-                    self._recover(detector.name)
-                    return
-            elif not verdict.firing and detector.name in active:
-                active.remove(detector.name)
-                self.event("clear", detector.name, f"warning cleared: {verdict.evidence}", verdict.value)
+        for kind, detector, verdict in transitions(self.detectors, self.state.active_warnings):
+            prefix = "collapse warning" if kind == "warning" else "warning cleared"
+            self.event(kind, detector.name, f"{prefix}: {verdict.evidence}", verdict.value)
+            if kind == "warning" and self.config.estimation.reset_on_warning:
+                self._recover(detector.name)
+                return
 
     def _recover(self, warned_by: str) -> None:
         """Reset the adapter to the source model and re-arm every detector. The reset queues behind

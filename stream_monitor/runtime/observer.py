@@ -29,6 +29,7 @@ class RunInfo:
     probe_every: int = 0     # adapter steps between probe evaluations (0: no probe)
     probe_size: int = 0
     has_labels: bool = True  # ground-truth columns will be filled
+    num_classes: int = 0     # the model's (0: not recorded, a run from before this field)
 
 
 class RunObserver(Protocol):

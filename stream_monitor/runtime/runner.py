@@ -108,6 +108,7 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
         device=describe["device"], start=state.position if state else config.runtime.start, stop=stop,
         batch_size=config.source.batch_size, probe_every=config.probe.every if config.probe.enabled else 0,
         probe_size=config.probe.size if config.probe.enabled else 0, has_labels=True,
+        num_classes=describe["num_classes"],
     )
     (run_dir / INFO_FILE).write_text(json.dumps(asdict(info), indent=2, default=str))
     sink = ParquetSink(run_dir, config.metrics.rows_per_part, config.metrics.seconds_per_part)

@@ -128,3 +128,17 @@ def test_calibrate_for_another_model_needs_an_image_folder(tmp_path):
                                  "baseline_40_transition+speed_1000_seed_3", "--out", str(tmp_path / "c.json")])
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "with an image folder (--data) the meta-set is fixed domains" in message
+
+
+def test_list_detectors_marks_the_default_set():
+    result = runner.invoke(app, ["list", "detectors"])
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
+    assert result.exit_code == 0 and "default" in lines["entropy-ema"] and "default" not in lines["flip-rate"]
+
+
+def test_unknown_detectors_are_clear_errors(tmp_path):
+    result = runner.invoke(app, ["run", "--set", "estimation.detectors=entropy-ema,flip-rat"])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Unknown detector 'flip-rat'. Did you mean 'flip-rate'?" in message
+    result = runner.invoke(app, ["eval", str(tmp_path), "--detectors", "marginal-entrop"])
+    assert result.exit_code == 2 and "Did you mean 'marginal-entropy'?" in " ".join(result.output.split())

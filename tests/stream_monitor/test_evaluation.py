@@ -81,3 +81,35 @@ def test_a_warning_still_active_from_an_earlier_fire_detects_a_later_event(tmp_p
 def test_a_folder_without_tables_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="stream-monitor run"):
         evaluate(tmp_path)
+
+
+def test_replayed_detectors_give_the_live_runs_own_warnings(tmp_path):
+    from stream_monitor.config import load_config
+    from stream_monitor.evaluation import replay_warnings, warning_intervals
+    from stream_monitor.runtime.runner import run
+
+    names = ["entropy-ema", "top-class-share", "marginal-entropy"]
+    cfg = load_config(None, ["adapter.name=tent", "adapter.lr=0.5", "source.batch_size=16", "runtime.max_images=960",
+                             "runtime.use_ray=false", "runtime.threads=1", "probe.every=20", "probe.size=64",
+                             "dashboard.enabled=false", f"estimation.detectors={','.join(names)}"])
+    assert run(cfg, tmp_path / "run").status == "finished"
+    own = warning_intervals(tmp_path / "run")
+    assert len(own) == 3  # Tent at lr 0.5 collapses within the 60 steps: every detector fires
+    replayed = replay_warnings(tmp_path / "run", names)
+    assert sorted(i for intervals in replayed.values() for i in intervals) == own
+    result = evaluate(tmp_path / "run", detectors=["top-class-share", "flip-rate"])
+    assert set(result["per_detector"]) == {"top-class-share", "flip-rate"}
+
+
+def test_replay_scores_a_detector_the_run_did_not_have(tmp_path):
+    import json
+
+    write(tmp_path, "steps", STEP_SCHEMA, [{**row, "top_class_share": 0.2 if k < 60 else 0.95}
+                                           for k, row in enumerate(steps([40] * 60 + [10] * 40, [35] * 100))])
+    write(tmp_path, "probes", PROBE_SCHEMA, [])
+    write(tmp_path, "events", EVENT_SCHEMA, [])  # the run itself warned of nothing
+    (tmp_path / "run.json").write_text(json.dumps({"num_classes": 10}))
+    result = evaluate(tmp_path, detectors=["top-class-share"])
+    assert result["warnings"].events == 1 and result["warnings"].detected == 1
+    assert result["per_detector"]["top-class-share"].lead_times[0] < 0  # the EMA needs a few steps
+    assert evaluate(tmp_path)["warnings"].detected == 0

@@ -303,7 +303,7 @@ def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, 
         def compute(self):
             return Verdict(self.seen >= 8, f"{self.seen} steps since the last reset", float(self.seen))
 
-    monkeypatch.setattr(loop_module, "default_detectors", lambda num_classes: [FiresAfterEight()])
+    monkeypatch.setattr(loop_module, "build_detectors", lambda names, num_classes: [FiresAfterEight()])
     monkeypatch.setattr(local, "LocalExecutor", RecordingExecutor)
     assert run(config(N, "estimation.reset_on_warning=true"), tmp_path / "run").status == "finished"
     events = rows(tmp_path / "run", "events")

@@ -10,7 +10,9 @@ import pytest
 from sources.base import Batch
 from stream_monitor.config import load_config
 from stream_monitor.estimation.base import NotComputableError
-from stream_monitor.estimation.detectors import EntropyCollapse, EstimateBelowSource, PredictionConcentration
+from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, EntropyCollapse, EstimateBelowSource,
+                                                 FlipRateRise, MarginalEntropyCollapse, PredictionConcentration,
+                                                 build_detectors, transitions)
 from stream_monitor.estimation.flips import PAPER_RESNET50, SHIPPED, FlipsCalibration
 from stream_monitor.runtime.messages import Images, split_batches
 from stream_monitor.runtime.workers import ProbeWorker, percentile_ranks
@@ -327,3 +329,79 @@ def test_gpu_shares_fit_adapter_sources_and_probe_on_one_device(overrides, cuda,
 
     got = gpu_shares(load_config(None, overrides), cuda)
     assert got == pytest.approx((adapter, source))
+
+
+def test_marginal_entropy_is_judged_against_its_largest_possible_value():
+    detector = MarginalEntropyCollapse(1000, warmup=1)  # 64 images can hold at most ln 64 nats, not ln 1000
+    detector.update_step({"marginal_entropy": 0.8 * math.log(64), "images": 64})
+    assert not detector.compute().firing and detector.compute().value == pytest.approx(0.8)
+    detector.update_step({"marginal_entropy": 0.0, "images": 1})  # a one-image batch: no evidence
+    assert detector.count == 1
+    detector = MarginalEntropyCollapse(10)
+    for _ in range(200):  # a stable stream: predictions over most of the 10 classes
+        detector.update_step({"marginal_entropy": 0.9 * math.log(10), "images": 64})
+    assert not detector.compute().firing
+    for _ in range(100):  # collapse: two classes left
+        detector.update_step({"marginal_entropy": math.log(2), "images": 64})
+    assert detector.compute().firing and "30% of its maximum" in detector.compute().evidence
+
+
+def flips_probe(cycle, step, share, size=1000):
+    return {"cycle": cycle, "cycle_step": step, "flips": int(share * size), "probe_size": size}
+
+
+def test_flip_rate_fires_when_flips_jump_above_earlier_cycles_at_the_same_step():
+    detector = FlipRateRise(factor=2.0, rise=0.1, history=5, patience=2)
+    rng = np.random.default_rng(0)
+    for cycle in range(2):  # flips grow within a cycle; no verdict before two earlier cycles
+        for step in range(100, 1000, 100):
+            detector.update_probe(flips_probe(cycle, step, 0.02 * step / 100 + rng.uniform(0, 0.02)))
+            with pytest.raises(NotComputableError, match="two earlier cycles"):
+                detector.compute()
+    for cycle in range(2, 12):  # a stable stream: the same growth, noisy; quiet all along
+        for step in range(100, 1000, 100):
+            detector.update_probe(flips_probe(cycle, step, 0.02 * step / 100 + rng.uniform(0, 0.04)))
+            assert not detector.compute().firing
+    detector.update_probe(flips_probe(12, 100, 0.5))  # collapse: half the reference set flips at once
+    assert not detector.compute().firing  # one probe is not enough
+    detector.update_probe(flips_probe(12, 200, 0.7))
+    verdict = detector.compute()
+    assert verdict.firing and "70% of the reference set flipped" in verdict.evidence
+    restored = FlipRateRise()
+    restored.load_state_dict(detector.state_dict())
+    assert restored.compute() == verdict
+    detector.update_probe(flips_probe(12, 300, 0.07))  # back to normal: the warning clears
+    assert not detector.compute().firing
+
+
+def test_small_flip_counts_need_an_absolute_rise_too():
+    detector = FlipRateRise(factor=2.0, rise=0.1, patience=1)
+    for cycle in range(3):
+        detector.update_probe(flips_probe(cycle, 100, 0.01))
+    detector.update_probe(flips_probe(3, 100, 0.05))  # 5x the median, but only 4 points more
+    assert not detector.compute().firing
+
+
+def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_one():
+    assert set(DETECTORS.names()) == {"entropy-ema", "top-class-share", "marginal-entropy", "online-below-source",
+                                      "aetta-drop", "flip-rate"}
+    built = build_detectors(DEFAULT_DETECTORS, 10)
+    assert [d.name for d in built] == list(DEFAULT_DETECTORS)
+    assert built[0].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
+    with pytest.raises(KeyError, match="Did you mean 'flip-rate'"):
+        build_detectors(["flip-rat"], 10)
+
+
+def test_transitions_raise_and_clear_each_warning_once():
+    detector = PredictionConcentration(warmup=1)
+    active: list[str] = []
+    feed(detector, "top_class_share", [0.1])
+    assert list(transitions([detector], active)) == []
+    for _ in range(100):
+        feed(detector, "top_class_share", [1.0])
+    (fired,) = list(transitions([detector], active))
+    assert fired[0] == "warning" and fired[1] is detector and active == ["top-class-share"]
+    assert list(transitions([detector], active)) == []  # still on: no second warning
+    for _ in range(100):
+        feed(detector, "top_class_share", [0.1])
+    assert [kind for kind, _, _ in transitions([detector], active)] == ["clear"] and active == []
