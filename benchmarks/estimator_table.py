@@ -1,7 +1,7 @@
 """One table of every estimator's error over several evaluation runs (issue 6's must-show).
 
     python benchmarks/estimator_table.py RUN_DIR [RUN_DIR ...] [--calibration FILE ...] [--frozen-calibration FILE]
-        [--sentinel-features N]
+        [--sentinel-features N] [--detectors NAMES]
 
 Each RUN_DIR is a `stream-monitor run` on a stream with labels. Per run, the weighted flips are
 estimated again with the `--calibration` file made for that run's adapter (when one is given;
@@ -11,7 +11,9 @@ otherwise the run's own estimates are scored), the frozen feed's nuclear norm an
 estimator, one column per run, cells "MAE (bias)" in accuracy points, and the best estimator
 per run in bold; then the collapse-warning scores of each run. `--sentinel-features 17` (or 20)
 scores the Sentinels on their calibrations' first N features only: the ablation of the class
-marginal (and the Duos agreement) on the same meta-set.
+marginal (and the Duos agreement) on the same meta-set. `--detectors entropy-ema,flip-rate,...`
+scores the warnings those detectors give when replayed on each run's rows (fused, then one row per
+detector) instead of the runs' own warnings.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from stream_monitor.calibration import Calibration, CalibrationMismatch
+from stream_monitor.estimation.detectors import parse_detectors
 from stream_monitor.estimation.sentinel import leading
 from stream_monitor.evaluation import evaluate
 
@@ -62,7 +65,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5000, help="images per collapse window")
     parser.add_argument("--sentinel-features", type=int, default=None,
                         help="score the Sentinels on their calibrations' first N features (17: the paper's)")
+    parser.add_argument("--detectors", default=None,
+                        help="replay these detectors (comma-separated) on each run instead of its own warnings")
     args = parser.parse_args()
+    detectors = parse_detectors(args.detectors) if args.detectors is not None else None
     calibrations = [Calibration.load(p) for p in args.calibration]
     frozen = Calibration.load(args.frozen_calibration) if args.frozen_calibration else None
     if args.sentinel_features:
@@ -72,7 +78,8 @@ def main() -> None:
     for run_dir in args.runs:
         calibration = matching(run_dir, calibrations)
         labels.append(run_label(run_dir))
-        results.append(evaluate(run_dir, window=args.window, calibration=calibration, frozen_calibration=frozen))
+        results.append(evaluate(run_dir, window=args.window, calibration=calibration, frozen_calibration=frozen,
+                                detectors=detectors))
         print(f"{labels[-1]}: {run_dir}  (weighted flips with "
               f"{calibration.created + ' ' + calibration.adapter if calibration else 'the run’s own f'})")
     for target in ("source", "online"):
@@ -99,13 +106,16 @@ def main() -> None:
                 row.append(f"**{text}**" if best.get(k) == name else text)
             print(f"| {name} | " + " | ".join(row) + " |")
     print("\n### collapse warnings\n")
-    print("| run | events | recall | lead (images) | false alarms | per million images |")
-    print("|---|---|---|---|---|---|")
+    print("| run | warnings | events | recall | lead (images) | false alarms | per million images |")
+    print("|---|---|---|---|---|---|---|")
     for label, result in zip(labels, results):
-        w = result["warnings"]
-        recall = f"{w.recall:.0%}" if w.recall is not None else "n/a"
-        leads = ", ".join(f"{x:,}" for x in w.lead_times) or "-"
-        print(f"| {label} | {w.events} | {recall} | {leads} | {w.false_alarms} | {w.false_alarms_per_million:.1f} |")
+        rows = [("replayed, fused" if detectors else "the run's own", result["warnings"]),
+                *result["per_detector"].items()]
+        for name, w in rows:
+            recall = f"{w.recall:.0%}" if w.recall is not None else "n/a"
+            leads = ", ".join(f"{x:,}" for x in w.lead_times) or "-"
+            print(f"| {label} | {name} | {w.events} | {recall} | {leads} | {w.false_alarms} | "
+                  f"{w.false_alarms_per_million:.1f} |")
 
 
 if __name__ == "__main__":
