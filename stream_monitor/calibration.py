@@ -322,11 +322,12 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
         shutil.rmtree(scratch, ignore_errors=True)
     stats, frozen = source_statistics(config, points)
     for who, st in (("served adapter", stats), ("frozen model", frozen)):
-        forest = st.sentinel or {}
+        sentinel = st.sentinel or {}
+        maes = ", ".join(f"{k} {v:.2f}" for k, v in (sentinel.get("cv_maes") or {}).items()) or "none"
         log(f"{who} on the clean domain: T {st.temperature:.2f}, Acc_S {st.accuracy:.1f}%, "
-            f"AC_S {st.mean_confidence:.1f}%, nuclear-norm line {st.nuclear_fit}; Sentinel forest on "
-            f"{len(forest.get('accuracy', []))} windows, {forest.get('params')}, held-out-run MAE "
-            f"{forest.get('cv_mae') if forest.get('cv_mae') is None else round(forest['cv_mae'], 2)}")
+            f"AC_S {st.mean_confidence:.1f}%, nuclear-norm line {st.nuclear_fit}; Sentinel on "
+            f"{len(sentinel.get('accuracy', []))} windows: {sentinel.get('regressor')} (forest "
+            f"{sentinel.get('params')}); held-out-run MAE {maes}")
     provenance = run_provenance(describe, config, cycle)
     return Calibration(**provenance, probe_every=config.probe.every, domains=[m.label for m in members],
                        points=points, fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),

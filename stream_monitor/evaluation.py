@@ -119,7 +119,7 @@ def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict
     forests; the calibration must have been made for the run's model, adapter, hyperparameters,
     probe size and cycle, or (`frozen_only`: the FROZEN_REESTIMATED rows only) for its model."""
     from .calibration import FROZEN_PROVENANCE_KEYS, run_provenance_of_dir
-    from .estimation.sentinel import SentinelForest
+    from .estimation.sentinel import SentinelRegressor
     from .estimation.window import nuclear_accuracy
 
     provenance = run_provenance_of_dir(Path(run_dir))
@@ -149,7 +149,7 @@ def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict
     from .config import load_config
 
     sidekick = load_config(Path(run_dir) / "config.yaml", []).estimation.duo_model  # whose agreement it recorded
-    forests = {target: SentinelForest(stats["sentinel"]) for target, stats in
+    forests = {target: SentinelRegressor(stats["sentinel"]) for target, stats in
                (("online", served), ("source", calibration.frozen_stats))
                if stats and stats.get("sentinel")}
     for row in estimates:

@@ -13,9 +13,14 @@ and each image a "token":
   mtp = max(-lp log(-lp)); ppl = exp(nll_avg). Probe windows differ in size, so the three sums
   are taken per image, which keeps a window of 800 images comparable with one of 8,000;
 - the map is a window-level regressor (feature vector -> accuracy of the window), fitted by
-  `stream-monitor calibrate` on the meta-set's probe windows: a random forest, as the paper's
-  default, with its depth and split grid chosen by cross-validation that holds out whole meta-set
-  runs (windows of one run are nested, so a split inside a run would flatter the fit).
+  `stream-monitor calibrate` on the meta-set's probe windows. The paper's default is a random
+  forest; its depth and split grid are chosen by cross-validation that holds out whole meta-set
+  runs (windows of one run are nested, so a split inside a run would flatter the fit). The same
+  held-out-run cross-validation then picks the forest, a ridge line on the standardised features,
+  or their mean (REGRESSORS): a forest cannot reach past the accuracies it was trained on, while
+  the stream's hardest windows lie beyond the held-out corruptions' (on the embedded CCC-Hard
+  stream the frozen model sits at chance); the line extrapolates but is noisier, and their mean
+  had the lowest held-out-run error on the shipped meta-set (README, "Measured").
 
 Beyond the paper, two groups of window features follow the 17 (MARGINAL_FEATURES, DUO_FEATURES).
 The entropy profile cannot tell a model that is confident and right from one that a destroying
@@ -28,7 +33,7 @@ is at chance with a mean confidence of ~65%, and its predictions pile onto one c
 - with an Asymmetric Duos sidekick (estimation.duo_model), the share of the window where its class
   agrees with the feed's: GDE's agreement (Jiang et al., ICLR 2022), an accuracy signal that two
   differently built models share only where the input is still readable.
-A feature vector is always a prefix of ALL_FEATURES, and a forest is fitted on the columns its
+A feature vector is always a prefix of ALL_FEATURES, and the regressor is fitted on the columns its
 training set and the window have in common, so calibrations and runs from before the extension
 still score one another on the 17.
 """
@@ -49,6 +54,10 @@ DUO_FEATURES = ("duo_agreement",)
 ALL_FEATURES = FEATURES + MARGINAL_FEATURES + DUO_FEATURES
 #: Entropy Sentinel's random-forest grid (train_stem_entropy_sentinel.py), 100 trees.
 GRID = {"max_depth": (3, 5, 10), "min_samples_split": (2, 5, 10)}
+#: What a calibration chooses from by held-out-run cross-validation: the forest, a ridge line on
+#: the standardised features (its penalty chosen by RidgeCV from RIDGE_ALPHAS), or their mean.
+REGRESSORS = ("forest", "ridge", "blend")
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 MIN_IMAGES = 32  # fewer images than this give quantiles and moments that mean little
 
 
@@ -85,61 +94,84 @@ def marginal_features(counts: np.ndarray) -> list[float]:
     return [float(q.max()), float(-(nonzero * np.log(nonzero)).sum() / np.log(k)), float(np.minimum(q, 1.0 / k).sum())]
 
 
+def _forest(params: dict[str, int], seed: int):
+    from sklearn.ensemble import RandomForestRegressor
+
+    return RandomForestRegressor(n_estimators=100, random_state=seed, **params)
+
+
+def _ridge():
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
+
+
 def fit_sentinel(features: Sequence[Sequence[float]], accuracy: Sequence[float], groups: Sequence[str],
                  seed: int = 0, sidekick: str | None = None) -> dict[str, Any]:
-    """The meta-set's training set and the grid point of least held-out-run MAE, as a calibration
-    stores them (the forest is refitted from them on load: a few hundred rows take a fraction of
-    a second, and the file stays JSON). Windows with fewer features (e.g. merged from an older
-    calibration) cut every window to the shared prefix; `sidekick` names the Duos sidekick the
-    agreement column came from."""
-    from sklearn.ensemble import RandomForestRegressor
-    from sklearn.model_selection import GridSearchCV, GroupKFold
+    """The meta-set's training set, the forest's grid point and the regressor (REGRESSORS) of least
+    held-out-run MAE, as a calibration stores them (the regressor is refitted from them on load:
+    a few hundred rows take a fraction of a second, and the file stays JSON). Windows with fewer
+    features (e.g. merged from an older calibration) cut every window to the shared prefix;
+    `sidekick` names the Duos sidekick the agreement column came from. With fewer than two
+    meta-set runs there is nothing to hold out: the forest at a middle grid point."""
+    from sklearn.model_selection import GridSearchCV, GroupKFold, cross_val_predict
 
     width = min(len(f) for f in features)
     x = np.asarray([list(f)[:width] for f in features], dtype=np.float64)
     y = np.asarray(accuracy, dtype=np.float64)
     params = {"max_depth": 5, "min_samples_split": 2}
     folds = min(5, len(set(groups)))
-    cv_mae = None
+    regressor, cv_mae, cv_maes = "forest", None, None
     if folds >= 2 and len(y) >= 2 * folds:
-        search = GridSearchCV(RandomForestRegressor(n_estimators=100, random_state=seed),
-                              {k: list(v) for k, v in GRID.items()}, scoring="neg_mean_absolute_error",
-                              cv=GroupKFold(n_splits=folds))
+        search = GridSearchCV(_forest({}, seed), {k: list(v) for k, v in GRID.items()},
+                              scoring="neg_mean_absolute_error", cv=GroupKFold(n_splits=folds))
         search.fit(x, y, groups=list(groups))
         params = {k: int(v) for k, v in search.best_params_.items()}
-        cv_mae = float(-search.best_score_)
+        held_out = {name: cross_val_predict(make, x, y, groups=list(groups), cv=GroupKFold(n_splits=folds))
+                    for name, make in (("forest", _forest(params, seed)), ("ridge", _ridge()))}
+        held_out["blend"] = (held_out["forest"] + held_out["ridge"]) / 2
+        cv_maes = {name: float(np.abs(np.clip(held_out[name], 0, 100) - y).mean()) for name in REGRESSORS}
+        regressor = min(REGRESSORS, key=cv_maes.get)
+        cv_mae = cv_maes[regressor]
     return {"features": x.tolist(), "accuracy": y.tolist(), "groups": list(groups), "params": params,
-            "cv_mae": cv_mae, "seed": seed, "names": list(ALL_FEATURES[:width]),
+            "regressor": regressor, "cv_mae": cv_mae, "cv_maes": cv_maes, "seed": seed,
+            "names": list(ALL_FEATURES[:width]),
             "sidekick": sidekick if width > len(FEATURES + MARGINAL_FEATURES) else None}
 
 
 def leading(training: dict[str, Any], width: int) -> dict[str, Any]:
-    """A training set cut to its first `width` features: what a forest makes of fewer (ablations)."""
+    """A training set cut to its first `width` features: what the regressor makes of fewer (ablations)."""
     width = min(width, len(training["features"][0]))
     return {**training, "features": [list(f)[:width] for f in training["features"]],
             "names": list(ALL_FEATURES[:width]),
             "sidekick": training.get("sidekick") if width > len(FEATURES + MARGINAL_FEATURES) else None}
 
 
-class SentinelForest:
-    """A calibration's forest, refitted from its stored training set (deterministic: fixed seed) on
+class SentinelRegressor:
+    """A calibration's regressor (forest, ridge line or their mean; `regressor`, forest for files
+    from before the choice), refitted from its stored training set (deterministic: fixed seed) on
     the feature columns it shares with the window it scores."""
 
     def __init__(self, training: dict[str, Any]) -> None:
         self.training = training
+        self.kind = training.get("regressor", "forest")
+        if self.kind not in REGRESSORS:
+            raise ValueError(f"Unknown Sentinel regressor {self.kind!r} in the calibration; valid: "
+                             f"{', '.join(REGRESSORS)}. Make the calibration again with this version.")
         self.width = len(training["features"][0])
-        self._forests: dict[int, Any] = {}
-        self._forest(self.width)
+        self._fitted: dict[int, list[Any]] = {}
+        self._models(self.width)
 
-    def _forest(self, width: int):
-        if width not in self._forests:
-            from sklearn.ensemble import RandomForestRegressor
-
-            forest = RandomForestRegressor(n_estimators=100, random_state=self.training.get("seed", 0),
-                                           **self.training["params"])
-            forest.fit(np.asarray(self.training["features"])[:, :width], np.asarray(self.training["accuracy"]))
-            self._forests[width] = forest
-        return self._forests[width]
+    def _models(self, width: int) -> list[Any]:
+        if width not in self._fitted:
+            x = np.asarray(self.training["features"])[:, :width]
+            y = np.asarray(self.training["accuracy"])
+            models = [_forest(self.training["params"], self.training.get("seed", 0))] if self.kind != "ridge" else []
+            models += [_ridge()] if self.kind != "forest" else []
+            self._fitted[width] = [model.fit(x, y) for model in models]
+        return self._fitted[width]
 
     def columns(self, features: Sequence[float], sidekick: str | None = None) -> int:
         """How many leading features the window and the training set share; the agreement column
@@ -153,13 +185,14 @@ class SentinelForest:
         """Estimated accuracy (%) of one window, clipped to [0, 100]; `sidekick`: the run's Duos
         sidekick (estimation.duo_model), whose agreement is the window's last feature if any."""
         width = self.columns(features, sidekick)
-        value = self._forest(width).predict(np.asarray(features[:width], dtype=np.float64)[None])[0]
+        window = np.asarray(features[:width], dtype=np.float64)[None]
+        value = np.mean([model.predict(window)[0] for model in self._models(width)])
         return float(np.clip(value, 0.0, 100.0))
 
 
 class EntropySentinel(WindowEstimator):
     """Entropy Sentinel (Memoli Buffa & Del Corro, 2026): 17 entropy-profile features, a meta-set
-    forest; with the window's class marginal and, with a sidekick, the Duos agreement (see above).
+    regressor; with the window's class marginal and, with a sidekick, the Duos agreement (see above).
 
     The features are taken over the whole window (the cycle so far), and recorded with each
     estimate so a later calibration can redo it. `sidekick` is the run's Duos sidekick, set by the
@@ -169,7 +202,7 @@ class EntropySentinel(WindowEstimator):
     sidekick: str | None = None
 
     def __init__(self, stats=None, frozen: bool = False) -> None:
-        self._forest: SentinelForest | None = None  # fitted on first use, kept across cycles
+        self._regressor: SentinelRegressor | None = None  # fitted on first use, kept across cycles
         super().__init__(stats, frozen)
 
     def reset(self) -> None:
@@ -217,9 +250,9 @@ class EntropySentinel(WindowEstimator):
         features = self.features()
         if features is None:
             raise NotComputableError(f"{self.name} needs {MIN_IMAGES} images in the window")
-        if self._forest is None:
-            self._forest = SentinelForest(self.stats.sentinel)
-        return self._forest(features, self.sidekick)
+        if self._regressor is None:
+            self._regressor = SentinelRegressor(self.stats.sentinel)
+        return self._regressor(features, self.sidekick)
 
     def state_dict(self) -> dict[str, Any]:
         entropy, nll = self._profile()

@@ -168,7 +168,7 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
     errors = [abs(f[p["cycle_step"]](p["weighted_flips"], p["probe_size"])[0] - p["true_source_acc"]) for p in probes]
     assert scores["weighted-flips", "source"].mae == pytest.approx(np.mean(errors))
     # the Sentinel of each feed is redone from the window features the run recorded
-    from stream_monitor.estimation.sentinel import SentinelForest
+    from stream_monitor.estimation.sentinel import SentinelRegressor
 
     recorded = [e for e in read_table(tmp_path / "run", "estimates").to_pylist() if e["estimator"] == "sentinel"]
     # no calibration for tent: no served-feed forest; the frozen feed's from the shipped file
@@ -176,7 +176,7 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
     assert any(e["value"] is not None for e in recorded if e["target"] == "source")
     recorded = [e for e in recorded if e["features"] is not None]  # windows of 32 images or more
     assert recorded and all(len(e["features"]) == 20 for e in recorded)  # no sidekick: no agreement column
-    forest = SentinelForest(cal.frozen_stats["sentinel"])
+    forest = SentinelRegressor(cal.frozen_stats["sentinel"])
     truth = {p["step"]: p["true_source_acc"] for p in probes}
     errors = [abs(forest(e["features"]) - truth[e["step"]]) for e in recorded
               if e["target"] == "source" and e["step"] in truth]

@@ -10,7 +10,7 @@ import torch
 
 from stream_monitor.estimation import WINDOW_ESTIMATORS, NotComputableError
 from stream_monitor.estimation.sentinel import (ALL_FEATURES, FEATURES, MARGINAL_FEATURES, EntropySentinel,
-                                                SentinelForest, fit_sentinel, leading, marginal_features, profile,
+                                                SentinelRegressor, fit_sentinel, leading, marginal_features, profile,
                                                 window_features)
 from stream_monitor.estimation.window import SourceStats
 
@@ -82,16 +82,37 @@ def test_the_forest_learns_a_meta_set_and_survives_a_json_round_trip():
     x, y, groups = synthetic_meta_set(rng)
     training = fit_sentinel(x[:40], y[:40], groups[:40])
     assert set(training["params"]) == {"max_depth", "min_samples_split"} and training["cv_mae"] is not None
-    held_out = np.array([SentinelForest(training)(f) for f in x[40:]])
+    held_out = np.array([SentinelRegressor(training)(f) for f in x[40:]])
     assert np.abs(held_out - np.array(y[40:])).mean() < 5.0  # targets span ~5-60 points
     again = json.loads(json.dumps(training))
-    assert [SentinelForest(again)(f) for f in x[40:]] == list(held_out)  # deterministic refit
+    assert [SentinelRegressor(again)(f) for f in x[40:]] == list(held_out)  # deterministic refit
+
+
+def test_held_out_runs_choose_the_regressor_and_each_kind_refits_from_the_file():
+    rng = np.random.default_rng(2)
+    # accuracy linear in the features, and the last run's windows beyond every other run's range:
+    # a forest cannot reach them, a line can
+    x = rng.uniform(0, 1, (60, 17))
+    x[50:, 0] += 1.0
+    y = 10 + 30 * x[:, 0] + rng.normal(0, 0.5, 60)
+    groups = [f"run{k // 10}" for k in range(60)]
+    training = fit_sentinel(x.tolist(), y.tolist(), groups)
+    assert set(training["cv_maes"]) == {"forest", "ridge", "blend"}
+    assert training["regressor"] == "ridge" and training["cv_mae"] == min(training["cv_maes"].values())
+    window = [2.5] + [0.5] * 16  # beyond the training range (x0 <= 2, accuracy <= 70)
+    values = {kind: SentinelRegressor({**training, "regressor": kind})(window) for kind in ("forest", "ridge", "blend")}
+    assert abs(values["ridge"] - 85.0) < 3 and values["forest"] < 71  # the line reaches 10 + 30 x 2.5, the forest not
+    assert values["blend"] == pytest.approx((values["forest"] + values["ridge"]) / 2)
+    old = {k: v for k, v in training.items() if k != "regressor"}  # a calibration from before the choice
+    assert SentinelRegressor(old)(window) == values["forest"]
+    with pytest.raises(ValueError, match="Unknown Sentinel regressor 'boosted'"):
+        SentinelRegressor({**training, "regressor": "boosted"})
 
 
 def test_the_forest_clips_to_a_percentage():
     training = {"features": [[0.0] * 17, [1.0] * 17] * 10, "accuracy": [150.0, -20.0] * 10,
                 "params": {"max_depth": 2, "min_samples_split": 2}, "seed": 0}
-    forest = SentinelForest(training)
+    forest = SentinelRegressor(training)
     assert forest([0.0] * 17) == 100.0 and forest([1.0] * 17) == 0.0
 
 
@@ -130,7 +151,7 @@ def test_estimate_is_the_forest_on_the_whole_window_and_reset_starts_a_new_one(t
     counts = np.bincount(whole.argmax(1), minlength=10)
     expected = window_features(*profile(whole)).tolist() + marginal_features(counts)
     assert est.features() == pytest.approx(expected, rel=1e-5)
-    assert est.compute() == SentinelForest(stats.sentinel)(est.features())
+    assert est.compute() == SentinelRegressor(stats.sentinel)(est.features())
     torch.save(est.state_dict(), tmp_path / "s.pt")
     restored = EntropySentinel(stats, frozen=True)
     restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
@@ -160,20 +181,20 @@ def test_a_forest_uses_the_columns_it_shares_with_the_window_and_the_same_sideki
     x, y, groups = wide_meta_set(np.random.default_rng(4))
     training = fit_sentinel(x, y, groups, sidekick="small")
     assert training["names"] == list(ALL_FEATURES) and training["sidekick"] == "small"
-    forest = SentinelForest(training)
+    forest = SentinelRegressor(training)
     window = x[0]
     assert forest.columns(window, "small") == len(ALL_FEATURES)
     assert forest.columns(window, "other") == forest.columns(window, None) == 20  # another sidekick's agreement
     assert forest.columns(window[:17], "small") == 17  # a window recorded before the extension
     # each width is a forest fitted on those leading columns alone
     for width, sidekick in ((21, "small"), (20, "other"), (17, "small")):
-        alone = SentinelForest({**training, "features": [f[:width] for f in training["features"]]})
+        alone = SentinelRegressor({**training, "features": [f[:width] for f in training["features"]]})
         assert forest(window[:width], sidekick) == alone(window[:width], sidekick)
     cut = leading(training, 20)  # the ablation: no agreement column, whatever the window has
     assert cut["names"] == list(ALL_FEATURES[:20]) and cut["sidekick"] is None
-    assert SentinelForest(cut)(window, "small") == forest(window[:20])
+    assert SentinelRegressor(cut)(window, "small") == forest(window[:20])
     # a training set from before the extension scores a wide window on its 17
-    old = SentinelForest(fit_sentinel([f[:17] for f in x], y, groups))
+    old = SentinelRegressor(fit_sentinel([f[:17] for f in x], y, groups))
     assert old.columns(window, "small") == 17 and old(window, "small") == old(window[:17])
 
 
