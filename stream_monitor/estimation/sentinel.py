@@ -17,10 +17,9 @@ and each image a "token":
   forest; its depth and split grid are chosen by cross-validation that holds out whole meta-set
   runs (windows of one run are nested, so a split inside a run would flatter the fit). The same
   held-out-run cross-validation then picks the forest, a ridge line on the standardised features,
-  or their mean (REGRESSORS): a forest cannot reach past the accuracies it was trained on, while
-  the stream's hardest windows lie beyond the held-out corruptions' (on the embedded CCC-Hard
-  stream the frozen model sits at chance); the line extrapolates but is noisier, and their mean
-  had the lowest held-out-run error on the shipped meta-set (README, "Measured").
+  or their mean (REGRESSORS): a forest cannot reach past the accuracies it was trained on, a line
+  can but is noisier; on the shipped meta-set their mean had the lowest held-out-run error
+  (README, "Measured").
 
 Beyond the paper, two groups of window features follow the 17 (MARGINAL_FEATURES, DUO_FEATURES).
 The entropy profile cannot tell a model that is confident and right from one that a destroying
