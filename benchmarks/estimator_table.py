@@ -32,7 +32,8 @@ from stream_monitor.evaluation import evaluate
 def run_label(run_dir: Path) -> str:
     info = json.loads((run_dir / "run.json").read_text())
     stream = info["stream"].split("/")[-1].replace("_transition+speed_", " s").replace("baseline_", "b")
-    return f"{info['adapter']} {stream.split('_seed')[0]}"
+    lr = info.get("hyperparameters", {}).get("lr")
+    return f"{info['adapter']}{f' lr {lr:g}' if lr is not None else ''} {stream.split('_seed')[0]}"
 
 
 def matching(run_dir: Path, calibrations: list[Calibration]) -> Calibration | None:
