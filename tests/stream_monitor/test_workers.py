@@ -390,6 +390,8 @@ def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_on
     assert built[0].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
     with pytest.raises(KeyError, match="Did you mean 'flip-rate'"):
         build_detectors(["flip-rat"], 10)
+    assert load_config(None, []).estimation.detectors == ",".join(DEFAULT_DETECTORS)  # one default, two spellings
+    assert load_config(None, ["estimation.detectors="]).estimation.detectors == ""  # warnings off
 
 
 def test_transitions_raise_and_clear_each_warning_once():
