@@ -131,15 +131,14 @@ class HeldOutFolderSource:
         if not 0 <= start <= stop <= self._length:
             raise ValueError(f"slice [{start}, {stop}) is outside {self.name!r} of {self._length} images")
         for batch in self.folder.read(start, stop, batch_size):
-            if len(batch.indices) and self.severity > 0:
-                corrupt = get_corruption(self.corruption)
+            if len(batch.indices):
                 x = torch.from_numpy(batch.images).float() / 255.0
-                x = torch.cat([corrupt(x[k:k + 1], self.severity,
-                                       torch.Generator().manual_seed(mix_seed(self._seed, int(i))), self.profile)
-                               for k, i in enumerate(batch.indices)])
+                if self.severity > 0:
+                    corrupt = get_corruption(self.corruption)
+                    x = torch.cat([corrupt(x[k:k + 1], self.severity,
+                                           torch.Generator().manual_seed(mix_seed(self._seed, int(i))), self.profile)
+                                   for k, i in enumerate(batch.indices)])
                 batch.images = jpeg_roundtrip(x)[0].numpy()
-            elif len(batch.indices):
-                batch.images = jpeg_roundtrip(torch.from_numpy(batch.images).float() / 255.0)[0].numpy()
             n = len(batch.indices)
             batch.noise_a = np.full(n, self.corruption)
             batch.severity_a = np.full(n, self.severity, np.float32)

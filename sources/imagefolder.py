@@ -9,9 +9,10 @@ Every image is resized on its shorter side to ``resize`` and centre-cropped to `
 Order is deterministic: ``make_dataset``'s sorted order, or a permutation drawn from
 ``numpy.random.default_rng(shuffle_seed)``. With ``passes`` > 1 the stream goes over the folder
 that many times, each later pass in a fresh seeded permutation (as a reshuffling loader would,
-e.g. Entropy Enigma adapting on the held-out set for more iterations than it has images). An unreadable or corrupt file is left out of its batch,
-logged with its path and listed in ``Batch.skipped``; batches are cut by stream position, as in
-`sources.shards`, so one bad file never shifts the rest of the stream.
+e.g. Entropy Enigma adapting on the held-out set for more iterations than it has images).
+An unreadable or corrupt file is left out of its batch, logged with its path and listed in
+``Batch.skipped``; batches are cut by stream position, as in `sources.shards`, so one bad file
+never shifts the rest of the stream.
 """
 
 from __future__ import annotations

@@ -293,12 +293,9 @@ def evaluate(run_dir: Path, window: int = 5000, margin: float = 5.0, sustain: in
     if not (run_dir / "steps").is_dir():
         raise FileNotFoundError(f"{run_dir} has no steps/ table; pass a run directory written by `stream-monitor run`.")
     events = collapse_events(run_dir, window, margin, sustain)
-    result = {"estimators": score_estimators(run_dir, calibration, frozen_calibration), "events": events,
-              "warnings": score_warnings(run_dir, events, horizon), "per_detector": {}}
-    if detectors is not None:
-        replayed = replay_warnings(run_dir, detectors)
-        fused = sorted(interval for intervals in replayed.values() for interval in intervals)
-        result["warnings"] = score_warnings(run_dir, events, horizon, fused)
-        result["per_detector"] = {name: score_warnings(run_dir, events, horizon, intervals)
-                                  for name, intervals in replayed.items()}
-    return result
+    replayed = replay_warnings(run_dir, detectors) if detectors is not None else {}
+    fused = sorted(i for intervals in replayed.values() for i in intervals) if detectors is not None else None
+    return {"estimators": score_estimators(run_dir, calibration, frozen_calibration), "events": events,
+            "warnings": score_warnings(run_dir, events, horizon, fused),
+            "per_detector": {name: score_warnings(run_dir, events, horizon, intervals)
+                             for name, intervals in replayed.items()}}
