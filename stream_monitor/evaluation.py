@@ -27,6 +27,7 @@ from .metrics.sink import read_table
 
 if TYPE_CHECKING:
     from .calibration import Calibration
+    from .estimation.headline import Headline
 
 #: target -> (the probe row's estimate column, its method column, its truth column)
 TARGETS = {"source": ("est_source_acc", "est_source_method", "true_source_acc"),
@@ -79,17 +80,9 @@ def score_estimators(run_dir: Path, calibration: "Calibration | None" = None,
     model with any adapter serves (e.g. a fast one made with `--set adapter.name=source`)."""
     probes = read_table(run_dir, "probes").to_pylist()
     truth = {row["step"]: row for row in probes}
-    recorded = read_table(run_dir, "estimates").to_pylist()
-    rows = [r for r in recorded if r["target"] in TARGETS]
-    if not rows:  # a run from before the estimates table: the probe rows' estimate columns
-        rows = [{"step": p["step"], "estimator": p[TARGETS[t][1]] or "?", "target": t, "value": p[TARGETS[t][0]],
-                 "extrapolated": p.get("est_extrapolated") if t == "source" else None}
-                for p in probes for t in TARGETS]
-    if calibration is not None:
-        rows = [r for r in rows if r["estimator"] not in REESTIMATED] + reestimate(run_dir, probes, recorded, calibration)
-    if frozen_calibration is not None:
-        redone = reestimate(run_dir, probes, recorded, frozen_calibration, frozen_only=True)
-        rows = [r for r in rows if not (r["target"] == "source" and r["estimator"] in FROZEN_REESTIMATED)] + redone
+    rows = estimate_rows(run_dir, probes, calibration, frozen_calibration)
+    rows += [{"step": step, "estimator": HEADLINE, "target": target, "value": best.value,
+              "extrapolated": best.extrapolated} for (step, target), best in headlines(rows).items()]
     by_key: dict[tuple[str, str], list[tuple[float, float, bool]]] = {}
     for row in rows:
         true = truth.get(row["step"], {}).get(TARGETS[row["target"]][2])
@@ -105,6 +98,45 @@ def score_estimators(run_dir: Path, calibration: "Calibration | None" = None,
     return scores
 
 
+#: The estimator name under which `score_estimators` scores each window's headline estimate.
+HEADLINE = "headline"
+
+
+def estimate_rows(run_dir: Path, probes: list[dict[str, Any]], calibration: "Calibration | None" = None,
+                  frozen_calibration: "Calibration | None" = None) -> list[dict[str, Any]]:
+    """Every estimate of the run (the estimates table, or the probes' own columns for runs without
+    it), with the REESTIMATED ones made again with the calibrations given (see `score_estimators`)."""
+    recorded = read_table(run_dir, "estimates").to_pylist()
+    rows = [r for r in recorded if r["target"] in TARGETS]
+    if not rows:  # a run from before the estimates table: the probe rows' estimate columns
+        rows = [{"step": p["step"], "estimator": p[TARGETS[t][1]] or "?", "target": t, "value": p[TARGETS[t][0]],
+                 "extrapolated": p.get("est_extrapolated") if t == "source" else None}
+                for p in probes for t in TARGETS]
+    if calibration is not None:
+        rows = [r for r in rows if r["estimator"] not in REESTIMATED] + reestimate(run_dir, probes, recorded, calibration)
+    if frozen_calibration is not None:
+        redone = reestimate(run_dir, probes, recorded, frozen_calibration, frozen_only=True)
+        rows = [r for r in rows if not (r["target"] == "source" and r["estimator"] in FROZEN_REESTIMATED)] + redone
+    return rows
+
+
+def estimates_by_step(rows: list[dict[str, Any]]) -> dict[int, list[tuple[str, str, float | None, bool | None]]]:
+    """step -> the (estimator, target, value, extrapolated) tuples of its window (headline's input)."""
+    out: dict[int, list[tuple[str, str, float | None, bool | None]]] = {}
+    for r in rows:
+        if r["estimator"] != HEADLINE:
+            out.setdefault(r["step"], []).append((r["estimator"], r["target"], r["value"], r["extrapolated"]))
+    return out
+
+
+def headlines(rows: list[dict[str, Any]]) -> dict[tuple[int, str], "Headline"]:
+    """(step, target) -> the headline estimate (`estimation.headline`) among `rows`."""
+    from .estimation.headline import pick_headline
+
+    return {(step, target): best for step, estimates in estimates_by_step(rows).items() for target in TARGETS
+            if (best := pick_headline(target, estimates)) is not None}
+
+
 #: Estimators a later calibration can redo from what a run recorded: both flips estimators (from
 #: the probe rows' flips), the nuclear norm of each feed (from its recorded raw score) and the
 #: Sentinel of each feed (from its recorded window features).
@@ -117,7 +149,8 @@ def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict
                calibration: "Calibration", frozen_only: bool = False) -> list[dict[str, Any]]:
     """The REESTIMATED estimators' rows for every probe row, with `calibration`'s f, lines and
     forests; the calibration must have been made for the run's model, adapter, hyperparameters,
-    probe size and cycle, or (`frozen_only`: the FROZEN_REESTIMATED rows only) for its model."""
+    probe size and cycle, or (`frozen_only`: the FROZEN_REESTIMATED rows only, and the served
+    nuclear norm with the source line where the run had none) for its model."""
     from .calibration import FROZEN_PROVENANCE_KEYS, run_provenance_of_dir
     from .estimation.sentinel import SentinelRegressor
     from .estimation.window import nuclear_accuracy
@@ -138,8 +171,16 @@ def reestimate(run_dir: Path, probes: list[dict[str, Any]], estimates: list[dict
                 out.append({"step": p["step"], "estimator": name, "target": "source", "value": value,
                             "extrapolated": extrapolated})
     served = None if frozen_only else calibration.source_stats
-    lines = {"score": (served or {}).get("nuclear_fit"),
-             "source-score": (calibration.frozen_stats or {}).get("nuclear_fit")}
+    frozen_line = (calibration.frozen_stats or {}).get("nuclear_fit")
+    # the served feed's nuclear norm falls back on the source model's line as a live run does
+    # (window.with_source_line); from a frozen-feed calibration, only for a run that had no served line
+    if frozen_only:
+        had_line = any(r["estimator"] == "nuclear-norm" and r["target"] == "online" and r["value"] is not None
+                       for r in estimates)
+        served_line = None if had_line else frozen_line
+    else:
+        served_line = (served or {}).get("nuclear_fit") or frozen_line
+    lines = {"score": served_line, "source-score": frozen_line}
     for row in estimates:
         line = lines.get(row["target"]) if row["estimator"] == "nuclear-norm-score" else None
         if line is not None and row["value"] is not None:  # the recorded score is x100
@@ -210,18 +251,26 @@ def warning_intervals(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(intervals)
 
 
-def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...], calibration: "Calibration | None" = None,
+                    frozen_calibration: "Calibration | None" = None) -> dict[str, list[tuple[int, float]]]:
     """Per named detector, the (fired, cleared) stream positions of the warnings it would have
     raised on a finished run, replayed on the run's recorded step and probe rows with the live
-    loop's rule (`detectors.transitions`). A probe row is replayed right after its step's row;
+    loop's rule (`detectors.transitions`). The probe rows' headline estimates are chosen again from
+    the run's estimates as a live run chooses them now (`estimation.headline`), made with the
+    calibrations given as `score_estimators` makes them. A probe row is replayed right after its step's row;
     live, its result reaches the detectors a few steps later, so a probe-fed warning can come a few
     steps early here. A run with estimation.reset_on_warning reset its adapter on its own warnings,
     so no replay of other detectors is what that run would have done."""
     from .estimation.detectors import build_detectors, transitions
 
     detectors = build_detectors(names, _num_classes(Path(run_dir)))
+    from .estimation.headline import headline_columns
+
+    rows = read_table(run_dir, "probes").to_pylist()
+    by_step = estimates_by_step(estimate_rows(run_dir, rows, calibration, frozen_calibration))
     probes: dict[int, list[dict[str, Any]]] = {}
-    for row in read_table(run_dir, "probes").to_pylist():
+    for row in rows:
+        row.update(headline_columns(by_step.get(row["step"], [])))
         probes.setdefault(row["step"], []).append(row)
     active: list[str] = []
     fired: dict[str, int] = {}
@@ -293,7 +342,7 @@ def evaluate(run_dir: Path, window: int = 5000, margin: float = 5.0, sustain: in
     if not (run_dir / "steps").is_dir():
         raise FileNotFoundError(f"{run_dir} has no steps/ table; pass a run directory written by `stream-monitor run`.")
     events = collapse_events(run_dir, window, margin, sustain)
-    replayed = replay_warnings(run_dir, detectors) if detectors is not None else {}
+    replayed = replay_warnings(run_dir, detectors, calibration, frozen_calibration) if detectors is not None else {}
     fused = sorted(i for intervals in replayed.values() for i in intervals) if detectors is not None else None
     return {"estimators": score_estimators(run_dir, calibration, frozen_calibration), "events": events,
             "warnings": score_warnings(run_dir, events, horizon, fused),

@@ -30,8 +30,9 @@ from ..estimation.base import NotComputableError
 from ..estimation.detectors import CollapseDetector, build_detectors, parse_detectors, transitions
 from ..estimation.duo import DUO_ESTIMATORS, DuoAgreement
 from ..estimation.flips import FlipsCalibration
+from ..estimation.headline import headline_columns
 from ..estimation.sentinel import EntropySentinel
-from ..estimation.window import AverageConfidence, SourceStats, WindowEstimator
+from ..estimation.window import SourceStats, WindowEstimator, with_source_line
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from .messages import ProbeResult, StepSummary, Truth
 from .observer import RunObserver, notify_health
@@ -178,7 +179,8 @@ class RunLoop:
             else None
         # (GDE's agreement of the frozen model and the sidekick estimates the source accuracy too)
         self.duos = [cls(duo_stats) for cls in DUO_ESTIMATORS] + [DuoAgreement(frozen=True)] if duo_name else []
-        self.estimators: list[WindowEstimator | AETTA | Any] = [cls(source_stats) for cls in WINDOW_ESTIMATORS] + \
+        served_stats = with_source_line(source_stats, frozen_stats)
+        self.estimators: list[WindowEstimator | AETTA | Any] = [cls(served_stats) for cls in WINDOW_ESTIMATORS] + \
             [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + ([self.aetta] if self.aetta else []) + \
             self.duos
         # the estimators that take the sidekick's outputs beside a feed's: the duos and the Sentinels
@@ -424,10 +426,8 @@ class RunLoop:
 
     def _window_columns(self, position: int, estimates: list[Estimate]) -> dict[str, Any]:
         w = self.state.window
-        shown = {(e.estimator, e.target): e.value for e in estimates}[AverageConfidence.name, "online"]
         return {
             "position": position, "window_start": w.start, "window_stop": position,
-            "est_online_acc": shown, "est_online_method": AverageConfidence.name,
             "true_online_acc": 100.0 * w.correct / w.labelled if w.labelled else None,
             "true_source_acc": 100.0 * w.source_correct / w.source_seen if w.source_seen else None,
         }
@@ -459,15 +459,15 @@ class RunLoop:
         cal = (self.calibration or {}).get(result.cycle_step)
         if cal is not None:
             flips.append(("weighted-flips", *cal(result.weighted_flips, result.probe_size)))
-        if flips:
-            row["est_source_method"], row["est_source_acc"], row["est_extrapolated"] = flips[0]
+        extrapolated = {name: outside for name, _, outside in flips}
+        estimates = [Estimate(name, "source", value) for name, value, _ in flips] + list(pending.estimates)
+        row.update(headline_columns((e.estimator, e.target, e.value, extrapolated.get(e.estimator))
+                                    for e in estimates))
         for detector in self.detectors:
             detector.update_probe(row)
         self._check_detectors()
         row["warning"] = bool(self.state.active_warnings)
         self._emit("on_probe", row)
-        extrapolated = {name: outside for name, _, outside in flips}
-        estimates = [Estimate(name, "source", value) for name, value, _ in flips] + list(pending.estimates)
         for e in estimates:
             self._emit("on_estimate", {
                 "step": row["step"], "position": row["position"], "cycle": row["cycle"], "cycle_step": row["cycle_step"],

@@ -38,6 +38,11 @@ def test_mae_bias_and_worst_per_estimator_and_target(tmp_path):
     assert (flips.windows, flips.mae, flips.bias, flips.worst, flips.extrapolated) == (2, 3.5, -1.5, 5.0, 1)
     ac = scores["average-confidence", "online"]
     assert (ac.windows, ac.mae, ac.bias) == (2, 15.0, 15.0)
+    # the headline of each window is the first estimator of the order with a value: here the only one
+    from dataclasses import replace
+
+    assert scores["headline", "source"] == replace(flips, estimator="headline")
+    assert scores["headline", "online"] == replace(ac, estimator="headline")
 
 
 def test_collapse_events_need_a_sustained_gap(tmp_path):
@@ -88,7 +93,7 @@ def test_replayed_detectors_give_the_live_runs_own_warnings(tmp_path):
     from stream_monitor.evaluation import replay_warnings, warning_intervals
     from stream_monitor.runtime.runner import run
 
-    names = ["entropy-ema", "top-class-share", "marginal-entropy"]
+    names = ["entropy-ema", "top-class-share", "marginal-entropy", "online-below-source"]
     cfg = load_config(None, ["adapter.name=tent", "adapter.lr=0.5", "source.batch_size=16", "runtime.max_images=960",
                              "runtime.use_ray=false", "runtime.threads=1", "probe.every=20", "probe.size=64",
                              "dashboard.enabled=false", f"estimation.detectors={','.join(names)}"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stream_monitor.config import load_config
+from stream_monitor.estimation.headline import HEADLINE_ORDER
 from stream_monitor.estimation.window import scale
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.runtime import local, runner
@@ -129,7 +130,22 @@ def test_probe_rows_follow_the_schedule(baseline):
         assert p["window_start"] == cycle * CYCLE * BATCH
         assert 0 <= p["flips"] <= p["probe_size"] and 0 <= p["weighted_flips"] <= p["flips"]
         assert 0 <= p["est_online_acc"] <= 100 and 0 <= p["true_online_acc"] <= 100
-        assert p["est_source_acc"] is None  # no shipped calibration for the embedded model
+
+
+def test_probe_rows_headline_the_first_estimator_of_the_order_with_a_value(baseline):
+    _, run_dir, _ = baseline
+    estimates = read_table(run_dir, "estimates").to_pylist()
+    for p in read_table(run_dir, "probes").to_pylist():
+        found = {(e["estimator"], e["target"]): e["value"] for e in estimates
+                 if e["step"] == p["step"] and e["value"] is not None}
+        for target, order in HEADLINE_ORDER.items():
+            first = next(name for name in order if (name, target) in found)
+            assert p[f"est_{target}_method"] == first
+            assert p[f"est_{target}_acc"] == pytest.approx(found[first, target])
+    # the shipped frozen-feed calibration gives the frozen model's Sentinel; the served feed, with no
+    # adapter calibration, the nuclear norm on the source model's line
+    assert {p["est_source_method"] for p in read_table(run_dir, "probes").to_pylist()} == {"sentinel"}
+    assert {p["est_online_method"] for p in read_table(run_dir, "probes").to_pylist()} == {"nuclear-norm"}
 
 
 def test_events_and_checkpoint(baseline):
