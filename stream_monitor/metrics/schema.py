@@ -32,6 +32,7 @@ STEP_SCHEMA = pa.schema([
     pa.field("mean_confidence", pa.float32()),              # mean max-softmax of the served logits
     pa.field("marginal_entropy", pa.float32()),             # entropy of the batch's mean prediction
     pa.field("top_class_share", pa.float32()),              # share of the most predicted class
+    pa.field("source_top_class_share", pa.float32()),       # the same for the frozen source model (scored batches)
     pa.field("num_used", pa.int32()),                       # samples that entered the loss
     pa.field("loss", pa.float32()),
     pa.field("grad_norm", pa.float32()),

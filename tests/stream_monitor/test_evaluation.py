@@ -99,7 +99,9 @@ def test_replayed_detectors_give_the_live_runs_own_warnings(tmp_path):
                              "dashboard.enabled=false", f"estimation.detectors={','.join(names)}"])
     assert run(cfg, tmp_path / "run").status == "finished"
     own = warning_intervals(tmp_path / "run")
-    assert len(own) == 3  # Tent at lr 0.5 collapses within the 60 steps: every detector fires
+    # Tent at lr 0.5 collapses within the 60 steps: the entropy detectors fire; top-class-share does
+    # not (the source model puts as many of these 16-image batches on one class, 50-56%)
+    assert len(own) == 2
     replayed = replay_warnings(tmp_path / "run", names)
     assert sorted(i for intervals in replayed.values() for i in intervals) == own
     result = evaluate(tmp_path / "run", detectors=["top-class-share", "flip-rate"])

@@ -305,6 +305,33 @@ def test_estimate_below_source_needs_patience():
     assert not detector.compute().firing
 
 
+def test_estimate_below_source_compares_the_online_estimator_with_its_own_frozen_reading():
+    detector = EstimateBelowSource(margin=5.0, patience=1)
+    # the headlines differ by 10 points, the same estimator on both feeds by 2: no warning
+    detector.update_probe({"est_online_acc": 50.0, "est_source_acc": 60.0, "est_source_paired": 52.0})
+    assert not detector.compute().firing and detector.compute().value == pytest.approx(2.0)
+    detector.update_probe({"est_online_acc": 40.0, "est_source_acc": 45.0, "est_source_paired": 52.0})
+    verdict = detector.compute()
+    assert verdict.firing and "same estimator's reading of the frozen model" in verdict.evidence
+
+
+def test_top_class_share_does_not_warn_when_the_source_model_piles_up_as_much():
+    detector = PredictionConcentration(warmup=3)
+    # the source model scores every 8th batch; on a stream that piles both onto one class: no warning
+    for step in range(1, 201):
+        detector.update_step({"step": step, "top_class_share": 0.8,
+                              "source_top_class_share": 0.75 if step % 8 == 1 else None})
+    verdict = detector.compute()
+    assert not verdict.firing and "the source model's 75%" in verdict.evidence
+    for step in range(201, 401):  # the adapter alone goes on to a single class
+        detector.update_step({"step": step, "top_class_share": 1.0,
+                              "source_top_class_share": 0.75 if step % 8 == 1 else None})
+    assert detector.compute().firing
+    restored = PredictionConcentration(warmup=3)
+    restored.load_state_dict(detector.state_dict())
+    assert restored.compute() == detector.compute()
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_gpu_decode_on_a_machine_without_cuda_says_what_to_do(tmp_path):
     from stream_monitor.runtime.workers import SourceWorker
