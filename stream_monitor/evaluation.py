@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .estimation import anchored
 from .metrics.sink import read_table
 
 if TYPE_CHECKING:
@@ -117,7 +118,10 @@ def estimate_rows(run_dir: Path, probes: list[dict[str, Any]], calibration: "Cal
     if frozen_calibration is not None:
         redone = reestimate(run_dir, probes, recorded, frozen_calibration, frozen_only=True)
         rows = [r for r in rows if not (r["target"] == "source" and r["estimator"] in FROZEN_REESTIMATED)] + redone
-    return rows
+    # the anchored estimate again from the final rows: it is made of the others
+    rows = [r for r in rows if r["estimator"] != anchored.NAME]
+    return rows + [{"step": step, "estimator": anchored.NAME, "target": "online", "extrapolated": None,
+                    "value": anchored.anchored_estimate(estimates)} for step, estimates in estimates_by_step(rows).items()]
 
 
 def estimates_by_step(rows: list[dict[str, Any]]) -> dict[int, list[tuple[str, str, float | None, bool | None]]]:

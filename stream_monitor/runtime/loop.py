@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 import numpy as np
 
 from ..config import RunConfig
-from ..estimation import WINDOW_ESTIMATORS
+from ..estimation import WINDOW_ESTIMATORS, anchored
 from ..estimation.aetta import AETTA
 from ..estimation.base import NotComputableError
 from ..estimation.detectors import CollapseDetector, build_detectors, parse_detectors, transitions
@@ -463,8 +463,9 @@ class RunLoop:
             flips.append(("weighted-flips", *cal(result.weighted_flips, result.probe_size)))
         extrapolated = {name: outside for name, _, outside in flips}
         estimates = [Estimate(name, "source", value) for name, value, _ in flips] + list(pending.estimates)
-        row.update(headline_columns((e.estimator, e.target, e.value, extrapolated.get(e.estimator))
-                                    for e in estimates))
+        readings = [(e.estimator, e.target, e.value, extrapolated.get(e.estimator)) for e in estimates]
+        estimates.append(Estimate(anchored.NAME, "online", anchored.anchored_estimate(readings)))
+        row.update(headline_columns(readings + [(anchored.NAME, "online", estimates[-1].value, None)]))
         for detector in self.detectors:
             detector.update_probe(row)
         self._check_detectors()

@@ -2,7 +2,8 @@
 
 import pytest
 
-from stream_monitor.estimation.headline import HEADLINE_ORDER, Headline, pick_headline
+from stream_monitor.estimation.anchored import NAME as ANCHORED, anchored_estimate
+from stream_monitor.estimation.headline import HEADLINE_ORDER, Headline, headline_columns, pick_headline
 from stream_monitor.estimation.window import NuclearNorm, SourceStats, with_source_line
 
 
@@ -32,3 +33,25 @@ def test_the_served_nuclear_norm_falls_back_on_the_source_models_line():
     nn = NuclearNorm(with_source_line(None, frozen))
     nn.update(__import__("numpy").eye(4, dtype="float32"))  # one-hot, K = m = 4: score 1
     assert nn.compute() == pytest.approx(90.0)
+
+
+def test_the_anchored_estimate_is_the_source_headline_plus_the_nuclear_norms_gap():
+    window = [("sentinel", "source", 30.0, None), ("nuclear-norm", "source", 40.0, None),
+              ("nuclear-norm", "online", 33.0, None), ("weighted-flips", "source", 50.0, False)]
+    assert anchored_estimate(window) == pytest.approx(23.0)  # 30 + (33 - 40): the Sentinel anchors
+    assert anchored_estimate(window[1:]) == pytest.approx(33.0)  # the frozen nuclear norm anchors itself
+    assert anchored_estimate([("sentinel", "source", 5.0, None), ("nuclear-norm", "source", 40.0, None),
+                              ("nuclear-norm", "online", 20.0, None)]) == 0.0  # clipped
+    assert anchored_estimate(window[:2]) is None and anchored_estimate(window[2:]) is None
+
+
+def test_headline_columns_keep_the_paired_frozen_reading_of_the_online_estimator():
+    window = [("sentinel", "source", 30.0, None), ("nuclear-norm", "source", 40.0, None),
+              ("nuclear-norm", "online", 33.0, None), ("weighted-flips", "source", 50.0, True)]
+    columns = headline_columns(window)
+    assert columns == {"est_source_acc": 30.0, "est_source_method": "sentinel", "est_extrapolated": None,
+                       "est_online_acc": 33.0, "est_online_method": "nuclear-norm", "est_source_paired": 40.0}
+    # an online estimator without a frozen reading: no paired value (the detector uses the source headline)
+    columns = headline_columns(window + [(ANCHORED, "online", 23.0, None)])
+    assert (columns["est_online_method"], columns["est_source_paired"]) == (ANCHORED, None)
+    assert headline_columns([])["est_online_acc"] is None

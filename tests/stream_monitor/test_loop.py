@@ -142,10 +142,15 @@ def test_probe_rows_headline_the_first_estimator_of_the_order_with_a_value(basel
             first = next(name for name in order if (name, target) in found)
             assert p[f"est_{target}_method"] == first
             assert p[f"est_{target}_acc"] == pytest.approx(found[first, target])
-    # the shipped frozen-feed calibration gives the frozen model's Sentinel; the served feed, with no
-    # adapter calibration, the nuclear norm on the source model's line
-    assert {p["est_source_method"] for p in read_table(run_dir, "probes").to_pylist()} == {"sentinel"}
-    assert {p["est_online_method"] for p in read_table(run_dir, "probes").to_pylist()} == {"nuclear-norm"}
+    # the shipped frozen-feed calibration gives the frozen model's Sentinel and nuclear norm; the served
+    # feed, with no adapter calibration, the nuclear norm on the source model's line: both anchor
+    probes = read_table(run_dir, "probes").to_pylist()
+    assert {p["est_source_method"] for p in probes} == {"sentinel"}
+    assert {p["est_online_method"] for p in probes} == {"anchored-nuclear-norm"}
+    for p in probes:
+        found = {(e["estimator"], e["target"]): e["value"] for e in estimates if e["step"] == p["step"]}
+        gap = found["nuclear-norm", "online"] - found["nuclear-norm", "source"]
+        assert p["est_online_acc"] == pytest.approx(min(100.0, max(0.0, p["est_source_acc"] + gap)), abs=1e-4)
 
 
 def test_events_and_checkpoint(baseline):
