@@ -131,7 +131,7 @@ def fit_sentinel(features: Sequence[Sequence[float]], accuracy: Sequence[float],
         held_out = {name: cross_val_predict(make, x, y, groups=list(groups), cv=GroupKFold(n_splits=folds))
                     for name, make in (("forest", _forest(params, seed)), ("ridge", _ridge()))}
         held_out["blend"] = (held_out["forest"] + held_out["ridge"]) / 2
-        cv_maes = {name: float(np.abs(np.clip(held_out[name], 0, 100) - y).mean()) for name in REGRESSORS}
+        cv_maes = {name: float(np.abs(np.clip(held_out[name], y.min(), 100) - y).mean()) for name in REGRESSORS}
         regressor = min(REGRESSORS, key=cv_maes.get)
         cv_mae = cv_maes[regressor]
     return {"features": x.tolist(), "accuracy": y.tolist(), "groups": list(groups), "params": params,
@@ -181,12 +181,20 @@ class SentinelRegressor:
         return width
 
     def __call__(self, features: Sequence[float], sidekick: str | None = None) -> float:
-        """Estimated accuracy (%) of one window, clipped to [0, 100]; `sidekick`: the run's Duos
-        sidekick (estimation.duo_model), whose agreement is the window's last feature if any."""
+        """Estimated accuracy (%) of one window, clipped to [floor, 100]; `sidekick`: the run's Duos
+        sidekick (estimation.duo_model), whose agreement is the window's last feature if any.
+
+        The floor is the least accurate meta-set window's accuracy (near chance on the embedded
+        meta-set): below it the ridge line extrapolates where no window shows how accuracy goes on,
+        and read a CCC-Hard window at chance (10.8%) as 0%."""
         width = self.columns(features, sidekick)
         window = np.asarray(features[:width], dtype=np.float64)[None]
         value = np.mean([model.predict(window)[0] for model in self._models(width)])
-        return float(np.clip(value, 0.0, 100.0))
+        return float(np.clip(value, self.floor, 100.0))
+
+    @property
+    def floor(self) -> float:
+        return float(np.clip(min(self.training["accuracy"]), 0.0, 100.0))
 
 
 class EntropySentinel(WindowEstimator):
