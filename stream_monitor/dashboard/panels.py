@@ -359,6 +359,10 @@ class ThroughputPanel:
             grid.add_row("probe", _line(f"cycle {probe.cycle} · {probe.flips}/{probe.probe_size} flips"
                                         f" · weighted {probe.weighted_flips:.1f}",
                                         *([" · ", ("extrapolated", "yellow")] if probe.extrapolated else [])))
+            methods = [f"{target} by {method}" for target, method in
+                       (("source", probe.est_source_method), ("online", probe.est_online_method)) if method]
+            if methods:  # which estimator each headline comes from (estimation/headline.py)
+                grid.add_row("estimates", _line((" · ".join(methods), "dim")))
         yield grid
 
 

@@ -105,6 +105,7 @@ class ProbeSummary:
     true_online_acc: float | None
     est_source_method: str | None = None
     extrapolated: bool = False
+    est_online_method: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +272,8 @@ class DashboardState:
             weighted_flips=_num(row.get("weighted_flips")) or 0.0,
             est_source_acc=point.est_source_acc, est_online_acc=point.est_online_acc,
             true_source_acc=point.true_source_acc, true_online_acc=point.true_online_acc,
-            est_source_method=row.get("est_source_method"), extrapolated=bool(row.get("est_extrapolated")))
+            est_source_method=row.get("est_source_method"), extrapolated=bool(row.get("est_extrapolated")),
+            est_online_method=row.get("est_online_method"))
         return replace(self, accuracy=self.accuracy.append(point), last_probe=summary,
                        probe_count=self.probe_count + 1, acc_sums=sums, acc_counts=counts)
 

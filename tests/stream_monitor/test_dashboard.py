@@ -209,6 +209,10 @@ def test_throughput_panel_shows_percentage_rate_and_step_stats():
     text = render(ThroughputPanel(running_state()))
     assert "50.0%" in text and "img/s" in text and "ETA" in text and "entropy 1.250" in text
     assert "online 75.0%" in text  # 48 of 64 correct
+    assert "estimates" not in text  # no probe yet
+    state = running_state().apply_probe(probe_row(20, est_source_method="sentinel",
+                                                  est_online_method="anchored-nuclear-norm"))
+    assert "source by sentinel · online by anchored-nuclear-norm" in render(ThroughputPanel(state))
 
 
 def test_events_and_health_panels():
