@@ -8,8 +8,8 @@ estimated again with the `--calibration` file made for that run's adapter (when 
 otherwise the run's own estimates are scored), the frozen feed's nuclear norm and Sentinel with
 `--frozen-calibration` (one file serves every adapter of a model), then every estimator is scored with
 `stream_monitor.evaluation.score_estimators`. Prints, per target, a Markdown table: one row per
-estimator, one column per run, cells "MAE (bias)" in accuracy points, and the best estimator
-per run in bold; then the collapse-warning scores of each run. `--sentinel-features 17` (or 20)
+estimator, one column per run, cells "MAE (bias)" in accuracy points, the best estimator per run in
+bold, and first the headline (what the dashboard showed: `stream_monitor.estimation.headline`); then the collapse-warning scores of each run. `--sentinel-features 17` (or 20)
 scores the Sentinels on their calibrations' first N features only: the ablation of the class
 marginal (and the Duos agreement) on the same meta-set. `--detectors entropy-ema,flip-rate,...`
 scores the warnings those detectors give when replayed on each run's rows (fused, then one row per
@@ -26,7 +26,7 @@ from pathlib import Path
 from stream_monitor.calibration import Calibration, CalibrationMismatch
 from stream_monitor.estimation.detectors import parse_detectors
 from stream_monitor.estimation.sentinel import leading
-from stream_monitor.evaluation import evaluate
+from stream_monitor.evaluation import HEADLINE, evaluate
 
 
 def run_label(run_dir: Path) -> str:
@@ -91,12 +91,14 @@ def main() -> None:
                     cells.setdefault(score.estimator, {})[k] = (score.mae, score.bias)
         if not cells:
             continue
-        best = {k: min((row[k][0], name) for name, row in cells.items() if k in row)[1]
-                for k in range(len(results)) if any(k in row for row in cells.values())}
+        # the headline is one of the others, window by window: it is listed first, and never the bold one
+        estimators = {name: row for name, row in cells.items() if name != HEADLINE}
+        best = {k: min((row[k][0], name) for name, row in estimators.items() if k in row)[1]
+                for k in range(len(results)) if any(k in row for row in estimators.values())}
         print(f"\n### target: {target} accuracy (MAE, bias in points)\n")
         print("| estimator | " + " | ".join(labels) + " |")
         print("|---" * (len(labels) + 1) + "|")
-        for name in sorted(cells):
+        for name in sorted(cells, key=lambda name: (name != HEADLINE, name)):
             row = []
             for k in range(len(results)):
                 if k not in cells[name]:
