@@ -121,7 +121,8 @@ def estimate_rows(run_dir: Path, probes: list[dict[str, Any]], calibration: "Cal
     # the anchored estimate again from the final rows: it is made of the others
     rows = [r for r in rows if r["estimator"] != anchored.NAME]
     return rows + [{"step": step, "estimator": anchored.NAME, "target": "online", "extrapolated": None,
-                    "value": anchored.anchored_estimate(estimates)} for step, estimates in estimates_by_step(rows).items()]
+                    "value": anchored.anchored_estimate(estimates)}
+                   for step, estimates in estimates_by_step(rows).items()]
 
 
 def estimates_by_step(rows: list[dict[str, Any]]) -> dict[int, list[tuple[str, str, float | None, bool | None]]]:

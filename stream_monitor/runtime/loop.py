@@ -363,7 +363,8 @@ class RunLoop:
             noise_a=truth.noise_a, severity_a=truth.severity_a, noise_b=truth.noise_b, severity_b=truth.severity_b,
         )
         if truth.source_predictions is not None and len(truth.source_predictions):
-            row["source_top_class_share"] = float(np.bincount(truth.source_predictions).max() / len(truth.source_predictions))
+            predicted = truth.source_predictions
+            row["source_top_class_share"] = float(np.bincount(predicted).max() / len(predicted))
         if self.aetta is not None and "pdd_agreement" in summary.stats:
             row["aetta_acc"] = self.aetta.update_pdd(summary.stats["pdd_agreement"],
                                                      summary.stats["pdd_marginal_entropy"])

@@ -17,7 +17,8 @@ def test_the_first_estimator_of_the_order_with_a_value_wins():
 
 
 def test_a_raw_softmax_baseline_never_headlines_the_source_target():
-    assert pick_headline("source", [("cot", "source", 70.0, None), ("average-confidence", "source", 80.0, None)]) is None
+    baselines = [("cot", "source", 70.0, None), ("average-confidence", "source", 80.0, None)]
+    assert pick_headline("source", baselines) is None
     assert "average-confidence" not in HEADLINE_ORDER["source"]
     assert HEADLINE_ORDER["online"][-1] == "average-confidence"  # always computable: the last resort
 
