@@ -116,6 +116,9 @@ def test_steps_cover_the_stream_contiguously(baseline):
     assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in steps)
     scored = [r["step"] for r in steps if r["source_seen"] is not None]
     assert scored == list(range(1, STEPS + 1, 8))  # evaluator.source_every = 8
+    # the frozen model's top-class share, label-free, on the same batches (the top-class-share baseline)
+    assert [r["step"] for r in steps if r["source_top_class_share"] is not None] == scored
+    assert all(1 / BATCH <= r["source_top_class_share"] <= 1 for r in steps if r["step"] in scored)
 
 
 def test_probe_rows_follow_the_schedule(baseline):
