@@ -125,35 +125,40 @@ class PredictionConcentration(_StepEMA):
 
     name, column, decay = "top-class-share", "top_class_share", 0.95
 
-    def __init__(self, share: float = 0.5, excess: float = 0.2, warmup: int = 50) -> None:
-        self.share, self.excess = share, excess
+    def __init__(self, share: float = 0.5, excess: float = 0.2, hysteresis: float = 0.05, warmup: int = 50) -> None:
+        self.share, self.excess, self.hysteresis = share, excess, hysteresis
         super().__init__(warmup)
 
     def reset(self) -> None:
         super().reset()
         self.source_ema: float | None = None
         self.source_step = 0
+        self.on = False
 
     def update_step(self, row: dict[str, Any]) -> None:
         super().update_step(row)
         value, step = row.get("source_top_class_share"), row.get("step") or 0
-        if value is None or not math.isfinite(value):
-            return
-        # the source model scores one batch in `evaluator.source_every`: decay by the steps since its
-        # last one, so both EMAs forget at the same rate per step
-        if self.source_ema is None:
-            self.source_ema = value
-        else:
-            keep = self.decay ** max(1, step - self.source_step)
-            self.source_ema = keep * self.source_ema + (1 - keep) * value
-        self.source_step = step
+        if value is not None and math.isfinite(value):
+            # the source model scores one batch in `evaluator.source_every`: decay by the steps since
+            # its last one, so both EMAs forget at the same rate per step
+            if self.source_ema is None:
+                self.source_ema = value
+            else:
+                keep = self.decay ** max(1, step - self.source_step)
+                self.source_ema = keep * self.source_ema + (1 - keep) * value
+            self.source_step = step
+        if self.ema is not None and self.count >= self.warmup:
+            # a warning clears only `hysteresis` below the thresholds that raised it: a collapsed
+            # model's share hovers around them, and each clear and re-fire is a new warning
+            slack = self.hysteresis if self.on else 0.0
+            self.on = self.ema > self.share - slack and (
+                self.source_ema is None or self.ema - self.source_ema > self.excess - slack)
 
     def judge(self, ema: float) -> Verdict:
         evidence = f"top class takes {100 * ema:.0f}% of predictions (threshold {100 * self.share:.0f}%"
-        if self.source_ema is None:
-            return Verdict(ema > self.share, evidence + ")", ema)
-        return Verdict(ema > self.share and ema - self.source_ema > self.excess,
-                       evidence + f"; the source model's {100 * self.source_ema:.0f}% + {100 * self.excess:.0f})", ema)
+        if self.source_ema is not None:
+            evidence += f"; the source model's {100 * self.source_ema:.0f}% + {100 * self.excess:.0f}"
+        return Verdict(self.on, evidence + ")", ema)
 
 
 @DETECTORS.register("marginal-entropy")

@@ -332,6 +332,19 @@ def test_top_class_share_does_not_warn_when_the_source_model_piles_up_as_much():
     assert restored.compute() == detector.compute()
 
 
+def test_top_class_share_clears_only_below_the_thresholds_by_its_hysteresis():
+    detector = PredictionConcentration(warmup=1)
+    feed(detector, "top_class_share", [0.9] * 60)
+    assert detector.compute().firing and detector.ema == pytest.approx(0.9, abs=0.01)
+    while detector.ema > 0.47:  # under the 50% that raised it, not yet 5 points under
+        feed(detector, "top_class_share", [0.46])
+    assert detector.compute().firing
+    feed(detector, "top_class_share", [0.2] * 5)
+    assert detector.ema < 0.45 and not detector.compute().firing
+    feed(detector, "top_class_share", [0.48] * 100)  # back near the threshold from below: quiet
+    assert not detector.compute().firing
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_gpu_decode_on_a_machine_without_cuda_says_what_to_do(tmp_path):
     from stream_monitor.runtime.workers import SourceWorker
