@@ -36,15 +36,21 @@ FLIPS_ESTIMATORS = {
 def estimator_lines() -> list[str]:
     """`list estimators`: name, target(s) and what it is, from the estimators themselves."""
     from .estimation import WINDOW_ESTIMATORS as WINDOW
+    from .estimation import anchored
+    from .estimation.headline import HEADLINE_ORDER
     from .estimation.aetta import AETTA
     from .estimation.duo import DUO_ESTIMATORS
     from .estimation.window import FROZEN_TARGETS
 
-    lines = [f"{name:<20} {'source':<22} {text}" for name, text in FLIPS_ESTIMATORS.items()]
+    lines = [f"{name:<21} {'source':<22} {text}" for name, text in FLIPS_ESTIMATORS.items()]
     for cls in (*WINDOW, AETTA, *DUO_ESTIMATORS):
         targets = f"{cls.target}, {FROZEN_TARGETS[cls.target]}" if cls in WINDOW else cls.target
         doc = (cls.__doc__ or "").strip().splitlines()
-        lines.append(f"{cls.name:<20} {targets:<22} {doc[0] if doc else ''}")
+        lines.append(f"{cls.name:<21} {targets:<22} {doc[0] if doc else ''}")
+    summary = (anchored.__doc__ or "").strip().splitlines()[0]
+    lines.append(f"{anchored.NAME:<21} {'online':<22} {summary}")
+    lines.append(f"headline: each target's first estimator with a value, in the order "
+                 + "; ".join(f"{target}: {', '.join(order)}" for target, order in HEADLINE_ORDER.items()))
     return lines
 
 
@@ -474,7 +480,7 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
             doc = (ADAPTERS.get(name).__doc__ or "").strip().splitlines()
             console.print(f"{name:<10} {doc[0] if doc else ''}", highlight=False)
     elif what == "estimators":
-        console.print(f"{'estimator':<20} {'targets (served, frozen)':<22} what", highlight=False)
+        console.print(f"{'estimator':<21} {'targets (served, frozen)':<22} what", highlight=False)
         for line in estimator_lines():
             console.print(line, highlight=False)
     elif what == "detectors":

@@ -1,5 +1,6 @@
-"""The anchored nuclear norm: the online accuracy as the source estimate plus the nuclear norm's
-gap between the served and the frozen model on the same window.
+"""The source headline plus the nuclear norm's served-minus-frozen gap on the same window.
+
+The anchored nuclear norm estimates the online accuracy as
 
     online = source headline + (NN(served) - NN(frozen))
 

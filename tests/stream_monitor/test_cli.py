@@ -96,6 +96,7 @@ def test_list_adapters_and_estimators():
     assert "weighted-flips" in estimators.output and "spread-flips" in estimators.output
     assert "atc-mc" in estimators.output and "online, source" in estimators.output
     assert "sentinel" in estimators.output and "aetta" in estimators.output
+    assert "anchored-nuclear-norm" in estimators.output and "headline:" in estimators.output
 
 
 def test_show_config_prints_yaml_that_loads_back(tmp_path):
