@@ -118,11 +118,17 @@ def estimate_rows(run_dir: Path, probes: list[dict[str, Any]], calibration: "Cal
     if frozen_calibration is not None:
         redone = reestimate(run_dir, probes, recorded, frozen_calibration, frozen_only=True)
         rows = [r for r in rows if not (r["target"] == "source" and r["estimator"] in FROZEN_REESTIMATED)] + redone
-    # the anchored estimate again from the final rows: it is made of the others
+    # the anchored estimate again from the final rows and the frozen line a run with these files would
+    # use (estimation.frozen_calibration before estimation.calibration); without either, as recorded
+    frozen_stats = next((c.frozen_stats for c in (frozen_calibration, calibration) if c is not None), None)
+    slope = ((frozen_stats or {}).get("nuclear_fit") or (None,))[0]
+    if slope is None:
+        return rows
+    scores = [r for r in recorded if r["estimator"] == anchored.SCORE]
     rows = [r for r in rows if r["estimator"] != anchored.NAME]
     return rows + [{"step": step, "estimator": anchored.NAME, "target": "online", "extrapolated": None,
-                    "value": anchored.anchored_estimate(estimates)}
-                   for step, estimates in estimates_by_step(rows).items()]
+                    "value": anchored.anchored_estimate(estimates, slope)}
+                   for step, estimates in estimates_by_step(rows + scores).items()]
 
 
 def estimates_by_step(rows: list[dict[str, Any]]) -> dict[int, list[tuple[str, str, float | None, bool | None]]]:

@@ -180,6 +180,8 @@ class RunLoop:
         # (GDE's agreement of the frozen model and the sidekick estimates the source accuracy too)
         self.duos = [cls(duo_stats) for cls in DUO_ESTIMATORS] + [DuoAgreement(frozen=True)] if duo_name else []
         served_stats = with_source_line(source_stats, frozen_stats)
+        # the anchored online estimate reads both feeds' nuclear norms through the frozen model's line
+        self.anchor_slope = frozen_stats.nuclear_fit[0] if frozen_stats and frozen_stats.nuclear_fit else None
         self.estimators: list[WindowEstimator | AETTA | Any] = [cls(served_stats) for cls in WINDOW_ESTIMATORS] + \
             [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + ([self.aetta] if self.aetta else []) + \
             self.duos
@@ -465,7 +467,7 @@ class RunLoop:
         extrapolated = {name: outside for name, _, outside in flips}
         estimates = [Estimate(name, "source", value) for name, value, _ in flips] + list(pending.estimates)
         readings = [(e.estimator, e.target, e.value, extrapolated.get(e.estimator)) for e in estimates]
-        estimates.append(Estimate(anchored.NAME, "online", anchored.anchored_estimate(readings)))
+        estimates.append(Estimate(anchored.NAME, "online", anchored.anchored_estimate(readings, self.anchor_slope)))
         row.update(headline_columns(readings + [(anchored.NAME, "online", estimates[-1].value, None)]))
         for detector in self.detectors:
             detector.update_probe(row)

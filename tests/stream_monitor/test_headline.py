@@ -36,14 +36,15 @@ def test_the_served_nuclear_norm_falls_back_on_the_source_models_line():
     assert nn.compute() == pytest.approx(90.0)
 
 
-def test_the_anchored_estimate_is_the_source_headline_plus_the_nuclear_norms_gap():
-    window = [("sentinel", "source", 30.0, None), ("nuclear-norm", "source", 40.0, None),
-              ("nuclear-norm", "online", 33.0, None), ("weighted-flips", "source", 50.0, False)]
-    assert anchored_estimate(window) == pytest.approx(23.0)  # 30 + (33 - 40): the Sentinel anchors
-    assert anchored_estimate(window[1:]) == pytest.approx(33.0)  # the frozen nuclear norm anchors itself
-    assert anchored_estimate([("sentinel", "source", 5.0, None), ("nuclear-norm", "source", 40.0, None),
-                              ("nuclear-norm", "online", 20.0, None)]) == 0.0  # clipped
-    assert anchored_estimate(window[:2]) is None and anchored_estimate(window[2:]) is None
+def test_the_anchored_estimate_is_the_source_headline_plus_the_nuclear_norms_gap_through_one_line():
+    window = [("sentinel", "source", 30.0, None), ("nuclear-norm-score", "source-score", 40.0, None),
+              ("nuclear-norm-score", "score", 33.0, None), ("weighted-flips", "source", 50.0, False),
+              ("nuclear-norm", "online", 99.0, None)]  # the served line's reading: not used
+    assert anchored_estimate(window, slope=50.0) == pytest.approx(30.0 + 50.0 * (33.0 - 40.0) / 100)
+    assert anchored_estimate(window[1:], slope=50.0) == pytest.approx(50.0 - 3.5)  # the flips anchor
+    assert anchored_estimate(window, slope=1000.0) == 0.0  # clipped
+    assert anchored_estimate(window, slope=None) is None
+    assert anchored_estimate(window[:2], 50.0) is None and anchored_estimate(window[2:3], 50.0) is None
 
 
 def test_headline_columns_keep_the_paired_frozen_reading_of_the_online_estimator():

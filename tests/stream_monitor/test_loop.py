@@ -135,6 +135,13 @@ def test_probe_rows_follow_the_schedule(baseline):
         assert 0 <= p["est_online_acc"] <= 100 and 0 <= p["true_online_acc"] <= 100
 
 
+def shipped_frozen_slope() -> float:
+    from stream_monitor.calibration import Calibration
+
+    (path,) = (runner.SHIPPED_CALIBRATIONS / "frozen").glob("*.json")
+    return Calibration.load(path).frozen_stats["nuclear_fit"][0]
+
+
 def test_probe_rows_headline_the_first_estimator_of_the_order_with_a_value(baseline):
     _, run_dir, _ = baseline
     estimates = read_table(run_dir, "estimates").to_pylist()
@@ -150,10 +157,13 @@ def test_probe_rows_headline_the_first_estimator_of_the_order_with_a_value(basel
     probes = read_table(run_dir, "probes").to_pylist()
     assert {p["est_source_method"] for p in probes} == {"sentinel"}
     assert {p["est_online_method"] for p in probes} == {"anchored-nuclear-norm"}
+    # ... through the frozen model's line, which the served nuclear norm shares here
     for p in probes:
         found = {(e["estimator"], e["target"]): e["value"] for e in estimates if e["step"] == p["step"]}
         gap = found["nuclear-norm", "online"] - found["nuclear-norm", "source"]
-        assert p["est_online_acc"] == pytest.approx(min(100.0, max(0.0, p["est_source_acc"] + gap)), abs=1e-4)
+        raw = found["nuclear-norm-score", "score"] - found["nuclear-norm-score", "source-score"]
+        assert p["est_online_acc"] == pytest.approx(min(100.0, max(0.0, p["est_source_acc"] + gap)), abs=1e-3)
+        assert gap == pytest.approx(raw / 100 * shipped_frozen_slope(), abs=1e-3)
 
 
 def test_events_and_checkpoint(baseline):
