@@ -8,11 +8,11 @@ wins: an estimator is left out where its calibration is missing or it is still w
   (5-9), then the flips (spread set, then reference set: 6-15); the frozen model's raw softmax
   baselines (AC, ATC, COT: 14-47 points off) are never a headline.
 - online accuracy: the anchored nuclear norm (`estimation.anchored`: the source headline plus the
-  nuclear norm's served-minus-frozen gap, 2.3-5.6 points where it is not collapsed), the served
-  nuclear norm (5-10 on Tent, rdumb and a collapsed Tent run, with the adapter's own meta-set line
-  or the source model's), the Duos agreement, AETTA, the served Sentinel (not measured yet), and
-  average confidence last, the only one that is always there (18-79 points off: confident and
-  wrong is what a collapsing model is).
+  nuclear norm's served-minus-frozen gap; 2.3-3.3 points without adaptation, 5.3-8.8 on Tent and
+  rdumb b20, 10-13 on rdumb b40/b0 where rdumb's own line does better), the served nuclear norm
+  (5-12, with the adapter's own meta-set line or the source model's), the Duos agreement, AETTA,
+  the served Sentinel (not measured yet), and average confidence last, the only one that is
+  always there (18-79 points off: confident and wrong is what a collapsing model is).
 
 Beside them, a probe row keeps the paired source estimate: the frozen feed's value of the estimator
 that headlines the online target. Online minus paired source is a difference of two readings of one
