@@ -121,9 +121,10 @@ def estimate_rows(run_dir: Path, probes: list[dict[str, Any]], calibration: "Cal
     # the anchored estimate again from the final rows and the frozen line a run with these files would
     # use (estimation.frozen_calibration before estimation.calibration); without either, as recorded
     frozen_stats = next((c.frozen_stats for c in (frozen_calibration, calibration) if c is not None), None)
-    slope = ((frozen_stats or {}).get("nuclear_fit") or (None,))[0]
-    if slope is None:
+    line = (frozen_stats or {}).get("nuclear_fit")
+    if line is None:
         return rows
+    slope = line[0]
     scores = [r for r in recorded if r["estimator"] == anchored.SCORE]
     rows = [r for r in rows if r["estimator"] != anchored.NAME]
     return rows + [{"step": step, "estimator": anchored.NAME, "target": "online", "extrapolated": None,
@@ -135,8 +136,7 @@ def estimates_by_step(rows: list[dict[str, Any]]) -> dict[int, list[tuple[str, s
     """step -> the (estimator, target, value, extrapolated) tuples of its window (headline's input)."""
     out: dict[int, list[tuple[str, str, float | None, bool | None]]] = {}
     for r in rows:
-        if r["estimator"] != HEADLINE:
-            out.setdefault(r["step"], []).append((r["estimator"], r["target"], r["value"], r["extrapolated"]))
+        out.setdefault(r["step"], []).append((r["estimator"], r["target"], r["value"], r["extrapolated"]))
     return out
 
 
@@ -273,10 +273,9 @@ def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...], calibrati
     steps early here. A run with estimation.reset_on_warning reset its adapter on its own warnings,
     so no replay of other detectors is what that run would have done."""
     from .estimation.detectors import build_detectors, transitions
-
-    detectors = build_detectors(names, _num_classes(Path(run_dir)))
     from .estimation.headline import headline_columns
 
+    detectors = build_detectors(names, _num_classes(Path(run_dir)))
     rows = read_table(run_dir, "probes").to_pylist()
     by_step = estimates_by_step(estimate_rows(run_dir, rows, calibration, frozen_calibration))
     probes: dict[int, list[dict[str, Any]]] = {}

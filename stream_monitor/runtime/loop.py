@@ -414,7 +414,7 @@ class RunLoop:
         for probe in self._probes:
             if probe.step == pending.step and probe.row is None:
                 probe.estimates = self._window_estimates()
-                probe.row = self._window_columns(pending.stop, probe.estimates)
+                probe.row = self._window_columns(pending.stop)
         if self.cycle_due(pending.step):
             # now rather than with the next step: the cycle event then precedes a checkpoint at this
             # step, so a resume from that checkpoint does not write it a second time
@@ -429,7 +429,7 @@ class RunLoop:
         self.event("cycle", "probe", f"probe cycle {state.cycle} starts at step {step:,}: the next "
                    f"{self.config.probe.size:,} images are the reference set")
 
-    def _window_columns(self, position: int, estimates: list[Estimate]) -> dict[str, Any]:
+    def _window_columns(self, position: int) -> dict[str, Any]:
         w = self.state.window
         return {
             "position": position, "window_start": w.start, "window_stop": position,
@@ -457,7 +457,7 @@ class RunLoop:
                    probe_size=result.probe_size, flips=result.flips, weighted_flips=result.weighted_flips,
                    probe_ms=result.probe_ms, spread_size=result.spread_size, spread_flips=result.spread_flips,
                    spread_weighted_flips=result.spread_weighted_flips)
-        flips = []  # (estimator, estimate, extrapolated), the spread set first: it estimates the window
+        flips = []  # (estimator, estimate, extrapolated)
         spread = (self.spread_calibration or {}).get(result.cycle_step)
         if spread is not None and result.spread_weighted_flips is not None:
             flips.append(("spread-flips", *spread(result.spread_weighted_flips, result.spread_size)))
@@ -467,8 +467,9 @@ class RunLoop:
         extrapolated = {name: outside for name, _, outside in flips}
         estimates = [Estimate(name, "source", value) for name, value, _ in flips] + list(pending.estimates)
         readings = [(e.estimator, e.target, e.value, extrapolated.get(e.estimator)) for e in estimates]
-        estimates.append(Estimate(anchored.NAME, "online", anchored.anchored_estimate(readings, self.anchor_slope)))
-        row.update(headline_columns(readings + [(anchored.NAME, "online", estimates[-1].value, None)]))
+        online = anchored.anchored_estimate(readings, self.anchor_slope)
+        estimates.append(Estimate(anchored.NAME, "online", online))
+        row.update(headline_columns(readings + [(anchored.NAME, "online", online, None)]))
         for detector in self.detectors:
             detector.update_probe(row)
         self._check_detectors()
