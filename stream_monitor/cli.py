@@ -37,7 +37,7 @@ def estimator_lines() -> list[str]:
     """`list estimators`: name, target(s) and what it is, from the estimators themselves."""
     from .estimation import WINDOW_ESTIMATORS as WINDOW
     from .estimation import anchored
-    from .estimation.headline import HEADLINE_ORDER
+    from .estimation.headline import ADAPTER_CALIBRATED, HEADLINE_ORDER
     from .estimation.aetta import AETTA
     from .estimation.duo import DUO_ESTIMATORS
     from .estimation.window import FROZEN_TARGETS
@@ -50,7 +50,8 @@ def estimator_lines() -> list[str]:
     summary = (anchored.__doc__ or "").strip().splitlines()[0]
     lines.append(f"{anchored.NAME:<21} {'online':<22} {summary}")
     lines.append(f"headline: each target's first estimator with a value, in the order "
-                 + "; ".join(f"{target}: {', '.join(order)}" for target, order in HEADLINE_ORDER.items()))
+                 + "; ".join(f"{target}: {', '.join(order)}" for target, order in HEADLINE_ORDER.items())
+                 + f"; online with an adapter calibration: {', '.join(ADAPTER_CALIBRATED)}")
     return lines
 
 

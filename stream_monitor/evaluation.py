@@ -15,6 +15,7 @@ Labels are used here only, after the run (DESIGN.md section 6):
 
 from __future__ import annotations
 
+import json
 import math
 
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ def score_estimators(run_dir: Path, calibration: "Calibration | None" = None,
     truth = {row["step"]: row for row in probes}
     rows = estimate_rows(run_dir, probes, calibration, frozen_calibration)
     rows += [{"step": step, "estimator": HEADLINE, "target": target, "value": best.value,
-              "extrapolated": best.extrapolated} for (step, target), best in headlines(rows).items()]
+              "extrapolated": best.extrapolated}
+             for (step, target), best in headlines(rows, adapter_calibrated(run_dir, calibration)).items()]
     by_key: dict[tuple[str, str], list[tuple[float, float, bool]]] = {}
     for row in rows:
         true = truth.get(row["step"], {}).get(TARGETS[row["target"]][2])
@@ -140,12 +142,34 @@ def estimates_by_step(rows: list[dict[str, Any]]) -> dict[int, list[tuple[str, s
     return out
 
 
-def headlines(rows: list[dict[str, Any]]) -> dict[tuple[int, str], "Headline"]:
+def headlines(rows: list[dict[str, Any]], adapter_calibrated: bool = False) -> dict[tuple[int, str], "Headline"]:
     """(step, target) -> the headline estimate (`estimation.headline`) among `rows`."""
     from .estimation.headline import pick_headline
 
     return {(step, target): best for step, estimates in estimates_by_step(rows).items() for target in TARGETS
-            if (best := pick_headline(target, estimates)) is not None}
+            if (best := pick_headline(target, estimates, adapter_calibrated)) is not None}
+
+
+def adapter_calibrated(run_dir: Path, calibration: "Calibration | None" = None) -> bool:
+    """Whether the served feed's estimators were calibrated on the run's adapter (which picks the
+    online headline order, `estimation.headline`): by `calibration` when given, else as the run
+    recorded it in run.json, else (runs from before that field) by the calibration such a run
+    chose: its configured file, or the shipped one made for its model, adapter and cadence."""
+    from .calibration import Calibration, run_provenance_of_dir
+    from .config import load_config
+    from .estimation.window import calibrated_on_adapter, stats_from_dict
+    from .runtime.runner import SHIPPED_CALIBRATIONS, shipped_calibration
+
+    info = _run_info(run_dir)
+    if calibration is None and info.get("adapter_calibrated") is not None:
+        return bool(info["adapter_calibrated"])
+    if calibration is None and {"model", "adapter"} <= info.keys() and (Path(run_dir) / "config.yaml").exists():
+        configured = load_config(Path(run_dir) / "config.yaml", []).estimation.calibration
+        if configured:  # checked against the run when it started
+            calibration = Calibration.load(Path(configured)) if Path(configured).exists() else None
+        else:
+            calibration = (shipped_calibration(SHIPPED_CALIBRATIONS, run_provenance_of_dir(Path(run_dir))) or (None,))[0]
+    return calibration is not None and calibrated_on_adapter(stats_from_dict(calibration.source_stats))
 
 
 #: Estimators a later calibration can redo from what a run recorded: both flips estimators (from
@@ -278,9 +302,10 @@ def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...], calibrati
     detectors = build_detectors(names, _num_classes(Path(run_dir)))
     rows = read_table(run_dir, "probes").to_pylist()
     by_step = estimates_by_step(estimate_rows(run_dir, rows, calibration, frozen_calibration))
+    served_calibrated = adapter_calibrated(run_dir, calibration)
     probes: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
-        row.update(headline_columns(by_step.get(row["step"], [])))
+        row.update(headline_columns(by_step.get(row["step"], []), served_calibrated))
         probes.setdefault(row["step"], []).append(row)
     active: list[str] = []
     fired: dict[str, int] = {}
@@ -306,11 +331,15 @@ def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...], calibrati
     return intervals
 
 
+def _run_info(run_dir: Path) -> dict[str, Any]:
+    """The run's run.json (runtime.observer.RunInfo), or {} where it has none."""
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _num_classes(run_dir: Path) -> int:
     """The run's number of classes: run.json, or (older runs) its model."""
-    import json
-
-    known = json.loads((run_dir / "run.json").read_text()).get("num_classes") if (run_dir / "run.json").exists() else 0
+    known = _run_info(run_dir).get("num_classes")
     if known:
         return int(known)
     from .config import load_config

@@ -20,9 +20,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .headline import pick_headline
+from .headline import ANCHORED as NAME, pick_headline
 
-NAME = "anchored-nuclear-norm"
 #: the raw nuclear-norm score (x100) of the served and of the frozen feed (window.NuclearNormScore)
 SCORE, SERVED, FROZEN = "nuclear-norm-score", "score", "source-score"
 

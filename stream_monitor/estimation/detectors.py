@@ -193,9 +193,10 @@ class MarginalEntropyCollapse(_StepEMA):
 @DETECTORS.register("online-below-source")
 class EstimateBelowSource(CollapseDetector):
     """The estimated online accuracy below the estimated source accuracy by `margin` points on
-    `patience` consecutive probes: label-free form of the collapse definition (DESIGN.md 6). The
-    source side is the paired estimate (the online estimator's reading of the frozen feed, whose
-    bias the online one shares) where the window has one, else the source headline."""
+    `patience` consecutive probes: label-free form of the collapse definition (DESIGN.md 6). The gap
+    is the probe row's `est_online_gap` (estimation.headline: read through one calibration where the
+    window allows); rows without it (runs from before it) compare the online headline with the
+    paired estimate (the online estimator's reading of the frozen feed), else the source headline."""
 
     name = "online-below-source"
 
@@ -206,23 +207,23 @@ class EstimateBelowSource(CollapseDetector):
     def reset(self) -> None:
         self.below = 0
         self.gap: float | None = None
-        self.paired = False
 
     def update_probe(self, row: dict[str, Any]) -> None:
-        online, paired = row.get("est_online_acc"), row.get("est_source_paired")
-        source = paired if paired is not None else row.get("est_source_acc")
-        if online is None or source is None:
-            return
-        self.paired = paired is not None
-        self.gap = source - online
+        gap = row.get("est_online_gap")
+        if gap is None:
+            online, paired = row.get("est_online_acc"), row.get("est_source_paired")
+            source = paired if paired is not None else row.get("est_source_acc")
+            if online is None or source is None:
+                return
+            gap = online - source
+        self.gap = -gap
         self.below = self.below + 1 if self.gap > self.margin else 0
 
     def compute(self) -> Verdict:
         if self.gap is None:
             raise NotComputableError(f"{self.name} needs a source and an online estimate")
-        against = "the same estimator's reading of the frozen model" if self.paired else "the estimated source accuracy"
         return Verdict(self.below >= self.patience, f"estimated online accuracy {self.gap:.1f} points below "
-                       f"{against} for {self.below} probes", self.gap)
+                       f"the estimated source accuracy for {self.below} probes", self.gap)
 
 
 @DETECTORS.register("aetta-drop")

@@ -316,6 +316,12 @@ def with_source_line(served: SourceStats | None, frozen: SourceStats | None) -> 
     return replace(served or SourceStats(), nuclear_fit=frozen.nuclear_fit)
 
 
+def calibrated_on_adapter(served: SourceStats | None) -> bool:
+    """Whether the served feed's statistics carry a nuclear-norm line or a Sentinel regressor fitted
+    on the served adapter's own meta-set windows (then its estimators headline: headline.py)."""
+    return served is not None and (served.nuclear_fit is not None or bool(served.sentinel))
+
+
 def stats_to_dict(stats: SourceStats) -> dict[str, Any]:
     return asdict(stats)
 

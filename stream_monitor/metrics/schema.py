@@ -67,6 +67,7 @@ PROBE_SCHEMA = pa.schema([
     pa.field("est_online_acc", pa.float32()),               # label-free estimate of the online accuracy (%)
     pa.field("est_online_method", pa.string()),
     pa.field("est_source_paired", pa.float32()),            # the online estimator's reading of the frozen feed
+    pa.field("est_online_gap", pa.float32()),               # estimated online minus source accuracy (headline.py)
     pa.field("window_start", pa.int64()),                   # stream positions the ground truth covers
     pa.field("window_stop", pa.int64()),
     pa.field("true_online_acc", pa.float32()),              # served predictions' accuracy on the window (%)

@@ -32,7 +32,7 @@ from ..estimation.duo import DUO_ESTIMATORS, DuoAgreement
 from ..estimation.flips import FlipsCalibration
 from ..estimation.headline import headline_columns
 from ..estimation.sentinel import EntropySentinel
-from ..estimation.window import SourceStats, WindowEstimator, with_source_line
+from ..estimation.window import SourceStats, WindowEstimator, calibrated_on_adapter, with_source_line
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from .messages import ProbeResult, StepSummary, Truth
 from .observer import RunObserver, notify_health
@@ -180,6 +180,7 @@ class RunLoop:
         # (GDE's agreement of the frozen model and the sidekick estimates the source accuracy too)
         self.duos = [cls(duo_stats) for cls in DUO_ESTIMATORS] + [DuoAgreement(frozen=True)] if duo_name else []
         served_stats = with_source_line(source_stats, frozen_stats)
+        self.adapter_calibrated = calibrated_on_adapter(source_stats)  # which online headline order
         # the anchored online estimate reads both feeds' nuclear norms through the frozen model's line
         self.anchor_slope = frozen_stats.nuclear_fit[0] if frozen_stats and frozen_stats.nuclear_fit else None
         self.estimators: list[WindowEstimator | AETTA | Any] = [cls(served_stats) for cls in WINDOW_ESTIMATORS] + \
@@ -469,7 +470,7 @@ class RunLoop:
         readings = [(e.estimator, e.target, e.value, extrapolated.get(e.estimator)) for e in estimates]
         online = anchored.anchored_estimate(readings, self.anchor_slope)
         estimates.append(Estimate(anchored.NAME, "online", online))
-        row.update(headline_columns(readings + [(anchored.NAME, "online", online, None)]))
+        row.update(headline_columns(readings + [(anchored.NAME, "online", online, None)], self.adapter_calibrated))
         for detector in self.detectors:
             detector.update_probe(row)
         self._check_detectors()

@@ -30,6 +30,9 @@ class RunInfo:
     probe_size: int = 0
     has_labels: bool = True  # ground-truth columns will be filled
     num_classes: int = 0     # the model's (0: not recorded, a run from before this field)
+    # whether the served feed's estimators were calibrated on the adapter (window.calibrated_on_adapter),
+    # which picks the online headline order; None: a run from before this field
+    adapter_calibrated: bool | None = None
 
 
 class RunObserver(Protocol):

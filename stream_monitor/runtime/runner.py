@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from ..config import RunConfig, dump_config, load_config
+from ..estimation.window import calibrated_on_adapter
 from ..metrics.sink import ParquetSink, recover
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import LoopState, RunLoop, WorkerFailed
@@ -108,7 +109,7 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
         device=describe["device"], start=state.position if state else config.runtime.start, stop=stop,
         batch_size=config.source.batch_size, probe_every=config.probe.every if config.probe.enabled else 0,
         probe_size=config.probe.size if config.probe.enabled else 0, has_labels=True,
-        num_classes=describe["num_classes"],
+        num_classes=describe["num_classes"], adapter_calibrated=calibrated_on_adapter(chosen.stats),
     )
     (run_dir / INFO_FILE).write_text(json.dumps(asdict(info), indent=2, default=str))
     sink = ParquetSink(run_dir, config.metrics.rows_per_part, config.metrics.seconds_per_part)
@@ -201,7 +202,7 @@ def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every:
     elif config.estimation.calibration:
         return chosen  # the user's own file serves both feeds
     else:
-        shipped = _shipped_calibration(SHIPPED_CALIBRATIONS / "frozen", model_only)
+        shipped = shipped_calibration(SHIPPED_CALIBRATIONS / "frozen", model_only)
         if shipped is None:
             return chosen
         frozen, origin = shipped[0], f"shipped {shipped[1].name}"
@@ -222,7 +223,7 @@ def _choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every
         return ChosenCalibration(calibration.flips_calibrations(), calibration.window_stats(),
                                  calibration.window_stats(frozen=True), f"weighted flips, {config.estimation.calibration}",
                                  calibration.flips_calibrations(spread=True))
-    shipped = _shipped_calibration(SHIPPED_CALIBRATIONS, provenance)
+    shipped = shipped_calibration(SHIPPED_CALIBRATIONS, provenance)
     if shipped is not None:
         calibration, path = shipped
         return ChosenCalibration(calibration.flips_calibrations(), calibration.window_stats(),
@@ -236,7 +237,7 @@ def _choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every
                              "(`stream-monitor calibrate` fits one)")
 
 
-def _shipped_calibration(folder: Path, provenance: dict[str, Any]):
+def shipped_calibration(folder: Path, provenance: dict[str, Any]):
     """(calibration, path) of the first file in `folder` that matches `provenance`, else None."""
     from ..calibration import Calibration, CalibrationMismatch
 

@@ -120,3 +120,28 @@ def test_replay_scores_a_detector_the_run_did_not_have(tmp_path):
     assert result["warnings"].events == 1 and result["warnings"].detected == 1
     assert result["per_detector"]["top-class-share"].lead_times[0] < 0  # the EMA needs a few steps
     assert evaluate(tmp_path)["warnings"].detected == 0
+
+
+def test_whether_the_served_feed_was_calibrated_on_the_adapter(tmp_path):
+    import json
+
+    from stream_monitor.calibration import Calibration
+    from stream_monitor.config import dump_config, load_config
+    from stream_monitor.evaluation import adapter_calibrated
+    from stream_monitor.runtime.runner import SHIPPED_CALIBRATIONS
+
+    (tmp_path / "run.json").write_text(json.dumps({"num_classes": 10, "adapter_calibrated": True}))
+    assert adapter_calibrated(tmp_path)  # as the run recorded it
+    (shipped,) = SHIPPED_CALIBRATIONS.glob("*rdumb*.json")
+    rdumb = Calibration.load(shipped)
+    # a run from before run.json said so: the calibration it chose, here the shipped rdumb one
+    info = {"num_classes": 10, "model": f"{rdumb.model} {rdumb.model_sha256[:12]}", "adapter": "rdumb",
+            "hyperparameters": rdumb.hyperparameters, "probe_size": rdumb.probe_size}
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    dump_config(load_config(None, []), tmp_path / "config.yaml")
+    assert adapter_calibrated(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({**info, "adapter": "tent"}))
+    assert not adapter_calibrated(tmp_path)  # no shipped calibration for tent
+    assert adapter_calibrated(tmp_path, rdumb)  # a calibration given decides
+    (tmp_path / "run.json").write_text(json.dumps({"num_classes": 10}))
+    assert not adapter_calibrated(tmp_path)

@@ -52,8 +52,32 @@ def test_headline_columns_keep_the_paired_frozen_reading_of_the_online_estimator
               ("nuclear-norm", "online", 33.0, None), ("weighted-flips", "source", 50.0, True)]
     columns = headline_columns(window)
     assert columns == {"est_source_acc": 30.0, "est_source_method": "sentinel", "est_extrapolated": None,
-                       "est_online_acc": 33.0, "est_online_method": "nuclear-norm", "est_source_paired": 40.0}
-    # an online estimator without a frozen reading: no paired value (the detector uses the source headline)
+                       "est_online_acc": 33.0, "est_online_method": "nuclear-norm", "est_source_paired": 40.0,
+                       "est_online_gap": -7.0}  # one estimator, one line: the paired difference
+    # an online estimator without a frozen reading: no paired value; the anchored gap is one line's
     columns = headline_columns(window + [(ANCHORED, "online", 23.0, None)])
     assert (columns["est_online_method"], columns["est_source_paired"]) == (ANCHORED, None)
-    assert headline_columns([])["est_online_acc"] is None
+    assert columns["est_online_gap"] == pytest.approx(23.0 - 30.0)
+    # no paired reading, no anchored estimate: the headlines' difference
+    assert headline_columns(window[:1] + [("duo-agreement", "online", 26.0, None)])["est_online_gap"] == -4.0
+    assert headline_columns([])["est_online_acc"] is None and headline_columns([])["est_online_gap"] is None
+
+
+def test_with_an_adapter_calibration_the_served_estimators_headline_the_online_target():
+    from stream_monitor.estimation.headline import headline_order
+    from stream_monitor.estimation.window import calibrated_on_adapter
+
+    window = [("sentinel", "source", 30.0, None), ("nuclear-norm", "online", 41.0, None),
+              (ANCHORED, "online", 27.0, None), ("nuclear-norm", "source", 35.0, None)]
+    assert pick_headline("online", window) == Headline(ANCHORED, 27.0, None)  # the source model's line: anchored
+    assert pick_headline("online", window, adapter_calibrated=True) == Headline("nuclear-norm", 41.0, None)
+    # the adapter's line and the frozen model's are two calibrations: no pairing; the gap is the anchored one's
+    columns = headline_columns(window, adapter_calibrated=True)
+    assert columns["est_source_paired"] is None and columns["est_online_gap"] == pytest.approx(27.0 - 30.0)
+    served_sentinel = window + [("sentinel", "online", 44.0, None)]
+    assert pick_headline("online", served_sentinel, adapter_calibrated=True).estimator == "sentinel"
+    assert headline_order("source", adapter_calibrated=True) == HEADLINE_ORDER["source"]
+    assert set(headline_order("online", True)) == set(HEADLINE_ORDER["online"])  # the same estimators, reordered
+    assert not calibrated_on_adapter(None) and not calibrated_on_adapter(SourceStats(accuracy=80.0))
+    assert calibrated_on_adapter(SourceStats(nuclear_fit=(100.0, -10.0)))
+    assert calibrated_on_adapter(SourceStats(sentinel={"features": [[0.0]], "accuracy": [50.0]}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from stream_monitor.config import load_config
 from stream_monitor.estimation.headline import HEADLINE_ORDER
-from stream_monitor.estimation.window import scale
+from stream_monitor.estimation.window import SourceStats, scale
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.runtime import local, runner
 from stream_monitor.runtime.checkpoint import load_checkpoint
@@ -104,6 +105,14 @@ def test_cycle_defaults_to_the_reset_period_and_probes_can_be_off():
     assert not any(off.probe_due(s) or off.cycle_due(s) for s in range(2001))
 
 
+def test_the_online_headline_order_follows_the_served_feeds_calibration():
+    own_line = SourceStats(nuclear_fit=(100.0, -10.0))
+    assert not schedule_loop().adapter_calibrated
+    assert RunLoop(load_config(None, []), None, [], 0, 10, ["source-0"], source_stats=own_line).adapter_calibrated
+    # the frozen model's line, lent to the served feed's nuclear norm, is not the adapter's own
+    assert not RunLoop(load_config(None, []), None, [], 0, 10, ["source-0"], frozen_stats=own_line).adapter_calibrated
+
+
 # ---- one uninterrupted run -----------------------------------------------------------------------
 def test_steps_cover_the_stream_contiguously(baseline):
     outcome, run_dir, _ = baseline
@@ -155,6 +164,7 @@ def test_probe_rows_headline_the_first_estimator_of_the_order_with_a_value(basel
     # the shipped frozen-feed calibration gives the frozen model's Sentinel and nuclear norm; the served
     # feed, with no adapter calibration, the nuclear norm on the source model's line: both anchor
     probes = read_table(run_dir, "probes").to_pylist()
+    assert json.loads((run_dir / "run.json").read_text())["adapter_calibrated"] is False
     assert {p["est_source_method"] for p in probes} == {"sentinel"}
     assert {p["est_online_method"] for p in probes} == {"anchored-nuclear-norm"}
     # ... through the frozen model's line, which the served nuclear norm shares here

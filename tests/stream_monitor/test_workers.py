@@ -305,14 +305,19 @@ def test_estimate_below_source_needs_patience():
     assert not detector.compute().firing
 
 
-def test_estimate_below_source_compares_the_online_estimator_with_its_own_frozen_reading():
+def test_estimate_below_source_reads_the_rows_one_calibration_gap():
     detector = EstimateBelowSource(margin=5.0, patience=1)
-    # the headlines differ by 10 points, the same estimator on both feeds by 2: no warning
-    detector.update_probe({"est_online_acc": 50.0, "est_source_acc": 60.0, "est_source_paired": 52.0})
+    # the headlines differ by 10 points, the gap through one calibration by 2: no warning
+    detector.update_probe({"est_online_acc": 50.0, "est_source_acc": 60.0, "est_online_gap": -2.0})
     assert not detector.compute().firing and detector.compute().value == pytest.approx(2.0)
-    detector.update_probe({"est_online_acc": 40.0, "est_source_acc": 45.0, "est_source_paired": 52.0})
+    detector.update_probe({"est_online_acc": 40.0, "est_source_acc": 45.0, "est_online_gap": -7.0})
     verdict = detector.compute()
-    assert verdict.firing and "same estimator's reading of the frozen model" in verdict.evidence
+    assert verdict.firing and "7.0 points below" in verdict.evidence
+    # a row from before est_online_gap: the same estimator's reading of the frozen feed, else the headline
+    detector.update_probe({"est_online_acc": 50.0, "est_source_acc": 60.0, "est_source_paired": 52.0})
+    assert detector.compute().value == pytest.approx(2.0)
+    detector.update_probe({"est_online_acc": 50.0, "est_source_acc": 60.0})
+    assert detector.compute().value == pytest.approx(10.0)
 
 
 def test_top_class_share_does_not_warn_when_the_source_model_piles_up_as_much():
