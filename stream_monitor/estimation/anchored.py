@@ -4,9 +4,7 @@ The anchored nuclear norm estimates the online accuracy as
 
     online = source headline + slope * (NN(served) - NN(frozen))
 
-with the raw nuclear-norm scores of both feeds on the same images (the served outputs of the batches
-the frozen model scored, window.PairedNuclearNormScore; runs from before it, the served feed's own
-most recent images) and the slope of the frozen model's meta-set line
+with the raw nuclear-norm scores of both feeds and the slope of the frozen model's meta-set line
 (Deng et al., ICML 2023). Each nuclear norm through its line is off by what that line gets wrong
 about this stream (-6 to +8 points on the embedded CCC streams); through one line, the two
 readings share that error, so their difference keeps the adapter's effect and drops most of it,
@@ -24,9 +22,8 @@ import numpy as np
 
 from .headline import ANCHORED as NAME, pick_headline
 
-#: the raw nuclear-norm score (x100) of the served feed, of the frozen feed and of the served feed on
-#: the frozen feed's images (window.NuclearNormScore, window.PairedNuclearNormScore)
-SCORE, SERVED, FROZEN, PAIRED = "nuclear-norm-score", "score", "source-score", "paired-score"
+#: the raw nuclear-norm score (x100) of the served and of the frozen feed (window.NuclearNormScore)
+SCORE, SERVED, FROZEN = "nuclear-norm-score", "score", "source-score"
 
 
 def anchored_estimate(estimates: Iterable[tuple[str, str, float | None, bool | None]],
@@ -37,7 +34,6 @@ def anchored_estimate(estimates: Iterable[tuple[str, str, float | None, bool | N
     estimates = list(estimates)
     scores = {target: value for name, target, value, _ in estimates if name == SCORE and value is not None}
     source = pick_headline("source", estimates)
-    served = scores.get(PAIRED, scores.get(SERVED))
-    if slope is None or source is None or served is None or FROZEN not in scores:
+    if slope is None or source is None or SERVED not in scores or FROZEN not in scores:
         return None
-    return float(np.clip(source.value + slope * (served - scores[FROZEN]) / 100.0, 0.0, 100.0))
+    return float(np.clip(source.value + slope * (scores[SERVED] - scores[FROZEN]) / 100.0, 0.0, 100.0))

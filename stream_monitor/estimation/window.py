@@ -284,27 +284,6 @@ class NuclearNormScore(_Reservoir):
         return 100.0 * self.score()
 
 
-class PairedNuclearNormScore(NuclearNormScore):
-    """The served feed's raw score on the batches the frozen model scored (target "paired-score"),
-    so its reservoir holds the same images as the frozen feed's score. The served score's reservoir
-    holds the last RESERVOIR served images (16 batches of 64), the frozen one's the last RESERVOIR it
-    scored (one batch in 8: 128 steps); a gap between those two compares different stretches of the
-    stream, this one the same images (estimation.anchored)."""
-
-    target = "paired-score"
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}@paired"
-
-    def update(self, probs: np.ndarray) -> None:
-        """Not fed by the loop's served feed: `update_paired` with the scored batches only."""
-
-    def update_paired(self, served_probs: np.ndarray) -> None:
-        """The served outputs of a batch the frozen model also scored."""
-        super().update(served_probs)
-
-
 class NuclearNorm(NuclearNormScore):
     """Nuclear norm (Deng et al., ICML 2023): accuracy = slope * NN + intercept, a meta-set line.
 

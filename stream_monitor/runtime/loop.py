@@ -32,8 +32,7 @@ from ..estimation.duo import DUO_ESTIMATORS, DuoAgreement
 from ..estimation.flips import FlipsCalibration
 from ..estimation.headline import headline_columns
 from ..estimation.sentinel import EntropySentinel
-from ..estimation.window import (PairedNuclearNormScore, SourceStats, WindowEstimator, calibrated_on_adapter,
-                                 with_source_line)
+from ..estimation.window import SourceStats, WindowEstimator, calibrated_on_adapter, with_source_line
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from .messages import ProbeResult, StepSummary, Truth
 from .observer import RunObserver, notify_health
@@ -184,11 +183,9 @@ class RunLoop:
         self.adapter_calibrated = calibrated_on_adapter(source_stats)  # which online headline order
         # the anchored online estimate reads both feeds' nuclear norms through the frozen model's line
         self.anchor_slope = frozen_stats.nuclear_fit[0] if frozen_stats and frozen_stats.nuclear_fit else None
-        # the served outputs of the batches the frozen model scored: the anchored gap on the same images
-        self.paired_score = PairedNuclearNormScore()
         self.estimators: list[WindowEstimator | AETTA | Any] = [cls(served_stats) for cls in WINDOW_ESTIMATORS] + \
             [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + ([self.aetta] if self.aetta else []) + \
-            self.duos + [self.paired_score]
+            self.duos
         # the estimators that take the sidekick's outputs beside a feed's: the duos and the Sentinels
         self.duo_fed = [e for e in self.estimators if hasattr(e, "update_duo")] if duo_name else []
         for estimator in self.estimators:
@@ -403,8 +400,6 @@ class RunLoop:
         for estimator in self.estimators:
             if estimator.frozen in feeds:
                 estimator.update(feeds[estimator.frozen])
-        if True in feeds and False in feeds:
-            self.paired_score.update_paired(feeds[False])
         if pending.sidekick is not None:
             sidekick = self._get(pending.sidekick, "sidekick")
             for frozen, probs in ((False, summary.probabilities), (True, truth.source_probabilities)):

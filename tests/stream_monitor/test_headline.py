@@ -45,24 +45,6 @@ def test_the_anchored_estimate_is_the_source_headline_plus_the_nuclear_norms_gap
     assert anchored_estimate(window, slope=1000.0) == 0.0  # clipped
     assert anchored_estimate(window, slope=None) is None
     assert anchored_estimate(window[:2], 50.0) is None and anchored_estimate(window[2:3], 50.0) is None
-    # the served score on the frozen model's own images, where the window has it
-    paired = window + [("nuclear-norm-score", "paired-score", 36.0, None)]
-    assert anchored_estimate(paired, slope=50.0) == pytest.approx(30.0 + 50.0 * (36.0 - 40.0) / 100)
-
-
-def test_the_paired_score_takes_only_what_it_is_handed_as_paired():
-    import numpy as np
-
-    from stream_monitor.estimation.window import NuclearNormScore, PairedNuclearNormScore
-
-    paired, served = PairedNuclearNormScore(), NuclearNormScore()
-    assert paired.key != served.key and paired.target == "paired-score"
-    eye = np.eye(4, dtype="float32")
-    paired.update(eye)  # the loop's served feed: ignored
-    assert paired.filled == 0
-    paired.update_paired(eye)
-    served.update(eye)
-    assert paired.compute() == served.compute() == pytest.approx(100.0)
 
 
 def test_headline_columns_keep_the_paired_frozen_reading_of_the_online_estimator():
