@@ -132,8 +132,11 @@ def merge(calibrations: list[Calibration]) -> Calibration:
     for other in calibrations[1:]:
         other.check(provenance)
     points = [p for c in calibrations for p in c.points]
-    sidekicks = {((c.source_stats or {}).get("duo") or {}).get("model") for c in calibrations}
-    sidekick = sidekicks.pop() if len(sidekicks) == 1 else None  # agreement columns of two sidekicks don't mix
+    # agreement columns of two sidekicks don't mix; a file whose windows have no Sentinel features
+    # (made before them) adds no window to the Sentinel, so it has no say in its sidekick
+    sidekicks = {((c.source_stats or {}).get("duo") or {}).get("model") for c in calibrations
+                 if any(p.get("sentinel_features") or p.get("frozen_sentinel_features") for p in c.points)}
+    sidekick = sidekicks.pop() if len(sidekicks) == 1 else None
     stats = first.source_stats and {**first.source_stats, "nuclear_fit": _nuclear_line(points),
                                      "sentinel": _sentinel_set(points, sidekick=sidekick)}
     frozen = first.frozen_stats and {**first.frozen_stats, "nuclear_fit": _nuclear_line(points, frozen=True),

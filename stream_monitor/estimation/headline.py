@@ -15,9 +15,11 @@ wins: an estimator is left out where its calibration is missing or it is still w
 - online accuracy where the served feed was calibrated on the adapter itself (its calibration
   file has a nuclear-norm line fitted on the adapted model's meta-set windows; ADAPTER_CALIBRATED):
   the served estimators first, since their lines know what adaptation does to the outputs and the
-  anchored gap, read through the frozen model's line, does not. On rdumb with its shipped
-  calibration the served nuclear norm was 7.9/7.8/8.7 points off at CCC-Easy/Medium/Hard, the
-  anchored estimate 10.1/5.3/13.0 (mean 8.1 against 9.5).
+  anchored gap, read through the frozen model's line, does not (rdumb lifted the online accuracy
+  to 55-71% on a CCC-Easy cycle where the frozen model had 17-30%; the anchored estimate read 19-40%).
+  On rdumb with its shipped calibration (13 fixed domains and 12 held-out streams) the served
+  Sentinel was 4.5/5.0/2.5 points off at CCC-Easy/Medium/Hard, the served nuclear norm 7.5/7.6/11.2,
+  the anchored estimate 10.1/5.3/13.0.
 
 Beside them, a probe row keeps the paired source estimate: the frozen feed's value of the estimator
 that headlines the online target, where both readings go through one calibration (not so for the

@@ -293,6 +293,23 @@ def test_merge_concatenates_and_refits_over_all_points():
     assert nn.compute() == pytest.approx(90.0)
 
 
+def test_merge_keeps_the_sidekicks_agreement_column_beside_a_file_without_sentinel_features():
+    from stream_monitor.estimation.sentinel import ALL_FEATURES
+
+    rng = np.random.default_rng(0)
+    featured = [{**point(f"heldout-ccc/s{k % 4}#cycle{k}", 10.0 + k, 50.0 + k),
+                 "sentinel_features": list(rng.random(len(ALL_FEATURES)))} for k in range(8)]
+    with_duo = asdict(SourceStats(duo={"model": "embedded-small", "temperatures": [1.0, 1.0]}))
+    new = calibration(domains=["heldout-ccc/s0"], points=featured, source_stats=with_duo)
+    old = calibration(domains=["clean"], points=[point("clean", 2.0, 95.0)], source_stats=asdict(SourceStats()))
+    for merged in (merge([new, old]), merge([old, new])):
+        sentinel = merged.source_stats["sentinel"]
+        assert sentinel["sidekick"] == "embedded-small" and len(sentinel["features"][0]) == len(ALL_FEATURES)
+    other = calibration(domains=["heldout-ccc/s9"], points=featured,
+                        source_stats=asdict(SourceStats(duo={"model": "resnet18", "temperatures": [1.0, 1.0]})))
+    assert merge([new, other]).source_stats["sentinel"]["sidekick"] is None  # two sidekicks: no agreement column
+
+
 def test_nuclear_line_needs_three_spread_points():
     assert _nuclear_line([point("a", 0, 50.0), point("b", 0, 60.0)]) is None
     assert _nuclear_line([point("a", 0, 50.0), point("b", 0, 50.0), point("c", 0, 50.0)]) is None
