@@ -195,8 +195,7 @@ class EstimateBelowSource(CollapseDetector):
     """The estimated online accuracy below the estimated source accuracy by `margin` points on
     `patience` consecutive probes: label-free form of the collapse definition (DESIGN.md 6). The gap
     is the probe row's `est_online_gap` (estimation.headline: read through one calibration where the
-    window allows); rows without it (runs from before it) compare the online headline with the
-    paired estimate (the online estimator's reading of the frozen feed), else the source headline."""
+    window allows), which the live loop and `eval`'s replay both derive from the window's estimates."""
 
     name = "online-below-source"
 
@@ -211,11 +210,7 @@ class EstimateBelowSource(CollapseDetector):
     def update_probe(self, row: dict[str, Any]) -> None:
         gap = row.get("est_online_gap")
         if gap is None:
-            online, paired = row.get("est_online_acc"), row.get("est_source_paired")
-            source = paired if paired is not None else row.get("est_source_acc")
-            if online is None or source is None:
-                return
-            gap = online - source
+            return
         self.gap = -gap
         self.below = self.below + 1 if self.gap > self.margin else 0
 
