@@ -297,15 +297,10 @@ def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...], calibrati
     steps early here. A run with estimation.reset_on_warning reset its adapter on its own warnings,
     so no replay of other detectors is what that run would have done."""
     from .estimation.detectors import build_detectors, transitions
-    from .estimation.headline import headline_columns
 
     detectors = build_detectors(names, _num_classes(Path(run_dir)))
-    rows = read_table(run_dir, "probes").to_pylist()
-    by_step = estimates_by_step(estimate_rows(run_dir, rows, calibration, frozen_calibration))
-    served_calibrated = adapter_calibrated(run_dir, calibration)
     probes: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        row.update(headline_columns(by_step.get(row["step"], []), served_calibrated))
+    for row in replayed_probes(run_dir, calibration, frozen_calibration):
         probes.setdefault(row["step"], []).append(row)
     active: list[str] = []
     fired: dict[str, int] = {}
@@ -329,6 +324,20 @@ def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...], calibrati
     for name, start in fired.items():
         intervals[name].append((start, math.inf))
     return intervals
+
+
+def replayed_probes(run_dir: Path, calibration: "Calibration | None" = None,
+                    frozen_calibration: "Calibration | None" = None) -> list[dict[str, Any]]:
+    """The run's probe rows with their headline columns derived again from its estimates, made
+    with the calibrations given as `score_estimators` makes them."""
+    from .estimation.headline import headline_columns
+
+    rows = read_table(run_dir, "probes").to_pylist()
+    by_step = estimates_by_step(estimate_rows(run_dir, rows, calibration, frozen_calibration))
+    served_calibrated = adapter_calibrated(run_dir, calibration)
+    for row in rows:
+        row.update(headline_columns(by_step.get(row["step"], []), served_calibrated))
+    return rows
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:

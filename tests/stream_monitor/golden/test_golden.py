@@ -1,0 +1,64 @@
+"""The golden run: a short recorded run's probe and estimate rows, as the code of the commit that
+made `expected_rows.json` wrote them (make_golden.py), and the same again from `eval`'s replay.
+
+Floats are compared to 1e-6 relative: a CPU with other vector units rounds convolutions
+differently, and Tent carries that rounding through its steps; anything an estimator or a
+headline rule changes moves them by far more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from stream_monitor.config import load_config
+from stream_monitor.runtime.runner import run
+
+from . import make_golden
+
+COLUMNS = ("est_source_acc", "est_source_method", "est_extrapolated", "est_online_acc", "est_online_method",
+           "est_online_gap", "est_source_paired")
+
+
+def same(actual, expected) -> bool:
+    if isinstance(expected, float) and isinstance(actual, float):
+        return math.isclose(actual, expected, rel_tol=1e-6, abs_tol=1e-9)
+    if isinstance(expected, list) and isinstance(actual, list):
+        return len(actual) == len(expected) and all(same(a, e) for a, e in zip(actual, expected, strict=True))
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        return actual.keys() == expected.keys() and all(same(actual[k], expected[k]) for k in expected)
+    return actual == expected
+
+
+def assert_rows(actual: list[dict], expected: list[dict], table: str) -> None:
+    assert len(actual) == len(expected), f"{table}: {len(actual)} rows, expected {len(expected)}"
+    for a, e in zip(actual, expected, strict=True):
+        wrong = {k: (a.get(k), e[k]) for k in e if not same(a.get(k), e[k])}
+        assert not wrong and a.keys() == e.keys(), f"{table} row at step {e.get('step')}: (got, expected) {wrong}"
+
+
+@pytest.fixture(scope="module", params=make_golden.VARIANTS)
+def golden(request, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("golden") / request.param
+    outcome = run(load_config(None, make_golden.overrides(request.param)), run_dir, log=lambda message: None)
+    assert outcome.status == "finished", outcome.error
+    expected = json.loads(make_golden.EXPECTED.read_text())[request.param]
+    return run_dir, expected
+
+
+def test_live_rows_are_the_golden_rows(golden):
+    run_dir, expected = golden
+    actual = make_golden.golden_rows(run_dir)
+    assert_rows(actual["probes"], expected["probes"], "probes")
+    assert_rows(actual["estimates"], expected["estimates"], "estimates")
+
+
+def test_eval_replays_the_live_headlines(golden):
+    from stream_monitor.evaluation import replayed_probes
+
+    run_dir, expected = golden
+    replayed = replayed_probes(run_dir)
+    assert_rows([{k: r[k] for k in COLUMNS} for r in replayed], [{k: r[k] for k in COLUMNS} for r in expected["probes"]],
+                "replayed probes")
