@@ -190,7 +190,7 @@ def run_provenance_of_dir(run_dir: Path) -> dict[str, Any]:
     """A finished run's provenance from its run.json and config.yaml (the model by name only:
     run.json keeps a 12-digit checksum prefix, checked here)."""
     from .config import load_config
-    from .runtime.loop import DEFAULT_CYCLE
+    from .schedule import cycle_length
 
     info_path = Path(run_dir) / "run.json"
     if not info_path.exists():
@@ -199,7 +199,7 @@ def run_provenance_of_dir(run_dir: Path) -> dict[str, Any]:
     info = json.loads(info_path.read_text())
     config = load_config(Path(run_dir) / "config.yaml", [])
     name, _, digest = str(info["model"]).partition(" ")
-    cycle = config.probe.cycle or info["hyperparameters"].get("reset_every") or DEFAULT_CYCLE
+    cycle = cycle_length(config.probe.cycle, info["hyperparameters"].get("reset_every"))
     return {"model": name, "model_sha256": digest, "adapter": info["adapter"],
             "hyperparameters": info["hyperparameters"], "probe_size": info["probe_size"], "cycle": cycle}
 
@@ -261,7 +261,7 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
     - fixed domains (Entropy Enigma's meta-set): one cycle on one corruption and severity.
     """
     from .metrics.sink import read_table
-    from .runtime.loop import DEFAULT_CYCLE, is_probe_step
+    from .schedule import cycle_length, last_probe_step
     from .runtime.runner import run, with_overrides
     from .runtime.workers import AdapterWorker
 
@@ -281,9 +281,8 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
     describe = worker.describe()
     if folder is not None:
         _check_folder(folder, worker.bundle.num_classes, config.model.name)
-    cycle = config.probe.cycle or describe["hyperparameters"].get("reset_every") or DEFAULT_CYCLE
-    # up to the cycle's last snapshot (the paper's 990 of 1,000)
-    steps = max([k for k in range(1, cycle) if is_probe_step(k, cycle, config.probe.every)], default=0)
+    cycle = cycle_length(config.probe.cycle, describe["hyperparameters"].get("reset_every"))
+    steps = last_probe_step(cycle, config.probe.every)  # up to the cycle's last snapshot (the paper's 990 of 1,000)
     if steps == 0:
         raise ValueError(f"probe.every ({config.probe.every}) leaves no snapshot inside a cycle of {cycle} steps")
     scratch = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="sm-calibrate-"))

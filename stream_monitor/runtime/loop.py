@@ -33,19 +33,13 @@ from ..estimation.flips import FlipsCalibration
 from ..estimation.headline import headline_columns
 from ..estimation.sentinel import EntropySentinel
 from ..estimation.window import SourceStats, WindowEstimator, calibrated_on_adapter, with_source_line
+from ..schedule import cycle_length, is_probe_step
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from .messages import ProbeResult, StepSummary, Truth
 from .observer import RunObserver, notify_health
 
 
-DEFAULT_CYCLE = 1000  # Entropy Enigma: reference at the start, flips after ~1,000 steps (990 in its code)
 SLOW_AFTER_S = 30.0  # an adapter step result this late marks the adapter "slow" on the dashboard
-
-
-def is_probe_step(cycle_step: int, cycle: int, every: int) -> bool:
-    """Snapshots every `every` steps of a cycle, and at Entropy Enigma's 990 of 1,000 (cycle - 10,
-    for cycles of 100 steps or more), never at the cycle start."""
-    return 0 < cycle_step < cycle and (cycle_step % every == 0 or (cycle >= 100 and cycle_step == cycle - 10))
 
 
 class Executor(Protocol):
@@ -197,7 +191,7 @@ class RunLoop:
         probe = config.probe
         self.probe_on = probe.enabled
         self.reset_every = reset_every or config.adapter.reset_every
-        self.cycle_length = probe.cycle or self.reset_every or DEFAULT_CYCLE
+        self.cycle_length = cycle_length(probe.cycle, self.reset_every)
         self.batch_size = config.source.batch_size
         self._batches: deque[tuple[Any, Any, int, int]] = deque()  # rendered, not yet submitted
         self._chunks: deque[list[Any]] = deque()

@@ -189,10 +189,10 @@ def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every:
     the configured calibration file, else from a shipped frozen-feed calibration of the model
     (`assets/calibrations/frozen/`). Fails before any step when a configured file does not match."""
     from ..calibration import FROZEN_PROVENANCE_KEYS, Calibration, run_provenance
-    from .loop import DEFAULT_CYCLE
+    from ..schedule import cycle_length
 
     chosen = _choose_calibration(config, describe, reset_every)
-    provenance = run_provenance(describe, config, config.probe.cycle or reset_every or DEFAULT_CYCLE)
+    provenance = run_provenance(describe, config, cycle_length(config.probe.cycle, reset_every))
     model_only = {k: provenance[k] for k in FROZEN_PROVENANCE_KEYS}
     path = config.estimation.frozen_calibration
     if path:
@@ -213,9 +213,9 @@ def choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every:
 def _choose_calibration(config: RunConfig, describe: dict[str, Any], reset_every: int | None) -> ChosenCalibration:
     from ..calibration import Calibration, run_provenance
     from ..estimation.flips import SHIPPED
-    from .loop import DEFAULT_CYCLE
+    from ..schedule import cycle_length
 
-    cycle = config.probe.cycle or reset_every or DEFAULT_CYCLE
+    cycle = cycle_length(config.probe.cycle, reset_every)
     provenance = run_provenance(describe, config, cycle)
     if config.estimation.calibration:
         calibration = Calibration.load(Path(config.estimation.calibration))

@@ -21,6 +21,7 @@ import torch
 
 from ..config import RunConfig
 from ..estimation.aetta import DropoutDisagreement, stage_ends
+from ..estimation.flips import count_flips, position_hash
 from .messages import Images, ProbeResult, StepSummary, Truth, split_batches
 
 AETTA_RNG_KEY = "aetta_generator"  # beside the adapter's own keys in the checkpoint's adapter state
@@ -268,7 +269,7 @@ class ProbeWorker:
         """Every batch of the cycle: keep the `size` images of smallest position hash (the spread set)."""
         if not self.spread or not len(images):
             return
-        keys = _position_hash(images.indices, self.cycle)
+        keys = position_hash(images.indices, self.cycle)
         if len(self.spread_keys) == self.size and keys.min() >= self.spread_keys.max():
             return  # nothing here enters the sample (the common case once the cycle is long)
         pool = np.concatenate([self.spread_images, images.images]) if len(self.spread_keys) else np.array(images.images)
@@ -304,12 +305,12 @@ class ProbeWorker:
         started = time.perf_counter()
         images = np.concatenate(self.reference_images)
         predictions, _ = self._predict(snapshot, images)
-        flips, weighted = _flips(self.reference_predictions, self.reference_confidences, predictions)
+        flips, weighted = count_flips(self.reference_predictions, self.reference_confidences, predictions)
         spread = {}
         if self.spread and self.start_snapshot is not None and len(self.spread_keys):
             initial, confidences = self._predict(self.start_snapshot, self.spread_images)
             now, _ = self._predict(snapshot, self.spread_images)
-            count, value = _flips(initial, confidences, now)
+            count, value = count_flips(initial, confidences, now)
             spread = {"spread_size": len(now), "spread_flips": count, "spread_weighted_flips": value}
         return ProbeResult(step, self.cycle, step - self.cycle_start, len(predictions), flips, weighted,
                            1000.0 * (time.perf_counter() - started), **spread)
@@ -369,35 +370,6 @@ class ProbeWorker:
 
     def __repr__(self) -> str:
         return "ProbeWorker()"
-
-
-def _flips(reference: np.ndarray, confidences: np.ndarray, predictions: np.ndarray) -> tuple[int, float]:
-    """Entropy Enigma's `count_flips`: the flips, and the flips weighted by the percentile rank of
-    the reference confidence."""
-    flipped = predictions != reference
-    return int(flipped.sum()), float(np.nansum(flipped * percentile_ranks(confidences)))
-
-
-def _position_hash(positions: np.ndarray, cycle: int) -> np.ndarray:
-    """splitmix64 of (position, cycle): a uniform key per image, a fresh permutation per cycle."""
-    with np.errstate(over="ignore"):
-        z = positions.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(cycle + 1)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def percentile_ranks(values: np.ndarray) -> np.ndarray:
-    """Average-rank percentiles in (0, 1], as pandas' `rank(pct=True)` in Entropy Enigma's `count_flips`:
-    a NaN (a diverged model's confidence) stays NaN and the other values are ranked among themselves."""
-    from scipy.stats import rankdata
-
-    values = np.asarray(values, dtype=np.float64)
-    valid = ~np.isnan(values)
-    ranks = np.full(values.shape, np.nan)
-    if valid.any():
-        ranks[valid] = rankdata(values[valid], method="average") / valid.sum()
-    return ranks
 
 
 def _to_cpu(state: Any) -> Any:

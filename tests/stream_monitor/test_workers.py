@@ -15,7 +15,8 @@ from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, E
                                                  build_detectors, transitions)
 from stream_monitor.estimation.flips import PAPER_RESNET50, SHIPPED, FlipsCalibration
 from stream_monitor.runtime.messages import Images, split_batches
-from stream_monitor.runtime.workers import ProbeWorker, percentile_ranks
+from stream_monitor.estimation.flips import percentile_ranks
+from stream_monitor.runtime.workers import ProbeWorker
 
 
 def batch(positions, skipped=(), size: int = 2) -> Batch:
@@ -103,7 +104,7 @@ def test_probe_weighted_flips_by_hand(probe_config, monkeypatch):
 
 
 def test_spread_reference_is_a_uniform_sample_of_the_cycle_whatever_the_batching(probe_config):
-    from stream_monitor.runtime.workers import _position_hash
+    from stream_monitor.estimation.flips import position_hash
 
     def coded(lo, hi):  # each image's pixels name its position, however the stream is cut
         idx = np.arange(lo, hi)
@@ -114,9 +115,9 @@ def test_spread_reference_is_a_uniform_sample_of_the_cycle_whatever_the_batching
         probe.start_cycle({}, cycle=2, step=0)
         for lo in range(0, 200, size):
             probe.observe(coded(lo, min(lo + size, 200)))
-    expected = np.sort(np.argsort(_position_hash(np.arange(200), 2))[:8])  # bottom-8 of the cycle's hash
+    expected = np.sort(np.argsort(position_hash(np.arange(200), 2))[:8])  # bottom-8 of the cycle's hash
     assert np.array_equal(np.sort(np.argsort(by_8.spread_keys)), np.arange(8))
-    assert np.array_equal(np.sort(_position_hash(expected, 2)), np.sort(by_8.spread_keys))
+    assert np.array_equal(np.sort(position_hash(expected, 2)), np.sort(by_8.spread_keys))
     assert np.array_equal(by_8.spread_keys, by_20.spread_keys) and np.array_equal(by_8.spread_images, by_20.spread_images)
     assert np.array_equal(np.sort(by_8.spread_images[:, 0, 0, 0]), expected % 251)  # the images of those positions
     assert expected.max() > 100  # drawn from the whole cycle, not its first images

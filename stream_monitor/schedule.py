@@ -1,0 +1,29 @@
+"""The probe schedule: how long a cycle is and at which adapter steps the probe snapshots.
+
+Entropy Enigma (Press et al., ICML 2024) takes the reference predictions at the start of a cycle
+and counts flips about 1,000 adapter steps later (990 in its `main.py`). A cycle follows the
+adapter's own reset period where it has one (RDumb's 1,000), so a reference is always taken
+from weights that have just been reset.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_CYCLE", "cycle_length", "is_probe_step", "last_probe_step"]
+
+DEFAULT_CYCLE = 1000  # Entropy Enigma: reference at the start, flips after ~1,000 steps (990 in its code)
+
+
+def cycle_length(probe_cycle: int | None, reset_every: int | None) -> int:
+    """Steps per probe cycle: `probe.cycle` when set, else the adapter's reset period, else DEFAULT_CYCLE."""
+    return probe_cycle or reset_every or DEFAULT_CYCLE
+
+
+def is_probe_step(cycle_step: int, cycle: int, every: int) -> bool:
+    """Snapshots every `every` steps of a cycle, and at Entropy Enigma's 990 of 1,000 (cycle - 10,
+    for cycles of 100 steps or more), never at the cycle start."""
+    return 0 < cycle_step < cycle and (cycle_step % every == 0 or (cycle >= 100 and cycle_step == cycle - 10))
+
+
+def last_probe_step(cycle: int, every: int) -> int:
+    """The cycle's last snapshot step (the paper's 990 of 1,000); 0 when no step of the cycle snapshots."""
+    return max((k for k in range(1, cycle) if is_probe_step(k, cycle, every)), default=0)
