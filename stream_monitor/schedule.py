@@ -8,7 +8,11 @@ from weights that have just been reset.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_CYCLE", "cycle_length", "is_probe_step", "last_probe_step"]
+from dataclasses import dataclass
+
+from .config import RunConfig
+
+__all__ = ["DEFAULT_CYCLE", "ProbeSchedule", "cycle_length", "is_probe_step", "last_probe_step"]
 
 DEFAULT_CYCLE = 1000  # Entropy Enigma: reference at the start, flips after ~1,000 steps (990 in its code)
 
@@ -27,3 +31,27 @@ def is_probe_step(cycle_step: int, cycle: int, every: int) -> bool:
 def last_probe_step(cycle: int, every: int) -> int:
     """The cycle's last snapshot step (the paper's 990 of 1,000); 0 when no step of the cycle snapshots."""
     return max((k for k in range(1, cycle) if is_probe_step(k, cycle, every)), default=0)
+
+
+@dataclass(frozen=True)
+class ProbeSchedule:
+    """When a run snapshots and starts cycles: pure functions of the adapter step count, so a
+    resumed run follows the schedule an uninterrupted one does."""
+
+    cycle: int
+    every: int
+    enabled: bool = True
+
+    @classmethod
+    def of(cls, config: RunConfig, reset_every: int | None) -> "ProbeSchedule":
+        """The schedule of a run's config and its adapter's own reset period."""
+        probe = config.probe
+        return cls(cycle_length(probe.cycle, reset_every or config.adapter.reset_every), probe.every, probe.enabled)
+
+    def probe_due(self, step: int) -> bool:
+        """A snapshot after adapter step `step` (`is_probe_step` within its cycle)."""
+        return self.enabled and is_probe_step(step % self.cycle, self.cycle, self.every)
+
+    def cycle_due(self, step: int) -> bool:
+        """A new cycle (and reference set) starts after adapter step `step`."""
+        return self.enabled and step % self.cycle == 0

@@ -1,10 +1,17 @@
-"""Label-free accuracy estimates and collapse detectors (ignite's reset/update/compute contract)."""
+"""Label-free accuracy estimates and collapse detectors (ignite's reset/update/compute contract).
 
-from .base import NotComputableError
-from .sentinel import EntropySentinel
-from .window import ESTIMATORS as _SOFTMAX_ESTIMATORS
+How a window becomes two numbers is told once, in `pipeline.py`.
 
-#: Every window estimator, each run on both feeds (served and frozen) by the run loop.
-WINDOW_ESTIMATORS = _SOFTMAX_ESTIMATORS + (EntropySentinel,)
+- `readings`: the vocabulary (feed, target, `Reading`).
+- `window`, `sentinel`, `duo`, `aetta`: the window estimators, registered in `ESTIMATORS`.
+- `flips`: Entropy Enigma's flip counting and its map to accuracy.
+- `context`: what a run's estimation takes from calibration files, resolved once.
+- `pipeline`: every estimator on both feeds, and the pure rule from readings to headlines.
+- `detectors`: collapse detectors (`DETECTORS`).
+"""
 
-__all__ = ["NotComputableError", "WINDOW_ESTIMATORS"]
+from . import aetta, duo, sentinel, window  # noqa: F401  (registration)
+from .base import ESTIMATORS, NotComputableError
+from .readings import Feed, Reading, Target
+
+__all__ = ["ESTIMATORS", "Feed", "NotComputableError", "Reading", "Target"]

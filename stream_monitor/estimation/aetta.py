@@ -19,13 +19,13 @@ maintained library implements AETTA.
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
 
-from .base import NotComputableError
+from .base import ESTIMATORS, NotComputableError
+from .readings import Feed
+from .window import WindowEstimator
 
 SMOOTHING = 0.6  # err_t = 0.6 err_{t-1} + 0.4 err'
 
@@ -96,28 +96,38 @@ def robust_error(agreement: float, marginal_entropy: float, num_classes: int) ->
     return float(np.clip((1.0 - agreement) / marginal_entropy ** 3, 0.0, ceiling))
 
 
-class AETTA:
+@ESTIMATORS.register("aetta")
+class AETTA(WindowEstimator):
     """AETTA (Lee et al., CVPR 2024): dropout disagreement, robustly calibrated (estimation.aetta_every).
 
-    The window's online accuracy is the mean over its PDD batches of the smoothed 100 (1 - err_t). The smoothing runs over the whole stream (as AETTA's), the mean over the
-    probe window; `last` is the latest batch's estimate (the step rows' `aetta_acc`)."""
+    The window's online accuracy is the mean over its PDD batches of the smoothed 100 (1 - err_t).
+    The smoothing runs over the whole stream (as AETTA's), the mean over the probe window; `last`
+    is the latest batch's estimate (the step rows' `aetta_acc`)."""
 
-    name, target, frozen, key = "aetta", "online", False, "aetta"
+    name = "aetta"
+    description = "AETTA (Lee et al., CVPR 2024): dropout disagreement of the served model, robustly calibrated"
+    feeds = (Feed.SERVED,)
+    requires = "dropout"
+    state_keys = ("error", "last", "total", "count")
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, feed: Feed = Feed.SERVED) -> None:
         self.num_classes = num_classes
         self.error: float | None = None
         self.last: float | None = None
-        self.reset()
+        super().__init__(None, feed)
+
+    @classmethod
+    def create(cls, stats, feed: Feed, *, num_classes: int, sidekick: str | None = None) -> "AETTA":
+        return cls(num_classes, feed)
 
     def reset(self) -> None:
         """A new window (the stream-long smoothing carries on)."""
         self.total, self.count = 0.0, 0
 
     def update(self, probs: np.ndarray) -> None:
-        """The window estimators' softmax feed: AETTA reads the dropout statistics instead."""
+        """AETTA reads the dropout statistics (`update_dropout`), not the softmax feed."""
 
-    def update_pdd(self, agreement: float, marginal_entropy: float) -> float:
+    def update_dropout(self, agreement: float, marginal_entropy: float) -> float:
         """One batch's PDD; returns its smoothed estimate (%)."""
         raw = robust_error(agreement, marginal_entropy, self.num_classes)
         self.error = raw if self.error is None else SMOOTHING * self.error + (1.0 - SMOOTHING) * raw
@@ -130,13 +140,3 @@ class AETTA:
         if not self.count:
             raise NotComputableError("aetta needs dropout statistics (estimation.aetta_every > 0) in the window")
         return self.total / self.count
-
-    def features(self) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"error": self.error, "last": self.last, "total": self.total, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.error, self.last = state["error"], state["last"]
-        self.total, self.count = float(state["total"]), int(state["count"])

@@ -12,20 +12,22 @@ small frozen sidekick beside the large model, for uncertainty and, here, label-f
   `duo-agreement` is its complement, the GDE-style estimate (Jiang et al., ICLR 2022) of the
   large model's accuracy from the agreement of two models.
 
-In stream-monitor the large model is the adapter's served model (its softmax, whose logs are the
-logits up to a per-image constant that the softmax ignores) and the sidekick is a frozen smaller
-model served by its own actor (`estimation.duo_model`). Written by hand: no maintained library
+In stream-monitor the large model is the model behind a feed, served or frozen (its softmax, whose
+logs are the logits up to a per-image constant that the softmax ignores), and the sidekick is a
+frozen smaller model served by its own actor (`estimation.duo_model`). Written by hand: no maintained library
 implements Duos.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from abc import abstractmethod
 
 import numpy as np
 import torch
 
-from .base import NotComputableError
+from .base import ESTIMATORS, NotComputableError
+from .readings import Feed
+from .window import WindowEstimator
 
 GRID = np.arange(0.05, 5.05, 0.2)
 
@@ -65,59 +67,48 @@ def duo_probabilities(log_large: np.ndarray, log_small: np.ndarray, t_large: flo
     return p / p.sum(1, keepdims=True)
 
 
-class _Duo:
+class _Duo(WindowEstimator):
     """Shared by the duo estimators: fed with a feed's softmax and the sidekick's log-softmax of
-    the same images (`update_duo`); the softmax-only feed is ignored. On the served feed they
-    estimate the online accuracy; `frozen`: on the frozen model's feed, its source accuracy."""
+    the same images (`update_sidekick`); the softmax-only feed is ignored."""
 
-    target, frozen = "online", False
-
-    def __init__(self, stats: Any = None, frozen: bool = False) -> None:
-        self.stats = stats
-        self.frozen = frozen
-        self.target = "source" if frozen else "online"
-        self.key = f"{self.name}@frozen" if frozen else self.name
-        self.reset()
+    requires = "sidekick"
+    state_keys = ("total", "count")
 
     def reset(self) -> None:
         self.total, self.count = 0.0, 0
 
     def update(self, probs: np.ndarray) -> None:
-        """The window estimators' softmax feed: a duo needs the sidekick's outputs too."""
+        """A duo reads the feed together with the sidekick's outputs (`update_sidekick`)."""
 
-    def update_duo(self, served: np.ndarray, sidekick_log_probs: np.ndarray) -> None:
-        if not len(served):
+    def update_sidekick(self, probs: np.ndarray, sidekick_log_probs: np.ndarray) -> None:
+        if not len(probs):
             return
-        self.total += float(self.score(np.asarray(served), np.asarray(sidekick_log_probs)).sum())
-        self.count += len(served)
+        self.total += float(self.score(np.asarray(probs), np.asarray(sidekick_log_probs)).sum())
+        self.count += len(probs)
 
-    def score(self, served: np.ndarray, sidekick: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def score(self, probs: np.ndarray, sidekick: np.ndarray) -> np.ndarray: ...
 
     def compute(self) -> float:
         if not self.count:
             raise NotComputableError(f"{self.name} needs a sidekick (estimation.duo_model) and images in the window")
         return 100.0 * self.total / self.count
 
-    def features(self) -> None:
-        return None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.total, self.count = float(state["total"]), int(state["count"])
-
-
+@ESTIMATORS.register("duo-agreement")
 class DuoAgreement(_Duo):
-    """Asymmetric Duos' disagreement (Zhou et al., NeurIPS 2025): the share where sidekick and served class agree."""
+    """Asymmetric Duos' disagreement (Zhou et al., NeurIPS 2025): the share where sidekick and feed class agree.
+
+    On the frozen feed it is GDE's agreement of two frozen models (Jiang et al., ICLR 2022)."""
 
     name = "duo-agreement"
+    description = "Asymmetric Duos (Zhou et al., NeurIPS 2025): the share where the sidekick's class agrees"
 
-    def score(self, served, sidekick):
-        return served.argmax(1) == sidekick.argmax(1)
+    def score(self, probs, sidekick):
+        return probs.argmax(1) == sidekick.argmax(1)
 
 
+@ESTIMATORS.register("duo-confidence")
 class DuoConfidence(_Duo):
     """Asymmetric Duos' uncertainty (Zhou et al., NeurIPS 2025): mean p_duo of the served class, temperature-weighted.
 
@@ -125,11 +116,15 @@ class DuoConfidence(_Duo):
     sidekick); without them T_L = T_S = 1 (the repository's unweighted logit average)."""
 
     name = "duo-confidence"
+    description = "Asymmetric Duos (Zhou et al., NeurIPS 2025): the duo's mean probability of the served class"
+    feeds = (Feed.SERVED,)
 
-    def score(self, served, sidekick):
-        t_l, t_s = (self.stats.duo or {}).get("temperatures", (1.0, 1.0)) if self.stats else (1.0, 1.0)
-        duo = duo_probabilities(np.log(np.clip(served, 1e-12, None)), sidekick, t_l, t_s)
-        return duo[np.arange(len(served)), served.argmax(1)]
+    @classmethod
+    def create(cls, stats, feed: Feed, *, num_classes: int, sidekick: str | None = None) -> "DuoConfidence":
+        # temperatures fitted with another sidekick mean nothing for this one
+        return cls(stats if stats is not None and (stats.duo or {}).get("model") == sidekick else None, feed)
 
-
-DUO_ESTIMATORS = (DuoAgreement, DuoConfidence)
+    def score(self, probs, sidekick):
+        t_l, t_s = (self.stats.duo or {}).get("temperatures", (1.0, 1.0))
+        duo = duo_probabilities(np.log(np.clip(probs, 1e-12, None)), sidekick, t_l, t_s)
+        return duo[np.arange(len(probs)), probs.argmax(1)]

@@ -2,9 +2,9 @@
 
 WF = sum_i 1[pred_i(t) != pred_i(cycle start)] * rank_pct(conf_i(cycle start)); the probe worker
 counts it with `count_flips` on its reference set (and on the spread set, sampled by `position_hash`).
-It is mapped to the frozen source model's accuracy on the stream with a fitted quadratic f.
-The paper's ResNet-50 f was fitted on 1,000 probe images after 990 RDumb steps; a probe of n
-images is scaled by 1000 / n (the paper's limited-memory setting: 100 images x10).
+It is mapped to the frozen model's accuracy on the stream with a quadratic f fitted per snapshot
+step on a calibration meta-set (the paper's ResNet-50 f ships as a calibration file); a probe of n
+images is scaled to the fit's probe size (the paper's limited-memory setting: 100 images x10).
 """
 
 from __future__ import annotations
@@ -71,12 +71,3 @@ class FlipsCalibration:
         value = a * wf_eval * wf_eval + b * wf_eval + c
         lo, hi = self.fitted_range
         return min(100.0, max(0.0, value)), not lo <= wf <= hi
-
-
-#: Entropy Enigma `main.py` "Weighted deg 2 - Best Results" (paper Fig. 6), fit points WF 13..265.
-PAPER_RESNET50 = FlipsCalibration(
-    model="resnet50", coefficients=(3.55553868e-4, -0.321445023, 75.6618580), fitted_range=(13.0, 265.0),
-    cycle_step=990, origin="Entropy Enigma main.py, ResNet-50 IMAGENET1K_V1, RDumb 990 steps, 1,000 images",
-)
-
-SHIPPED = {"resnet50": {PAPER_RESNET50.cycle_step: PAPER_RESNET50}}

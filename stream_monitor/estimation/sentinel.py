@@ -44,7 +44,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .window import NotComputableError, WindowEstimator
+from .base import ESTIMATORS, NotComputableError
+from .readings import Feed, Reading
+from .window import WindowEstimator
 
 FEATURES = ("mean", "std", "max", "q10", "q25", "q50", "q75", "q90", "skewness", "kurtosis", "se_sum",
             "nll_avg", "nll_max", "nll_sum", "lntp", "mtp", "ppl")
@@ -197,25 +199,33 @@ class SentinelRegressor:
         return float(np.clip(min(self.training["accuracy"]), 0.0, 100.0))
 
 
+@ESTIMATORS.register("sentinel")
 class EntropySentinel(WindowEstimator):
     """Entropy Sentinel (Memoli Buffa & Del Corro, 2026): 17 entropy-profile features, a meta-set
     regressor; with the window's class marginal and, with a sidekick, the Duos agreement (see above).
 
     The features are taken over the whole window (the cycle so far), and recorded with each
-    estimate so a later calibration can redo it. `sidekick` is the run's Duos sidekick, set by the
-    loop that feeds `update_duo`."""
+    reading so a later calibration can redo it (`reread`). `sidekick` is the run's Duos sidekick,
+    whose agreement the pipeline feeds through `update_sidekick`."""
 
     name = "sentinel"
-    sidekick: str | None = None
+    description = ("Entropy Sentinel (Memoli Buffa & Del Corro, 2026): entropy-profile and class-marginal "
+                   "features of the window through a meta-set regressor")
+    state_keys = ("entropy", "nll", "counts", "agreed", "paired")
 
-    def __init__(self, stats=None, frozen: bool = False) -> None:
+    def __init__(self, stats=None, feed: Feed = Feed.SERVED, sidekick: str | None = None) -> None:
+        self.sidekick = sidekick
         self._regressor: SentinelRegressor | None = None  # fitted on first use, kept across cycles
-        super().__init__(stats, frozen)
+        super().__init__(stats, feed)
+
+    @classmethod
+    def create(cls, stats, feed: Feed, *, num_classes: int, sidekick: str | None = None) -> "EntropySentinel":
+        return cls(stats, feed, sidekick)
 
     def reset(self) -> None:
         self._entropy: list[np.ndarray] = []
         self._nll: list[np.ndarray] = []
-        self._counts: np.ndarray | None = np.zeros(0, np.int64)  # None: unknown (an older checkpoint)
+        self._counts = np.zeros(0, np.int64)
         self._agreed = self._paired = 0
 
     def update(self, probs: np.ndarray) -> None:
@@ -224,11 +234,10 @@ class EntropySentinel(WindowEstimator):
         h, nll = profile(probs)
         self._entropy.append(h.astype(np.float32))
         self._nll.append(nll.astype(np.float32))
-        if self._counts is not None:
-            counts = np.bincount(np.asarray(probs).argmax(1), minlength=np.shape(probs)[1])
-            self._counts = counts if not len(self._counts) else self._counts + counts
+        counts = np.bincount(np.asarray(probs).argmax(1), minlength=np.shape(probs)[1])
+        self._counts = counts if not len(self._counts) else self._counts + counts
 
-    def update_duo(self, probs: np.ndarray, sidekick_log_probs: np.ndarray) -> None:
+    def update_sidekick(self, probs: np.ndarray, sidekick_log_probs: np.ndarray) -> None:
         """The feed's softmax and the sidekick's log-softmax of the same images (the agreement)."""
         self._agreed += int((np.asarray(probs).argmax(1) == np.asarray(sidekick_log_probs).argmax(1)).sum())
         self._paired += len(probs)
@@ -242,14 +251,11 @@ class EntropySentinel(WindowEstimator):
 
     def features(self) -> list[float] | None:
         """The window's features, a prefix of ALL_FEATURES (what a run records, so a later
-        calibration can re-estimate)."""
+        calibration can re-estimate); None with fewer than MIN_IMAGES images."""
         entropy, nll = self._profile()
         if len(entropy) < MIN_IMAGES:
             return None
-        out = [float(v) for v in window_features(entropy, nll)]
-        if self._counts is None or not len(self._counts):
-            return out
-        out += marginal_features(self._counts)
+        out = [float(v) for v in window_features(entropy, nll)] + marginal_features(self._counts)
         return out + [self._agreed / self._paired] if self._paired else out
 
     def compute(self) -> float:
@@ -261,15 +267,26 @@ class EntropySentinel(WindowEstimator):
             self._regressor = SentinelRegressor(self.stats.sentinel)
         return self._regressor(features, self.sidekick)
 
+    def reading(self) -> Reading:
+        features = self.features()
+        return Reading(self.name, self.feed, self.target, self._value(),
+                       features=None if features is None else tuple(features))
+
+    def reread(self, reading: Reading) -> Reading:
+        """The recorded window features through this feed's regressor (no value without one)."""
+        if reading.features is None or not self.stats.sentinel:
+            return reading.with_value(None)
+        if self._regressor is None:
+            self._regressor = SentinelRegressor(self.stats.sentinel)
+        return reading.with_value(self._regressor(reading.features, self.sidekick))
+
     def state_dict(self) -> dict[str, Any]:
         entropy, nll = self._profile()
-        counts = torch.from_numpy(self._counts.copy()) if self._counts is not None else None
-        return {"entropy": torch.from_numpy(entropy.copy()), "nll": torch.from_numpy(nll.copy()), "counts": counts,
-                "agreed": self._agreed, "paired": self._paired}
+        return {"entropy": torch.from_numpy(entropy.copy()), "nll": torch.from_numpy(nll.copy()),
+                "counts": torch.from_numpy(self._counts.copy()), "agreed": self._agreed, "paired": self._paired}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._check_state(state)
         self._entropy, self._nll = [state["entropy"].numpy()], [state["nll"].numpy()]
-        # a checkpoint from before the marginal features: this window keeps the 17
-        counts = state.get("counts")
-        self._counts = counts.numpy() if counts is not None else None
-        self._agreed, self._paired = int(state.get("agreed", 0)), int(state.get("paired", 0))
+        self._counts = state["counts"].numpy()
+        self._agreed, self._paired = int(state["agreed"]), int(state["paired"])

@@ -1,13 +1,13 @@
 """Label-free accuracy estimates from the softmax outputs of a window.
 
 Each estimator follows ignite's contract (`reset`, `update`, `compute`, NotComputableError) and
-sees only probabilities (never labels), from one of two feeds:
-- the outputs the adapter served: an estimate of the online accuracy (target "online");
-- the frozen source model's outputs on the batches the evaluator scores: an estimate of the
-  source accuracy on the window (target "source"), the baselines Entropy Enigma compares
-  weighted flips with (AC, DoC, ATC, COT on the pre-trained model's outputs).
+sees only probabilities (never labels), from one feed (`readings.Feed`):
+- the outputs the adapter served: an estimate of the online accuracy;
+- the frozen model's outputs on the batches the evaluator scores: an estimate of the source
+  accuracy on the window, the baselines Entropy Enigma compares weighted flips with (AC, DoC,
+  ATC, COT on the pre-trained model's outputs).
 Those that need labelled statistics take them from the calibration (`SourceStats` of the served
-adapter at its source state, or of the frozen model, fitted by `stream-monitor calibrate` on the
+adapter at its initial state, or of the frozen model, fitted by `stream-monitor calibrate` on the
 meta-set's clean domain); without one they are not computable. Written by hand because no
 maintained library ships them (research/estimators.md 4.3).
 
@@ -26,26 +26,24 @@ AC, DoC and ATC use temperature-scaled probabilities when the calibration has a 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from .base import NotComputableError
+from .base import ESTIMATORS, NotComputableError
+from .readings import TARGET_OF, Feed, Reading, Target
 
-RESERVOIR = 1024  # the most recent served softmax vectors kept for COT and the nuclear norm
-
-
-#: The target of an estimator class on the frozen model's feed, by its target on the served feed.
-FROZEN_TARGETS = {"online": "source", "score": "source-score"}
+RESERVOIR = 1024  # the most recent softmax vectors of a feed kept for COT and the nuclear norm
 
 
 @dataclass(frozen=True)
 class SourceStats:
-    """Labelled statistics of one feed's model (the served adapter at the source state, or the
-    frozen model) on the meta-set's clean domain."""
+    """Labelled statistics of one feed's model (the served adapter at its initial state, or the
+    frozen model) on the meta-set's clean domain, with the meta-set maps of its estimators."""
 
     temperature: float = 1.0
     accuracy: float | None = None          # Acc_S, %
@@ -99,44 +97,85 @@ def fit_source_stats(probs: np.ndarray, labels: np.ndarray) -> SourceStats:
 
 
 class WindowEstimator(ABC):
-    name: str
-    target = "online"
+    """An estimator of one feed's accuracy on the probe window, from that feed's softmax outputs.
 
-    def __init__(self, stats: SourceStats | None = None, frozen: bool = False) -> None:
-        """`frozen`: fed with the frozen source model's outputs (its target becomes FROZEN_TARGETS')."""
+    Subclasses set `name`, `description` (what `stream-monitor list estimators` prints), the feeds
+    they run on, and `state_keys`: the running quantities a checkpoint keeps (ignite's
+    `_state_dict_all_req_keys`), so a resumed run rebuilds its configuration from the calibration
+    and restores only what the window accumulated."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    feeds: ClassVar[tuple[Feed, ...]] = (Feed.SERVED, Feed.FROZEN)
+    #: what the run must provide beyond the feed: "sidekick" (a Duos model) or "dropout" (AETTA's passes)
+    requires: ClassVar[str | None] = None
+    state_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, stats: SourceStats | None = None, feed: Feed = Feed.SERVED) -> None:
+        if feed not in self.feeds:
+            raise ValueError(f"{self.name} runs on the {', '.join(map(str, self.feeds))} feed, not {feed}")
         self.stats = stats or SourceStats()
-        self.frozen = frozen
-        if frozen:
-            self.target = FROZEN_TARGETS[type(self).target]
+        self.feed = Feed(feed)
         self.reset()
+
+    @classmethod
+    def create(cls, stats: SourceStats | None, feed: Feed, *, num_classes: int,
+               sidekick: str | None = None) -> "WindowEstimator":
+        """The estimator as a run builds it (the pipeline's one constructor call)."""
+        return cls(stats, feed)
+
+    @property
+    def target(self) -> Target:
+        return TARGET_OF[self.feed]
 
     @property
     def key(self) -> str:
-        """Unique among a loop's estimators: the name, and the feed."""
-        return f"{self.name}@frozen" if self.frozen else self.name
+        """Unique among a run's estimators: the feed and the name."""
+        return f"{self.feed}/{self.name}"
 
     @abstractmethod
     def reset(self) -> None: ...
 
     @abstractmethod
     def update(self, probs: np.ndarray) -> None:
-        """Served softmax outputs of one step, (N, K)."""
+        """The feed's softmax outputs of one step, (N, K)."""
+
+    def update_sidekick(self, probs: np.ndarray, sidekick_log_probs: np.ndarray) -> None:
+        """The feed's softmax and the Duos sidekick's log-softmax of the same images."""
 
     @abstractmethod
     def compute(self) -> float:
         """Estimated accuracy (%) on the window so far."""
 
-    def features(self) -> list[float] | None:
-        """What a run records beside the estimate so a later calibration can redo it (None: nothing)."""
-        return None
+    def reading(self) -> Reading:
+        """What the window gives now; a value of None where it is not computable."""
+        return Reading(self.name, self.feed, self.target, self._value())
+
+    def _value(self) -> float | None:
+        try:
+            value = self.compute()
+        except NotComputableError:
+            return None
+        return float(value) if math.isfinite(value) else None
+
+    def reread(self, reading: Reading) -> Reading:
+        """A recorded reading of this estimator made again with this estimator's calibration, from
+        what the reading kept (its raw score or features); unchanged where it kept nothing to redo."""
+        return reading
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: (torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v)
-                for k, v in vars(self).items() if k not in ("stats", "frozen", "target")}
+        return {k: _to_state(getattr(self, k)) for k in self.state_keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v.numpy() if isinstance(v, torch.Tensor) else v)
+        self._check_state(state)
+        for k in self.state_keys:
+            setattr(self, k, _from_state(state[k]))
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        missing = [k for k in self.state_keys if k not in state]
+        if missing:
+            raise KeyError(f"the checkpoint's state of {self.key} lacks {', '.join(missing)}; it was written by "
+                           f"another version of stream-monitor: start the run again without --resume")
 
     def _need(self, *fields: str) -> None:
         missing = [f for f in fields if getattr(self.stats, f) is None]
@@ -144,8 +183,18 @@ class WindowEstimator(ABC):
             raise NotComputableError(f"{self.name} needs a calibration with {', '.join(missing)}")
 
 
+def _to_state(value: Any) -> Any:
+    return torch.from_numpy(value.copy()) if isinstance(value, np.ndarray) else value
+
+
+def _from_state(value: Any) -> Any:
+    return value.numpy() if isinstance(value, torch.Tensor) else value
+
+
 class _Counting(WindowEstimator):
     """Estimators that are a mean over the window's samples."""
+
+    state_keys = ("total", "count")
 
     def reset(self) -> None:
         self.total = 0.0
@@ -170,10 +219,12 @@ class _Counting(WindowEstimator):
     def score(self, probs: np.ndarray) -> np.ndarray: ...
 
 
+@ESTIMATORS.register("average-confidence")
 class AverageConfidence(_Counting):
     """AC (Hendrycks & Gimpel, ICLR 2017): the mean max-softmax."""
 
     name = "average-confidence"
+    description = "AC (Hendrycks & Gimpel, ICLR 2017): the mean max-softmax"
 
     def score(self, probs):
         return probs.max(1)
@@ -182,20 +233,24 @@ class AverageConfidence(_Counting):
         return self.mean()
 
 
+@ESTIMATORS.register("doc")
 class DifferenceOfConfidences(AverageConfidence):
     """DoC (Guillory et al., ICCV 2021): Acc_S - (AC_S - AC_t)."""
 
     name = "doc"
+    description = "DoC (Guillory et al., ICCV 2021): Acc_S - (AC_S - AC_t)"
 
     def compute(self) -> float:
         self._need("accuracy", "mean_confidence")
         return self.stats.accuracy - (self.stats.mean_confidence - self.mean())
 
 
+@ESTIMATORS.register("atc-mc")
 class ATCMaxConfidence(_Counting):
     """ATC-MC (Garg et al., ICLR 2022): the share above the source-fitted max-confidence threshold."""
 
     name = "atc-mc"
+    description = "ATC-MC (Garg et al., ICLR 2022): the share above the clean-fitted max-confidence threshold"
 
     def score(self, probs):
         self._need("atc_mc_threshold")
@@ -206,10 +261,12 @@ class ATCMaxConfidence(_Counting):
         return self.mean()
 
 
+@ESTIMATORS.register("atc-ne")
 class ATCNegativeEntropy(_Counting):
     """ATC-NE (Garg et al., ICLR 2022): the share above the source-fitted negative-entropy threshold."""
 
     name = "atc-ne"
+    description = "ATC-NE (Garg et al., ICLR 2022): the share above the clean-fitted negative-entropy threshold"
 
     def score(self, probs):
         self._need("atc_ne_threshold")
@@ -223,6 +280,8 @@ class ATCNegativeEntropy(_Counting):
 class _Reservoir(WindowEstimator):
     """Keeps the window's most recent RESERVOIR softmax vectors in a ring buffer, so a step costs
     one write of its own rows (not a copy of the reservoir: 4 MB a step at K = 1000)."""
+
+    state_keys = ("ring", "filled", "next")
 
     def reset(self) -> None:
         self.ring = np.zeros((0, 0), np.float32)
@@ -253,10 +312,12 @@ class _Reservoir(WindowEstimator):
         return self.recent.astype(np.float64)
 
 
+@ESTIMATORS.register("cot")
 class OptimalTransport(_Reservoir):
     """COT (Lu et al., NeurIPS 2023): 1 - W1 to one-hot labels of the (uniform) source marginal."""
 
     name = "cot"
+    description = "COT (Lu et al., NeurIPS 2023): 1 - W1 to one-hot labels of the uniform label marginal"
 
     def compute(self) -> float:
         from scipy.optimize import linear_sum_assignment
@@ -270,10 +331,16 @@ class OptimalTransport(_Reservoir):
         return 100.0 * (1.0 - cost[rows, cols].mean())
 
 
-class NuclearNormScore(_Reservoir):
-    """The raw score x100 (target "score", not an accuracy): what calibrate maps to accuracy."""
+@ESTIMATORS.register("nuclear-norm")
+class NuclearNorm(_Reservoir):
+    """Nuclear norm (Deng et al., ICML 2023): accuracy = slope * NN + intercept, a meta-set line.
 
-    name, target = "nuclear-norm-score", "score"
+    The line is the feed's calibration's, fitted on the meta-set's windows; the reading keeps the
+    raw score NN = ||P||_* / sqrt(m min(m, K)) beside it, so a later calibration can map it again
+    and the anchored estimate can compare both feeds' scores through one line."""
+
+    name = "nuclear-norm"
+    description = "Nuclear norm (Deng et al., ICML 2023): ||P||_* / sqrt(m min(m, K)) through a meta-set line"
 
     def score(self) -> float:
         probs = self._probs()
@@ -281,19 +348,23 @@ class NuclearNormScore(_Reservoir):
         return float(np.linalg.svd(probs, compute_uv=False).sum() / np.sqrt(m * min(m, k)))
 
     def compute(self) -> float:
-        return 100.0 * self.score()
-
-
-class NuclearNorm(NuclearNormScore):
-    """Nuclear norm (Deng et al., ICML 2023): accuracy = slope * NN + intercept, a meta-set line.
-
-    The line is the calibration's, fitted on the meta-set's windows for this feed's target."""
-
-    name, target = "nuclear-norm", "online"
-
-    def compute(self) -> float:
         self._need("nuclear_fit")
         return nuclear_accuracy(self.score(), self.stats.nuclear_fit)
+
+    def reading(self) -> Reading:
+        try:
+            score = self.score()
+        except NotComputableError:
+            score = math.nan
+        if not math.isfinite(score):
+            return Reading(self.name, self.feed, self.target, None)
+        return self.reread(Reading(self.name, self.feed, self.target, None, score=score))
+
+    def reread(self, reading: Reading) -> Reading:
+        """The recorded raw score through this feed's line (no value without a line)."""
+        line = self.stats.nuclear_fit
+        return reading.with_value(None if reading.score is None or line is None else
+                                  nuclear_accuracy(reading.score, line))
 
 
 def nuclear_accuracy(score: float, line: tuple[float, float]) -> float:
@@ -302,15 +373,10 @@ def nuclear_accuracy(score: float, line: tuple[float, float]) -> float:
     return float(np.clip(slope * score + intercept, 0.0, 100.0))
 
 
-ESTIMATORS = (AverageConfidence, DifferenceOfConfidences, ATCMaxConfidence, ATCNegativeEntropy, OptimalTransport,
-              NuclearNorm, NuclearNormScore)
-
-
 def with_source_line(served: SourceStats | None, frozen: SourceStats | None) -> SourceStats | None:
-    """The served feed's statistics, with the frozen source model's nuclear-norm line where the
-    served adapter's calibration has none. The adapter starts as that model, and on the embedded
-    CCC streams the source line read the served outputs of Tent within 7.6 points (10.1 once it had
-    collapsed), where average confidence was 45-79 points off (README, "Measured")."""
+    """The served feed's statistics, with the frozen model's nuclear-norm line where the served
+    adapter's calibration has none: the adapter starts as that model, so its line is the nearest
+    one there is (benchmarks/estimator_table.py measures how near)."""
     if frozen is None or frozen.nuclear_fit is None or (served is not None and served.nuclear_fit is not None):
         return served
     return replace(served or SourceStats(), nuclear_fit=frozen.nuclear_fit)
@@ -322,11 +388,8 @@ def calibrated_on_adapter(served: SourceStats | None) -> bool:
     return served is not None and (served.nuclear_fit is not None or bool(served.sentinel))
 
 
-def stats_to_dict(stats: SourceStats) -> dict[str, Any]:
-    return asdict(stats)
-
-
 def stats_from_dict(data: dict[str, Any] | None) -> SourceStats | None:
+    """SourceStats from a calibration file's mapping (None: the file has none for that feed)."""
     if not data:
         return None
     data = dict(data)

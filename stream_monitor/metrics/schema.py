@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: the probes' spread_* columns; 3: the estimates' features and the steps' aetta_acc (older parts read them null)
+SCHEMA_VERSION = 4  # 4: an estimate's feed, raw score and interval (estimation.readings.Reading)
 
 STEP_SCHEMA = pa.schema([
     pa.field("step", pa.int64(), nullable=False),           # adapter steps done after this one (1, 2, ...), counted over resets
@@ -92,12 +92,16 @@ ESTIMATE_SCHEMA = pa.schema([
     pa.field("cycle", pa.int32(), nullable=False),
     pa.field("cycle_step", pa.int64(), nullable=False),
     pa.field("estimator", pa.string(), nullable=False),     # e.g. weighted-flips, atc-mc, cot
+    pa.field("feed", pa.string(), nullable=False),          # served or frozen: the outputs it read
     pa.field("target", pa.string(), nullable=False),        # source (frozen model on the window) or online
     pa.field("value", pa.float32()),                        # estimated accuracy (%), null while not computable
+    pa.field("score", pa.float64()),                        # the raw statistic a calibration maps to the value
     pa.field("extrapolated", pa.bool_()),                   # outside the estimator's fitted range
+    pa.field("interval_low", pa.float32()),                 # an interval of the value, where the estimator gives one
+    pa.field("interval_high", pa.float32()),
     pa.field("window_start", pa.int64()),                   # the stream positions it estimates (= the probe row's)
     pa.field("window_stop", pa.int64()),
-    pa.field("features", pa.list_(pa.field("element", pa.float32()))),  # the Sentinel's 17 window features (eval re-estimates from them)
+    pa.field("features", pa.list_(pa.field("element", pa.float32()))),  # the Sentinel's window features (eval re-estimates from them)
 ], metadata={"table": "estimates", "schema_version": str(SCHEMA_VERSION)})
 
 TABLES: dict[str, pa.Schema] = {"steps": STEP_SCHEMA, "probes": PROBE_SCHEMA, "events": EVENT_SCHEMA,

@@ -15,6 +15,8 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from ..config import RunConfig
+from .messages import WorkersDescription
+from .start import Workers
 from .workers import AdapterWorker, ProbeWorker, SidekickWorker, SourceWorker, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,6 @@ def gpu_shares(config: RunConfig, cuda: bool) -> tuple[float, float]:
 
 def start_ray_workers(config: RunConfig, run_id: str = "run"):
     """The actors of one run, named `{run_id}/adapter`, `{run_id}/probe`, `{run_id}/source-K`."""
-    from .runner import Workers
 
     started_ray = init_ray(config)
     rt = config.runtime
@@ -122,10 +123,9 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
             f"probe num_gpus={config.probe.num_gpus}); the cluster has {ray.cluster_resources()}. "
             f"Use --num-gpus 0 to run on CPU, or raise runtime.start_timeout_s."
         ) from None
-    source_info = ray.get(actors["source-0"].describe.remote())
-    adapter_info = ray.get(actors["adapter"].describe.remote())
-    if "sidekick" in actors:
-        adapter_info.update(ray.get(actors["sidekick"].describe.remote()))
+    description = WorkersDescription(ray.get(actors["source-0"].describe.remote()),
+                                     ray.get(actors["adapter"].describe.remote()),
+                                     ray.get(actors["sidekick"].describe.remote()) if "sidekick" in actors else None)
     ex = RayExecutor(actors)
 
     def shutdown() -> None:
@@ -142,7 +142,7 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
         observers.append(RayMetrics(run_id))
     except Exception as error:  # metrics are optional: never fail a run for them
         logger.warning("Ray metrics are off: %s", error)
-    return Workers(ex, names, {**source_info, **adapter_info}, shutdown, observers)
+    return Workers(ex, names, description, shutdown, observers)
 
 
 class RayMetrics:

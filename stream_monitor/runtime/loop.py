@@ -19,23 +19,17 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..config import RunConfig
-from ..estimation import WINDOW_ESTIMATORS, anchored
-from ..estimation.aetta import AETTA
-from ..estimation.base import NotComputableError
 from ..estimation.detectors import CollapseDetector, build_detectors, parse_detectors, transitions
-from ..estimation.duo import DUO_ESTIMATORS, DuoAgreement
-from ..estimation.flips import FlipsCalibration
-from ..estimation.headline import headline_columns
-from ..estimation.sentinel import EntropySentinel
-from ..estimation.window import SourceStats, WindowEstimator, calibrated_on_adapter, with_source_line
-from ..schedule import cycle_length, is_probe_step
+from ..estimation.pipeline import EstimationPipeline, derive
+from ..estimation.readings import Feed, Reading
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
-from .messages import ProbeResult, StepSummary, Truth
+from ..schedule import ProbeSchedule
+from .messages import ProbeResult, StepSummary, Truth, WorkersDescription
 from .observer import RunObserver, notify_health
 
 
@@ -108,22 +102,12 @@ class _PendingStep:
     sidekick: Any = None      # the Duos sidekick's log-softmax of the batch (estimation.duo_model)
 
 
-class Estimate(NamedTuple):
-    """One estimator's value on a probe window, with what it was computed from where a later
-    calibration can redo it (the Sentinel's features)."""
-
-    estimator: str
-    target: str
-    value: float | None
-    features: list[float] | None = None
-
-
 @dataclass
 class _PendingProbe:
     step: int
     result: Any
     row: dict[str, Any] | None = None  # the window columns, filled when step `step` is processed
-    estimates: list[Estimate] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)  # the window estimators' readings at that step
 
 
 class RunLoop:
@@ -131,67 +115,35 @@ class RunLoop:
 
     Args:
         config: the resolved run config.
-        executor: the port to the workers.
+        workers: the port to the workers (`Executor`), the stream workers' names (used round-robin)
+            and what the workers described (classes, the adapter's reset period).
         observers: sinks of rows (Parquet, dashboard, log lines).
+        estimation: every label-free estimator of the run, with its calibration.
         stop: stream position to end at.
-        num_classes: of the model (detector thresholds).
-        source_workers: names of the source workers, used round-robin.
-        calibration: cycle step -> f (weighted flips -> source accuracy); None: no source estimate.
-        spread_calibration: the same for the flips on the spread reference set (probe.spread).
         checkpoint: called with (state, adapter_state, probe_state) at every checkpoint, after
             the observers rolled their files.
         state: where to continue from (a checkpoint), or a fresh start.
-        reset_every: the adapter's own reset period (RDumb's 1000): probe cycles follow it.
-        source_stats: labelled statistics of the served adapter at its source state, from the
-            calibration (DoC, ATC, nuclear norm on the served feed).
-        frozen_stats: the same for the frozen source model (the source-target estimators).
+        clock: wall-clock seconds (tests pass their own).
     """
 
-    def __init__(self, config: RunConfig, executor: Executor, observers: Sequence[RunObserver], stop: int,
-                 num_classes: int, source_workers: Sequence[str],
-                 calibration: Mapping[int, FlipsCalibration] | None = None,
+    def __init__(self, config: RunConfig, workers: "LoopWorkers", observers: Sequence[RunObserver],
+                 estimation: EstimationPipeline, stop: int,
                  checkpoint: Callable[[LoopState, Any, Any], None] | None = None, state: LoopState | None = None,
-                 clock: Callable[[], float] = time.time, reset_every: int | None = None,
-                 source_stats: SourceStats | None = None, frozen_stats: SourceStats | None = None,
-                 spread_calibration: Mapping[int, FlipsCalibration] | None = None) -> None:
-        self.config, self.ex, self.observers = config, executor, list(observers)
-        self.stop, self.sources = stop, list(source_workers)
-        self.calibration, self.checkpoint_fn, self.clock = calibration, checkpoint, clock
-        self.spread_calibration = spread_calibration
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config, self.ex, self.observers = config, workers.executor, list(observers)
+        self.stop, self.sources = stop, list(workers.source_names)
+        self.estimation, self.checkpoint_fn, self.clock = estimation, checkpoint, clock
         self.state = state or LoopState(position=config.runtime.start, window=_CycleWindow(start=config.runtime.start))
         self.detectors: list[CollapseDetector] = build_detectors(parse_detectors(config.estimation.detectors),
-                                                                 num_classes)
+                                                                 workers.description.stream.num_classes)
         for detector in self.detectors:
             if detector.name in self.state.detectors:
                 detector.load_state_dict(self.state.detectors[detector.name])
-        # one set on the served outputs (online accuracy), one on the frozen model's (source accuracy)
-        # AETTA, fed by the adapter's dropout statistics (estimation.aetta_every)
-        self.aetta = AETTA(num_classes) if config.estimation.aetta_every else None
-        # Asymmetric Duos, fed by the sidekick actor; its temperatures only from a calibration with this sidekick
-        duo_name = config.estimation.duo_model
-        duo_stats = source_stats if duo_name and source_stats and (source_stats.duo or {}).get("model") == duo_name \
-            else None
-        # (GDE's agreement of the frozen model and the sidekick estimates the source accuracy too)
-        self.duos = [cls(duo_stats) for cls in DUO_ESTIMATORS] + [DuoAgreement(frozen=True)] if duo_name else []
-        served_stats = with_source_line(source_stats, frozen_stats)
-        self.adapter_calibrated = calibrated_on_adapter(source_stats)  # which online headline order
-        # the anchored online estimate reads both feeds' nuclear norms through the frozen model's line
-        self.anchor_slope = frozen_stats.nuclear_fit[0] if frozen_stats and frozen_stats.nuclear_fit else None
-        self.estimators: list[WindowEstimator | AETTA | Any] = [cls(served_stats) for cls in WINDOW_ESTIMATORS] + \
-            [cls(frozen_stats, frozen=True) for cls in WINDOW_ESTIMATORS] + ([self.aetta] if self.aetta else []) + \
-            self.duos
-        # the estimators that take the sidekick's outputs beside a feed's: the duos and the Sentinels
-        self.duo_fed = [e for e in self.estimators if hasattr(e, "update_duo")] if duo_name else []
-        for estimator in self.estimators:
-            if isinstance(estimator, EntropySentinel):
-                estimator.sidekick = duo_name
-        for estimator in self.estimators:
-            if estimator.key in self.state.estimators:
-                estimator.load_state_dict(self.state.estimators[estimator.key])
-        probe = config.probe
-        self.probe_on = probe.enabled
-        self.reset_every = reset_every or config.adapter.reset_every
-        self.cycle_length = cycle_length(probe.cycle, self.reset_every)
+        if self.state.estimators:
+            self.estimation.load_state_dict(self.state.estimators)
+        self.sidekick_on = workers.description.sidekick is not None
+        self.reset_every = workers.description.reset_every or config.adapter.reset_every
+        self.schedule = ProbeSchedule.of(config, self.reset_every)
         self.batch_size = config.source.batch_size
         self._batches: deque[tuple[Any, Any, int, int]] = deque()  # rendered, not yet submitted
         self._chunks: deque[list[Any]] = deque()
@@ -205,16 +157,13 @@ class RunLoop:
         self._checkpointed_at = self.state.step  # a fresh start or a resume needs no checkpoint yet
         self._last_result, self._slow = clock(), False
 
-    # ---- schedule: pure functions of the step count ------------------------------------------
-    def probe_due(self, step: int) -> bool:
-        """Snapshots at every `probe.every` steps of a cycle, and at the paper's 990 of 1,000
-        (cycle length - 10) where the shipped ResNet-50 calibration applies."""
-        if not self.probe_on:
-            return False
-        return is_probe_step(step % self.cycle_length, self.cycle_length, self.config.probe.every)
+    @property
+    def probe_on(self) -> bool:
+        return self.schedule.enabled
 
-    def cycle_due(self, step: int) -> bool:
-        return self.probe_on and step % self.cycle_length == 0
+    @property
+    def cycle_length(self) -> int:
+        return self.schedule.cycle
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> LoopState:
@@ -253,7 +202,7 @@ class RunLoop:
             return  # nothing new since the last checkpoint (or since the start): the runner's final call after `run`
         self._checkpointed_at = self.state.step
         self.state.detectors = {d.name: d.state_dict() for d in self.detectors}
-        self.state.estimators = {e.key: e.state_dict() for e in self.estimators}
+        self.state.estimators = self.estimation.state_dict()
         self.event("checkpoint", "driver", f"checkpoint at step {self.state.step:,}, position {self.state.position:,}")
         for observer in self.observers:
             roll = getattr(observer, "roll", None)
@@ -281,13 +230,13 @@ class RunLoop:
                 self.ex.call("probe", "observe", images)
             self._submitted += 1
             step = self._submitted
-            sidekick = self.ex.call("sidekick", "predict", images) if self.duos else None
+            sidekick = self.ex.call("sidekick", "predict", images) if self.sidekick_on else None
             self._steps.append(_PendingStep(step, self.ex.call("adapter", "step", images), truth, start, stop,
                                             sidekick))
-            if self.probe_due(step):
+            if self.schedule.probe_due(step):
                 snapshot = self.ex.call("adapter", "snapshot")
                 self._probes.append(_PendingProbe(step, self.ex.call("probe", "evaluate", snapshot, step)))
-            if self.cycle_due(step):
+            if self.schedule.cycle_due(step):
                 self._start_cycle(step)
 
     def _start_cycle(self, step: int) -> None:
@@ -362,9 +311,9 @@ class RunLoop:
         if truth.source_predictions is not None and len(truth.source_predictions):
             predicted = truth.source_predictions
             row["source_top_class_share"] = float(np.bincount(predicted).max() / len(predicted))
-        if self.aetta is not None and "pdd_agreement" in summary.stats:
-            row["aetta_acc"] = self.aetta.update_pdd(summary.stats["pdd_agreement"],
-                                                     summary.stats["pdd_marginal_entropy"])
+        if "pdd_agreement" in summary.stats:
+            row["aetta_acc"] = self.estimation.observe_dropout(summary.stats["pdd_agreement"],
+                                                               summary.stats["pdd_marginal_entropy"])
         window = state.window
         window.images += n
         if n and len(truth.labels) == n:
@@ -388,29 +337,17 @@ class RunLoop:
             state.resets += 1
             self.event("reset", "adapter", f"adapter reset to the source model after step {pending.step:,} "
                        f"(reset every {self.reset_every} steps)")
-        # the served softmax, and the frozen model's where it scored; rows with a diverged adapter's NaNs out
-        feeds = {frozen: probs[np.isfinite(probs).all(1)] for frozen, probs in
-                 ((False, summary.probabilities), (True, truth.source_probabilities)) if probs is not None}
-        for estimator in self.estimators:
-            if estimator.frozen in feeds:
-                estimator.update(feeds[estimator.frozen])
-        if pending.sidekick is not None:
-            sidekick = self._get(pending.sidekick, "sidekick")
-            for frozen, probs in ((False, summary.probabilities), (True, truth.source_probabilities)):
-                if probs is None:
-                    continue
-                finite = np.isfinite(probs).all(1)
-                for estimator in self.duo_fed:
-                    if estimator.frozen == frozen:
-                        estimator.update_duo(probs[finite], sidekick[finite])
+        sidekick = self._get(pending.sidekick, "sidekick") if pending.sidekick is not None else None
+        self.estimation.observe(Feed.SERVED, summary.probabilities, sidekick)
+        self.estimation.observe(Feed.FROZEN, truth.source_probabilities, sidekick)
         for detector in self.detectors:
             detector.update_step(row)
         self._check_detectors()
         for probe in self._probes:
             if probe.step == pending.step and probe.row is None:
-                probe.estimates = self._window_estimates()
+                probe.readings = self.estimation.readings()
                 probe.row = self._window_columns(pending.stop)
-        if self.cycle_due(pending.step):
+        if self.schedule.cycle_due(pending.step):
             # now rather than with the next step: the cycle event then precedes a checkpoint at this
             # step, so a resume from that checkpoint does not write it a second time
             self._begin_cycle_window(pending.step, pending.stop)
@@ -419,8 +356,7 @@ class RunLoop:
         state = self.state
         state.cycle, state.cycle_start = step // self.cycle_length, step
         state.window = _CycleWindow(start=position)
-        for estimator in self.estimators:
-            estimator.reset()
+        self.estimation.reset()
         self.event("cycle", "probe", f"probe cycle {state.cycle} starts at step {step:,}: the next "
                    f"{self.config.probe.size:,} images are the reference set")
 
@@ -432,16 +368,6 @@ class RunLoop:
             "true_source_acc": 100.0 * w.source_correct / w.source_seen if w.source_seen else None,
         }
 
-    def _window_estimates(self) -> list[Estimate]:
-        out = []
-        for estimator in self.estimators:
-            try:
-                value = estimator.compute()
-            except NotComputableError:
-                value = None
-            out.append(Estimate(estimator.name, estimator.target, _finite(value), estimator.features()))
-        return out
-
     def _process_probe(self, pending: _PendingProbe) -> None:
         result: ProbeResult | None = self._get(pending.result, "probe")
         if result is None:
@@ -452,30 +378,17 @@ class RunLoop:
                    probe_size=result.probe_size, flips=result.flips, weighted_flips=result.weighted_flips,
                    probe_ms=result.probe_ms, spread_size=result.spread_size, spread_flips=result.spread_flips,
                    spread_weighted_flips=result.spread_weighted_flips)
-        flips = []  # (estimator, estimate, extrapolated)
-        spread = (self.spread_calibration or {}).get(result.cycle_step)
-        if spread is not None and result.spread_weighted_flips is not None:
-            flips.append(("spread-flips", *spread(result.spread_weighted_flips, result.spread_size)))
-        cal = (self.calibration or {}).get(result.cycle_step)
-        if cal is not None:
-            flips.append(("weighted-flips", *cal(result.weighted_flips, result.probe_size)))
-        extrapolated = {name: outside for name, _, outside in flips}
-        estimates = [Estimate(name, "source", value) for name, value, _ in flips] + list(pending.estimates)
-        readings = [(e.estimator, e.target, e.value, extrapolated.get(e.estimator)) for e in estimates]
-        online = anchored.anchored_estimate(readings, self.anchor_slope)
-        estimates.append(Estimate(anchored.NAME, "online", online))
-        row.update(headline_columns(readings + [(anchored.NAME, "online", online, None)], self.adapter_calibrated))
+        flips = self.estimation.flips_readings(result.cycle_step, result.weighted_flips, result.probe_size,
+                                               result.spread_weighted_flips, result.spread_size)
+        estimate = derive(flips + pending.readings, self.estimation.context)
+        row.update(estimate.columns())
         for detector in self.detectors:
             detector.update_probe(row)
         self._check_detectors()
         row["warning"] = bool(self.state.active_warnings)
         self._emit("on_probe", row)
-        for e in estimates:
-            self._emit("on_estimate", {
-                "step": row["step"], "position": row["position"], "cycle": row["cycle"], "cycle_step": row["cycle_step"],
-                "estimator": e.estimator, "target": e.target, "value": e.value,
-                "extrapolated": extrapolated.get(e.estimator), "features": e.features,
-                "window_start": row["window_start"], "window_stop": row["window_stop"]})
+        for reading in estimate.readings:
+            self._emit("on_estimate", estimate_row(reading, row))
 
     def _check_detectors(self) -> None:
         for kind, detector, verdict in transitions(self.detectors, self.state.active_warnings):
@@ -510,6 +423,25 @@ class RunLoop:
             method = getattr(observer, hook, None)  # on_estimate is optional (the dashboards skip it)
             if method is not None:
                 method(row)
+
+
+def estimate_row(reading: Reading, probe: dict[str, Any]) -> dict[str, Any]:
+    """The estimates table's row (schema.ESTIMATE_SCHEMA) of a reading on `probe`'s window."""
+    low, high = reading.interval or (None, None)
+    return {"step": probe["step"], "position": probe["position"], "cycle": probe["cycle"],
+            "cycle_step": probe["cycle_step"], "estimator": reading.estimator, "feed": str(reading.feed),
+            "target": str(reading.target), "value": reading.value, "score": reading.score,
+            "extrapolated": reading.extrapolated, "interval_low": low, "interval_high": high,
+            "features": None if reading.features is None else list(reading.features),
+            "window_start": probe["window_start"], "window_stop": probe["window_stop"]}
+
+
+class LoopWorkers(Protocol):
+    """What the loop needs of the started workers (`runtime.start.Workers`)."""
+
+    executor: Executor
+    source_names: list[str]
+    description: WorkersDescription
 
 
 def _finite(value: float | None) -> float | None:

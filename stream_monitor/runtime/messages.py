@@ -9,10 +9,15 @@ model's outputs), so labels cannot reach an adapter, a probe or an estimator by 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from sources.base import Batch
+
+from ..calibration.format import Provenance
+from ..config import RunConfig
+from ..schedule import cycle_length
 
 
 @dataclass
@@ -78,6 +83,55 @@ class ProbeResult:
     spread_size: int | None = None
     spread_flips: int | None = None
     spread_weighted_flips: float | None = None
+
+
+@dataclass(frozen=True)
+class StreamDescription:
+    """What a stream worker reads: the dashboard header and run.json."""
+
+    name: str
+    length: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class AdapterDescription:
+    """The model the adapter worker serves and how it adapts."""
+
+    base: str                    # what the images are, e.g. "embedded glyphs (not ImageNet)"
+    model: str                   # name and short weights id, for people
+    device: str
+    hyperparameters: dict[str, Any]  # the adapter's resolved scalar options
+    model_name: str
+    model_sha256: str
+
+
+@dataclass(frozen=True)
+class SidekickDescription:
+    """The Duos sidekick (estimation.duo_model)."""
+
+    sidekick: str                # name and short weights id
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class WorkersDescription:
+    """Everything the driver learns from its workers before the first step."""
+
+    stream: StreamDescription
+    adapter: AdapterDescription
+    sidekick: SidekickDescription | None = None
+
+    @property
+    def reset_every(self) -> int | None:
+        """The adapter's own reset period (RDumb's 1,000), which probe cycles follow."""
+        return self.adapter.hyperparameters.get("reset_every")
+
+    def provenance(self, config: RunConfig) -> Provenance:
+        """What a calibration must have been made with to serve this run."""
+        return Provenance(model=self.adapter.model_name, model_sha256=self.adapter.model_sha256,
+                          adapter=config.adapter.name, hyperparameters=self.adapter.hyperparameters,
+                          probe_size=config.probe.size, cycle=cycle_length(config.probe.cycle, self.reset_every))
 
 
 def split_batches(batches: list[Batch], start: int, stop: int, batch_size: int) -> list[tuple[Images, Truth]]:

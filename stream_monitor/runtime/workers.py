@@ -22,7 +22,8 @@ import torch
 from ..config import RunConfig
 from ..estimation.aetta import DropoutDisagreement, stage_ends
 from ..estimation.flips import count_flips, position_hash
-from .messages import Images, ProbeResult, StepSummary, Truth, split_batches
+from .messages import (AdapterDescription, Images, ProbeResult, SidekickDescription, StepSummary, StreamDescription,
+                       Truth, split_batches)
 
 AETTA_RNG_KEY = "aetta_generator"  # beside the adapter's own keys in the checkpoint's adapter state
 
@@ -63,8 +64,8 @@ class SourceWorker:
                                   device=_decode_device(src.decode_device))
         self.source_every = config.evaluator.source_every
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.source.name, "length": self.source.length, "num_classes": self.source.num_classes}
+    def describe(self) -> StreamDescription:
+        return StreamDescription(self.source.name, self.source.length, self.source.num_classes)
 
     def read(self, start: int, stop: int) -> list[Images | Truth]:
         """Batches of [start, stop) as a flat list [images_0, truth_0, images_1, truth_1, ...]
@@ -159,12 +160,12 @@ class AdapterWorker:
             self.pdd.generator.set_state(generator)
         self.adapter.load_state_dict(state)
 
-    def describe(self) -> dict[str, Any]:
-        """Model, base, device and hyperparameters: the dashboard header and run.json."""
+    def describe(self) -> AdapterDescription:
+        """Model, base, device and hyperparameters: the dashboard header, run.json and the provenance."""
         bundle = self.bundle
         base = "embedded glyphs (not ImageNet)" if bundle.name == "embedded_resnet20" else "ImageNet-format images"
-        return {"base": base, "model": f"{bundle.name} {bundle.sha256[:12]}", "device": self.device,
-                "hyperparameters": self.hyperparameters(), "model_name": bundle.name, "model_sha256": bundle.sha256}
+        return AdapterDescription(base, f"{bundle.name} {bundle.sha256[:12]}", self.device, self.hyperparameters(),
+                                  bundle.name, bundle.sha256)
 
     def hyperparameters(self) -> dict[str, Any]:
         """The adapter's scalar options, for the dashboard header and the run card."""
@@ -202,8 +203,8 @@ class SidekickWorker:
         logits = self.bundle.predict(torch.from_numpy(images.images))
         return logits.float().log_softmax(1).cpu().numpy()
 
-    def describe(self) -> dict[str, Any]:
-        return {"sidekick": self.bundle.short_id, "sidekick_classes": self.bundle.num_classes}
+    def describe(self) -> SidekickDescription:
+        return SidekickDescription(self.bundle.short_id, self.bundle.num_classes)
 
     def ping(self) -> str:
         return "ok"

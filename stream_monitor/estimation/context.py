@@ -1,0 +1,54 @@
+"""What a run's estimation takes from calibration files, resolved once per run.
+
+`calibration.resolve.resolve_context` builds it from the config and the workers' description (a
+live run) or from a run directory (`stream-monitor eval`), with one precedence; the pipeline and
+the headline rule read nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .flips import FlipsCalibration
+from .readings import Feed
+from .window import SourceStats
+
+__all__ = ["EstimationContext"]
+
+
+@dataclass(frozen=True)
+class EstimationContext:
+    """Both feeds' calibrated statistics, Entropy Enigma's f per snapshot step, and where each came from.
+
+    Args:
+        served: the served feed's statistics as its estimators read them: the served adapter's
+            calibration, with the frozen model's nuclear-norm line where that has none
+            (`window.with_source_line`).
+        frozen: the frozen model's statistics.
+        flips: cycle step -> f of the weighted flips on the cycle's first images.
+        spread_flips: cycle step -> f of the weighted flips on the spread reference set.
+        adapter_calibrated: the served feed's line or regressor was fitted on the served adapter
+            itself (not borrowed from the frozen model), which picks the online headline order.
+        origins: part ("served", "frozen", "flips") -> where it came from, for people.
+    """
+
+    served: SourceStats | None = None
+    frozen: SourceStats | None = None
+    flips: Mapping[int, FlipsCalibration] = field(default_factory=dict)
+    spread_flips: Mapping[int, FlipsCalibration] = field(default_factory=dict)
+    adapter_calibrated: bool = False
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+    def stats(self, feed: Feed) -> SourceStats | None:
+        return self.served if feed == Feed.SERVED else self.frozen
+
+    @property
+    def anchor_slope(self) -> float | None:
+        """The slope of the frozen model's nuclear-norm line: the anchored estimate reads both
+        feeds' scores through it (`pipeline.derive`)."""
+        return self.frozen.nuclear_fit[0] if self.frozen is not None and self.frozen.nuclear_fit else None
+
+    def describe(self) -> str:
+        """One line for people: where each part came from."""
+        return "; ".join(f"{part}: {origin}" for part, origin in self.origins.items()) or "no calibration"

@@ -1,0 +1,58 @@
+"""Starting a run's workers: in-process, or as Ray actors (`actors.start_ray_workers`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..adaptation import FISHER_IMAGES
+from ..config import RunConfig
+from .checkpoint import Checkpoint
+from .local import LocalExecutor
+from .messages import WorkersDescription
+from .observer import RunObserver
+from .workers import AdapterWorker, ProbeWorker, SidekickWorker, SourceWorker
+
+__all__ = ["Workers", "start_local_workers", "start_workers"]
+
+
+@dataclass
+class Workers:
+    """A run's started workers: the port the loop calls them through, and how to stop them."""
+
+    executor: Any                  # runtime.loop.Executor
+    source_names: list[str]        # the stream workers, used round-robin
+    description: WorkersDescription
+    shutdown: Callable[[], None]
+    observers: list[RunObserver] = field(default_factory=list)  # e.g. Ray metrics
+
+
+def start_workers(config: RunConfig, checkpoint: Checkpoint | None = None, run_id: str = "run") -> Workers:
+    """Stream, adapter and probe workers (and the Duos sidekick), restored from `checkpoint` when given."""
+    if config.runtime.use_ray:
+        from .actors import start_ray_workers  # imports ray: only a Ray run pays for it
+
+        workers = start_ray_workers(config, run_id)
+    else:
+        workers = start_local_workers(config)
+    if checkpoint is not None:
+        ex = workers.executor
+        ex.get(ex.call("adapter", "load_state_dict", checkpoint.adapter))
+        if checkpoint.probe is not None and config.probe.enabled:
+            ex.get(ex.call("probe", "load_state_dict", checkpoint.probe))
+    return workers
+
+
+def start_local_workers(config: RunConfig) -> Workers:
+    """Every worker in this process, behind a `LocalExecutor` (tests, calibration, `runtime.use_ray=false`)."""
+    source = SourceWorker(config, config.runtime.threads)
+    fisher = source.first_images(FISHER_IMAGES) if config.adapter.name == "eata" else None
+    adapter = AdapterWorker(config, fisher, config.runtime.threads)
+    workers: dict[str, Any] = {"source-0": source, "adapter": adapter}
+    if config.probe.enabled:
+        workers["probe"] = ProbeWorker(config, config.runtime.threads)
+    sidekick = None
+    if config.estimation.duo_model:
+        sidekick = workers["sidekick"] = SidekickWorker(config, config.runtime.threads)
+    description = WorkersDescription(source.describe(), adapter.describe(), sidekick and sidekick.describe())
+    return Workers(LocalExecutor(workers), ["source-0"], description, lambda: None)
