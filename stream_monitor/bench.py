@@ -146,6 +146,7 @@ def run_job(job: BenchJob, out: Path) -> dict[str, Any]:
     A plain function: the Ray task calls it, the tests call it directly.
     """
     from .config import load_config
+    from .rundir import CONFIG_FILE
     from .runtime.runner import prepare_resume, run
 
     run_dir = Path(out) / job.name
@@ -154,7 +155,7 @@ def run_job(job: BenchJob, out: Path) -> dict[str, Any]:
         return finished
     previous = read_json(run_dir / PROGRESS_FILE) or {}
     attempt = int(previous.get("attempt", 0)) + 1
-    resume = (run_dir / "config.yaml").exists()
+    resume = (run_dir / CONFIG_FILE).exists()  # the run's first file: it started, whatever happened next
     config = prepare_resume(run_dir, job.config_overrides()) if resume else load_config(None, job.config_overrides())
     outcome = run(config, run_dir, resume=resume, extra_observers=[ProgressFile(run_dir, attempt)])
     result = {"adapter": job.adapter, "stream": job.stream, "status": outcome.status, "attempts": attempt,
@@ -168,6 +169,7 @@ def run_job(job: BenchJob, out: Path) -> dict[str, Any]:
 def summary_row(job: BenchJob, out: Path, outcome: dict[str, Any] | None) -> dict[str, Any]:
     """One line of the bench table: the outcome plus the report's summary numbers of the run."""
     from .report import summarise
+    from .rundir import RunDirectoryError
 
     run_dir = Path(out) / job.name
     row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
@@ -176,7 +178,7 @@ def summary_row(job: BenchJob, out: Path, outcome: dict[str, Any] | None) -> dic
         row.update({k: outcome.get(k) for k in ("status", "attempts", "error")})
     try:
         summary = summarise(run_dir)
-    except FileNotFoundError:
+    except RunDirectoryError:  # not started, or stopped before its workers came up: no numbers yet
         return row
     row.update(images=summary.get("images"), true_online_acc=summary.get("true_online_acc"),
                est_online_acc=summary.get("est_online_acc"), online_acc_mae=summary.get("online_acc_mae"),

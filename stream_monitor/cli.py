@@ -444,10 +444,11 @@ def report(
 ) -> None:
     """Write an HTML report with PNG plots and a summary table for a run directory."""
     from .report import write_report
+    from .rundir import RunDirectoryError
 
     try:
         page = write_report(run_dir, out)
-    except FileNotFoundError as error:
+    except RunDirectoryError as error:
         _fail(str(error))
     console.print(f"report: {page}", highlight=False)
 

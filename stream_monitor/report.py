@@ -1,10 +1,9 @@
 """The `report` command's engine: one static HTML page with four PNG plots from a run directory.
 
-A run directory holds closed Parquet parts of the three tables of `stream_monitor.metrics.schema`
-(`steps/part-*.parquet`, `probes/part-*.parquet`, `events/part-*.parquet`; hidden `.part-*.tmp`
-files are parts still open and are ignored), the resolved `config.yaml` and `run.json` (the
-`RunInfo` fields). Any of them may be missing or empty (a run stopped early, a stream without
-labels, the probe off): the report then says what is missing instead of failing.
+The run directory is read through `stream_monitor.rundir.RunDirectory` (its config.yaml, run.json
+and the steps, probes and events tables). A table may be empty or a column null throughout (a run
+stopped early, a stream without labels, the probe off): the report then says what is missing
+instead of failing.
 
 Plots are drawn with `matplotlib.figure.Figure` on an Agg canvas, never through pyplot, so the
 report leaves the process-wide backend alone.
@@ -15,17 +14,16 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from .metrics.schema import TABLES
+from .rundir import RunDirectory
+from .runtime.observer import RunInfo
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -50,54 +48,14 @@ Summary = dict[str, float | int | str | None]
 
 @dataclass
 class _Run:
-    """Everything the report reads from a run directory, plus notes on what was missing."""
+    """Everything the report reads from a run directory."""
 
     run_dir: Path
     steps: pa.Table
     probes: pa.Table
     events: pa.Table
-    info: dict[str, Any]
-    config_text: str | None
-    notes: list[str] = field(default_factory=list)
-
-
-def _part_key(path: Path) -> tuple[Any, ...]:
-    # Natural order, so part-10 follows part-9 even if a writer stopped zero-padding.
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
-
-
-def _parts(run_dir: Path, name: str) -> list[Path]:
-    folder = run_dir / name
-    return sorted(folder.glob("part-*.parquet"), key=_part_key) if folder.is_dir() else []
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with exactly the columns of `schema`: extra columns dropped, missing ones null."""
-    columns = []
-    for f in schema:
-        if f.name in table.column_names:
-            columns.append(table.column(f.name).cast(f.type))
-        else:
-            columns.append(pa.nulls(table.num_rows, f.type))
-    # The schema's non-null flags would reject a part written by an older writer; plain fields accept it.
-    loose = pa.schema([pa.field(f.name, f.type) for f in schema], metadata=schema.metadata)
-    return pa.Table.from_arrays(columns, schema=loose)
-
-
-def _read_table(run_dir: Path, name: str, notes: list[str]) -> tuple[pa.Table, int]:
-    """All closed parts of table `name` conformed to its schema, and how many parts there were."""
-    schema = TABLES[name]
-    tables = []
-    paths = _parts(run_dir, name)
-    for path in paths:
-        try:
-            tables.append(_conform(pq.read_table(path), schema))
-        except (OSError, pa.ArrowException) as exc:
-            # One damaged part should cost its rows, not the whole report.
-            notes.append(f"{name}/{path.name} could not be read and was left out: {exc}")
-    if not tables:
-        return _conform(schema.empty_table(), schema), len(paths)
-    return pa.concat_tables(tables), len(paths)
+    info: RunInfo
+    config_text: str
 
 
 def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
@@ -108,42 +66,13 @@ def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
 
 
 def _load(run_dir: Path) -> _Run:
-    run_dir = Path(run_dir)
-    expected = ("expected a stream-monitor run directory with closed Parquet parts in steps/, probes/ or "
-                "events/ (part-*.parquet) beside config.yaml and run.json; `stream-monitor run --out DIR` makes one")
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist: {expected}")
-    notes: list[str] = []
-    steps, n_steps = _read_table(run_dir, "steps", notes)
-    probes, n_probes = _read_table(run_dir, "probes", notes)
-    events, n_events = _read_table(run_dir, "events", notes)
-    if n_steps + n_probes + n_events == 0:
-        raise FileNotFoundError(f"{run_dir} has no steps, probes or events tables: {expected}")
-
-    info: dict[str, Any] = {}
-    info_path = run_dir / "run.json"
-    if info_path.is_file():
-        try:
-            loaded = json.loads(info_path.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                info = loaded
-            else:
-                notes.append("run.json is not a JSON object; the run's facts are unknown")
-        except (OSError, ValueError) as exc:
-            notes.append(f"run.json could not be read ({exc}); the run's facts are unknown")
-    else:
-        notes.append("no run.json: the run's facts (stream, model, adapter) are unknown")
-
-    config_path = run_dir / "config.yaml"
-    config_text = None
-    if config_path.is_file():
-        try:
-            config_text = config_path.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            notes.append(f"config.yaml could not be read: {exc}")
-
-    return _Run(run_dir=run_dir, steps=_sorted(steps, ["start", "step"]), probes=_sorted(probes, ["step", "position"]),
-                events=_sorted(events, ["wall_time"]), info=info, config_text=config_text, notes=notes)
+    rundir = RunDirectory(run_dir)
+    info = rundir.info()
+    # The file as written, comments included: the report shows what the run was given.
+    config_text = rundir.config_path.read_text(encoding="utf-8", errors="replace")
+    return _Run(run_dir=rundir.path, steps=_sorted(rundir.table("steps"), ["start", "step"]),
+                probes=_sorted(rundir.table("probes"), ["step", "position"]),
+                events=_sorted(rundir.table("events"), ["wall_time"]), info=info, config_text=config_text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,13 +171,14 @@ def _step_positions(run: _Run) -> Callable[[np.ndarray], np.ndarray]:
         done.append(_num(run.steps, "step") + 1)
         position.append(_num(run.steps, "stop"))
         done.append(np.zeros(1))
-        position.append(np.array([float(run.info.get("start") or _num(run.steps, "start").min())]))
+        # the first step's start, not run.json's `start`: a resume rewrites that to where it resumed
+        position.append(np.array([float(_num(run.steps, "start").min())]))
     if run.probes.num_rows:
         done.append(_num(run.probes, "step"))
         position.append(_num(run.probes, "position"))
     if not done:
-        batch = float(run.info.get("batch_size") or 1)
-        offset = float(run.info.get("start") or 0)
+        batch = float(run.info.batch_size)
+        offset = float(run.info.start)
         return lambda steps: offset + steps * batch
     d, p = np.concatenate(done), np.concatenate(position)
     order = np.argsort(d, kind="stable")
@@ -307,7 +237,7 @@ def _paired(run: _Run, est: str, true: str) -> tuple[float | None, float | None,
 
 def _summary(run: _Run) -> Summary:
     steps, probes, events = run.steps, run.probes, run.events
-    out: Summary = {k: (None if run.info.get(k) is None else str(run.info.get(k)))
+    out: Summary = {k: str(getattr(run.info, k))
                     for k in ("run_id", "stream", "base", "model", "adapter", "device")}
     images = _num(steps, "images")
     out["steps"] = steps.num_rows
@@ -362,7 +292,7 @@ def summarise(run_dir: Path | str) -> Summary:
     `*_acc_pairs`; `events`, `warnings`, `resets`, `errors`.
 
     Raises:
-        FileNotFoundError: `run_dir` does not exist or holds none of the three tables.
+        RunDirectoryError: `run_dir` is not a run directory of this version, or has no run.json.
     """
     return _summary(_load(Path(run_dir)))
 
@@ -608,11 +538,9 @@ def _summary_html(summary: Summary) -> str:
     return "<table>" + "".join(rows) + "</table>" + "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
 
 
-def _info_html(info: dict[str, Any]) -> str:
-    if not info:
-        return ""
+def _info_html(info: RunInfo) -> str:
     rows = []
-    for key, value in info.items():
+    for key, value in asdict(info).items():
         text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
         rows.append(f"<tr><th>{_e(key)}</th><td>{_e(text)}</td></tr>")
     return "<h2>Run</h2><table>" + "".join(rows) + "</table>"
@@ -675,8 +603,6 @@ def _page(run: _Run, summary: Summary, plots: dict[str, list[str]], drawn: set[s
         f"<p>{facts}</p>",
         f"<p>Run directory: <code>{_e(run.run_dir)}</code></p>",
     ]
-    if run.notes:
-        parts.append("<ul>" + "".join(f'<li class="note">{_e(n)}</li>' for n in run.notes) + "</ul>")
     parts += ["<h2>Summary</h2>", _summary_html(summary), "<h2>Evaluation against the labels</h2>", _eval_html(run),
               "<h2>Plots</h2>"]
     for name in PLOTS:
@@ -689,10 +615,7 @@ def _page(run: _Run, summary: Summary, plots: dict[str, list[str]], drawn: set[s
         for note in dict.fromkeys(plots.get(name, [])):
             parts.append(f'<p class="note">{_e(note)}</p>')
     parts += ["<h2>Events</h2>", _events_html(run), _info_html(run.info), "<h2>Resolved config</h2>"]
-    if run.config_text is None:
-        parts.append('<p class="note">No config.yaml in the run directory.</p>')
-    else:
-        parts.append(f"<pre>{_e(run.config_text)}</pre>")
+    parts.append(f"<pre>{_e(run.config_text)}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -706,7 +629,7 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
             default `RUN_DIR/report/index.html`. The PNGs go beside it.
 
     Raises:
-        FileNotFoundError: `run_dir` does not exist or holds none of the three tables.
+        RunDirectoryError: `run_dir` is not a run directory of this version, or has no run.json.
     """
     run = _load(Path(run_dir))
     target = Path(out) if out is not None else run.run_dir / "report" / "index.html"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,18 @@ import pytest
 
 from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from stream_monitor.report import EVENT_ROW_CAP, NO_PROBES, PLOTS, _load, _warning_spans, summarise, write_report
+from stream_monitor.rundir import FORMAT, RunDirectoryError
+from stream_monitor.runtime.observer import RunInfo
 
 BATCH = 64
 T0 = 1000.0        # the start event's wall time
 STEP_S = 0.5       # seconds between step results
 N_STEPS = 40
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RUN_INFO = {"run_id": "r-<1>", "run_dir": "x", "stream": "baseline_20_transition+speed_1000_seed_43",
-            "base": "embedded glyphs (not ImageNet)", "model": "embedded_resnet20 c95a8913", "adapter": "tent",
-            "hyperparameters": {"lr": 0.001}, "start": 0, "stop": N_STEPS * BATCH, "batch_size": BATCH}
+RUN_INFO = {"format": FORMAT, **asdict(RunInfo(
+    run_id="r-<1>", run_dir="x", stream="baseline_20_transition+speed_1000_seed_43",
+    base="embedded glyphs (not ImageNet)", model="embedded_resnet20 c95a8913", adapter="tent",
+    hyperparameters={"lr": 0.001}, start=0, stop=N_STEPS * BATCH, batch_size=BATCH, num_classes=10))}
 
 
 def _write(run_dir: Path, table: str, rows: list[dict[str, Any]], part: int = 0, name: str | None = None) -> None:
@@ -193,24 +197,23 @@ def test_run_stopped_before_the_first_step(tmp_path):
     assert s["images"] == 0 and s["img_per_s"] is None and s["wall_time_s"] is None
 
 
-def test_empty_parts_and_no_run_json(tmp_path):
-    run_dir = tmp_path / "run"
-    for table in ("steps", "probes", "events"):
+def test_empty_parts_and_no_parts(tmp_path):
+    run_dir = _make_run(tmp_path / "run", steps=False, probes=False, events=False)
+    for table in ("steps", "probes"):
         _write(run_dir, table, [])
+    _write(run_dir, "steps", [_step(0)], name=".part-00000.parquet.tmp")  # only an open part
     page = write_report(run_dir).read_text()
-    assert "no run.json" in page and "No config.yaml" in page
+    assert "no step rows" in page and NO_PROBES in page and "No event rows" in page
     assert summarise(run_dir)["steps"] == 0
 
 
-def test_missing_run_dir_is_a_helpful_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"does not exist.*`stream-monitor run --out DIR` makes one"):
+def test_missing_run_dir_or_run_json_is_a_helpful_error(tmp_path):
+    with pytest.raises(RunDirectoryError, match=r"does not exist.*`stream-monitor run --out DIR` makes one"):
         write_report(tmp_path / "nope")
-    empty = tmp_path / "empty"
-    (empty / "steps").mkdir(parents=True)
-    (empty / "config.yaml").write_text("a: 1\n")
-    _write(empty, "steps", [_step(0)], name=".part-00000.parquet.tmp")  # only an open part
-    with pytest.raises(FileNotFoundError, match=r"no steps, probes or events.*part-\*\.parquet"):
-        summarise(empty)
+    started = _make_run(tmp_path / "started")
+    (started / "run.json").unlink()
+    with pytest.raises(RunDirectoryError, match=r"no run\.json: the run stopped before its workers started"):
+        summarise(started)
 
 
 def test_out_path_and_stale_pngs(tmp_path):
@@ -233,11 +236,16 @@ def test_event_table_is_capped(tmp_path):
     assert page.count("<td>skipped</td>") == EVENT_ROW_CAP
 
 
-def test_many_cycles_and_a_damaged_part(tmp_path):
+def test_many_cycles(tmp_path):
     run_dir = _make_run(tmp_path / "run", probes=False)
     _write(run_dir, "probes", [_probe(s, s // 3, 70.0, 72.0, 60.0, 61.0) for s in range(1, N_STEPS)])
-    (run_dir / "steps" / "part-00009.parquet").write_bytes(b"not parquet")
     page = write_report(run_dir).read_text()
-    assert "steps/part-00009.parquet could not be read" in page
     assert _img_refs(page) == list(PLOTS)
     assert summarise(run_dir)["probe_cycles"] == 14  # 1..39 // 3
+
+
+def test_a_damaged_part_names_itself_and_the_way_out(tmp_path):
+    run_dir = _make_run(tmp_path / "run")
+    (run_dir / "steps" / "part-00009.parquet").write_bytes(b"not parquet")
+    with pytest.raises(RunDirectoryError, match=r"part-00009\.parquet: unreadable part.*quarantine/"):
+        write_report(run_dir)

@@ -1,0 +1,166 @@
+"""The one reader of a run directory: what `stream-monitor run` leaves behind, for every tool that reads it.
+
+A run directory (made by `stream_monitor.runtime.runner`):
+
+    RUN_DIR/config.yaml      the resolved RunConfig; written first, so it marks a run directory
+    RUN_DIR/run.json         the RunInfo (plus the directory's `format`), once the workers are up
+    RUN_DIR/<table>/part-*.parquet   the tables of `metrics.schema` (closed parts only)
+    RUN_DIR/checkpoint.pt    the last checkpoint (none before the first one)
+    RUN_DIR/driver.log       the driver's log
+
+Report, bench, eval and calibration read it through `RunDirectory`, so a change of layout or a
+new field is made in one place, and a directory from another version fails here with a message
+naming both versions instead of deep inside a plot or a fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from .config import RunConfig, load_config
+from .metrics.schema import TABLES
+from .metrics.sink import read_table
+from .runtime.observer import RunInfo
+from .schedule import cycle_length
+
+if TYPE_CHECKING:
+    from .runtime.checkpoint import Checkpoint
+
+__all__ = ["ACCEPT_UNVERSIONED", "CHECKPOINT_FILE", "CONFIG_FILE", "FORMAT", "INFO_FILE", "LOG_FILE", "TABLE_NAMES",
+           "RunDirectory", "RunDirectoryError"]
+
+#: Version of the run directory layout and of run.json's fields; the writer records it as run.json's `format`.
+FORMAT = 1
+#: Whether a run.json without `format` is read as FORMAT. True only until the runner records `format`
+#: (every run so far lacks it); flip to False then, so an unversioned directory fails like a foreign one.
+ACCEPT_UNVERSIONED = True
+
+CONFIG_FILE = "config.yaml"
+INFO_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.pt"  # the name `runtime.checkpoint` writes (its CHECKPOINT)
+LOG_FILE = "driver.log"
+TABLE_NAMES: tuple[str, ...] = tuple(TABLES)  # steps, probes, events, estimates
+
+_HINT = "pass the folder that `stream-monitor run` printed (`stream-monitor run --out DIR` makes one under DIR)"
+
+
+class RunDirectoryError(ValueError):
+    """A folder that is not a readable run directory of this version; the message says what to pass or do."""
+
+
+class RunDirectory:
+    """A run directory, checked once on opening: the folder and its config.yaml exist, and a run.json,
+    when there is one, is of this FORMAT with exactly the RunInfo fields.
+
+    A run.json is absent only when the run stopped before its workers started; `info()` and what
+    derives from it then raise, while `config()` still works (enough to resume).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise RunDirectoryError(f"run directory {self.path} does not exist; {_HINT}.")
+        if not self.config_path.is_file():
+            raise RunDirectoryError(f"{self.path} is not a run directory (no {CONFIG_FILE}); {_HINT}.")
+        self._info = _read_info(self.info_path) if self.info_path.is_file() else None
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.path)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def info_path(self) -> Path:
+        return self.path / INFO_FILE
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG_FILE
+
+    def config(self, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+        """The run's resolved config, with `overrides` (`section.key=value`, as `--set`) on top."""
+        return load_config(self.config_path, overrides)
+
+    def info(self) -> RunInfo:
+        """The run's facts from run.json."""
+        if self._info is None:
+            raise RunDirectoryError(f"{self.path} has no {INFO_FILE}: the run stopped before its workers started, "
+                                    f"so its model and adapter are unknown; resume it with "
+                                    f"`stream-monitor run --resume {self.path}` or start a new run.")
+        return self._info
+
+    @property
+    def num_classes(self) -> int:
+        """The model's number of classes, as run.json records it."""
+        n = self.info().num_classes
+        if n < 1:
+            raise RunDirectoryError(f"{self.info_path} records num_classes={n}; a run of this version records "
+                                    f"its model's class count, so re-run the stream with this version.")
+        return n
+
+    def table(self, name: str) -> pa.Table:
+        """All closed parts of table `name` (one of TABLE_NAMES) in part order; empty with its schema when none."""
+        try:
+            return read_table(self.path, name)
+        except OSError as error:  # a closed part is published atomically, so this is disk damage or a stray file
+            raise RunDirectoryError(f"{error}. Move the part out of {self.path / name}, or resume the run "
+                                    f"(`stream-monitor run --resume {self.path}` moves such parts to "
+                                    f"quarantine/).") from error
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        """The rows of table `name` as dicts keyed by column."""
+        return self.table(name).to_pylist()
+
+    def checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint, or None when the run wrote none (stopped in its first steps)."""
+        from .runtime.checkpoint import load_checkpoint  # torch: only for the callers that resume
+
+        return load_checkpoint(self.path)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a calibration must match (`calibration.PROVENANCE_KEYS`): model name, the 12-digit
+        model_sha256 prefix run.json keeps, adapter, hyperparameters, probe size and cycle length."""
+        info = self.info()
+        name, _, digest = info.model.partition(" ")
+        cycle = cycle_length(self.config().probe.cycle, info.hyperparameters.get("reset_every"))
+        return {"model": name, "model_sha256": digest, "adapter": info.adapter,
+                "hyperparameters": info.hyperparameters, "probe_size": info.probe_size, "cycle": cycle}
+
+
+def _read_info(path: Path) -> RunInfo:
+    """run.json as a RunInfo, after its format; every RunInfo field must be there and no other."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RunDirectoryError(f"{path} cannot be read ({error}); the run's facts are lost, so start a new "
+                                f"run.") from None
+    if not isinstance(data, dict):
+        raise RunDirectoryError(f"{path} holds {type(data).__name__}, not the JSON object `stream-monitor run` "
+                                f"writes; start a new run.")
+    version = data.pop("format", None)
+    if version != FORMAT and not (version is None and ACCEPT_UNVERSIONED):
+        written = "no format (a run directory from before formats were recorded)" if version is None \
+            else f"format {version!r}"
+        raise RunDirectoryError(f"{path} has {written}; this version of stream-monitor reads run directory "
+                                f"format {FORMAT}. Read it with the version that wrote it, or re-run the stream.")
+    names = [f.name for f in fields(RunInfo)]
+    missing = [n for n in names if n not in data]
+    unknown = sorted(set(data) - set(names))
+    if missing or unknown:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + \
+            ([f"unknown {', '.join(unknown)}"] if unknown else [])
+        raise RunDirectoryError(f"{path} does not hold the run facts of this version ({'; '.join(problems)}); "
+                                f"it was written by another version of stream-monitor, so re-run the stream.")
+    return RunInfo(**data)
