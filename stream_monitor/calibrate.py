@@ -37,11 +37,11 @@ from .config import RunConfig
 from .estimation.duo import fit_duo_temperatures
 from .estimation.readings import Feed
 from .estimation.window import fit_source_stats
-from .metrics.sink import read_table
 from .models import load_model
 from .runtime.messages import split_batches
 from .runtime.runner import run, with_overrides
 from .runtime.workers import AdapterWorker, SidekickWorker
+from .rundir import RunDirectory
 from .schedule import cycle_length, last_probe_step
 
 #: The meta-set: held-out corruptions at severities that span the embedded model's accuracy
@@ -100,10 +100,10 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
     if not members and cycles:
         raise ValueError("calibrate needs a meta-set: held-out streams (--streams) or fixed domains (--domains).")
     worker = AdapterWorker(config)
-    describe = worker.describe()
+    description = worker.describe()
     if folder is not None:
         _check_folder(folder, worker.bundle.num_classes, config.model.name)
-    cycle = cycle_length(config.probe.cycle, describe["hyperparameters"].get("reset_every"))
+    cycle = cycle_length(config.probe.cycle, description.hyperparameters.get("reset_every"))
     steps = last_probe_step(cycle, config.probe.every)  # up to the cycle's last snapshot (the paper's 990 of 1,000)
     if steps == 0:
         raise ValueError(f"probe.every ({config.probe.every}) leaves no snapshot inside a cycle of {cycle} steps")
@@ -124,20 +124,20 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
         outcome = run(cfg, run_dir, log=lambda message: None)
         if outcome.status != "finished":
             raise RuntimeError(f"calibration run on {member.label} {outcome.status}: {outcome.error}")
-        recorded = read_table(run_dir, "estimates").to_pylist()
+        recorded = RunDirectory(run_dir).rows("estimates")
         # the meta-set's points keep the nuclear norm's raw score x100 (calibration.fit.nuclear_line)
         scores = {(r["step"], r["feed"]): 100.0 * r["score"] for r in recorded
                   if r["estimator"] == "nuclear-norm" and r["score"] is not None}
-        features = {(r["step"], r["target"]): r["features"] for r in recorded if r["estimator"] == "sentinel"}
+        features = {(r["step"], r["feed"]): r["features"] for r in recorded if r["estimator"] == "sentinel"}
         mine = [{"domain": member.label if member.kind == "heldout" else f"{member.label}#cycle{row['cycle']}",
                  "cycle_step": row["cycle_step"], "flips": row["flips"], "weighted_flips": row["weighted_flips"],
                  "spread_flips": row["spread_flips"], "spread_weighted_flips": row["spread_weighted_flips"],
                  "true_source_acc": row["true_source_acc"], "true_online_acc": row["true_online_acc"],
                  "est_online_acc": row["est_online_acc"], "nuclear_norm_score": scores.get((row["step"], Feed.SERVED)),
                  "frozen_nuclear_score": scores.get((row["step"], Feed.FROZEN)),
-                 "sentinel_features": features.get((row["step"], "online")),
-                 "frozen_sentinel_features": features.get((row["step"], "source"))}
-                for row in read_table(run_dir, "probes").to_pylist()]
+                 "sentinel_features": features.get((row["step"], Feed.SERVED)),
+                 "frozen_sentinel_features": features.get((row["step"], Feed.FROZEN))}
+                for row in RunDirectory(run_dir).rows("probes")]
         points += mine
         last = [p for p in mine if p["cycle_step"] == steps]
         shown = ", ".join(f"acc {p['true_source_acc'] or 0:.1f}% WF {p['weighted_flips']:.1f} "
@@ -154,8 +154,10 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
             f"AC_S {st.mean_confidence:.1f}%, nuclear-norm line {st.nuclear_fit}; Sentinel on "
             f"{len(sentinel.get('accuracy', []))} windows: {sentinel.get('regressor')} (forest "
             f"{sentinel.get('params')}); held-out-run MAE {maes}")
-    provenance = run_provenance(describe, config, cycle)
-    return Calibration(**provenance, probe_every=config.probe.every, domains=[m.label for m in members],
+    provenance = Provenance(model=description.model_name, model_sha256=description.model_sha256,
+                            adapter=config.adapter.name, hyperparameters=description.hyperparameters,
+                            probe_size=config.probe.size, cycle=cycle)
+    return Calibration(**asdict(provenance), probe_every=config.probe.every, domains=[m.label for m in members],
                        points=points, fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
                        source_stats=asdict(stats), frozen_stats=asdict(frozen),
                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -195,7 +197,7 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
     duo = None
     if sidekick is not None:
         temperatures = fit_duo_temperatures(np.log(np.clip(served, 1e-12, None)), np.concatenate(side), labels)
-        duo = {"model": config.estimation.duo_model, "sidekick": sidekick.describe()["sidekick"],
+        duo = {"model": config.estimation.duo_model, "sidekick": sidekick.describe().sidekick,
                "temperatures": list(temperatures)}
     sidekick_name = config.estimation.duo_model
     return (replace(fit_source_stats(served, labels), nuclear_fit=nuclear_line(points),

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from .calibration.format import Provenance
 from .config import RunConfig, load_config
 from .metrics.schema import TABLES
 from .metrics.sink import read_table
@@ -32,14 +33,12 @@ from .schedule import cycle_length
 if TYPE_CHECKING:
     from .runtime.checkpoint import Checkpoint
 
-__all__ = ["ACCEPT_UNVERSIONED", "CHECKPOINT_FILE", "CONFIG_FILE", "FORMAT", "INFO_FILE", "LOG_FILE", "TABLE_NAMES",
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "FORMAT", "INFO_FILE", "LOG_FILE", "TABLE_NAMES",
            "RunDirectory", "RunDirectoryError"]
 
-#: Version of the run directory layout and of run.json's fields; the writer records it as run.json's `format`.
-FORMAT = 1
-#: Whether a run.json without `format` is read as FORMAT. True only until the runner records `format`
-#: (every run so far lacks it); flip to False then, so an unversioned directory fails like a foreign one.
-ACCEPT_UNVERSIONED = True
+#: Version of the run directory layout, its tables and run.json's fields; the runner records it as
+#: run.json's `format` (2: estimates by feed, with raw scores; checkpoints of the estimation pipeline).
+FORMAT = 2
 
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"
@@ -129,14 +128,15 @@ class RunDirectory:
 
         return load_checkpoint(self.path)
 
-    def provenance(self) -> dict[str, Any]:
-        """What a calibration must match (`calibration.PROVENANCE_KEYS`): model name, the 12-digit
-        model_sha256 prefix run.json keeps, adapter, hyperparameters, probe size and cycle length."""
+    def provenance(self) -> Provenance:
+        """What a calibration must match: model name, the 12-digit model_sha256 prefix run.json
+        keeps, adapter, hyperparameters, probe size and cycle length."""
         info = self.info()
         name, _, digest = info.model.partition(" ")
-        cycle = cycle_length(self.config().probe.cycle, info.hyperparameters.get("reset_every"))
-        return {"model": name, "model_sha256": digest, "adapter": info.adapter,
-                "hyperparameters": info.hyperparameters, "probe_size": info.probe_size, "cycle": cycle}
+        config = self.config()
+        cycle = cycle_length(config.probe.cycle, info.hyperparameters.get("reset_every"))
+        return Provenance(model=name, model_sha256=digest, adapter=info.adapter,
+                          hyperparameters=info.hyperparameters, probe_size=info.probe_size, cycle=cycle)
 
 
 def _read_info(path: Path) -> RunInfo:
@@ -150,7 +150,7 @@ def _read_info(path: Path) -> RunInfo:
         raise RunDirectoryError(f"{path} holds {type(data).__name__}, not the JSON object `stream-monitor run` "
                                 f"writes; start a new run.")
     version = data.pop("format", None)
-    if version != FORMAT and not (version is None and ACCEPT_UNVERSIONED):
+    if version != FORMAT:
         written = "no format (a run directory from before formats were recorded)" if version is None \
             else f"format {version!r}"
         raise RunDirectoryError(f"{path} has {written}; this version of stream-monitor reads run directory "
