@@ -290,12 +290,14 @@ def start_workers(config: RunConfig, checkpoint=None, run_id: str = "run") -> Wo
 
 
 def start_local_workers(config: RunConfig) -> Workers:
-    from ..adaptation import FISHER_IMAGES
+    from adapters import ADAPTERS
+
     from .local import LocalExecutor
     from .workers import AdapterWorker, ProbeWorker, SidekickWorker, SourceWorker
 
     source = SourceWorker(config, config.runtime.threads)
-    fisher = source.first_images(FISHER_IMAGES) if config.adapter.name == "eata" else None
+    fisher_images = ADAPTERS.info(config.adapter.name).fisher_images  # 0: the adapter needs none
+    fisher = source.first_images(fisher_images) if fisher_images else None
     adapter = AdapterWorker(config, fisher, config.runtime.threads)
     workers: dict[str, Any] = {"source-0": source, "adapter": adapter}
     if config.probe.enabled:
