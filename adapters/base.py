@@ -11,15 +11,55 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from stream_monitor.registry import Registry
+from stream_monitor.registry import Info, Registry
 
-ADAPTERS: Registry[type["Adapter"]] = Registry("adapter")
+
+@dataclass(frozen=True)
+class AdapterInfo(Info[type["Adapter"]]):
+    """What an adapter needs beyond the source model, declared where it is registered.
+
+    `make_adapter` and the runtimes read these fields, so a new method with the same needs works
+    without a branch on its name there.
+
+    Attributes:
+        fisher_images: How many of the stream's first images the adapter estimates its Fisher
+            information on (0: none). They reach the constructor normalised, as `fisher_images`;
+            the stream's own start, because a monitored run has no clean source data.
+        input_normalisation: Whether the constructor gets the model's input normalisation as
+            `input_mean` / `input_std` (for methods that augment in pixel space).
+    """
+
+    fisher_images: int = 0
+    input_normalisation: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.description:
+            raise ValueError(f"adapter {self.name!r} needs a description (shown by `stream-monitor list adapters`)")
+        if self.fisher_images < 0:
+            raise ValueError(f"adapter {self.name!r}: fisher_images must be >= 0, got {self.fisher_images}")
+
+    @property
+    def cls(self) -> type[Adapter]:
+        return self.obj
+
+
+class AdapterRegistry(Registry[type["Adapter"]]):
+    """The adapter registry: entries carry `AdapterInfo`."""
+
+    def __init__(self) -> None:
+        super().__init__("adapter", AdapterInfo)
+
+    def info(self, name: str) -> AdapterInfo:
+        return cast(AdapterInfo, super().info(name))
+
+
+ADAPTERS = AdapterRegistry()
 
 # SGD as in the Tent/EATA/SAR/CoTTA references; Adam (beta1 = momentum) as in CoTTA's CIFAR configs.
 OPTIMIZERS = {
@@ -82,7 +122,8 @@ def use_batch_statistics(model: nn.Module) -> list[nn.modules.batchnorm._BatchNo
 
 
 class Adapter(ABC):
-    """Online test-time adaptation of a classifier. Subclasses register with `@ADAPTERS.register`.
+    """Online test-time adaptation of a classifier. Subclasses register with
+    `@ADAPTERS.register(name, description=..., **needs)` (the needs: `AdapterInfo`).
 
     The model passed in is copied, so the caller's source model stays untouched.
     `reset_every` (steps) resets weights, optimiser and method state, as RDumb does; the step

@@ -46,7 +46,8 @@ from .augment import Augmentation, apply_augmentation, draw_augmentation
 from .base import ADAPTERS, Adapter, StepResult, entropy, use_batch_statistics
 
 
-@ADAPTERS.register("cotta")
+@ADAPTERS.register("cotta", description="Continual TTA: a mean teacher, augmented pseudo-labels and stochastic "
+                                   "restore (Wang et al., CVPR 2022)", input_normalisation=True)
 class CoTTA(Adapter):
     def __init__(self, model: nn.Module, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = True,
                  reset_every: int | None = None, optimizer: str = "sgd", teacher_momentum: float = 0.999,

@@ -22,8 +22,11 @@ from torch import nn
 from .base import ADAPTERS
 from .eta import ETA
 
+FISHER_IMAGES = 2000  # the reference's --fisher_size; `stream-monitor run` takes them from the stream's start
 
-@ADAPTERS.register("eata")
+
+@ADAPTERS.register("eata", description="ETA plus a Fisher-weighted anti-forgetting penalty (Niu et al., ICML 2022)",
+                   fisher_images=FISHER_IMAGES)
 class EATA(ETA):
     def __init__(self, model: nn.Module, fisher_images: torch.Tensor | None = None, fisher_alpha: float = 2000.0,
                  fisher_batch_size: int = 64, lr: float = 2.5e-4, momentum: float = 0.9, nesterov: bool = False,

@@ -85,7 +85,8 @@ def adaptive_temperature(logits: torch.Tensor, t_min: float = 0.01, t_max: float
     return z / temperature[:, None], temperature
 
 
-@ADAPTERS.register("em-inf")
+@ADAPTERS.register("em-inf", description="Inference-time entropy minimisation of each sample's logits; "
+                                     "the weights never change (Agarwal et al., NeurIPS 2025)")
 class EMInf(Adapter):
     def __init__(self, model: nn.Module, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False,
                  reset_every: int | None = None, variant: str = "logits", steps: int = 5, kl_weight: float = 0.001,

@@ -27,7 +27,8 @@ from .base import ADAPTERS, StepResult, entropy, no_update
 from .tent import NormAffineAdapter
 
 
-@ADAPTERS.register("eta")
+@ADAPTERS.register("eta", description="Tent with reliable, non-redundant sample selection and entropy "
+                                 "weighting (Niu et al., ICML 2022)")
 class ETA(NormAffineAdapter):
     def __init__(self, model: nn.Module, lr: float = 2.5e-4, momentum: float = 0.9, nesterov: bool = False,
                  reset_every: int | None = None, e_margin_scale: float = 0.4, d_margin: float | None = None,

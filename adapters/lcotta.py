@@ -35,7 +35,8 @@ from .base import ADAPTERS, StepResult
 from .eta import ETA
 
 
-@ADAPTERS.register("lcotta")
+@ADAPTERS.register("lcotta", description="ETA whose updates are projected onto a tracked low-dimensional "
+                                    "gradient subspace (LCoTTA, NeurIPS 2025)")
 class LCoTTA(ETA):
     def __init__(self, model: nn.Module, lr: float = 1.5e-4, momentum: float = 0.9, nesterov: bool = True,
                  reset_every: int | None = None, w_num: int = 100, n_components: int = 25, batch_step: int = 50,

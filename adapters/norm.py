@@ -13,7 +13,8 @@ from torch import nn
 from .base import ADAPTERS, Adapter, StepResult, no_update, use_batch_statistics
 
 
-@ADAPTERS.register("norm")
+@ADAPTERS.register("norm", description="Test-batch BatchNorm statistics, no gradient updates "
+                                  "(Schneider et al., NeurIPS 2020)")
 class Norm(Adapter):
     def configure_model(self, model: nn.Module) -> nn.Module:
         model.requires_grad_(False)

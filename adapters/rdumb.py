@@ -14,7 +14,7 @@ from .base import ADAPTERS
 from .eta import ETA
 
 
-@ADAPTERS.register("rdumb")
+@ADAPTERS.register("rdumb", description="ETA with a full reset every 1000 steps (Press et al., NeurIPS 2023)")
 class RDumb(ETA):
     def __init__(self, model: nn.Module, lr: float = 2.5e-4, momentum: float = 0.9, nesterov: bool = False,
                  reset_every: int | None = 1000, **eta_options) -> None:

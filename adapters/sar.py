@@ -10,7 +10,8 @@ mr-eggplant/SAR `sar.py` + `sam.py` (SAM from davda54/sam, rho 0.05, not adaptiv
 5. recovery: ema <- 0.9 ema + 0.1 loss2 (the first value initialises it); if ema < e_m = 0.2
    (hard-coded in the reference), reset weights and optimiser to the source state.
 The reference then writes the sub-threshold ema back after its reset (`self.ema = ema` follows
-`self.reset()` in `SAR.forward`), so the ema is not cleared; we keep that behaviour.
+`self.reset()` in `SAR.forward`), so the ema is not cleared; we keep that behaviour. Unlike the
+references, the recovery also clears SGD's momentum: see `SAR._recover`.
 
 Adapted: the affine parameters of BatchNorm, LayerNorm and GroupNorm, except the top block the
 reference leaves alone (module names containing `layer4`, `blocks.9`-`blocks.11`, or the final
@@ -49,7 +50,8 @@ def sar_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return out
 
 
-@ADAPTERS.register("sar")
+@ADAPTERS.register("sar", description="Sharpness-aware, reliable entropy minimisation with model recovery "
+                                 "(Niu et al., ICLR 2023)")
 class SAR(Adapter):
     def __init__(self, model: nn.Module, lr: float = 2.5e-4, momentum: float = 0.9, nesterov: bool = False,
                  reset_every: int | None = None, e_margin_scale: float = 0.4, rho: float = 0.05,
@@ -98,11 +100,26 @@ class SAR(Adapter):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema < self.reset_constant_em:
-            ema = self.ema
-            self.reset()
-            self.ema = ema  # the reference keeps its ema across the recovery reset
+            self._recover()
         return StepResult(logits.detach(), mean_entropy, used, loss2.detach(), norm,
                           torch.zeros((), dtype=torch.bool, device=logits.device))
+
+    def _recover(self) -> None:
+        """Model recovery: weights, optimiser state (SGD momentum included) back to the source state.
+
+        The ema survives, as in the reference. The momentum does not, and there we differ from
+        both references, mr-eggplant/SAR and mariodoebler/test-time-adaptation: they save and
+        reload the state of their SAM wrapper (davda54/sam), whose `state_dict` holds only SAM's
+        own per-parameter state, not that of the SGD it wraps, so the momentum buffers outlive
+        the reset and keep pushing the restored source weights along the trajectory that
+        triggered the recovery. We take that as a side effect of the wrapper, not a design
+        choice (the paper recovers by resetting the model to its original weights), and keep
+        weights and optimiser after any reset, whether SAR's own rule, a detector or
+        `reset_every` asks for it, at the source state, bitwise.
+        """
+        ema = self.ema
+        self.reset()
+        self.ema = ema
 
     @torch.no_grad()
     def _ascend(self, params: list[nn.Parameter]) -> list[torch.Tensor]:

@@ -35,7 +35,8 @@ class NormAffineAdapter(Adapter):
         return norm_affine_parameters(model)
 
 
-@ADAPTERS.register("tent")
+@ADAPTERS.register("tent", description="Entropy minimisation on the BatchNorm affine parameters "
+                                  "(Wang et al., ICLR 2021)")
 class Tent(NormAffineAdapter):
     def forward_and_adapt(self, images: torch.Tensor) -> StepResult:
         logits = self.model(images)

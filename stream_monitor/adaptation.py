@@ -1,5 +1,5 @@
-"""Build an adapter for a source model: the method's defaults for that kind of model, plus what the
-method needs from the stream or the model (EATA's Fisher images, CoTTA's input normalisation)."""
+"""Build an adapter for a source model: the method's defaults for that kind of model, plus what its
+registry metadata (`adapters.AdapterInfo`) says it needs from the stream or the model."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ import torch
 from adapters import ADAPTERS, Adapter
 
 from .models import SourceModel
-
-FISHER_IMAGES = 2000  # EATA's --fisher_size; oripress/CCC's eval takes them from the stream's start
-
 
 # fp16 would need a gradient scaler; bf16 does not.
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -27,23 +24,27 @@ def make_adapter(name: str, model: SourceModel, first_images: Callable[[int], to
     `reset_every=N` steps, `restore_prob=p` (stochastic restore, for any adapter that trains
     parameters); a detector signal calls `adapter.reset()`.
 
-    Raises UnknownNameError (listing the valid adapters) for an unknown name.
+    Raises:
+        UnknownNameError: an unknown name (the message lists the valid adapters).
+        ValueError: an unknown precision, or an adapter that needs stream images without
+            `first_images`.
     """
-    adapter_class = ADAPTERS.get(name)
+    info = ADAPTERS.info(name)
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}. Valid precisions: {', '.join(PRECISIONS)}.")
-    options = adapter_class.defaults_for(model.num_classes, model.image_size)
-    if name == "eata" and "fisher_images" not in overrides:
+    options = info.cls.defaults_for(model.num_classes, model.image_size)
+    if info.fisher_images and "fisher_images" not in overrides:
         if first_images is None:
-            raise ValueError("EATA needs images for its Fisher information: pass first_images")
-        options["fisher_images"] = model.normalise(first_images(FISHER_IMAGES))
-    if name == "cotta":
+            raise ValueError(f"Adapter {name!r} estimates its Fisher information on the stream's first "
+                             f"{info.fisher_images} images: pass first_images")
+        options["fisher_images"] = model.normalise(first_images(info.fisher_images))
+    if info.input_normalisation:
         options.update(input_mean=model.mean, input_std=model.std)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     restore_prob = overrides.pop("restore_prob", None)
     options.update(overrides)
-    adapter = adapter_class(model.module, **options)
-    if restore_prob is not None:  # replaces a method's own rate (CoTTA's); 0 turns restoring off
+    adapter = info.cls(model.module, **options)
+    if restore_prob is not None:  # replaces a method's own rate; 0 turns restoring off
         adapter.enable_stochastic_restore(restore_prob)
     adapter.autocast_dtype = PRECISIONS[precision]
     return adapter

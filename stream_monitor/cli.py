@@ -55,6 +55,12 @@ def estimator_lines() -> list[str]:
     return lines
 
 
+# Spelt out rather than read from ADAPTERS, which would import torch for every `--help`; a test
+# keeps it equal to the registry's names.
+ADAPTER_NAMES = ("source", "norm", "tent", "eta", "eata", "rdumb", "sar", "cotta", "lcotta", "em-inf")
+ADAPTER_HELP = f"TTA method: {', '.join(ADAPTER_NAMES)} (source: no adaptation; see `list adapters`)."
+
+
 def _fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)
@@ -67,8 +73,7 @@ def run(
     data: Annotated[Optional[str], typer.Option(help="Official CCC shards (DIR or URL) or an ImageFolder DIR.")] = None,
     model: Annotated[Optional[str], typer.Option(help="`embedded` or a torchvision classifier name.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Weights file (torch state dict).")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="TTA method: source (no adaptation), norm, tent, eta, eata, "
-                                                   "rdumb, sar, cotta, lcotta, em-inf.")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help=ADAPTER_HELP)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adapter learning rate (default: the method's).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML config file (see show-config).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: section.key=value "
@@ -478,9 +483,8 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
     elif what == "adapters":
         from adapters import ADAPTERS
 
-        for name in ADAPTERS.names():
-            doc = (ADAPTERS.get(name).__doc__ or "").strip().splitlines()
-            console.print(f"{name:<10} {doc[0] if doc else ''}", highlight=False)
+        for info in ADAPTERS.infos():
+            console.print(f"{info.name:<10} {info.description}", highlight=False)
     elif what == "estimators":
         console.print(f"{'estimator':<21} {'targets (served, frozen)':<22} what", highlight=False)
         for line in estimator_lines():
@@ -488,10 +492,9 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
     elif what == "detectors":
         from .estimation.detectors import DEFAULT_DETECTORS, DETECTORS
 
-        for name in DETECTORS.names():
-            doc = " ".join((DETECTORS.get(name).__doc__ or "").split()).split(": ")[0]
-            mark = "default" if name in DEFAULT_DETECTORS else ""
-            console.print(f"{name:<20} {mark:<8} {doc}", highlight=False)
+        for info in DETECTORS.infos():
+            mark = "default" if info.name in DEFAULT_DETECTORS else ""
+            console.print(f"{info.name:<20} {mark:<8} {info.description}", highlight=False)
     elif what == "models":
         console.print("\n".join(model_names()))
     else:

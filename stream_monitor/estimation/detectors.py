@@ -95,7 +95,7 @@ class _StepEMA(CollapseDetector):
     def judge(self, ema: float) -> Verdict: ...
 
 
-@DETECTORS.register("entropy-ema")
+@DETECTORS.register("entropy-ema", description="SAR's model-recovery signal: the mean entropy's EMA below a floor")
 class EntropyCollapse(_StepEMA):
     """SAR's model-recovery signal (Niu et al., ICLR 2023, mr-eggplant/SAR): an EMA (0.9) of the
     mean entropy below 0.2 nats for 1,000 classes, here scaled to 0.2 / ln(1000) of ln K."""
@@ -114,7 +114,7 @@ class EntropyCollapse(_StepEMA):
         return Verdict(ema < self.threshold, f"entropy EMA {ema:.3f} nats (threshold {self.threshold:.3f})", ema)
 
 
-@DETECTORS.register("top-class-share")
+@DETECTORS.register("top-class-share", description="Predictions piling onto one class")
 class PredictionConcentration(_StepEMA):
     """Predictions piling onto one class: EMA (0.95) of the batch's top-class share above `share`
     (the degenerate solution of entropy minimisation; Press et al., RDumb, NeurIPS 2023), and,
@@ -161,7 +161,7 @@ class PredictionConcentration(_StepEMA):
         return Verdict(self.on, evidence + ")", ema)
 
 
-@DETECTORS.register("marginal-entropy")
+@DETECTORS.register("marginal-entropy", description="Predictions spreading over ever fewer classes")
 class MarginalEntropyCollapse(_StepEMA):
     """Predictions spreading over ever fewer classes: EMA (0.95) of the entropy of the batch's mean
     prediction, normalised by its largest possible value ln min(K, batch), below `fraction` (0.5:
@@ -190,7 +190,7 @@ class MarginalEntropyCollapse(_StepEMA):
                        f"(threshold {100 * self.fraction:.0f}%)", ema)
 
 
-@DETECTORS.register("online-below-source")
+@DETECTORS.register("online-below-source", description="Estimated online accuracy below estimated source accuracy")
 class EstimateBelowSource(CollapseDetector):
     """The estimated online accuracy below the estimated source accuracy by `margin` points on
     `patience` consecutive probes: label-free form of the collapse definition (DESIGN.md 6). The gap
@@ -221,7 +221,7 @@ class EstimateBelowSource(CollapseDetector):
                        f"the estimated source accuracy for {self.below} probes", self.gap)
 
 
-@DETECTORS.register("aetta-drop")
+@DETECTORS.register("aetta-drop", description="AETTA's recovery rule: its accuracy estimate low or dropping")
 class AETTAReset(CollapseDetector):
     """AETTA's recovery rule (Lee et al., CVPR 2024, reset_function "aetta"): its accuracy estimate
     below `floor` %, or the mean of the last `span` estimates `drop` points under the mean of the
@@ -264,7 +264,7 @@ class AETTAReset(CollapseDetector):
                        f"{recent:.1f}% against {before:.1f}% before", recent - before)
 
 
-@DETECTORS.register("flip-rate")
+@DETECTORS.register("flip-rate", description="The probe's flips rising far above their usual level")
 class FlipRateRise(CollapseDetector):
     """The probe's flips rising far above their usual level: at each snapshot, the share of the
     reference set whose prediction changed since the cycle start, against the median share at the

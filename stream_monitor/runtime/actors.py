@@ -14,6 +14,8 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError
 
+from adapters import ADAPTERS
+
 from ..config import RunConfig
 from .messages import WorkersDescription
 from .start import Workers
@@ -101,11 +103,8 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
         actors[name] = SourceActor.options(num_cpus=0.25, num_gpus=source_gpus, name=f"{run_id}/{name}",
                                            max_restarts=2, max_task_retries=2).remote(config, 1)
         names.append(name)
-    fisher = None
-    if config.adapter.name == "eata":
-        from ..adaptation import FISHER_IMAGES
-
-        fisher = actors["source-0"].first_images.remote(FISHER_IMAGES)
+    fisher_images = ADAPTERS.info(config.adapter.name).fisher_images  # 0: the adapter needs none
+    fisher = actors["source-0"].first_images.remote(fisher_images) if fisher_images else None
     actors["adapter"] = AdapterActor.options(num_cpus=1, num_gpus=num_gpus, max_restarts=0,
                                              name=f"{run_id}/adapter").remote(
         config, fisher, adapter_threads)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..adaptation import FISHER_IMAGES
+from adapters import ADAPTERS
+
 from ..config import RunConfig
 from .checkpoint import Checkpoint
 from .local import LocalExecutor
@@ -46,7 +47,8 @@ def start_workers(config: RunConfig, checkpoint: Checkpoint | None = None, run_i
 def start_local_workers(config: RunConfig) -> Workers:
     """Every worker in this process, behind a `LocalExecutor` (tests, calibration, `runtime.use_ray=false`)."""
     source = SourceWorker(config, config.runtime.threads)
-    fisher = source.first_images(FISHER_IMAGES) if config.adapter.name == "eata" else None
+    fisher_images = ADAPTERS.info(config.adapter.name).fisher_images  # 0: the adapter needs none
+    fisher = source.first_images(fisher_images) if fisher_images else None
     adapter = AdapterWorker(config, fisher, config.runtime.threads)
     workers: dict[str, Any] = {"source-0": source, "adapter": adapter}
     if config.probe.enabled:

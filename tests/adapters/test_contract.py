@@ -92,7 +92,7 @@ def test_checkpoint_continues_bit_exactly(name, tmp_path):
     resumed = make(name)
     resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
     got = [resumed.step(x).logits for x in data[4:]]
-    assert all(torch.equal(a, b) for a, b in zip(expected[4:], got))
+    assert all(torch.equal(a, b) for a, b in zip(expected[4:], got, strict=True))
     assert resumed.num_steps == 8
 
 

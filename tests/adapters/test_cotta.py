@@ -22,7 +22,7 @@ def batch_stat_model():
 def sgd_nesterov(params, grads, buffers, lr, momentum=0.9):
     """PyTorch's SGD with Nesterov: buf = m buf + g; p -= lr (g + m buf)."""
     with torch.no_grad():
-        for i, (p, g) in enumerate(zip(params, grads)):
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             buffers[i] = g.clone() if buffers[i] is None else momentum * buffers[i] + g
             p -= lr * (g + momentum * buffers[i])
 
@@ -35,14 +35,15 @@ def reference_cotta(data, lr, symmetric=True, teacher_momentum=0.999):
     teacher = [p.detach().clone() for p in model.parameters()]
     buffers, served = [None] * len(student), []
     for x in data:
-        s = functional_call(model, dict(zip(names, student)), (x,))
-        t = functional_call(model, dict(zip(names, teacher)), (x,)).detach()
+        s = functional_call(model, dict(zip(names, student, strict=True)), (x,))
+        t = functional_call(model, dict(zip(names, teacher, strict=True)), (x,)).detach()
         served.append(t)
         loss = -(t.softmax(1) * s.log_softmax(1)).sum(1)
         if symmetric:
             loss = 0.5 * loss - 0.5 * (s.softmax(1) * t.log_softmax(1)).sum(1)
         sgd_nesterov(student, torch.autograd.grad(loss.mean(), student), buffers, lr)
-        teacher = [teacher_momentum * t_ + (1 - teacher_momentum) * s_.detach() for t_, s_ in zip(teacher, student)]
+        teacher = [teacher_momentum * t_ + (1 - teacher_momentum) * s_.detach()
+                   for t_, s_ in zip(teacher, student, strict=True)]
     return served, [p.detach() for p in student], teacher
 
 
@@ -83,8 +84,8 @@ def test_augmented_copies_on_threads_give_the_sequential_result_bit_for_bit():
         return served, [p.detach().clone() for p in adapter.teacher.parameters()]
 
     (served_1, teacher_1), (served_3, teacher_3) = run(1), run(3)
-    assert all(torch.equal(a, b) for a, b in zip(served_1, served_3))
-    assert all(torch.equal(a, b) for a, b in zip(teacher_1, teacher_3))
+    assert all(torch.equal(a, b) for a, b in zip(served_1, served_3, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(teacher_1, teacher_3, strict=True))
 
 
 def test_cotta_restore_puts_elements_back_to_source_with_the_given_probability():
@@ -121,7 +122,7 @@ def test_augmentation_is_seeded_in_range_and_varies():
         return [cotta_augment(images, g, dg) for _ in range(n)]
 
     a, b = draw(1), draw(1)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[0], a[1])
     assert all(x.shape == images.shape and x.min() >= 0 and x.max() <= 1 for x in a)
     # A flat grey image stays flat (edge padding leaves no black corners) and changes only in

@@ -40,7 +40,7 @@ def bn_params_of(model):
 def sgd(params, grads, buffers, lr, momentum):
     """PyTorch's SGD: buf = momentum * buf + g (buf = g at the first step); p -= lr * buf."""
     with torch.no_grad():
-        for i, (p, g) in enumerate(zip(params, grads)):
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             buffers[i] = g.clone() if buffers[i] is None else momentum * buffers[i] + g
             p -= lr * buffers[i]
 
@@ -73,7 +73,7 @@ def reference_fisher(model, params, images, batch_size=64):
     for x in chunks:
         logits = functional_forward(model, params, x)
         loss = torch.nn.functional.cross_entropy(logits, logits.argmax(1))
-        for s, g in zip(sums, torch.autograd.grad(loss, flat)):
+        for s, g in zip(sums, torch.autograd.grad(loss, flat), strict=True):
             s += g ** 2
     return [s / len(chunks) for s in sums]
 
@@ -106,7 +106,8 @@ def reference_run(name, data, lr, reset_every=None, e_scale=0.4, d_margin=0.05, 
                 mean_probs = new if mean_probs is None else 0.9 * mean_probs + 0.1 * new
                 loss = (h[keep] * torch.exp(e0 - h[keep].detach())).mean()
                 if fisher is not None:
-                    loss = loss + alpha * sum((f * (p - a) ** 2).sum() for f, p, a in zip(fisher, flat, anchor))
+                    loss = loss + alpha * sum((f * (p - a) ** 2).sum()
+                                              for f, p, a in zip(fisher, flat, anchor, strict=True))
         if update:
             grads = torch.autograd.grad(loss, flat)
             sgd(flat, grads, buffers, lr, 0.9)
@@ -125,7 +126,8 @@ def adapter_run(name, data, lr, **kw):
 
 
 def assert_close(a, b):
-    for x, y in zip(a, b):
+    """Elementwise closeness of two equally long lists: an adapter adapting fewer parameters fails."""
+    for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
 
 
@@ -143,7 +145,7 @@ def test_eta_matches_the_equations_including_filters(e_scale, d_margin):
     ref_out, ref_params = reference_run("eta", data, lr=0.05, e_scale=e_scale, d_margin=d_margin)
     adapter = ADAPTERS.get("eta")(confident_model(), lr=0.05, e_margin_scale=e_scale, d_margin=d_margin)
     used = []
-    for x, expected in zip(data, ref_out):
+    for x, expected in zip(data, ref_out, strict=True):
         result = adapter.step(x)
         used.append(int(result.num_used))
         torch.testing.assert_close(result.logits, expected, rtol=0, atol=1e-6)
@@ -189,4 +191,4 @@ def test_eata_matches_the_equations_with_its_fisher_term():
     assert_close([p.detach() for p in adapter.params.values()], ref_params)
     # The penalty matters: without it the parameters end elsewhere.
     _, eta_params = reference_run("eta", data, lr=0.05, e_scale=0.8, d_margin=0.5)
-    assert max(float((a - b).abs().max()) for a, b in zip(eta_params, ref_params)) > 1e-4
+    assert max(float((a - b).abs().max()) for a, b in zip(eta_params, ref_params, strict=True)) > 1e-4

@@ -30,7 +30,7 @@ def reference_sar(data, lr, e_scale, rho=0.05, e_m=0.2):
         g1 = torch.autograd.grad(h[keep].mean(), flat)
         norm = torch.sqrt(sum((g ** 2).sum() for g in g1))
         eps = [rho * g / (norm + 1e-12) for g in g1]
-        perturbed = [p + e for p, e in zip(flat, eps)]
+        perturbed = [p + e for p, e in zip(flat, eps, strict=True)]
         h2 = H(functional_forward(model, [perturbed[0:2], perturbed[2:4]], x))[keep]
         keep2 = h2 < e0
         if not keep2.any():

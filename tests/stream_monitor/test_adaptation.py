@@ -1,10 +1,17 @@
 """make_adapter: per-model defaults and what each method needs from the stream or the model."""
 
+import re
+
 import pytest
 import torch
 
-from stream_monitor.adaptation import FISHER_IMAGES, make_adapter
+from adapters import ADAPTERS
+from adapters.base import AdapterRegistry
+from adapters.tent import Tent
+from stream_monitor import adaptation
+from stream_monitor.adaptation import make_adapter
 from stream_monitor.models import load_model
+from stream_monitor.registry import UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +31,52 @@ def test_eata_takes_its_fisher_from_the_first_stream_images(embedded):
         return images(64)
 
     adapter = make_adapter("eata", embedded, first)
-    assert asked == [FISHER_IMAGES] and adapter.fisher is not None and adapter.fisher.ndim == 1
-    with pytest.raises(ValueError, match="Fisher"):
+    assert asked == [2000] and adapter.fisher is not None and adapter.fisher.ndim == 1
+
+
+def test_eata_without_first_images_is_a_clear_error(embedded):
+    message = "Adapter 'eata' estimates its Fisher information on the stream's first 2000 images: pass first_images"
+    with pytest.raises(ValueError, match=re.escape(message)):
         make_adapter("eata", embedded)
+    assert make_adapter("eata", embedded, fisher_images=embedded.normalise(images(16))).fisher is not None
+
+
+@pytest.mark.parametrize("name", ADAPTERS.names())
+def test_first_images_are_asked_for_exactly_as_the_metadata_says(name, embedded):
+    asked = []
+
+    def first(n):
+        asked.append(n)
+        return images(32)
+
+    make_adapter(name, embedded, first)
+    wanted = ADAPTERS.info(name).fisher_images
+    assert asked == ([wanted] if wanted else [])
+
+
+def test_make_adapter_reads_the_metadata_not_the_name(embedded, monkeypatch):
+    registry = AdapterRegistry()
+
+    @registry.register("needs-both", description="a Tent that takes everything", fisher_images=5,
+                       input_normalisation=True)
+    class Recorder(Tent):
+        def __init__(self, model, fisher_images=None, input_mean=None, input_std=None, **options):
+            self.seen = (fisher_images, input_mean, input_std)
+            super().__init__(model, **options)
+
+    monkeypatch.setattr(adaptation, "ADAPTERS", registry)
+    adapter = make_adapter("needs-both", embedded, lambda n: images(n))
+    fisher_images, mean, std = adapter.seen
+    assert fisher_images.shape == (5, 3, 32, 32) and fisher_images.dtype == torch.float32
+    assert (mean, std) == (embedded.mean, embedded.std)
+    with pytest.raises(ValueError, match="Adapter 'needs-both' estimates its Fisher information on the stream's "
+                                         "first 5 images: pass first_images"):
+        make_adapter("needs-both", embedded)
+
+
+def test_an_unknown_adapter_lists_the_valid_ones(embedded):
+    with pytest.raises(UnknownNameError, match=re.escape(f"Valid adapters: {', '.join(ADAPTERS.names())}.")):
+        make_adapter("tnet", embedded)
 
 
 def test_cotta_gets_the_cifar_configuration_and_the_input_normalisation(embedded):

@@ -2,7 +2,7 @@
 
 from typer.testing import CliRunner
 
-from stream_monitor.cli import app
+from stream_monitor.cli import ADAPTER_HELP, ADAPTER_NAMES, app
 from stream_monitor.metrics.sink import read_table
 
 runner = CliRunner()
@@ -89,6 +89,23 @@ def test_resume_of_a_folder_that_is_no_run_says_what_to_pass(tmp_path):
     assert result.exit_code == 2 and "is not a run directory" in " ".join(result.output.split())
 
 
+def test_list_adapters_shows_the_registry_descriptions():
+    from adapters import ADAPTERS
+
+    result = runner.invoke(app, ["list", "adapters"])
+    shown = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 0
+    for info in ADAPTERS.infos():
+        assert f"{info.name} {' '.join(info.description.split())}" in shown
+
+
+def test_the_adapter_help_names_every_registered_adapter():
+    from adapters import ADAPTERS
+
+    assert sorted(ADAPTER_NAMES) == ADAPTERS.names()
+    assert all(name in ADAPTER_HELP for name in ADAPTERS.names())
+
+
 def test_list_adapters_and_estimators():
     adapters = runner.invoke(app, ["list", "adapters"])
     assert adapters.exit_code == 0 and "rdumb" in adapters.output and "em-inf" in adapters.output
@@ -135,6 +152,15 @@ def test_list_detectors_marks_the_default_set():
     result = runner.invoke(app, ["list", "detectors"])
     lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
     assert result.exit_code == 0 and "default" in lines["entropy-ema"] and "default" not in lines["flip-rate"]
+
+
+def test_list_detectors_shows_the_registry_descriptions():
+    from stream_monitor.estimation.detectors import DETECTORS
+
+    result = runner.invoke(app, ["list", "detectors"])
+    shown = " ".join(result.output.split())
+    for info in DETECTORS.infos():
+        assert info.description and " ".join(info.description.split()) in shown
 
 
 def test_unknown_detectors_are_clear_errors(tmp_path):
