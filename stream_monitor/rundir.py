@@ -4,6 +4,7 @@ A run directory (made by `stream_monitor.runtime.runner`):
 
     RUN_DIR/config.yaml      the resolved RunConfig; written first, so it marks a run directory
     RUN_DIR/run.json         the RunInfo (plus the directory's `format`), once the workers are up
+    RUN_DIR/estimation.json  the calibrated statistics and f the run's estimators read, and where from
     RUN_DIR/<table>/part-*.parquet   the tables of `metrics.schema` (closed parts only)
     RUN_DIR/checkpoint.pt    the last checkpoint (none before the first one)
     RUN_DIR/driver.log       the driver's log
@@ -25,6 +26,7 @@ import pyarrow as pa
 
 from .calibration.format import Provenance
 from .config import RunConfig, load_config
+from .estimation.context import EstimationContext
 from .metrics.schema import TABLES
 from .metrics.sink import read_table
 from .runtime.observer import RunInfo
@@ -33,7 +35,7 @@ from .schedule import cycle_length
 if TYPE_CHECKING:
     from .runtime.checkpoint import Checkpoint
 
-__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "FORMAT", "INFO_FILE", "LOG_FILE", "TABLE_NAMES",
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONTEXT_FILE", "FORMAT", "INFO_FILE", "LOG_FILE", "TABLE_NAMES",
            "RunDirectory", "RunDirectoryError"]
 
 #: Version of the run directory layout, its tables and run.json's fields; the runner records it as
@@ -43,6 +45,7 @@ FORMAT = 2
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"  # the name `runtime.checkpoint` writes (its CHECKPOINT)
+CONTEXT_FILE = "estimation.json"  # the EstimationContext the run's estimators read (calibration.resolve)
 LOG_FILE = "driver.log"
 TABLE_NAMES: tuple[str, ...] = tuple(TABLES)  # steps, probes, events, estimates
 
@@ -108,6 +111,17 @@ class RunDirectory:
             raise RunDirectoryError(f"{self.info_path} records num_classes={n}; a run of this version records "
                                     f"its model's class count, so re-run the stream with this version.")
         return n
+
+    def context(self) -> EstimationContext:
+        """The estimation context the run resolved when it started (`calibration.resolve`)."""
+        path = self.path / CONTEXT_FILE
+        if not path.is_file():
+            raise RunDirectoryError(f"{self.path} has no {CONTEXT_FILE}: the run stopped before its workers started; "
+                                    f"resume it with `stream-monitor run --resume {self.path}` or start a new run.")
+        try:
+            return EstimationContext.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise RunDirectoryError(f"{path} cannot be read ({error}); start a new run.") from None
 
     def table(self, name: str) -> pa.Table:
         """All closed parts of table `name` (one of TABLE_NAMES) in part order; empty with its schema when none."""

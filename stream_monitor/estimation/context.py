@@ -7,12 +7,12 @@ the headline rule read nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
 
 from .flips import FlipsCalibration
 from .readings import Feed
-from .window import SourceStats
+from .window import SourceStats, stats_from_dict
 
 __all__ = ["EstimationContext"]
 
@@ -48,6 +48,26 @@ class EstimationContext:
         """The slope of the frozen model's nuclear-norm line: the anchored estimate reads both
         feeds' scores through it (`pipeline.derive`)."""
         return self.frozen.nuclear_fit[0] if self.frozen is not None and self.frozen.nuclear_fit else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping: a run directory keeps the context it ran with (`from_dict`)."""
+        def fits(table: Mapping[int, FlipsCalibration]) -> dict[str, Any]:
+            return {str(step): asdict(f) for step, f in table.items()}
+
+        return {"served": self.served and asdict(self.served), "frozen": self.frozen and asdict(self.frozen),
+                "flips": fits(self.flips), "spread_flips": fits(self.spread_flips),
+                "adapter_calibrated": self.adapter_calibrated, "origins": dict(self.origins)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EstimationContext":
+        def fits(table: dict[str, Any]) -> dict[int, FlipsCalibration]:
+            return {int(step): FlipsCalibration(**{**f, "coefficients": tuple(f["coefficients"]),
+                                                   "fitted_range": tuple(f["fitted_range"])})
+                    for step, f in table.items()}
+
+        return cls(served=stats_from_dict(data["served"]), frozen=stats_from_dict(data["frozen"]),
+                   flips=fits(data["flips"]), spread_flips=fits(data["spread_flips"]),
+                   adapter_calibrated=bool(data["adapter_calibrated"]), origins=dict(data["origins"]))
 
     def describe(self) -> str:
         """One line for people: where each part came from."""

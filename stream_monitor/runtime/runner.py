@@ -27,7 +27,7 @@ from ..calibration.resolve import resolve_context
 from ..config import RunConfig, dump_config
 from ..estimation.pipeline import EstimationPipeline
 from ..metrics.sink import ParquetSink, recover
-from ..rundir import CONFIG_FILE, FORMAT as RUN_DIR_FORMAT, INFO_FILE, LOG_FILE, RunDirectory, RunDirectoryError
+from ..rundir import CONFIG_FILE, CONTEXT_FILE, FORMAT as RUN_DIR_FORMAT, INFO_FILE, LOG_FILE, RunDirectory, RunDirectoryError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import LoopState, RunLoop, WorkerFailed
 from .messages import WorkersDescription
@@ -96,7 +96,9 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
     description = workers.description
     try:  # a calibration for another model or adapter fails here, before any row is written
         check_sidekick(config, description)
-        context = resolve_context(config, description.provenance(config))
+        # a resumed run reads what it started with, even if a shipped calibration changed since
+        recorded = RunDirectory(run_dir).context if resume and (run_dir / CONTEXT_FILE).is_file() else None
+        context = recorded() if recorded else resolve_context(config, description.provenance(config))
     except BaseException:
         workers.shutdown()
         raise
@@ -113,6 +115,7 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
         num_classes=description.stream.num_classes, adapter_calibrated=context.adapter_calibrated,
     )
     (run_dir / INFO_FILE).write_text(json.dumps({"format": RUN_DIR_FORMAT, **asdict(info)}, indent=2, default=str))
+    (run_dir / CONTEXT_FILE).write_text(json.dumps(context.to_dict()))
     sink = ParquetSink(run_dir, config.metrics.rows_per_part, config.metrics.seconds_per_part)
     observers: list[RunObserver] = [sink, *extra_observers, *workers.observers] + \
         ([reporter] if reporter is not None else [])
