@@ -9,7 +9,7 @@ otherwise the run's own estimates are scored), the frozen feed's nuclear norm an
 `--frozen-calibration` (one file serves every adapter of a model), then every estimator is scored with
 `stream_monitor.evaluation.score_estimators`. Prints, per target, a Markdown table: one row per
 estimator, one column per run, cells "MAE (bias)" in accuracy points, the best estimator per run in
-bold, and first the headline (what the dashboard showed: `stream_monitor.estimation.headline`); then the collapse-warning scores of each run. `--sentinel-features 17` (or 20)
+bold, and first the headline (what the dashboard showed: `stream_monitor.estimation.pipeline`); then the collapse-warning scores of each run. `--sentinel-features 17` (or 20)
 scores the Sentinels on their calibrations' first N features only: the ablation of the class
 marginal (and the Duos agreement) on the same meta-set. `--detectors entropy-ema,flip-rate,...`
 scores the warnings those detectors give when replayed on each run's rows (fused, then one row per
@@ -19,7 +19,6 @@ detector) instead of the runs' own warnings.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,19 +26,18 @@ from stream_monitor.calibration import Calibration, CalibrationMismatch
 from stream_monitor.estimation.detectors import parse_detectors
 from stream_monitor.estimation.sentinel import leading
 from stream_monitor.evaluation import HEADLINE, evaluate
+from stream_monitor.rundir import RunDirectory
 
 
 def run_label(run_dir: Path) -> str:
-    info = json.loads((run_dir / "run.json").read_text())
-    stream = info["stream"].split("/")[-1].replace("_transition+speed_", " s").replace("baseline_", "b")
-    lr = info.get("hyperparameters", {}).get("lr")
-    return f"{info['adapter']}{f' lr {lr:g}' if lr is not None else ''} {stream.split('_seed')[0]}"
+    info = RunDirectory(run_dir).info()
+    stream = info.stream.split("/")[-1].replace("_transition+speed_", " s").replace("baseline_", "b")
+    lr = info.hyperparameters.get("lr")
+    return f"{info.adapter}{f' lr {lr:g}' if lr is not None else ''} {stream.split('_seed')[0]}"
 
 
 def matching(run_dir: Path, calibrations: list[Calibration]) -> Calibration | None:
-    from stream_monitor.calibration import run_provenance_of_dir
-
-    provenance = run_provenance_of_dir(run_dir)
+    provenance = RunDirectory(run_dir).provenance()
     for calibration in calibrations:
         try:
             calibration.check(provenance)

@@ -26,30 +26,19 @@ err_console = Console(stderr=True)
 LIST_WHAT = ("sources", "adapters", "estimators", "detectors", "streams", "corruptions", "models")
 
 
-FLIPS_ESTIMATORS = {
-    "weighted-flips": "Entropy Enigma's weighted flips on the cycle's first images, through a fitted f "
-                      "(shipped for resnet50; other models need a calibration)",
-    "spread-flips": "the same on the spread reference set (uniform over the cycle so far)",
-}
-
-
 def estimator_lines() -> list[str]:
-    """`list estimators`: name, target(s) and what it is, from the estimators themselves."""
-    from .estimation import WINDOW_ESTIMATORS as WINDOW
-    from .estimation import anchored
-    from .estimation.headline import ADAPTER_CALIBRATED, HEADLINE_ORDER
-    from .estimation.aetta import AETTA
-    from .estimation.duo import DUO_ESTIMATORS
-    from .estimation.window import FROZEN_TARGETS
+    """`list estimators`: name, feeds -> target and what it is, from the estimator registry."""
+    from .estimation import ESTIMATORS
+    from .estimation.pipeline import ADAPTER_CALIBRATED, DERIVED, HEADLINE_ORDER
+    from .estimation.readings import TARGET_OF
 
-    lines = [f"{name:<21} {'source':<22} {text}" for name, text in FLIPS_ESTIMATORS.items()]
-    for cls in (*WINDOW, AETTA, *DUO_ESTIMATORS):
-        targets = f"{cls.target}, {FROZEN_TARGETS[cls.target]}" if cls in WINDOW else cls.target
-        doc = (cls.__doc__ or "").strip().splitlines()
-        lines.append(f"{cls.name:<21} {targets:<22} {doc[0] if doc else ''}")
-    summary = (anchored.__doc__ or "").strip().splitlines()[0]
-    lines.append(f"{anchored.NAME:<21} {'online':<22} {summary}")
-    lines.append(f"headline: each target's first estimator with a value, in the order "
+    lines = [f"{'estimator':<21} {'feed -> target':<34} what it is"]
+    for info in ESTIMATORS.infos():
+        reads = ", ".join(f"{feed} -> {TARGET_OF[feed]}" for feed in info.obj.feeds)
+        lines.append(f"{info.name:<21} {reads:<34} {info.description}")
+    for name, (feed, target, description) in DERIVED.items():
+        lines.append(f"{name:<21} {f'{feed} -> {target}':<34} {description}")
+    lines.append("headline: each target's first estimator with a value, in the order "
                  + "; ".join(f"{target}: {', '.join(order)}" for target, order in HEADLINE_ORDER.items())
                  + f"; online with an adapter calibration: {', '.join(ADAPTER_CALIBRATED)}")
     return lines
@@ -229,7 +218,8 @@ def calibrate(
     and/or fixed domains (never the stream's 15 corruptions); use the file with
     --set estimation.calibration=FILE.
     """
-    from .calibration import Calibration, CalibrationMismatch, calibrate as fit, default_streams, merge as merge_all
+    from .calibrate import calibrate as fit, default_streams
+    from .calibration import Calibration, CalibrationMismatch, merge as merge_all
     from .config import ConfigError, load_config
     from .models import WeightsError
 
@@ -486,7 +476,6 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
         for info in ADAPTERS.infos():
             console.print(f"{info.name:<10} {info.description}", highlight=False)
     elif what == "estimators":
-        console.print(f"{'estimator':<21} {'targets (served, frozen)':<22} what", highlight=False)
         for line in estimator_lines():
             console.print(line, highlight=False)
     elif what == "detectors":

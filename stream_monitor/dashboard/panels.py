@@ -361,7 +361,7 @@ class ThroughputPanel:
                                         *([" · ", ("extrapolated", "yellow")] if probe.extrapolated else [])))
             methods = [f"{target} by {method}" for target, method in
                        (("source", probe.est_source_method), ("online", probe.est_online_method)) if method]
-            if methods:  # which estimator each headline comes from (estimation/headline.py)
+            if methods:  # which estimator each headline comes from (estimation/pipeline.py)
                 grid.add_row("estimates", _line((" · ".join(methods), "dim")))
         yield grid
 

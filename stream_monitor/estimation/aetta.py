@@ -96,7 +96,8 @@ def robust_error(agreement: float, marginal_entropy: float, num_classes: int) ->
     return float(np.clip((1.0 - agreement) / marginal_entropy ** 3, 0.0, ceiling))
 
 
-@ESTIMATORS.register("aetta")
+@ESTIMATORS.register("aetta", description=(
+    "AETTA (Lee et al., CVPR 2024): dropout disagreement of the served model, robustly calibrated"))
 class AETTA(WindowEstimator):
     """AETTA (Lee et al., CVPR 2024): dropout disagreement, robustly calibrated (estimation.aetta_every).
 
@@ -105,7 +106,6 @@ class AETTA(WindowEstimator):
     is the latest batch's estimate (the step rows' `aetta_acc`)."""
 
     name = "aetta"
-    description = "AETTA (Lee et al., CVPR 2024): dropout disagreement of the served model, robustly calibrated"
     feeds = (Feed.SERVED,)
     requires = "dropout"
     state_keys = ("error", "last", "total", "count")

@@ -194,7 +194,7 @@ class MarginalEntropyCollapse(_StepEMA):
 class EstimateBelowSource(CollapseDetector):
     """The estimated online accuracy below the estimated source accuracy by `margin` points on
     `patience` consecutive probes: label-free form of the collapse definition (DESIGN.md 6). The gap
-    is the probe row's `est_online_gap` (estimation.headline: read through one calibration where the
+    is the probe row's `est_online_gap` (estimation.pipeline: read through one calibration where the
     window allows), which the live loop and `eval`'s replay both derive from the window's estimates."""
 
     name = "online-below-source"

@@ -95,20 +95,21 @@ class _Duo(WindowEstimator):
         return 100.0 * self.total / self.count
 
 
-@ESTIMATORS.register("duo-agreement")
+@ESTIMATORS.register("duo-agreement", description=(
+    "Asymmetric Duos (Zhou et al., NeurIPS 2025): the share where the sidekick's class agrees"))
 class DuoAgreement(_Duo):
     """Asymmetric Duos' disagreement (Zhou et al., NeurIPS 2025): the share where sidekick and feed class agree.
 
     On the frozen feed it is GDE's agreement of two frozen models (Jiang et al., ICLR 2022)."""
 
     name = "duo-agreement"
-    description = "Asymmetric Duos (Zhou et al., NeurIPS 2025): the share where the sidekick's class agrees"
 
     def score(self, probs, sidekick):
         return probs.argmax(1) == sidekick.argmax(1)
 
 
-@ESTIMATORS.register("duo-confidence")
+@ESTIMATORS.register("duo-confidence", description=(
+    "Asymmetric Duos (Zhou et al., NeurIPS 2025): the duo's mean probability of the served class"))
 class DuoConfidence(_Duo):
     """Asymmetric Duos' uncertainty (Zhou et al., NeurIPS 2025): mean p_duo of the served class, temperature-weighted.
 
@@ -116,7 +117,6 @@ class DuoConfidence(_Duo):
     sidekick); without them T_L = T_S = 1 (the repository's unweighted logit average)."""
 
     name = "duo-confidence"
-    description = "Asymmetric Duos (Zhou et al., NeurIPS 2025): the duo's mean probability of the served class"
     feeds = (Feed.SERVED,)
 
     @classmethod

@@ -48,13 +48,21 @@ from .context import EstimationContext
 from .readings import Feed, Reading, Target, find, value_of
 from .window import WindowEstimator
 
-__all__ = ["ANCHORED", "ADAPTER_CALIBRATED", "HEADLINE_ORDER", "EstimationPipeline", "WindowEstimate", "derive",
+__all__ = ["ANCHORED", "ADAPTER_CALIBRATED", "DERIVED", "HEADLINE_ORDER", "EstimationPipeline", "WindowEstimate", "derive",
            "headline_order"]
 
 #: The anchored online estimate's name (step 3 above).
 ANCHORED = "anchored-nuclear-norm"
 #: The flips estimators' names: the first-images reference set and the spread one.
 WEIGHTED_FLIPS, SPREAD_FLIPS = "weighted-flips", "spread-flips"
+#: The estimators that are not window estimators (not in ESTIMATORS): name -> (feed, target, description).
+DERIVED: dict[str, tuple[Feed, Target, str]] = {
+    WEIGHTED_FLIPS: (Feed.SERVED, Target.SOURCE, "Entropy Enigma (Press et al., ICML 2024): the probe's weighted "
+                     "flips on the cycle's first images through a calibrated f"),
+    SPREAD_FLIPS: (Feed.SERVED, Target.SOURCE, "the same on the spread reference set (uniform over the cycle so far)"),
+    ANCHORED: (Feed.SERVED, Target.ONLINE, "the source headline plus the nuclear norm's served-minus-frozen gap "
+               "through the frozen model's line (this project's; see estimation/pipeline.py)"),
+}
 #: target -> estimator names, most accurate first.
 HEADLINE_ORDER: dict[Target, tuple[str, ...]] = {
     Target.SOURCE: ("sentinel", "nuclear-norm", SPREAD_FLIPS, WEIGHTED_FLIPS),

@@ -199,7 +199,9 @@ class SentinelRegressor:
         return float(np.clip(min(self.training["accuracy"]), 0.0, 100.0))
 
 
-@ESTIMATORS.register("sentinel")
+@ESTIMATORS.register("sentinel", description=(
+    "Entropy Sentinel (Memoli Buffa & Del Corro, 2026): entropy-profile and class-marginal features of the window "
+    "through a meta-set regressor"))
 class EntropySentinel(WindowEstimator):
     """Entropy Sentinel (Memoli Buffa & Del Corro, 2026): 17 entropy-profile features, a meta-set
     regressor; with the window's class marginal and, with a sidekick, the Duos agreement (see above).
@@ -209,8 +211,6 @@ class EntropySentinel(WindowEstimator):
     whose agreement the pipeline feeds through `update_sidekick`."""
 
     name = "sentinel"
-    description = ("Entropy Sentinel (Memoli Buffa & Del Corro, 2026): entropy-profile and class-marginal "
-                   "features of the window through a meta-set regressor")
     state_keys = ("entropy", "nll", "counts", "agreed", "paired")
 
     def __init__(self, stats=None, feed: Feed = Feed.SERVED, sidekick: str | None = None) -> None:

@@ -99,13 +99,12 @@ def fit_source_stats(probs: np.ndarray, labels: np.ndarray) -> SourceStats:
 class WindowEstimator(ABC):
     """An estimator of one feed's accuracy on the probe window, from that feed's softmax outputs.
 
-    Subclasses set `name`, `description` (what `stream-monitor list estimators` prints), the feeds
-    they run on, and `state_keys`: the running quantities a checkpoint keeps (ignite's
+    Subclasses register in `ESTIMATORS` with a description (what `stream-monitor list estimators`
+    prints) and set `name`, the feeds they run on, and `state_keys`: the running quantities a checkpoint keeps (ignite's
     `_state_dict_all_req_keys`), so a resumed run rebuilds its configuration from the calibration
     and restores only what the window accumulated."""
 
     name: ClassVar[str]
-    description: ClassVar[str]
     feeds: ClassVar[tuple[Feed, ...]] = (Feed.SERVED, Feed.FROZEN)
     #: what the run must provide beyond the feed: "sidekick" (a Duos model) or "dropout" (AETTA's passes)
     requires: ClassVar[str | None] = None
@@ -219,12 +218,11 @@ class _Counting(WindowEstimator):
     def score(self, probs: np.ndarray) -> np.ndarray: ...
 
 
-@ESTIMATORS.register("average-confidence")
+@ESTIMATORS.register("average-confidence", description="AC (Hendrycks & Gimpel, ICLR 2017): the mean max-softmax")
 class AverageConfidence(_Counting):
     """AC (Hendrycks & Gimpel, ICLR 2017): the mean max-softmax."""
 
     name = "average-confidence"
-    description = "AC (Hendrycks & Gimpel, ICLR 2017): the mean max-softmax"
 
     def score(self, probs):
         return probs.max(1)
@@ -233,24 +231,23 @@ class AverageConfidence(_Counting):
         return self.mean()
 
 
-@ESTIMATORS.register("doc")
+@ESTIMATORS.register("doc", description="DoC (Guillory et al., ICCV 2021): Acc_S - (AC_S - AC_t)")
 class DifferenceOfConfidences(AverageConfidence):
     """DoC (Guillory et al., ICCV 2021): Acc_S - (AC_S - AC_t)."""
 
     name = "doc"
-    description = "DoC (Guillory et al., ICCV 2021): Acc_S - (AC_S - AC_t)"
 
     def compute(self) -> float:
         self._need("accuracy", "mean_confidence")
         return self.stats.accuracy - (self.stats.mean_confidence - self.mean())
 
 
-@ESTIMATORS.register("atc-mc")
+@ESTIMATORS.register("atc-mc", description=(
+    "ATC-MC (Garg et al., ICLR 2022): the share above the clean-fitted max-confidence threshold"))
 class ATCMaxConfidence(_Counting):
     """ATC-MC (Garg et al., ICLR 2022): the share above the source-fitted max-confidence threshold."""
 
     name = "atc-mc"
-    description = "ATC-MC (Garg et al., ICLR 2022): the share above the clean-fitted max-confidence threshold"
 
     def score(self, probs):
         self._need("atc_mc_threshold")
@@ -261,12 +258,12 @@ class ATCMaxConfidence(_Counting):
         return self.mean()
 
 
-@ESTIMATORS.register("atc-ne")
+@ESTIMATORS.register("atc-ne", description=(
+    "ATC-NE (Garg et al., ICLR 2022): the share above the clean-fitted negative-entropy threshold"))
 class ATCNegativeEntropy(_Counting):
     """ATC-NE (Garg et al., ICLR 2022): the share above the source-fitted negative-entropy threshold."""
 
     name = "atc-ne"
-    description = "ATC-NE (Garg et al., ICLR 2022): the share above the clean-fitted negative-entropy threshold"
 
     def score(self, probs):
         self._need("atc_ne_threshold")
@@ -312,12 +309,12 @@ class _Reservoir(WindowEstimator):
         return self.recent.astype(np.float64)
 
 
-@ESTIMATORS.register("cot")
+@ESTIMATORS.register("cot", description=(
+    "COT (Lu et al., NeurIPS 2023): 1 - W1 to one-hot labels of the uniform label marginal"))
 class OptimalTransport(_Reservoir):
     """COT (Lu et al., NeurIPS 2023): 1 - W1 to one-hot labels of the (uniform) source marginal."""
 
     name = "cot"
-    description = "COT (Lu et al., NeurIPS 2023): 1 - W1 to one-hot labels of the uniform label marginal"
 
     def compute(self) -> float:
         from scipy.optimize import linear_sum_assignment
@@ -331,7 +328,8 @@ class OptimalTransport(_Reservoir):
         return 100.0 * (1.0 - cost[rows, cols].mean())
 
 
-@ESTIMATORS.register("nuclear-norm")
+@ESTIMATORS.register("nuclear-norm", description=(
+    "Nuclear norm (Deng et al., ICML 2023): ||P||_* / sqrt(m min(m, K)) through a meta-set line"))
 class NuclearNorm(_Reservoir):
     """Nuclear norm (Deng et al., ICML 2023): accuracy = slope * NN + intercept, a meta-set line.
 
@@ -340,7 +338,6 @@ class NuclearNorm(_Reservoir):
     and the anchored estimate can compare both feeds' scores through one line."""
 
     name = "nuclear-norm"
-    description = "Nuclear norm (Deng et al., ICML 2023): ||P||_* / sqrt(m min(m, K)) through a meta-set line"
 
     def score(self) -> float:
         probs = self._probs()
