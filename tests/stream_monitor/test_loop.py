@@ -1,4 +1,8 @@
-"""The run loop in-process (no Ray): schedule, rows, label isolation, resume exactness, failures, NaN."""
+"""The run loop in-process (no Ray): schedule, rows, label isolation, resume exactness, failures, NaN.
+
+The runs read the golden run's calibration (tests/stream_monitor/golden/calibration.json, made by
+the tests' own make_golden.py) for the frozen model's feed, never the shipped files: a new shipped
+calibration must not change what these tests see."""
 
 from __future__ import annotations
 
@@ -9,21 +13,27 @@ import math
 import numpy as np
 import pytest
 
+from stream_monitor.calibration import Calibration
 from stream_monitor.config import load_config
-from stream_monitor.estimation.headline import HEADLINE_ORDER
-from stream_monitor.estimation.window import SourceStats, scale
+from stream_monitor.estimation.pipeline import HEADLINE_ORDER
+from stream_monitor.estimation.window import scale
 from stream_monitor.metrics.sink import read_table
-from stream_monitor.runtime import local, runner
+from stream_monitor.runtime import runner, start
 from stream_monitor.runtime.checkpoint import load_checkpoint
+from stream_monitor.runtime.local import LocalExecutor
 from stream_monitor.runtime.loop import RunLoop
 from stream_monitor.runtime.messages import Images, Truth
 from stream_monitor.runtime.runner import prepare_resume, run
 from stream_monitor.runtime.workers import AdapterWorker
+from stream_monitor.schedule import ProbeSchedule
+
+from .golden.make_golden import CALIBRATION
 
 BATCH, STEPS, CYCLE, EVERY = 32, 40, 15, 5
 N = BATCH * STEPS
 BASE = ["runtime.use_ray=false", "adapter.name=tent", f"probe.every={EVERY}", f"probe.cycle={CYCLE}",
-        "probe.size=64", "runtime.checkpoint_every=10", "runtime.threads=1", f"source.batch_size={BATCH}"]
+        "probe.size=64", "runtime.checkpoint_every=10", "runtime.threads=1", f"source.batch_size={BATCH}",
+        f"estimation.frozen_calibration={CALIBRATION}"]
 TIMING = ["wall_time", "step_ms", "probe_ms"]
 RUN_EVENTS = ("start", "resume", "stop", "error")  # the invocations' own events; the rest follow the steps
 
@@ -66,7 +76,7 @@ class Spy:
         return call
 
 
-class RecordingExecutor(local.LocalExecutor):
+class RecordingExecutor(LocalExecutor):
     def __init__(self, workers: dict) -> None:
         self.log: list = []
         super().__init__({name: Spy(name, w, self.log) for name, w in workers.items()})
@@ -78,39 +88,32 @@ def baseline(tmp_path_factory):
     """One uninterrupted run of 40 steps, every call to the workers recorded."""
     run_dir = tmp_path_factory.mktemp("baseline") / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(local, "LocalExecutor", RecordingExecutor)
+        mp.setattr(start, "LocalExecutor", RecordingExecutor)
         outcome = run(config(), run_dir)
     return outcome, run_dir, RecordingExecutor.last.log
 
 
 # ---- schedule ------------------------------------------------------------------------------------
-def schedule_loop(*overrides: str) -> RunLoop:
-    return RunLoop(load_config(None, list(overrides)), None, [], 0, 10, ["source-0"])
+def schedule(*overrides: str, reset_every: int | None = None) -> ProbeSchedule:
+    return ProbeSchedule.of(load_config(None, list(overrides)), reset_every)
 
 
 def test_probe_schedule_of_the_paper_cycle():
-    loop = schedule_loop("probe.cycle=1000", "probe.every=50")
-    due = [s for s in range(3001) if loop.probe_due(s)]
+    paper = schedule("probe.cycle=1000", "probe.every=50")
+    due = [s for s in range(3001) if paper.probe_due(s)]
     assert due[:20] == [*range(50, 1000, 50), 990]
     assert due == [c + k for c in (0, 1000, 2000) for k in [*range(50, 1000, 50), 990]]
-    assert not any(loop.probe_due(s) for s in (0, 1000, 2000, 3000))
-    assert [s for s in range(3001) if loop.cycle_due(s)] == [0, 1000, 2000, 3000]
+    assert not any(paper.probe_due(s) for s in (0, 1000, 2000, 3000))
+    assert [s for s in range(3001) if paper.cycle_due(s)] == [0, 1000, 2000, 3000]
 
 
 def test_cycle_defaults_to_the_reset_period_and_probes_can_be_off():
-    loop = schedule_loop("adapter.reset_every=200", "probe.every=50")
-    assert [s for s in range(1, 201) if loop.probe_due(s)] == [50, 100, 150, 190]
-    assert schedule_loop().cycle_length == 1000
-    off = schedule_loop("probe.enabled=false")
+    every_200 = schedule("adapter.reset_every=200", "probe.every=50")
+    assert [s for s in range(1, 201) if every_200.probe_due(s)] == [50, 100, 150, 190]
+    assert schedule("probe.every=50", reset_every=200) == every_200  # the adapter's own period (RDumb's)
+    assert schedule().cycle == 1000
+    off = schedule("probe.enabled=false")
     assert not any(off.probe_due(s) or off.cycle_due(s) for s in range(2001))
-
-
-def test_the_online_headline_order_follows_the_served_feeds_calibration():
-    own_line = SourceStats(nuclear_fit=(100.0, -10.0))
-    assert not schedule_loop().adapter_calibrated
-    assert RunLoop(load_config(None, []), None, [], 0, 10, ["source-0"], source_stats=own_line).adapter_calibrated
-    # the frozen model's line, lent to the served feed's nuclear norm, is not the adapter's own
-    assert not RunLoop(load_config(None, []), None, [], 0, 10, ["source-0"], frozen_stats=own_line).adapter_calibrated
 
 
 # ---- one uninterrupted run -----------------------------------------------------------------------
@@ -144,11 +147,8 @@ def test_probe_rows_follow_the_schedule(baseline):
         assert 0 <= p["est_online_acc"] <= 100 and 0 <= p["true_online_acc"] <= 100
 
 
-def shipped_frozen_slope() -> float:
-    from stream_monitor.calibration import Calibration
-
-    (path,) = (runner.SHIPPED_CALIBRATIONS / "frozen").glob("*.json")
-    return Calibration.load(path).frozen_stats["nuclear_fit"][0]
+def frozen_stats():
+    return Calibration.load(CALIBRATION).window_stats(frozen=True)
 
 
 def test_probe_rows_headline_the_first_estimator_of_the_order_with_a_value(baseline):
@@ -157,23 +157,25 @@ def test_probe_rows_headline_the_first_estimator_of_the_order_with_a_value(basel
     for p in read_table(run_dir, "probes").to_pylist():
         found = {(e["estimator"], e["target"]): e["value"] for e in estimates
                  if e["step"] == p["step"] and e["value"] is not None}
+        assert len(found) == len({(e["estimator"], e["feed"]) for e in estimates if e["step"] == p["step"]
+                                  and e["value"] is not None})  # an estimator's target tells its feed
         for target, order in HEADLINE_ORDER.items():
             first = next(name for name in order if (name, target) in found)
             assert p[f"est_{target}_method"] == first
             assert p[f"est_{target}_acc"] == pytest.approx(found[first, target])
-    # the shipped frozen-feed calibration gives the frozen model's Sentinel and nuclear norm; the served
-    # feed, with no adapter calibration, the nuclear norm on the source model's line: both anchor
+    # the frozen-feed calibration gives the frozen model's Sentinel and nuclear norm; the served feed,
+    # with no adapter calibration, the nuclear norm on the frozen model's line: both anchor
     probes = read_table(run_dir, "probes").to_pylist()
     assert json.loads((run_dir / "run.json").read_text())["adapter_calibrated"] is False
     assert {p["est_source_method"] for p in probes} == {"sentinel"}
     assert {p["est_online_method"] for p in probes} == {"anchored-nuclear-norm"}
     # ... through the frozen model's line, which the served nuclear norm shares here
     for p in probes:
-        found = {(e["estimator"], e["target"]): e["value"] for e in estimates if e["step"] == p["step"]}
-        gap = found["nuclear-norm", "online"] - found["nuclear-norm", "source"]
-        raw = found["nuclear-norm-score", "score"] - found["nuclear-norm-score", "source-score"]
+        found = {(e["estimator"], e["feed"]): e for e in estimates if e["step"] == p["step"]}
+        gap = found["nuclear-norm", "served"]["value"] - found["nuclear-norm", "frozen"]["value"]
+        raw = found["nuclear-norm", "served"]["score"] - found["nuclear-norm", "frozen"]["score"]
         assert p["est_online_acc"] == pytest.approx(min(100.0, max(0.0, p["est_source_acc"] + gap)), abs=1e-3)
-        assert gap == pytest.approx(raw / 100 * shipped_frozen_slope(), abs=1e-3)
+        assert gap == pytest.approx(raw * frozen_stats().nuclear_fit[0], abs=1e-3)
         assert p["est_online_gap"] == pytest.approx(p["est_online_acc"] - p["est_source_acc"], abs=1e-3)
 
 
@@ -226,10 +228,11 @@ def test_source_target_estimators_read_the_frozen_models_outputs(baseline):
     scored = [t for t in truths if t.source_probabilities is not None]
     assert scored and all(np.array_equal(t.source_probabilities.argmax(1), t.source_predictions) for t in scored)
     estimates = rows(run_dir, "estimates")
-    ac = [e for e in estimates if e["estimator"] == "average-confidence" and e["target"] == "source"]
-    assert ac and {e["target"] for e in estimates} >= {"source", "online", "score", "source-score"}
-    # no calibration for tent: the frozen feed's temperature is the shipped frozen-feed calibration's
-    temperature = runner.choose_calibration(config(), AdapterWorker(config()).describe(), None).frozen_stats.temperature
+    ac = [e for e in estimates if e["estimator"] == "average-confidence" and e["feed"] == "frozen"]
+    # no served calibration for tent, so no f: no flips readings (those are (served, source))
+    assert ac and {(e["feed"], e["target"]) for e in estimates} == {("served", "online"), ("frozen", "source")}
+    # the frozen feed's temperature is the frozen-feed calibration's
+    temperature = frozen_stats().temperature
     assert temperature != 1.0
     for e in ac:  # the tempered mean max-softmax of the frozen model on the window
         inside = [t.source_probabilities for t in scored if e["window_start"] <= t.start < e["window_stop"]]
@@ -237,7 +240,7 @@ def test_source_target_estimators_read_the_frozen_models_outputs(baseline):
             assert e["value"] is None
             continue
         assert e["value"] == pytest.approx(100 * scale(np.concatenate(inside), temperature).max(1).mean(), abs=1e-3)
-    online = {e["step"]: e["value"] for e in estimates if e["estimator"] == "average-confidence" and e["target"] == "online"}
+    online = {e["step"]: e["value"] for e in estimates if e["estimator"] == "average-confidence" and e["feed"] == "served"}
     assert any(online[e["step"]] != e["value"] for e in ac)  # two feeds, two estimates
 
 
@@ -349,7 +352,7 @@ def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, 
             return Verdict(self.seen >= 8, f"{self.seen} steps since the last reset", float(self.seen))
 
     monkeypatch.setattr(loop_module, "build_detectors", lambda names, num_classes: [FiresAfterEight()])
-    monkeypatch.setattr(local, "LocalExecutor", RecordingExecutor)
+    monkeypatch.setattr(start, "LocalExecutor", RecordingExecutor)
     assert run(config(N, "estimation.reset_on_warning=true"), tmp_path / "run").status == "finished"
     events = rows(tmp_path / "run", "events")
     warned = [e["step"] for e in events if e["kind"] == "warning"]
