@@ -1,15 +1,19 @@
 """Calibration: the fit, the file and its provenance, and a run that uses (or refuses) it."""
 
-from dataclasses import asdict
+import json
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 
-from stream_monitor.calibration import Calibration, CalibrationMismatch, calibrate, fit_flips
+from stream_monitor.calibrate import calibrate
+from stream_monitor.calibration import SHIPPED, Calibration, CalibrationMismatch, Provenance, fit_flips, resolve_context
 from stream_monitor.config import load_config
 from stream_monitor.estimation.sentinel import ALL_FEATURES
 from stream_monitor.metrics.sink import read_table
+from stream_monitor.rundir import RunDirectory
 from stream_monitor.runtime.runner import run
+from stream_monitor.runtime.workers import AdapterWorker
 
 TINY = ["runtime.threads=1", "probe.cycle=12", "probe.every=4", "probe.size=64", "source.batch_size=32",
         "runtime.checkpoint_every=100"]
@@ -47,13 +51,15 @@ def test_file_round_trip_and_provenance(tmp_path):
     f = loaded.flips_calibrations()[990]
     assert f(40, 1000) == (60.0, False) and f(6, 100)[0] == pytest.approx(80 - 0.5 * 60)  # 100 images: WF x10
     assert f(400, 1000) == (0.0, True)  # clipped, and outside the fitted range
-    provenance = {k: getattr(cal, k) for k in ("model", "model_sha256", "adapter", "hyperparameters", "probe_size",
-                                               "cycle")}
+    provenance = Provenance(**{k: getattr(cal, k) for k in ("model", "model_sha256", "adapter", "hyperparameters",
+                                                             "probe_size", "cycle")})
     loaded.check(provenance)
     with pytest.raises(CalibrationMismatch, match=r"adapter: calibration has 'rdumb', the run has 'tent'"):
-        loaded.check({**provenance, "adapter": "tent"})
+        loaded.check(replace(provenance, adapter="tent"))
     with pytest.raises(CalibrationMismatch, match="hyperparameters"):
-        loaded.check({**provenance, "hyperparameters": {"lr": 0.001, "reset_every": 1000}})
+        loaded.check(replace(provenance, hyperparameters={"lr": 0.001, "reset_every": 1000}))
+    # a null provenance field matches any run (the paper's f holds for any ResNet-50 weights file)
+    calibration(model_sha256=None, hyperparameters=None).check(replace(provenance, model_sha256="cd" * 32))
 
 
 def test_missing_or_foreign_files_are_clear_errors(tmp_path):
@@ -62,6 +68,13 @@ def test_missing_or_foreign_files_are_clear_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         Calibration.load(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text('{"format": 1}')
+    with pytest.raises(ValueError, match="has format 1; this version reads format 2. Make it again"):
+        Calibration.load(tmp_path / "old.json")
+    data = json.loads(calibration().save(tmp_path / "extra.json").read_text())
+    (tmp_path / "extra.json").write_text(json.dumps({**data, "colour": "blue"}))
+    with pytest.raises(ValueError, match="unknown fields colour"):
+        Calibration.load(tmp_path / "extra.json")
 
 
 @pytest.fixture(scope="module")
@@ -98,33 +111,46 @@ def test_a_run_uses_a_matching_calibration_and_refuses_another(tiny_calibration,
         run(other, tmp_path / "refused")
 
 
+def context_of(*overrides: str):
+    config = load_config(None, ["runtime.threads=1", *overrides])
+    worker = AdapterWorker(config)
+    description = worker.describe()
+    provenance = Provenance(description.model_name, description.model_sha256, config.adapter.name,
+                            description.hyperparameters, config.probe.size, 1000)
+    return resolve_context(config, provenance)
+
+
 def test_the_shipped_embedded_calibration_matches_the_default_run():
-    from stream_monitor.runtime.runner import choose_calibration
-    from stream_monitor.runtime.workers import AdapterWorker
-
-    cfg = load_config(None, ["runtime.threads=1"])
-    describe = AdapterWorker(cfg).describe()
-    flips, stats, frozen, origin, _ = choose_calibration(cfg, describe, describe["hyperparameters"]["reset_every"])
-    assert "shipped embedded_resnet20_rdumb" in origin and 990 in flips and stats.atc_mc_threshold is not None
-    assert flips[990](0.0, 1000)[0] > flips[990](100.0, 1000)[0]  # more flips, lower estimated accuracy
+    context = context_of()
+    assert context.origins["served"].startswith("shipped embedded_resnet20_rdumb")
+    assert 990 in context.flips and context.served.atc_mc_threshold is not None and context.adapter_calibrated
+    assert context.flips[990](0.0, 1000)[0] > context.flips[990](100.0, 1000)[0]  # more flips, lower accuracy
     # the frozen model's feed: the shipped held-out-stream calibration of the model, Sentinel forest included
-    assert "frozen model's feed from shipped embedded_resnet20_frozen" in origin and frozen.sentinel is not None
+    assert context.origins["frozen"].startswith("shipped frozen/embedded_resnet20_frozen")
+    assert context.frozen.sentinel is not None
     # another adapter gets no shipped f, and the same frozen feed: that feed never sees the adapter
-    tent = load_config(None, ["runtime.threads=1", "adapter.name=tent"])
-    chosen = choose_calibration(tent, AdapterWorker(tent).describe(), None)
-    assert chosen.flips is None and chosen.frozen_stats.sentinel is not None
+    tent = context_of("adapter.name=tent")
+    assert not tent.flips and tent.served.nuclear_fit == tent.frozen.nuclear_fit and not tent.adapter_calibrated
+    assert tent.frozen == context.frozen and "served" not in tent.origins
 
 
-def test_a_configured_calibration_serves_the_frozen_feed_too(tmp_path):
-    from stream_monitor.runtime.runner import SHIPPED_CALIBRATIONS, choose_calibration
-    from stream_monitor.runtime.workers import AdapterWorker
+def test_a_configured_calibration_serves_the_frozen_feed_too():
+    shipped = next(SHIPPED.glob("embedded_resnet20_rdumb*.json"))
+    context = context_of(f"estimation.calibration={shipped}")
+    assert context.origins["frozen"] == context.origins["served"] == str(shipped)
+    assert context.frozen == Calibration.load(shipped).window_stats(frozen=True)
 
-    shipped = next(SHIPPED_CALIBRATIONS.glob("embedded_resnet20_rdumb*.json"))
-    cfg = load_config(None, ["runtime.threads=1", f"estimation.calibration={shipped}"])
-    describe = AdapterWorker(cfg).describe()
-    chosen = choose_calibration(cfg, describe, describe["hyperparameters"]["reset_every"])
-    assert "frozen model's feed" not in chosen.origin
-    assert chosen.frozen_stats == Calibration.load(shipped).window_stats(frozen=True)
+
+def test_the_papers_resnet50_f_ships_as_a_calibration_file():
+    paper = Calibration.load(SHIPPED / "resnet50_rdumb_entropy_enigma_paper.json")
+    provenance = Provenance("resnet50", "ef" * 32, "rdumb", {"lr": 0.00025, "reset_every": 1000}, 100, 1000)
+    paper.check(provenance)  # any weights file, hyperparameters and probe size of that model and cadence
+    with pytest.raises(CalibrationMismatch, match="cycle"):
+        paper.check(replace(provenance, cycle=500))
+    f = paper.flips_calibrations()[990]
+    assert f.probe_size == 1000 and f(13.0, 1000) == (pytest.approx(75.6618580 - 0.321445023 * 13 + 3.55553868e-4 * 169),
+                                                    False)
+    assert f(5.0, 100)[0] == pytest.approx(f(50.0, 1000)[0])  # 100 probe images: WF x10 (the paper's setting)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +180,6 @@ def test_calibrate_on_held_out_streams_fits_every_cycle_window(stream_calibratio
 
 
 def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp_path):
-    from stream_monitor.calibration import run_provenance_of_dir
     from stream_monitor.evaluation import score_estimators
 
     cal = stream_calibration
@@ -172,17 +197,17 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
 
     recorded = [e for e in read_table(tmp_path / "run", "estimates").to_pylist() if e["estimator"] == "sentinel"]
     # no calibration for tent: no served-feed forest; the frozen feed's from the shipped file
-    assert all(e["value"] is None for e in recorded if e["target"] == "online")
-    assert any(e["value"] is not None for e in recorded if e["target"] == "source")
+    assert all(e["value"] is None for e in recorded if e["feed"] == "served")
+    assert any(e["value"] is not None for e in recorded if e["feed"] == "frozen")
     recorded = [e for e in recorded if e["features"] is not None]  # windows of 32 images or more
     assert recorded and all(len(e["features"]) == 20 for e in recorded)  # no sidekick: no agreement column
     forest = SentinelRegressor(cal.frozen_stats["sentinel"])
     truth = {p["step"]: p["true_source_acc"] for p in probes}
     errors = [abs(forest(e["features"]) - truth[e["step"]]) for e in recorded
-              if e["target"] == "source" and e["step"] in truth]
+              if e["feed"] == "frozen" and e["step"] in truth]
     assert errors and scores["sentinel", "source"].mae == pytest.approx(np.mean(errors), rel=1e-5)
     assert scores["sentinel", "online"].windows > 0
-    assert run_provenance_of_dir(tmp_path / "run")["model_sha256"] == cal.model_sha256[:12]
+    assert RunDirectory(tmp_path / "run").provenance().model_sha256 == cal.model_sha256[:12]
     eta = load_config(None, [*TINY, "adapter.name=eta", "runtime.use_ray=false", "runtime.max_images=320"])
     assert run(eta, tmp_path / "eta").status == "finished"
     with pytest.raises(CalibrationMismatch, match="adapter: calibration has 'tent', the run has 'eta'"):
@@ -200,7 +225,7 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
     assert run(live, tmp_path / "live").status == "finished"
     sentinel = [e for e in read_table(tmp_path / "live", "estimates").to_pylist()
                 if e["estimator"] == "sentinel" and e["features"] is not None]
-    assert sentinel and all((e["value"] is None) == (e["target"] == "online") for e in sentinel)
+    assert sentinel and all((e["value"] is None) == (e["feed"] == "served") for e in sentinel)
     other_model.save(tmp_path / "other.json")
     refused = load_config(None, [*TINY, "adapter.name=eta", "runtime.use_ray=false", "runtime.max_images=320",
                                  f"estimation.frozen_calibration={tmp_path / 'other.json'}"])
