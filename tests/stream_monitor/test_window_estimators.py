@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from stream_monitor.calibration import Calibration, CalibrationMismatch, _nuclear_line, fit_flips, merge
-from stream_monitor.estimation.base import NotComputableError
+from stream_monitor.calibration import Calibration, CalibrationMismatch, fit_flips, merge
+from stream_monitor.calibration.fit import nuclear_line
+from stream_monitor.estimation.base import ESTIMATORS, NotComputableError
 from stream_monitor.estimation.window import (
-    ESTIMATORS, RESERVOIR, ATCMaxConfidence, ATCNegativeEntropy, AverageConfidence, DifferenceOfConfidences,
+    RESERVOIR, ATCMaxConfidence, ATCNegativeEntropy, AverageConfidence, DifferenceOfConfidences,
     NuclearNorm, OptimalTransport, SourceStats, atc_threshold, fit_source_stats, negative_entropy, scale,
     stats_from_dict,
 )
@@ -232,7 +233,11 @@ FULL = SourceStats(temperature=1.5, accuracy=80.0, mean_confidence=85.0, atc_mc_
                    atc_ne_threshold=-0.8, nuclear_fit=(110.0, -5.0))
 
 
-@pytest.mark.parametrize("cls", ESTIMATORS, ids=lambda c: c.name)
+#: The softmax estimators that need nothing but a calibration's statistics (the Sentinel: test_sentinel.py).
+SOFTMAX = [ESTIMATORS.get(n) for n in ESTIMATORS.names() if ESTIMATORS.get(n).requires is None and n != "sentinel"]
+
+
+@pytest.mark.parametrize("cls", SOFTMAX, ids=lambda c: c.name)
 def test_state_dict_round_trip_through_a_weights_only_checkpoint(cls, tmp_path):
     rng = np.random.default_rng(4)
     est = cls(FULL)
@@ -240,6 +245,7 @@ def test_state_dict_round_trip_through_a_weights_only_checkpoint(cls, tmp_path):
         est.update(softmax(rng.normal(size=(16, 6)) * 2))
     state = est.state_dict()
     assert all(isinstance(v, (torch.Tensor, int, float)) for v in state.values()), state
+    assert set(state) == set(cls.state_keys)  # what the window accumulated, never the calibration
     torch.save(state, tmp_path / "est.pt")
     restored = cls(FULL)
     restored.load_state_dict(torch.load(tmp_path / "est.pt", weights_only=True))
@@ -311,9 +317,9 @@ def test_merge_keeps_the_sidekicks_agreement_column_beside_a_file_without_sentin
 
 
 def test_nuclear_line_needs_three_spread_points():
-    assert _nuclear_line([point("a", 0, 50.0), point("b", 0, 60.0)]) is None
-    assert _nuclear_line([point("a", 0, 50.0), point("b", 0, 50.0), point("c", 0, 50.0)]) is None
-    assert _nuclear_line([{"nuclear_norm_score": 50.0, "true_online_acc": None}] * 3) is None
+    assert nuclear_line([point("a", 0, 50.0), point("b", 0, 60.0)]) is None
+    assert nuclear_line([point("a", 0, 50.0), point("b", 0, 50.0), point("c", 0, 50.0)]) is None
+    assert nuclear_line([{"nuclear_norm_score": 50.0, "true_online_acc": None}] * 3) is None
 
 
 def test_merge_refuses_calibrations_with_different_adapters():
