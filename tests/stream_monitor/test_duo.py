@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from stream_monitor.calibration import calibrate
+from stream_monitor.calibrate import calibrate
 from stream_monitor.config import load_config
 from stream_monitor.estimation.base import NotComputableError
 from stream_monitor.estimation.duo import (DuoAgreement, DuoConfidence, _duo_nll, duo_probabilities,
@@ -54,15 +54,17 @@ def test_agreement_and_confidence_by_hand():
     with pytest.raises(NotComputableError, match="duo_model"):
         agree.compute()
     agree.update(served)  # the softmax-only feed is not enough
-    agree.update_duo(served[:2], sidekick[:2])
-    agree.update_duo(served[2:], sidekick[2:])
+    with pytest.raises(NotComputableError, match="duo_model"):
+        agree.compute()
+    agree.update_sidekick(served[:2], sidekick[:2])
+    agree.update_sidekick(served[2:], sidekick[2:])
     assert agree.compute() == pytest.approx(75.0)  # 3 of 4 agree
     conf = DuoConfidence(SourceStats(duo={"model": "x", "temperatures": [2.0, 0.5]}))
-    conf.update_duo(served, sidekick)
+    conf.update_sidekick(served, sidekick)
     duo = duo_probabilities(np.log(served), sidekick, 2.0, 0.5)
     assert conf.compute() == pytest.approx(100 * duo[np.arange(4), served.argmax(1)].mean())
     plain = DuoConfidence()  # no calibration: the unweighted average
-    plain.update_duo(served, sidekick)
+    plain.update_sidekick(served, sidekick)
     assert plain.compute() == pytest.approx(100 * duo_probabilities(np.log(served), sidekick)[
         np.arange(4), served.argmax(1)].mean())
     restored = DuoAgreement()

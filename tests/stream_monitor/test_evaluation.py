@@ -1,14 +1,29 @@
 """eval: estimator MAE per target and warnings against labelled collapse events, on hand-made tables."""
 
+import json
+from dataclasses import asdict
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from stream_monitor.config import dump_config, load_config
+from stream_monitor.estimation.context import EstimationContext
 from stream_monitor.evaluation import collapse_events, evaluate, score_warnings
-from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
+from stream_monitor.metrics.schema import ESTIMATE_SCHEMA, EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
+from stream_monitor.rundir import CONTEXT_FILE, FORMAT, RunDirectoryError
+from stream_monitor.runtime.observer import RunInfo
 
 
 def write(run_dir, name, schema, rows):
+    """One Parquet part of table `name`, in a run directory with the config, run.json and the
+    (empty) estimation context a run writes first."""
+    if not (run_dir / "config.yaml").exists():
+        dump_config(load_config(None, []), run_dir / "config.yaml")
+        info = RunInfo("r", str(run_dir), "stream", "glyphs", "embedded_resnet20 c95a89135c2e", "rdumb",
+                       num_classes=10, adapter_calibrated=False)
+        (run_dir / "run.json").write_text(json.dumps({"format": FORMAT, **asdict(info)}))
+        (run_dir / CONTEXT_FILE).write_text(json.dumps(EstimationContext().to_dict()))
     (run_dir / name).mkdir(parents=True, exist_ok=True)
     full = [{**empty_row(schema), **r} for r in rows]
     pq.write_table(pa.Table.from_pylist(full, schema=schema), run_dir / name / "part-00000.parquet")
@@ -28,10 +43,20 @@ def probe(step, est_s, true_s, est_o, true_o, extrapolated=False):
             "est_online_method": "average-confidence", "true_source_acc": true_s, "true_online_acc": true_o}
 
 
+def estimate(step, estimator, feed, target, value, extrapolated=None):
+    return {"step": step, "position": step * 1000, "cycle": 0, "cycle_step": step, "estimator": estimator,
+            "feed": feed, "target": target, "value": value, "extrapolated": extrapolated}
+
+
 def test_mae_bias_and_worst_per_estimator_and_target(tmp_path):
     write(tmp_path, "steps", STEP_SCHEMA, steps([50] * 4, [40] * 4))
     write(tmp_path, "probes", PROBE_SCHEMA, [probe(1, 42, 40, 70, 50), probe(2, 35, 40, 60, 50, True),
                                               probe(3, None, 40, 55, None)])
+    write(tmp_path, "estimates", ESTIMATE_SCHEMA, [
+        estimate(1, "weighted-flips", "served", "source", 42.0, False),
+        estimate(2, "weighted-flips", "served", "source", 35.0, True),
+        *(estimate(step, "average-confidence", "served", "online", value)
+          for step, value in ((1, 70.0), (2, 60.0), (3, 55.0)))])
     write(tmp_path, "events", EVENT_SCHEMA, [])
     scores = {(s.estimator, s.target): s for s in evaluate(tmp_path)["estimators"]}
     flips = scores["weighted-flips", "source"]
@@ -83,8 +108,8 @@ def test_a_warning_still_active_from_an_earlier_fire_detects_a_later_event(tmp_p
     assert (score.detected, score.lead_times, score.false_alarms) == (2, (1000, 5000), 1)
 
 
-def test_a_folder_without_tables_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="stream-monitor run"):
+def test_a_folder_that_is_not_a_run_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(RunDirectoryError, match="is not a run directory.*stream-monitor run"):
         evaluate(tmp_path)
 
 
@@ -109,39 +134,11 @@ def test_replayed_detectors_give_the_live_runs_own_warnings(tmp_path):
 
 
 def test_replay_scores_a_detector_the_run_did_not_have(tmp_path):
-    import json
-
     write(tmp_path, "steps", STEP_SCHEMA, [{**row, "top_class_share": 0.2 if k < 60 else 0.95}
                                            for k, row in enumerate(steps([40] * 60 + [10] * 40, [35] * 100))])
     write(tmp_path, "probes", PROBE_SCHEMA, [])
     write(tmp_path, "events", EVENT_SCHEMA, [])  # the run itself warned of nothing
-    (tmp_path / "run.json").write_text(json.dumps({"num_classes": 10}))
     result = evaluate(tmp_path, detectors=["top-class-share"])
     assert result["warnings"].events == 1 and result["warnings"].detected == 1
     assert result["per_detector"]["top-class-share"].lead_times[0] < 0  # the EMA needs a few steps
     assert evaluate(tmp_path)["warnings"].detected == 0
-
-
-def test_whether_the_served_feed_was_calibrated_on_the_adapter(tmp_path):
-    import json
-
-    from stream_monitor.calibration import Calibration
-    from stream_monitor.config import dump_config, load_config
-    from stream_monitor.evaluation import adapter_calibrated
-    from stream_monitor.runtime.runner import SHIPPED_CALIBRATIONS
-
-    (tmp_path / "run.json").write_text(json.dumps({"num_classes": 10, "adapter_calibrated": True}))
-    assert adapter_calibrated(tmp_path)  # as the run recorded it
-    (shipped,) = SHIPPED_CALIBRATIONS.glob("*rdumb*.json")
-    rdumb = Calibration.load(shipped)
-    # a run from before run.json said so: the calibration it chose, here the shipped rdumb one
-    info = {"num_classes": 10, "model": f"{rdumb.model} {rdumb.model_sha256[:12]}", "adapter": "rdumb",
-            "hyperparameters": rdumb.hyperparameters, "probe_size": rdumb.probe_size}
-    (tmp_path / "run.json").write_text(json.dumps(info))
-    dump_config(load_config(None, []), tmp_path / "config.yaml")
-    assert adapter_calibrated(tmp_path)
-    (tmp_path / "run.json").write_text(json.dumps({**info, "adapter": "tent"}))
-    assert not adapter_calibrated(tmp_path)  # no shipped calibration for tent
-    assert adapter_calibrated(tmp_path, rdumb)  # a calibration given decides
-    (tmp_path / "run.json").write_text(json.dumps({"num_classes": 10}))
-    assert not adapter_calibrated(tmp_path)
