@@ -103,6 +103,14 @@ class EvaluatorConfig:
         _positive(self, "window")
 
 
+def _default_detectors() -> str:
+    """detectors.DEFAULT_DETECTORS, spelt as `estimation.detectors`; imported when a config is built
+    because stream_monitor.estimation loads torch, which `import stream_monitor.config` does not."""
+    from .estimation.detectors import DEFAULT_DETECTORS
+
+    return ",".join(DEFAULT_DETECTORS)
+
+
 @dataclass(frozen=True)
 class EstimationConfig:
     """Label-free estimates. `calibration`: a file from `stream-monitor calibrate`; None uses the
@@ -126,7 +134,7 @@ class EstimationConfig:
     duo_model: Optional[str] = None
     duo_weights: Optional[str] = None
     # the fused collapse warning's detectors, comma-separated (`stream-monitor list detectors`)
-    detectors: str = "entropy-ema,top-class-share,online-below-source,aetta-drop"
+    detectors: str = field(default_factory=_default_detectors)
 
     def __post_init__(self) -> None:
         from .estimation.detectors import parse_detectors

@@ -1,15 +1,29 @@
 import os
+from pathlib import Path
+
+import pytest
 
 # Must be set before torch loads OpenMP: spinning worker threads make small CPU ops 20-30x slower
 # on a shared machine (measured: the accuracy-matrix test took 320 s instead of 20 s under load).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks added here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every integration test starts a real Ray (`ray`), and a Ray test is a `slow` one: `-m "not slow"`
+    is the fast lane without a marker in each integration module to forget."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("ray") is not None:
+            item.add_marker(pytest.mark.slow)
+
 
 def write_glyph_folder(root, images: int = 40, start: int = 0):
     """An ImageFolder of rendered glyphs (`<root>/<digit>/<i>.png`, 32 px) for the embedded model:
     a user's own image folder, as tests can make one."""
-    from pathlib import Path
-
     from PIL import Image
 
     from sources.glyphs import VAL, GlyphDomain

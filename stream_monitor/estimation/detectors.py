@@ -1,16 +1,18 @@
 """Collapse detectors over label-free signals; a warning fires when any detector fires.
 
 Each follows ignite's contract (`reset`, `update`, `compute`), returns a `Verdict` with its
-evidence, and keeps its state in a plain dict for checkpoints. Detectors are registered by name
-(`DETECTORS`, `stream-monitor list detectors`) and a run uses those of `estimation.detectors`.
-A warning fires when any of them fires (the fused warning); with estimation.reset_on_warning it
-resets the adapter. `transitions` is the one place that turns verdicts into warning and clear
-events, for a live run and for `stream-monitor eval --detectors`, which replays them on a
-finished run's rows.
+evidence, and checkpoints only its running quantities (`_state_dict_all_req_keys`, as ignite's
+`Serializable`): a resumed run takes its thresholds from the config it resumes with. Detectors
+are registered by name (`DETECTORS`, `stream-monitor list detectors`) and a run uses those of
+`estimation.detectors`. A warning fires when any of them fires (the fused warning); with
+estimation.reset_on_warning it resets the adapter. `transitions` is the one place that turns
+verdicts into warning and clear events, for a live run and for `stream-monitor eval --detectors`,
+which replays them on a finished run's rows.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from abc import ABC, abstractmethod
@@ -36,6 +38,10 @@ class Verdict:
 
 class CollapseDetector(ABC):
     name: str
+    #: The running quantities (those `reset` sets) that `state_dict` saves and `load_state_dict`
+    #: restores. Configuration (thresholds, margins, warmup) is left out: it comes from the
+    #: constructor, so a run resumed with a changed threshold does not get the old one back.
+    _state_dict_all_req_keys: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.reset()
@@ -59,10 +65,23 @@ class CollapseDetector(ABC):
         """The current verdict; NotComputableError while warming up."""
 
     def state_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        # copies: the running lists and dicts go on changing after a checkpoint is taken
+        return {key: copy.deepcopy(getattr(self, key)) for key in self._state_dict_all_req_keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        vars(self).update(state)
+        """Restore the running quantities; other keys (a checkpoint from before the state keys
+        held the configuration too) are ignored.
+
+        Raises:
+            ValueError: `state` lacks one of the state keys.
+        """
+        missing = [key for key in self._state_dict_all_req_keys if key not in state]
+        if missing:
+            raise ValueError(f"The {self.name} detector's state lacks {', '.join(map(repr, missing))} (its state "
+                             f"keys: {', '.join(self._state_dict_all_req_keys)}): another detector's or an older "
+                             f"version's checkpoint.")
+        for key in self._state_dict_all_req_keys:
+            setattr(self, key, copy.deepcopy(state[key]))
 
 
 class _StepEMA(CollapseDetector):
@@ -70,6 +89,7 @@ class _StepEMA(CollapseDetector):
 
     column: str
     decay: float
+    _state_dict_all_req_keys = ("ema", "count")
 
     def __init__(self, warmup: int = 50) -> None:
         self.warmup = warmup
@@ -124,6 +144,7 @@ class PredictionConcentration(_StepEMA):
     300k-image run of the non-adapting model, which never collapses by definition (README)."""
 
     name, column, decay = "top-class-share", "top_class_share", 0.95
+    _state_dict_all_req_keys = _StepEMA._state_dict_all_req_keys + ("source_ema", "source_step", "on")
 
     def __init__(self, share: float = 0.5, excess: float = 0.2, hysteresis: float = 0.05, warmup: int = 50) -> None:
         self.share, self.excess, self.hysteresis = share, excess, hysteresis
@@ -198,6 +219,7 @@ class EstimateBelowSource(CollapseDetector):
     window allows), which the live loop and `eval`'s replay both derive from the window's estimates."""
 
     name = "online-below-source"
+    _state_dict_all_req_keys = ("below", "gap")
 
     def __init__(self, margin: float = 5.0, patience: int = 2) -> None:
         self.margin, self.patience = margin, patience
@@ -226,9 +248,10 @@ class AETTAReset(CollapseDetector):
     """AETTA's recovery rule (Lee et al., CVPR 2024, reset_function "aetta"): its accuracy estimate
     below `floor` %, or the mean of the last `span` estimates `drop` points under the mean of the
     `span` before; read from the step rows' `aetta_acc` (only with estimation.aetta_every > 0). The
-    defaults are the paper's reset rule; the default warning (`default_detectors`) asks for more."""
+    defaults are the paper's reset rule; the default warning (`for_model`) asks for more."""
 
     name = "aetta-drop"
+    _state_dict_all_req_keys = ("history",)
 
     def __init__(self, floor: float = 20.0, drop: float = 2.0, span: int = 5) -> None:
         self.floor, self.drop, self.span = floor, drop, span
@@ -275,6 +298,7 @@ class FlipRateRise(CollapseDetector):
     Enigma, Press et al., ICML 2024) from counting as a rise."""
 
     name = "flip-rate"
+    _state_dict_all_req_keys = ("shares", "latest", "above")
 
     def __init__(self, factor: float = 2.0, rise: float = 0.1, history: int = 5, patience: int = 2) -> None:
         self.factor, self.rise, self.history, self.patience = factor, rise, history, patience
@@ -311,10 +335,6 @@ def build_detectors(names: Sequence[str], num_classes: int) -> list[CollapseDete
     """The named detectors (DETECTORS) for a model of `num_classes` classes; unknown names raise
     UnknownNameError listing the valid ones."""
     return [DETECTORS.get(name).for_model(num_classes) for name in names]
-
-
-def default_detectors(num_classes: int) -> list[CollapseDetector]:
-    return build_detectors(DEFAULT_DETECTORS, num_classes)
 
 
 def parse_detectors(text: str) -> tuple[str, ...]:

@@ -110,13 +110,15 @@ def _ridge():
 
 
 def fit_sentinel(features: Sequence[Sequence[float]], accuracy: Sequence[float], groups: Sequence[str],
-                 seed: int = 0, sidekick: str | None = None) -> dict[str, Any]:
+                 seed: int = 0, sidekick: str | None = None,
+                 grid: dict[str, Sequence[int]] = GRID) -> dict[str, Any]:
     """The meta-set's training set, the forest's grid point and the regressor (REGRESSORS) of least
     held-out-run MAE, as a calibration stores them (the regressor is refitted from them on load:
     a few hundred rows take a fraction of a second, and the file stays JSON). Windows with fewer
     features (e.g. merged from an older calibration) cut every window to the shared prefix;
     `sidekick` names the Duos sidekick the agreement column came from. With fewer than two
-    meta-set runs there is nothing to hold out: the forest at a middle grid point."""
+    meta-set runs there is nothing to hold out: the forest at a middle grid point. `grid`: the
+    forest's search space, GRID unless a caller (a test) can do with fewer fits."""
     from sklearn.model_selection import GridSearchCV, GroupKFold, cross_val_predict
 
     width = min(len(f) for f in features)
@@ -126,7 +128,7 @@ def fit_sentinel(features: Sequence[Sequence[float]], accuracy: Sequence[float],
     folds = min(5, len(set(groups)))
     regressor, cv_mae, cv_maes = "forest", None, None
     if folds >= 2 and len(y) >= 2 * folds:
-        search = GridSearchCV(_forest({}, seed), {k: list(v) for k, v in GRID.items()},
+        search = GridSearchCV(_forest({}, seed), {k: list(v) for k, v in grid.items()},
                               scoring="neg_mean_absolute_error", cv=GroupKFold(n_splits=folds))
         search.fit(x, y, groups=list(groups))
         params = {k: int(v) for k, v in search.best_params_.items()}

@@ -3,11 +3,11 @@
 import os
 
 import pytest
+import ray  # a hard dependency: a broken install fails these tests rather than skipping them
 
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
              object_store_memory=200 * 2**20, runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})

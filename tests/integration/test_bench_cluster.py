@@ -24,7 +24,6 @@ NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
 
 @pytest.fixture(scope="module")
 def cluster():
-    pytest.importorskip("ray")
     import ray
     from ray.cluster_utils import Cluster
 

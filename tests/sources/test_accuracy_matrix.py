@@ -1,6 +1,7 @@
 """The accuracy matrix with a real (small, untrained) ResNet on real corruptions."""
 
 import numpy as np
+import pytest
 import torch
 
 from sources.accuracy_matrix import compute_matrices, matrix_filename
@@ -9,6 +10,7 @@ from sources.glyphs import VAL, GlyphDomain
 from stream_monitor.models.embedded import CifarResNet
 
 
+@pytest.mark.slow
 def test_matrix_shape_shared_edges_and_cache_round_trip(tmp_path):
     torch.manual_seed(0)
     net = CifarResNet(depth=8).eval()

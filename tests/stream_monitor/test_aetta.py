@@ -10,7 +10,7 @@ from torch import nn
 from stream_monitor.config import load_config
 from stream_monitor.estimation.aetta import AETTA, DropoutDisagreement, robust_error, stage_ends
 from stream_monitor.estimation.base import NotComputableError
-from stream_monitor.estimation.detectors import AETTAReset, default_detectors
+from stream_monitor.estimation.detectors import AETTAReset
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.models.embedded import CifarResNet
 from stream_monitor.runtime.runner import prepare_resume, run
@@ -92,7 +92,7 @@ def test_aetta_reset_rule_fires_on_the_floor_and_on_a_drop_only():
 
 def test_the_warning_rule_ignores_a_few_points_of_noise_and_fires_on_a_fall():
     noise = [60.0, 52.0, 63.0, 55.0, 58.0] * 4 + [54.0] * 10  # noise, then 5 points lower
-    (warning,) = [d for d in default_detectors(10) if d.name == "aetta-drop"]
+    warning = AETTAReset.for_model(10)  # as the fused warning builds it
     for v in noise:
         warning.update_step({"aetta_acc": v})
         assert not warning.compute().firing
@@ -126,6 +126,7 @@ def test_a_run_with_aetta_records_its_estimate_on_every_nth_batch(tmp_path):
     assert all(s["aetta_acc"] is None for s in read_table(tmp_path / "off", "steps").to_pylist())
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_the_dropout_masks(tmp_path):
     """The dropout generator is in the checkpoint: a run stopped half way and resumed writes the
     same AETTA rows as the uninterrupted run, not a fresh mask sequence from the seed."""

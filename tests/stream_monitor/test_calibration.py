@@ -85,6 +85,7 @@ def tiny_calibration(tmp_path_factory):
     return cal, cal.save(tmp_path_factory.mktemp("cal") / "tiny.json")
 
 
+@pytest.mark.slow
 def test_calibrate_runs_the_probe_protocol_on_every_domain(tiny_calibration):
     cal, _ = tiny_calibration
     assert {p["domain"] for p in cal.points} == {"clean", "speckle_noise:2", "speckle_noise:4", "gaussian_blur:3",
@@ -96,6 +97,7 @@ def test_calibrate_runs_the_probe_protocol_on_every_domain(tiny_calibration):
     assert cal.adapter == "tent" and cal.hyperparameters["lr"] == 0.01 and cal.cycle == 12
 
 
+@pytest.mark.slow
 def test_a_run_uses_a_matching_calibration_and_refuses_another(tiny_calibration, tmp_path):
     _, path = tiny_calibration
     cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01", f"estimation.calibration={path}",
@@ -160,6 +162,7 @@ def stream_calibration():
                                    "baseline_0_transition+speed_1000_seed_4"), cycles=2, log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_calibrate_on_held_out_streams_fits_every_cycle_window(stream_calibration):
     cal = stream_calibration
     labels = {p["domain"] for p in cal.points}
@@ -179,6 +182,7 @@ def test_calibrate_on_held_out_streams_fits_every_cycle_window(stream_calibratio
                                                     "heldout-ccc/baseline_0_transition+speed_1000_seed_4"}
 
 
+@pytest.mark.slow
 def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp_path):
     from stream_monitor.evaluation import score_estimators
 
@@ -242,6 +246,7 @@ def test_statistics_only_calibration_takes_no_meta_set(tmp_path):
     assert again.frozen_stats == cal.frozen_stats and again.flips_calibrations() == {}
 
 
+@pytest.mark.slow
 def test_calibrate_on_an_image_folder_fits_its_fixed_domains(tmp_path):
     from tests.conftest import write_glyph_folder
 

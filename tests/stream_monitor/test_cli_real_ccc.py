@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import torch
 import torchvision
 from PIL import Image
@@ -57,6 +58,7 @@ def test_run_on_an_image_folder(tmp_path):
     assert "imagefolder:val" in result.output and re.search(r"images\s+│\s+6\s", result.output)
 
 
+@pytest.mark.slow
 def test_generate_then_run_round_trip(tmp_path):
     import numpy as np
 

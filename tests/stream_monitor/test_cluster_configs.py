@@ -4,9 +4,9 @@ the bench the KubeRay RayJob runs parses with this version's `bench` options (no
 import shlex
 from pathlib import Path
 
-import pytest
 import typer
 import yaml
+from ray.autoscaler._private import util
 
 from stream_monitor.bench import plan
 from stream_monitor.cli import app
@@ -15,7 +15,6 @@ CLUSTER = Path(__file__).resolve().parents[2] / "configs" / "cluster"
 
 
 def test_the_ray_up_config_passes_the_cluster_launchers_schema():
-    util = pytest.importorskip("ray.autoscaler._private.util")
     config = yaml.safe_load((CLUSTER / "ray_up_aws.yaml").read_text())
     util.validate_config(util.prepare_config(config))
     workers = config["available_node_types"]["gpu_worker"]["resources"]

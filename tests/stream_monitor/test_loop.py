@@ -275,6 +275,7 @@ def test_resume_after_a_requested_stop_is_exact(baseline, tmp_path, monkeypatch)
     assert_same_run(run_dir, baseline[1], ignore=("checkpoint",))  # plus one at the stop
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_drops_rows_past_the_checkpoint(baseline, tmp_path, monkeypatch):
     """A driver that died after step 20 with its last checkpoint at step 10: closed parts hold rows
     of steps 11..20 and a part was being written."""
@@ -294,6 +295,7 @@ def test_resume_after_a_crash_drops_rows_past_the_checkpoint(baseline, tmp_path,
     assert_same_run(run_dir, baseline[1])
 
 
+@pytest.mark.slow
 def test_a_failing_worker_fails_the_run_which_resumes(baseline, tmp_path, monkeypatch):
     step, calls = AdapterWorker.step, itertools.count(1)
 

@@ -1,21 +1,14 @@
-"""Worker pieces without a run: batch splitting, probe flips, the flips calibration, collapse detectors."""
+"""Worker pieces without a run: batch splitting, the probe worker's flips, GPU shares. The flip
+counting and the detectors they feed are tested with their package (tests/stream_monitor/estimation)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 
 from sources.base import Batch
 from stream_monitor.config import load_config
-from stream_monitor.estimation.base import NotComputableError
-from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, EntropyCollapse, EstimateBelowSource,
-                                                 FlipRateRise, MarginalEntropyCollapse, PredictionConcentration,
-                                                 build_detectors, transitions)
-from stream_monitor.estimation.flips import PAPER_RESNET50, SHIPPED, FlipsCalibration
 from stream_monitor.runtime.messages import Images, split_batches
-from stream_monitor.estimation.flips import percentile_ranks
 from stream_monitor.runtime.workers import ProbeWorker
 
 
@@ -78,14 +71,6 @@ def images(start: int, stop: int, readable=None, seed: int = 0) -> Images:
     idx = np.arange(start, stop) if readable is None else np.asarray(readable, np.int64)
     pixels = np.random.default_rng(seed + start).integers(0, 256, (len(idx), 3, 32, 32), dtype=np.uint8)
     return Images(start, stop, idx, pixels)
-
-
-def test_percentile_ranks_are_pandas_average_pct_ranks():
-    values = np.array([0.9, 0.5, 0.5, 0.7, 0.1, 0.3, 0.9, 0.8])
-    # ranks 7.5, 3.5, 3.5, 5, 1, 2, 7.5, 6 (ties averaged), over 8
-    assert percentile_ranks(values).tolist() == [x / 8 for x in (7.5, 3.5, 3.5, 5, 1, 2, 7.5, 6)]
-    ranks = percentile_ranks(np.array([np.nan, 0.2, 0.4]))  # pandas keeps NaN, ranks the rest among themselves
-    assert math.isnan(ranks[0]) and ranks[1:].tolist() == [0.5, 1.0]
 
 
 def test_probe_weighted_flips_by_hand(probe_config, monkeypatch):
@@ -207,148 +192,7 @@ def test_probe_state_round_trip_continues_the_same(probe_config):
     assert np.array_equal(probe.reference_confidences, other.reference_confidences)
 
 
-# ---- FlipsCalibration ----------------------------------------------------------------------------
-def test_paper_calibration_values():
-    cal = SHIPPED["resnet50"][990]
-    assert cal is PAPER_RESNET50 and cal.cycle_step == 990
-    assert [round(cal(wf, 1000)[0], 1) for wf in (0, 100, 200)] == [75.7, 47.1, 25.6]
-    assert round(cal(0, 1000)[0], 2) == 75.66
-    assert "embedded" not in SHIPPED  # the embedded model's f comes from `stream-monitor calibrate`
-
-
-def test_paper_calibration_holds_the_vertex_value_above_it():
-    cal = PAPER_RESNET50
-    a, b, c = cal.coefficients
-    vertex = -b / (2 * a)
-    assert 451 < vertex < 453
-    at_vertex = cal(vertex, 1000)[0]
-    assert at_vertex == pytest.approx(c - b * b / (4 * a)) and 2.9 < at_vertex < 3.1
-    assert cal(600, 1000)[0] == at_vertex and cal(1000, 1000)[0] == at_vertex  # the parabola would rise again
-    assert cal(400, 1000)[0] > at_vertex
-
-
-def test_calibration_clips_to_percent():
-    assert PAPER_RESNET50(-100, 1000)[0] == 100.0
-    falling = FlipsCalibration("m", (0.0, -1.0, 50.0), (0.0, 100.0), cycle_step=10)
-    assert falling(80, 1000) == (0.0, False) and falling(20, 1000) == (30.0, False)
-
-
-def test_calibration_scales_by_probe_size():
-    cal = PAPER_RESNET50
-    assert cal(10, 100) == cal(100, 1000)  # the paper's 100-image setting: x10
-    assert cal(50, 500) == cal(100, 1000)
-    assert round(cal(20, 100)[0], 1) == 25.6
-
-
-@pytest.mark.parametrize("wf, size, extrapolated", [
-    (12.9, 1000, True), (13, 1000, False), (265, 1000, False), (265.1, 1000, True), (0, 1000, True),
-    (1.2, 100, True), (1.3, 100, False), (26.5, 100, False), (27, 100, True),
-])
-def test_calibration_flags_extrapolation_outside_the_fitted_range(wf, size, extrapolated):
-    assert PAPER_RESNET50(wf, size)[1] is extrapolated
-
-
-# ---- detectors -----------------------------------------------------------------------------------
-def feed(detector, column: str, values) -> None:
-    for v in values:
-        detector.update_step({column: v, "correct": 0})
-
-
-@pytest.mark.parametrize("make, column, stable, collapsed", [
-    (lambda: EntropyCollapse(num_classes=10), "mean_entropy", 1.2, 0.01),
-    (lambda: PredictionConcentration(), "top_class_share", 0.15, 1.0),
-])
-def test_step_detectors_fire_on_collapse_and_stay_quiet_when_stable(make, column, stable, collapsed):
-    detector = make()
-    feed(detector, column, [stable] * 49)
-    with pytest.raises(NotComputableError):
-        detector.compute()
-    feed(detector, column, [stable, None, math.nan])  # missing values do not count
-    verdict = detector.compute()
-    assert not verdict.firing and verdict.value == pytest.approx(stable)
-    feed(detector, column, [stable] * 200)
-    assert not detector.compute().firing
-    feed(detector, column, [collapsed] * 100)
-    assert detector.compute().firing
-    state = detector.state_dict()
-    restored = make()
-    restored.load_state_dict(state)
-    assert restored.compute() == detector.compute()
-    detector.reset()
-    with pytest.raises(NotComputableError):
-        detector.compute()
-
-
-def test_entropy_threshold_scales_with_the_number_of_classes():
-    assert EntropyCollapse(1000).threshold == pytest.approx(0.2)
-    assert EntropyCollapse(10).threshold == pytest.approx(0.2 / 3)
-
-
-def test_detectors_need_their_warmup_before_a_verdict():
-    detector = PredictionConcentration(warmup=3)
-    feed(detector, "top_class_share", [0.9, 0.9])
-    with pytest.raises(NotComputableError, match="needs 3 steps"):
-        detector.compute()
-    feed(detector, "top_class_share", [0.9])
-    assert detector.compute().firing
-
-
-def test_estimate_below_source_needs_patience():
-    detector = EstimateBelowSource(margin=5.0, patience=2)
-    with pytest.raises(NotComputableError):
-        detector.compute()
-    detector.update_probe({"est_online_gap": -10.0})
-    assert not detector.compute().firing
-    detector.update_probe({"est_online_gap": None})  # no estimate: no change
-    detector.update_probe({"est_online_gap": -10.0})
-    assert detector.compute().firing
-    detector.update_probe({"est_online_gap": -2.0})
-    assert not detector.compute().firing
-
-
-def test_estimate_below_source_reads_the_rows_one_calibration_gap():
-    detector = EstimateBelowSource(margin=5.0, patience=1)
-    # the headlines differ by 10 points, the gap through one calibration by 2: no warning
-    detector.update_probe({"est_online_acc": 50.0, "est_source_acc": 60.0, "est_online_gap": -2.0})
-    assert not detector.compute().firing and detector.compute().value == pytest.approx(2.0)
-    detector.update_probe({"est_online_acc": 40.0, "est_source_acc": 45.0, "est_online_gap": -7.0})
-    verdict = detector.compute()
-    assert verdict.firing and "7.0 points below" in verdict.evidence
-    # the headlines alone are not read: a row without a gap changes nothing
-    detector.update_probe({"est_online_acc": 30.0, "est_source_acc": 60.0})
-    assert detector.compute().value == pytest.approx(7.0)
-
-
-def test_top_class_share_does_not_warn_when_the_source_model_piles_up_as_much():
-    detector = PredictionConcentration(warmup=3)
-    # the source model scores every 8th batch; on a stream that piles both onto one class: no warning
-    for step in range(1, 201):
-        detector.update_step({"step": step, "top_class_share": 0.8,
-                              "source_top_class_share": 0.75 if step % 8 == 1 else None})
-    verdict = detector.compute()
-    assert not verdict.firing and "the source model's 75%" in verdict.evidence
-    for step in range(201, 401):  # the adapter alone goes on to a single class
-        detector.update_step({"step": step, "top_class_share": 1.0,
-                              "source_top_class_share": 0.75 if step % 8 == 1 else None})
-    assert detector.compute().firing
-    restored = PredictionConcentration(warmup=3)
-    restored.load_state_dict(detector.state_dict())
-    assert restored.compute() == detector.compute()
-
-
-def test_top_class_share_clears_only_below_the_thresholds_by_its_hysteresis():
-    detector = PredictionConcentration(warmup=1)
-    feed(detector, "top_class_share", [0.9] * 60)
-    assert detector.compute().firing and detector.ema == pytest.approx(0.9, abs=0.01)
-    while detector.ema > 0.47:  # under the 50% that raised it, not yet 5 points under
-        feed(detector, "top_class_share", [0.46])
-    assert detector.compute().firing
-    feed(detector, "top_class_share", [0.2] * 5)
-    assert detector.ema < 0.45 and not detector.compute().firing
-    feed(detector, "top_class_share", [0.48] * 100)  # back near the threshold from below: quiet
-    assert not detector.compute().firing
-
-
+# ---- GPU shares --------------------------------------------------------------------------------------
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_gpu_decode_on_a_machine_without_cuda_says_what_to_do(tmp_path):
     from stream_monitor.runtime.workers import SourceWorker
@@ -373,81 +217,3 @@ def test_gpu_shares_fit_adapter_sources_and_probe_on_one_device(overrides, cuda,
 
     got = gpu_shares(load_config(None, overrides), cuda)
     assert got == pytest.approx((adapter, source))
-
-
-def test_marginal_entropy_is_judged_against_its_largest_possible_value():
-    detector = MarginalEntropyCollapse(1000, warmup=1)  # 64 images can hold at most ln 64 nats, not ln 1000
-    detector.update_step({"marginal_entropy": 0.8 * math.log(64), "images": 64})
-    assert not detector.compute().firing and detector.compute().value == pytest.approx(0.8)
-    detector.update_step({"marginal_entropy": 0.0, "images": 1})  # a one-image batch: no evidence
-    assert detector.count == 1
-    detector = MarginalEntropyCollapse(10)
-    for _ in range(200):  # a stable stream: predictions over most of the 10 classes
-        detector.update_step({"marginal_entropy": 0.9 * math.log(10), "images": 64})
-    assert not detector.compute().firing
-    for _ in range(100):  # collapse: two classes left
-        detector.update_step({"marginal_entropy": math.log(2), "images": 64})
-    assert detector.compute().firing and "30% of its maximum" in detector.compute().evidence
-
-
-def flips_probe(cycle, step, share, size=1000):
-    return {"cycle": cycle, "cycle_step": step, "flips": int(share * size), "probe_size": size}
-
-
-def test_flip_rate_fires_when_flips_jump_above_earlier_cycles_at_the_same_step():
-    detector = FlipRateRise(factor=2.0, rise=0.1, history=5, patience=2)
-    rng = np.random.default_rng(0)
-    for cycle in range(2):  # flips grow within a cycle; no verdict before two earlier cycles
-        for step in range(100, 1000, 100):
-            detector.update_probe(flips_probe(cycle, step, 0.02 * step / 100 + rng.uniform(0, 0.02)))
-            with pytest.raises(NotComputableError, match="two earlier cycles"):
-                detector.compute()
-    for cycle in range(2, 12):  # a stable stream: the same growth, noisy; quiet all along
-        for step in range(100, 1000, 100):
-            detector.update_probe(flips_probe(cycle, step, 0.02 * step / 100 + rng.uniform(0, 0.04)))
-            assert not detector.compute().firing
-    detector.update_probe(flips_probe(12, 100, 0.5))  # collapse: half the reference set flips at once
-    assert not detector.compute().firing  # one probe is not enough
-    detector.update_probe(flips_probe(12, 200, 0.7))
-    verdict = detector.compute()
-    assert verdict.firing and "70% of the reference set flipped" in verdict.evidence
-    restored = FlipRateRise()
-    restored.load_state_dict(detector.state_dict())
-    assert restored.compute() == verdict
-    detector.update_probe(flips_probe(12, 300, 0.07))  # back to normal: the warning clears
-    assert not detector.compute().firing
-
-
-def test_small_flip_counts_need_an_absolute_rise_too():
-    detector = FlipRateRise(factor=2.0, rise=0.1, patience=1)
-    for cycle in range(3):
-        detector.update_probe(flips_probe(cycle, 100, 0.01))
-    detector.update_probe(flips_probe(3, 100, 0.05))  # 5x the median, but only 4 points more
-    assert not detector.compute().firing
-
-
-def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_one():
-    assert set(DETECTORS.names()) == {"entropy-ema", "top-class-share", "marginal-entropy", "online-below-source",
-                                      "aetta-drop", "flip-rate"}
-    built = build_detectors(DEFAULT_DETECTORS, 10)
-    assert [d.name for d in built] == list(DEFAULT_DETECTORS)
-    assert built[0].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
-    with pytest.raises(KeyError, match="Did you mean 'flip-rate'"):
-        build_detectors(["flip-rat"], 10)
-    assert load_config(None, []).estimation.detectors == ",".join(DEFAULT_DETECTORS)  # one default, two spellings
-    assert load_config(None, ["estimation.detectors="]).estimation.detectors == ""  # warnings off
-
-
-def test_transitions_raise_and_clear_each_warning_once():
-    detector = PredictionConcentration(warmup=1)
-    active: list[str] = []
-    feed(detector, "top_class_share", [0.1])
-    assert list(transitions([detector], active)) == []
-    for _ in range(100):
-        feed(detector, "top_class_share", [1.0])
-    (fired,) = list(transitions([detector], active))
-    assert fired[0] == "warning" and fired[1] is detector and active == ["top-class-share"]
-    assert list(transitions([detector], active)) == []  # still on: no second warning
-    for _ in range(100):
-        feed(detector, "top_class_share", [0.1])
-    assert [kind for kind, _, _ in transitions([detector], active)] == ["clear"] and active == []

@@ -76,6 +76,7 @@ def golden(request, tmp_path_factory):
     return run_dir, expected
 
 
+@pytest.mark.slow
 def test_live_rows_are_the_golden_rows(golden):
     run_dir, expected = golden
     actual = make_golden.golden_rows(run_dir)
@@ -83,6 +84,7 @@ def test_live_rows_are_the_golden_rows(golden):
     assert_rows(by_reading(actual["estimates"]), current_rows(expected["estimates"]), "estimates")
 
 
+@pytest.mark.slow
 def test_eval_replays_the_live_headlines(golden):
     from stream_monitor.evaluation import replayed_probes
 

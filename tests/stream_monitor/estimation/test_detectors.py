@@ -1,0 +1,248 @@
+"""Collapse detectors (estimation/detectors.py): each one's rule on hand-made rows, the registry and
+default set, the warning transitions, and checkpoints that keep only the running quantities."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+from stream_monitor.config import load_config
+from stream_monitor.estimation.base import NotComputableError
+from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, CollapseDetector, EntropyCollapse,
+                                                 EstimateBelowSource, FlipRateRise, MarginalEntropyCollapse,
+                                                 PredictionConcentration, build_detectors, transitions)
+
+
+def feed(detector, column: str, values) -> None:
+    for v in values:
+        detector.update_step({column: v, "correct": 0})
+
+
+@pytest.mark.parametrize("make, column, stable, collapsed", [
+    (lambda: EntropyCollapse(num_classes=10), "mean_entropy", 1.2, 0.01),
+    (lambda: PredictionConcentration(), "top_class_share", 0.15, 1.0),
+])
+def test_step_detectors_fire_on_collapse_and_stay_quiet_when_stable(make, column, stable, collapsed):
+    detector = make()
+    feed(detector, column, [stable] * 49)
+    with pytest.raises(NotComputableError):
+        detector.compute()
+    feed(detector, column, [stable, None, math.nan])  # missing values do not count
+    verdict = detector.compute()
+    assert not verdict.firing and verdict.value == pytest.approx(stable)
+    feed(detector, column, [stable] * 200)
+    assert not detector.compute().firing
+    feed(detector, column, [collapsed] * 100)
+    assert detector.compute().firing
+    state = detector.state_dict()
+    restored = make()
+    restored.load_state_dict(state)
+    assert restored.compute() == detector.compute()
+    detector.reset()
+    with pytest.raises(NotComputableError):
+        detector.compute()
+
+
+def test_entropy_threshold_scales_with_the_number_of_classes():
+    assert EntropyCollapse(1000).threshold == pytest.approx(0.2)
+    assert EntropyCollapse(10).threshold == pytest.approx(0.2 / 3)
+
+
+def test_detectors_need_their_warmup_before_a_verdict():
+    detector = PredictionConcentration(warmup=3)
+    feed(detector, "top_class_share", [0.9, 0.9])
+    with pytest.raises(NotComputableError, match="needs 3 steps"):
+        detector.compute()
+    feed(detector, "top_class_share", [0.9])
+    assert detector.compute().firing
+
+
+def test_estimate_below_source_needs_patience():
+    detector = EstimateBelowSource(margin=5.0, patience=2)
+    with pytest.raises(NotComputableError):
+        detector.compute()
+    detector.update_probe({"est_online_gap": -10.0})
+    assert not detector.compute().firing
+    detector.update_probe({"est_online_gap": None})  # no estimate: no change
+    detector.update_probe({"est_online_gap": -10.0})
+    assert detector.compute().firing
+    detector.update_probe({"est_online_gap": -2.0})
+    assert not detector.compute().firing
+
+
+def test_estimate_below_source_reads_the_rows_one_calibration_gap():
+    detector = EstimateBelowSource(margin=5.0, patience=1)
+    # the headlines differ by 10 points, the gap through one calibration by 2: no warning
+    detector.update_probe({"est_online_acc": 50.0, "est_source_acc": 60.0, "est_online_gap": -2.0})
+    assert not detector.compute().firing and detector.compute().value == pytest.approx(2.0)
+    detector.update_probe({"est_online_acc": 40.0, "est_source_acc": 45.0, "est_online_gap": -7.0})
+    verdict = detector.compute()
+    assert verdict.firing and "7.0 points below" in verdict.evidence
+    # the headlines alone are not read: a row without a gap changes nothing
+    detector.update_probe({"est_online_acc": 30.0, "est_source_acc": 60.0})
+    assert detector.compute().value == pytest.approx(7.0)
+
+
+def test_top_class_share_does_not_warn_when_the_source_model_piles_up_as_much():
+    detector = PredictionConcentration(warmup=3)
+    # the source model scores every 8th batch; on a stream that piles both onto one class: no warning
+    for step in range(1, 201):
+        detector.update_step({"step": step, "top_class_share": 0.8,
+                              "source_top_class_share": 0.75 if step % 8 == 1 else None})
+    verdict = detector.compute()
+    assert not verdict.firing and "the source model's 75%" in verdict.evidence
+    for step in range(201, 401):  # the adapter alone goes on to a single class
+        detector.update_step({"step": step, "top_class_share": 1.0,
+                              "source_top_class_share": 0.75 if step % 8 == 1 else None})
+    assert detector.compute().firing
+    restored = PredictionConcentration(warmup=3)
+    restored.load_state_dict(detector.state_dict())
+    assert restored.compute() == detector.compute()
+
+
+def test_top_class_share_clears_only_below_the_thresholds_by_its_hysteresis():
+    detector = PredictionConcentration(warmup=1)
+    feed(detector, "top_class_share", [0.9] * 60)
+    assert detector.compute().firing and detector.ema == pytest.approx(0.9, abs=0.01)
+    while detector.ema > 0.47:  # under the 50% that raised it, not yet 5 points under
+        feed(detector, "top_class_share", [0.46])
+    assert detector.compute().firing
+    feed(detector, "top_class_share", [0.2] * 5)
+    assert detector.ema < 0.45 and not detector.compute().firing
+    feed(detector, "top_class_share", [0.48] * 100)  # back near the threshold from below: quiet
+    assert not detector.compute().firing
+
+
+def test_marginal_entropy_is_judged_against_its_largest_possible_value():
+    detector = MarginalEntropyCollapse(1000, warmup=1)  # 64 images can hold at most ln 64 nats, not ln 1000
+    detector.update_step({"marginal_entropy": 0.8 * math.log(64), "images": 64})
+    assert not detector.compute().firing and detector.compute().value == pytest.approx(0.8)
+    detector.update_step({"marginal_entropy": 0.0, "images": 1})  # a one-image batch: no evidence
+    assert detector.count == 1
+    detector = MarginalEntropyCollapse(10)
+    for _ in range(200):  # a stable stream: predictions over most of the 10 classes
+        detector.update_step({"marginal_entropy": 0.9 * math.log(10), "images": 64})
+    assert not detector.compute().firing
+    for _ in range(100):  # collapse: two classes left
+        detector.update_step({"marginal_entropy": math.log(2), "images": 64})
+    assert detector.compute().firing and "30% of its maximum" in detector.compute().evidence
+
+
+def flips_probe(cycle, step, share, size=1000):
+    return {"cycle": cycle, "cycle_step": step, "flips": int(share * size), "probe_size": size}
+
+
+def test_flip_rate_fires_when_flips_jump_above_earlier_cycles_at_the_same_step():
+    detector = FlipRateRise(factor=2.0, rise=0.1, history=5, patience=2)
+    rng = np.random.default_rng(0)
+    for cycle in range(2):  # flips grow within a cycle; no verdict before two earlier cycles
+        for step in range(100, 1000, 100):
+            detector.update_probe(flips_probe(cycle, step, 0.02 * step / 100 + rng.uniform(0, 0.02)))
+            with pytest.raises(NotComputableError, match="two earlier cycles"):
+                detector.compute()
+    for cycle in range(2, 12):  # a stable stream: the same growth, noisy; quiet all along
+        for step in range(100, 1000, 100):
+            detector.update_probe(flips_probe(cycle, step, 0.02 * step / 100 + rng.uniform(0, 0.04)))
+            assert not detector.compute().firing
+    detector.update_probe(flips_probe(12, 100, 0.5))  # collapse: half the reference set flips at once
+    assert not detector.compute().firing  # one probe is not enough
+    detector.update_probe(flips_probe(12, 200, 0.7))
+    verdict = detector.compute()
+    assert verdict.firing and "70% of the reference set flipped" in verdict.evidence
+    restored = FlipRateRise()
+    restored.load_state_dict(detector.state_dict())
+    assert restored.compute() == verdict
+    detector.update_probe(flips_probe(12, 300, 0.07))  # back to normal: the warning clears
+    assert not detector.compute().firing
+
+
+def test_small_flip_counts_need_an_absolute_rise_too():
+    detector = FlipRateRise(factor=2.0, rise=0.1, patience=1)
+    for cycle in range(3):
+        detector.update_probe(flips_probe(cycle, 100, 0.01))
+    detector.update_probe(flips_probe(3, 100, 0.05))  # 5x the median, but only 4 points more
+    assert not detector.compute().firing
+
+
+def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_one():
+    assert set(DETECTORS.names()) == {"entropy-ema", "top-class-share", "marginal-entropy", "online-below-source",
+                                      "aetta-drop", "flip-rate"}
+    built = build_detectors(DEFAULT_DETECTORS, 10)
+    assert [d.name for d in built] == list(DEFAULT_DETECTORS)
+    assert built[0].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
+    with pytest.raises(KeyError, match="Did you mean 'flip-rate'"):
+        build_detectors(["flip-rat"], 10)
+    assert load_config(None, []).estimation.detectors == ",".join(DEFAULT_DETECTORS)  # one default, two spellings
+    assert load_config(None, ["estimation.detectors="]).estimation.detectors == ""  # warnings off
+
+
+def test_transitions_raise_and_clear_each_warning_once():
+    detector = PredictionConcentration(warmup=1)
+    active: list[str] = []
+    feed(detector, "top_class_share", [0.1])
+    assert list(transitions([detector], active)) == []
+    for _ in range(100):
+        feed(detector, "top_class_share", [1.0])
+    (fired,) = list(transitions([detector], active))
+    assert fired[0] == "warning" and fired[1] is detector and active == ["top-class-share"]
+    assert list(transitions([detector], active)) == []  # still on: no second warning
+    for _ in range(100):
+        feed(detector, "top_class_share", [0.1])
+    assert [kind for kind, _, _ in transitions([detector], active)] == ["clear"] and active == []
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def exercised(name: str) -> CollapseDetector:
+    """The registered detector for 10 classes, after rows that move each one's running quantities
+    far enough for a verdict."""
+    detector = DETECTORS.get(name).for_model(10)
+    for step in range(1, 121):
+        detector.update_step({"step": step, "images": 64, "mean_entropy": 0.5, "top_class_share": 0.6,
+                              "source_top_class_share": 0.3 if step % 8 == 1 else None, "marginal_entropy": 1.5,
+                              "aetta_acc": 60.0 - step / 10})
+    for cycle in range(4):
+        for step in (100, 200):
+            detector.update_probe({"est_online_gap": -8.0, **flips_probe(cycle, step, 0.05 + 0.1 * cycle)})
+    return detector
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_a_checkpoint_holds_the_running_quantities_and_restores_them(name):
+    cls = DETECTORS.get(name)
+    blank = cls.__new__(cls)
+    blank.reset()
+    # the state keys are what `reset` starts: no running quantity left out, no configuration in
+    assert set(cls._state_dict_all_req_keys) == set(vars(blank))
+    detector = exercised(name)
+    state = detector.state_dict()
+    assert set(state) == set(cls._state_dict_all_req_keys)
+    restored = cls.for_model(10)
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state and restored.compute() == detector.compute()
+    taken = copy.deepcopy(state)
+    detector.update_step({"step": 121, "images": 64, "top_class_share": 1.0, "aetta_acc": 1.0})
+    detector.update_probe({"est_online_gap": -30.0, **flips_probe(4, 100, 0.9)})
+    assert state == taken  # a checkpoint does not follow the detector on
+
+
+def test_a_resumed_detector_keeps_its_new_threshold_and_the_checkpoints_running_quantities():
+    old = PredictionConcentration(share=0.5, warmup=3)
+    feed(old, "top_class_share", [0.7] * 100)
+    assert old.compute().firing
+    checkpoint = dict(vars(old))  # what a checkpoint held before the state keys: the thresholds too
+    resumed = PredictionConcentration(share=0.8, warmup=3)
+    resumed.load_state_dict(checkpoint)
+    assert resumed.share == 0.8 and (resumed.ema, resumed.count) == (old.ema, old.count)
+    feed(resumed, "top_class_share", [0.7])  # the warning is judged again on the next step, by the new threshold
+    verdict = resumed.compute()
+    assert not verdict.firing and "threshold 80%" in verdict.evidence
+
+
+def test_a_state_without_a_running_quantity_is_refused():
+    state = exercised("top-class-share").state_dict()
+    del state["source_ema"]
+    with pytest.raises(ValueError, match="top-class-share detector's state lacks 'source_ema'"):
+        PredictionConcentration().load_state_dict(state)
