@@ -28,15 +28,15 @@ def test_smoothing_runs_over_the_stream_and_the_mean_over_the_window():
     est = AETTA(num_classes=10)
     with pytest.raises(NotComputableError, match="aetta_every"):
         est.compute()
-    first = est.update_pdd(0.8, 1.0)  # err 0.2
-    second = est.update_pdd(0.4, 1.0)  # err 0.6 0.2 + 0.4 0.6 = 0.36
+    first = est.update_dropout(0.8, 1.0)  # err 0.2
+    second = est.update_dropout(0.4, 1.0)  # err 0.6 0.2 + 0.4 0.6 = 0.36
     assert (first, second) == (pytest.approx(80.0), pytest.approx(64.0))
     assert est.compute() == pytest.approx(72.0)
     est.reset()  # a new window: the smoothing carries on
-    assert est.update_pdd(0.4, 1.0) == pytest.approx(100 * (1 - (0.6 * 0.36 + 0.4 * 0.6)))
+    assert est.update_dropout(0.4, 1.0) == pytest.approx(100 * (1 - (0.6 * 0.36 + 0.4 * 0.6)))
     restored = AETTA(10)
     restored.load_state_dict(est.state_dict())
-    assert restored.compute() == est.compute() and restored.update_pdd(0.5, 1.0) == est.update_pdd(0.5, 1.0)
+    assert restored.compute() == est.compute() and restored.update_dropout(0.5, 1.0) == est.update_dropout(0.5, 1.0)
 
 
 def test_stage_ends_of_the_embedded_and_torchvision_resnets():

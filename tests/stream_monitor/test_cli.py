@@ -111,7 +111,7 @@ def test_list_adapters_and_estimators():
     assert adapters.exit_code == 0 and "rdumb" in adapters.output and "em-inf" in adapters.output
     estimators = runner.invoke(app, ["list", "estimators"])
     assert "weighted-flips" in estimators.output and "spread-flips" in estimators.output
-    assert "atc-mc" in estimators.output and "online, source" in estimators.output
+    assert "atc-mc" in estimators.output and "served -> online, frozen -> source" in estimators.output
     assert "sentinel" in estimators.output and "aetta" in estimators.output
     assert "anchored-nuclear-norm" in estimators.output and "headline:" in estimators.output
 

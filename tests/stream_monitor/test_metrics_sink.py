@@ -53,7 +53,7 @@ def test_round_trip_matches_rows_and_declared_schema(tmp_path):
     rows = {"steps": [step_row(s) for s in range(5)] + [step_row(5, noise_a=None, correct=40)],
             "probes": [probe_row(s) for s in range(3)], "events": [event_row(0, "start"), event_row(4)],
             "estimates": [{"step": s, "position": 64 * s, "cycle": 0, "cycle_step": s, "estimator": "atc-mc",
-                           "target": "online", "value": 50.0 + s, "extrapolated": False, "window_start": 0,
+                           "feed": "served", "target": "online", "value": 50.0 + s, "extrapolated": False, "window_start": 0,
                            "window_stop": 64 * s} for s in range(2)]}
     memory, sink = MemorySink(), ParquetSink(tmp_path)
     for observer in (memory, sink):

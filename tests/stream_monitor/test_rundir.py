@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stream_monitor import rundir as rundir_module
+from stream_monitor.calibration import Provenance
 from stream_monitor.config import dump_config, load_config
 from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, TABLES, empty_row
 from stream_monitor.metrics.sink import ParquetSink
@@ -57,15 +57,14 @@ def test_reads_config_info_tables_and_provenance(tmp_path):
     assert [r["flips"] for r in run.rows("probes")] == [3] and run.rows("events")[0]["kind"] == "start"
     estimates = run.table("estimates")  # no part written: empty, with its schema
     assert estimates.num_rows == 0 and estimates.schema.names == TABLES["estimates"].names
-    assert run.provenance() == {"model": "embedded_resnet20", "model_sha256": "c95a8913abcd", "adapter": "tent",
-                                "hyperparameters": {"lr": 0.001}, "probe_size": 64, "cycle": 50}
+    assert run.provenance() == Provenance("embedded_resnet20", "c95a8913abcd", "tent", {"lr": 0.001}, 64, 50)
     assert repr(run) == f"RunDirectory({str(run.path)!r})"
 
 
 def test_cycle_follows_the_reset_period_else_the_default(tmp_path):
     reset = RunDirectory(_make(tmp_path / "a", info=_info_json(hyperparameters={"reset_every": 300}), rows=False))
-    assert reset.provenance()["cycle"] == 300
-    assert RunDirectory(_make(tmp_path / "b", rows=False)).provenance()["cycle"] == DEFAULT_CYCLE
+    assert reset.provenance().cycle == 300
+    assert RunDirectory(_make(tmp_path / "b", rows=False)).provenance().cycle == DEFAULT_CYCLE
 
 
 def test_checkpoint_is_none_until_one_is_written(tmp_path):
@@ -116,12 +115,10 @@ def test_another_format_names_both_versions(tmp_path):
         RunDirectory(path)
 
 
-def test_a_run_json_without_format_is_read_only_while_accepted(tmp_path, monkeypatch):
+def test_a_run_json_without_format_is_from_another_version(tmp_path):
     info = _info_json()
     del info["format"]
     path = _make(tmp_path / "run", info=info, rows=False)
-    assert rundir_module.ACCEPT_UNVERSIONED and RunDirectory(path).info() == INFO
-    monkeypatch.setattr(rundir_module, "ACCEPT_UNVERSIONED", False)
     with pytest.raises(RunDirectoryError, match=rf"has no format \(a run directory from before formats were "
                                                 rf"recorded\); this version .* reads run directory format {FORMAT}"):
         RunDirectory(path)
@@ -154,7 +151,7 @@ def test_a_damaged_part_or_an_unknown_table(tmp_path):
 
 
 def test_importing_the_reader_starts_no_runtime():
-    code = ("import sys, stream_monitor.rundir; print(sorted(m for m in ('ray', 'torch', 'stream_monitor.calibration', "
+    code = ("import sys, stream_monitor.rundir; print(sorted(m for m in ('ray', 'stream_monitor.calibrate', "
             "'stream_monitor.runtime.runner', 'stream_monitor.runtime.loop') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stream_monitor.estimation import WINDOW_ESTIMATORS, NotComputableError
+from stream_monitor.estimation import ESTIMATORS, Feed, NotComputableError
 from stream_monitor.estimation.sentinel import (ALL_FEATURES, FEATURES, MARGINAL_FEATURES, EntropySentinel,
                                                 SentinelRegressor, fit_sentinel, leading, marginal_features, profile,
                                                 window_features)
@@ -26,7 +26,7 @@ def feature(values, name):
 def test_seventeen_features_in_the_papers_order():
     assert len(FEATURES) == 17
     assert FEATURES[:10] == ("mean", "std", "max", "q10", "q25", "q50", "q75", "q90", "skewness", "kurtosis")
-    assert EntropySentinel in WINDOW_ESTIMATORS
+    assert ESTIMATORS.get("sentinel") is EntropySentinel
 
 
 def test_uniform_softmax_has_the_entropy_and_perplexity_of_k_classes():
@@ -157,8 +157,8 @@ def test_estimate_is_the_forest_on_the_whole_window_and_reset_starts_a_new_one(t
     rng = np.random.default_rng(3)
     x, y, groups = synthetic_meta_set(rng, runs=3, windows=5)
     stats = SourceStats(sentinel=fit_sentinel(x, y, groups, grid=ONE_POINT))
-    est = EntropySentinel(stats, frozen=True)
-    assert est.target == "source" and est.key == "sentinel@frozen"
+    est = EntropySentinel(stats, Feed.FROZEN)
+    assert est.target == "source" and est.key == "frozen/sentinel"
     batches = [np.exp(l) / np.exp(l).sum(1, keepdims=True) for l in rng.normal(size=(5, 64, 10)) * 3]
     for b in batches:
         est.update(b)
@@ -168,7 +168,7 @@ def test_estimate_is_the_forest_on_the_whole_window_and_reset_starts_a_new_one(t
     assert est.features() == pytest.approx(expected, rel=1e-5)
     assert est.compute() == SentinelRegressor(stats.sentinel)(est.features())
     torch.save(est.state_dict(), tmp_path / "s.pt")
-    restored = EntropySentinel(stats, frozen=True)
+    restored = EntropySentinel(stats, Feed.FROZEN)
     restored.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
     assert restored.compute() == est.compute()
     est.reset()
@@ -231,7 +231,7 @@ def test_the_agreement_with_the_sidekick_is_the_last_feature_and_survives_a_chec
     est = EntropySentinel()
     est.update(probs)
     assert len(est.features()) == 20  # no sidekick fed: no agreement column
-    est.update_duo(probs, sidekick)
+    est.update_sidekick(probs, sidekick)
     assert est.features()[-1] == pytest.approx(1 - disagree / 64) and len(est.features()) == len(ALL_FEATURES)
     torch.save(est.state_dict(), tmp_path / "s.pt")
     restored = EntropySentinel()
@@ -239,15 +239,10 @@ def test_the_agreement_with_the_sidekick_is_the_last_feature_and_survives_a_chec
     assert restored.features() == est.features()
 
 
-def test_a_checkpoint_from_before_the_marginal_features_keeps_the_seventeen():
+def test_a_checkpoint_without_the_windows_counts_is_refused():
     est = EntropySentinel()
     est.update(np.full((64, 4), 0.25))
     state = est.state_dict()
-    old = {"entropy": state["entropy"], "nll": state["nll"]}  # what a checkpoint from before held
-    restored = EntropySentinel()
-    restored.load_state_dict(old)
-    restored.update(np.full((8, 4), 0.25))
-    assert len(restored.features()) == 17
-    restored.reset()  # the next window has them all again
-    restored.update(np.full((64, 4), 0.25))
-    assert len(restored.features()) == 20
+    old = {"entropy": state["entropy"], "nll": state["nll"]}  # what a checkpoint of an older version held
+    with pytest.raises(KeyError, match="served/sentinel lacks counts, agreed, paired.*without --resume"):
+        EntropySentinel().load_state_dict(old)

@@ -8,8 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from stream_monitor.estimation.flips import (PAPER_RESNET50, SHIPPED, FlipsCalibration, count_flips,
-                                             percentile_ranks, position_hash)
+from stream_monitor.calibration import SHIPPED, Calibration
+from stream_monitor.estimation.flips import FlipsCalibration, count_flips, percentile_ranks, position_hash
+
+#: The paper's ResNet-50 f, as it ships (a calibration file like the others).
+PAPER_RESNET50 = Calibration.load(SHIPPED / "resnet50_rdumb_entropy_enigma_paper.json").flips_calibrations()[990]
 
 
 # ---- counting ------------------------------------------------------------------------------------
@@ -45,11 +48,10 @@ def test_position_hash_is_a_fixed_key_per_position_and_a_new_permutation_per_cyc
 
 # ---- FlipsCalibration ----------------------------------------------------------------------------
 def test_paper_calibration_values():
-    cal = SHIPPED["resnet50"][990]
-    assert cal is PAPER_RESNET50 and cal.cycle_step == 990
+    cal = PAPER_RESNET50
+    assert cal.cycle_step == 990 and cal.model == "resnet50" and cal.probe_size == 1000
     assert [round(cal(wf, 1000)[0], 1) for wf in (0, 100, 200)] == [75.7, 47.1, 25.6]
     assert round(cal(0, 1000)[0], 2) == 75.66
-    assert "embedded" not in SHIPPED  # the embedded model's f comes from `stream-monitor calibrate`
 
 
 def test_paper_calibration_holds_the_vertex_value_above_it():
