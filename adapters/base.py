@@ -83,12 +83,34 @@ class StepResult:
     skipped: torch.Tensor  # True when no update was made
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # method-specific scalars
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> "StepStats":
         """The statistics as Python numbers (one host sync)."""
-        names = ("mean_entropy", "num_used", "loss", "grad_norm", "skipped", *self.extras)
         values = torch.stack([self.mean_entropy, self.num_used.float(), self.loss, self.grad_norm,
                               self.skipped.float(), *(v.float() for v in self.extras.values())]).tolist()
-        return dict(zip(names, values))
+        mean_entropy, num_used, loss, grad_norm, skipped, *extras = values
+        return StepStats(mean_entropy, int(num_used), loss, grad_norm, bool(skipped), dict(zip(self.extras, extras)))
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One step's statistics as Python numbers, what travels from the adapter to the driver."""
+
+    mean_entropy: float
+    num_used: int  # samples that entered the loss
+    loss: float
+    grad_norm: float
+    skipped: bool  # no update was made
+    extras: dict[str, float] = field(default_factory=dict)  # method-specific scalars
+
+    @classmethod
+    def nothing_served(cls) -> "StepStats":
+        """A step whose batch had no readable image: nothing served, nothing adapted."""
+        return cls(float("nan"), 0, 0.0, 0.0, True)
+
+    def as_dict(self) -> dict[str, float]:
+        """Every statistic by name, the method's extras included (benchmark tables)."""
+        return {"mean_entropy": self.mean_entropy, "num_used": self.num_used, "loss": self.loss,
+                "grad_norm": self.grad_norm, "skipped": float(self.skipped), **self.extras}
 
 
 def no_update(logits: torch.Tensor, num_used: torch.Tensor | None = None,

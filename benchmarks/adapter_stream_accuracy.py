@@ -75,7 +75,7 @@ def adapt(method: str, model, pixels: np.ndarray, labels: np.ndarray, batch_size
     for lo in range(start, len(pixels), batch_size):
         result = adapter.step(model.normalise(torch.from_numpy(pixels[lo:lo + batch_size])))
         hits[lo:lo + batch_size] = result.logits.argmax(1).numpy() == labels[lo:lo + batch_size]
-        for key, value in result.stats().items():
+        for key, value in result.stats().as_dict().items():
             stats.setdefault(key, []).append(value)
         step = lo // batch_size
         if step % 500 == 0:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from sources.factory import open_source
 from sources.heldout import FOLDER_DOMAINS
 from sources.imagefolder import index_image_folder
 
@@ -178,7 +179,6 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
     images: the served outputs of a fresh adapter (as a run's first steps serve them) and the
     frozen model's outputs (eval-mode BatchNorm, as the evaluator scores the stream); with each
     feed's nuclear-norm line and Sentinel training set over the meta-set's windows."""
-    from sources.factory import open_source
 
     worker = AdapterWorker(config)
     model = load_model(config.model.name, config.model.weights, "cpu")  # not the adapter's (it adapts in place)

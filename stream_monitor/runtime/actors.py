@@ -18,7 +18,7 @@ from adapters import ADAPTERS
 
 from ..config import RunConfig
 from .messages import WorkersDescription
-from .start import Workers
+from .ports import Workers
 from .workers import AdapterWorker, ProbeWorker, SidekickWorker, SourceWorker, resolve_device
 
 logger = logging.getLogger(__name__)

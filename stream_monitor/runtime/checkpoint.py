@@ -18,7 +18,7 @@ import torch
 from .loop import LoopState
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2  # 2: the estimation pipeline's state, keyed "feed/estimator", with declared state keys
 
 
 @dataclass
@@ -50,5 +50,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
         raise ValueError(f"Checkpoint {path} cannot be read ({error}); the run cannot resume from it. "
                          f"Start a new run, or restore the file from a backup.") from error
     if data.get("format") != FORMAT:
-        raise ValueError(f"Checkpoint {path} has format {data.get('format')}, this version reads {FORMAT}.")
+        raise ValueError(f"Checkpoint {path} has format {data.get('format')}, this version reads {FORMAT}: it was "
+                         f"written by another version of stream-monitor. Resume it with that version, or start a "
+                         f"new run.")
     return Checkpoint(LoopState.from_dict(data["state"]), data["adapter"], data["probe"])

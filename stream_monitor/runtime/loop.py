@@ -1,4 +1,4 @@
-"""The driver's run loop, written against a small `Executor` port so it runs in-process or on Ray.
+"""The driver's run loop, written against small ports (`ports.py`) so it runs in-process or on Ray.
 
 Ray's patterns (style_anchors.md 2), applied:
 - the driver is the only submitter to the adapter and the probe, so each runs its calls in the
@@ -19,7 +19,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -29,23 +29,12 @@ from ..estimation.pipeline import EstimationPipeline, derive
 from ..estimation.readings import Feed, Reading
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from ..schedule import ProbeSchedule
-from .messages import ProbeResult, StepSummary, Truth, WorkersDescription
+from .messages import ProbeResult, StepSummary, Truth
 from .observer import RunObserver, notify_health
+from .ports import Workers
 
 
 SLOW_AFTER_S = 30.0  # an adapter step result this late marks the adapter "slow" on the dashboard
-
-
-class Executor(Protocol):
-    """Calls on named workers ("adapter", "probe", "source-0", ...). Handles are opaque: Ray
-    object refs, or resolved values in-process. A handle passed as an argument is resolved on
-    the worker's side."""
-
-    def call(self, worker: str, method: str, *args: Any, num_returns: int = 1) -> Any: ...
-
-    def ready(self, handle: Any, timeout: float) -> bool: ...
-
-    def get(self, handle: Any) -> Any: ...
 
 
 class WorkerFailed(RuntimeError):
@@ -115,8 +104,8 @@ class RunLoop:
 
     Args:
         config: the resolved run config.
-        workers: the port to the workers (`Executor`), the stream workers' names (used round-robin)
-            and what the workers described (classes, the adapter's reset period).
+        workers: the port to the started workers (`ports.Executor`), the stream workers' names
+            (used round-robin) and what the workers described (classes, the adapter's reset period).
         observers: sinks of rows (Parquet, dashboard, log lines).
         estimation: every label-free estimator of the run, with its calibration.
         stop: stream position to end at.
@@ -126,7 +115,7 @@ class RunLoop:
         clock: wall-clock seconds (tests pass their own).
     """
 
-    def __init__(self, config: RunConfig, workers: "LoopWorkers", observers: Sequence[RunObserver],
+    def __init__(self, config: RunConfig, workers: Workers, observers: Sequence[RunObserver],
                  estimation: EstimationPipeline, stop: int,
                  checkpoint: Callable[[LoopState, Any, Any], None] | None = None, state: LoopState | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -303,17 +292,16 @@ class RunLoop:
             step=pending.step, start=pending.start, stop=pending.stop, images=n, skipped=len(truth.skipped),
             wall_time=self.clock(), step_ms=summary.step_ms, marginal_entropy=_finite(summary.marginal_entropy),
             top_class_share=_finite(summary.top_class_share), mean_confidence=_finite(float(summary.confidences.mean()) if n else math.nan),
-            mean_entropy=_finite(summary.stats.get("mean_entropy")), num_used=int(summary.stats.get("num_used", 0)),
-            loss=_finite(summary.stats.get("loss")), grad_norm=_finite(summary.stats.get("grad_norm")),
-            update_skipped=bool(summary.stats.get("skipped", 0.0)), reset=summary.reset,
+            mean_entropy=_finite(summary.stats.mean_entropy), num_used=summary.stats.num_used,
+            loss=_finite(summary.stats.loss), grad_norm=_finite(summary.stats.grad_norm),
+            update_skipped=summary.stats.skipped, reset=summary.reset,
             noise_a=truth.noise_a, severity_a=truth.severity_a, noise_b=truth.noise_b, severity_b=truth.severity_b,
         )
         if truth.source_predictions is not None and len(truth.source_predictions):
             predicted = truth.source_predictions
             row["source_top_class_share"] = float(np.bincount(predicted).max() / len(predicted))
-        if "pdd_agreement" in summary.stats:
-            row["aetta_acc"] = self.estimation.observe_dropout(summary.stats["pdd_agreement"],
-                                                               summary.stats["pdd_marginal_entropy"])
+        if summary.dropout is not None:
+            row["aetta_acc"] = self.estimation.observe_dropout(*summary.dropout)
         window = state.window
         window.images += n
         if n and len(truth.labels) == n:
@@ -434,14 +422,6 @@ def estimate_row(reading: Reading, probe: dict[str, Any]) -> dict[str, Any]:
             "extrapolated": reading.extrapolated, "interval_low": low, "interval_high": high,
             "features": None if reading.features is None else list(reading.features),
             "window_start": probe["window_start"], "window_stop": probe["window_stop"]}
-
-
-class LoopWorkers(Protocol):
-    """What the loop needs of the started workers (`runtime.start.Workers`)."""
-
-    executor: Executor
-    source_names: list[str]
-    description: WorkersDescription
 
 
 def _finite(value: float | None) -> float | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from adapters.base import StepStats
 from sources.base import Batch
 
 from ..calibration.format import Provenance
@@ -60,12 +61,14 @@ class StepSummary:
     step: int  # adapter steps done after this one
     predictions: np.ndarray  # int64 (N,)
     confidences: np.ndarray  # float32 (N,), max softmax of the served logits
-    stats: dict[str, float]  # StepResult.stats(): mean_entropy, num_used, loss, grad_norm, skipped, extras
+    stats: StepStats  # the adapter's loss, gradient norm, samples used, ...
     marginal_entropy: float
     top_class_share: float
     step_ms: float
     reset: bool  # the adapter's own reset policy fired after this step
     probabilities: np.ndarray | None = None  # float32 (N, K): served softmax, for the window estimators
+    # AETTA's dropout statistics of the batch (agreement, marginal entropy / ln K), on its PDD steps
+    dropout: tuple[float, float] | None = None
 
 
 @dataclass

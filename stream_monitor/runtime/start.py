@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from adapters import ADAPTERS
 
@@ -11,21 +10,10 @@ from ..config import RunConfig
 from .checkpoint import Checkpoint
 from .local import LocalExecutor
 from .messages import WorkersDescription
-from .observer import RunObserver
+from .ports import Workers
 from .workers import AdapterWorker, ProbeWorker, SidekickWorker, SourceWorker
 
-__all__ = ["Workers", "start_local_workers", "start_workers"]
-
-
-@dataclass
-class Workers:
-    """A run's started workers: the port the loop calls them through, and how to stop them."""
-
-    executor: Any                  # runtime.loop.Executor
-    source_names: list[str]        # the stream workers, used round-robin
-    description: WorkersDescription
-    shutdown: Callable[[], None]
-    observers: list[RunObserver] = field(default_factory=list)  # e.g. Ray metrics
+__all__ = ["start_local_workers", "start_workers"]
 
 
 def start_workers(config: RunConfig, checkpoint: Checkpoint | None = None, run_id: str = "run") -> Workers:

@@ -19,9 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from adapters.base import StepStats, use_batch_statistics
+from sources.factory import open_source
+
+from ..adaptation import make_adapter
 from ..config import RunConfig
 from ..estimation.aetta import DropoutDisagreement, stage_ends
 from ..estimation.flips import count_flips, position_hash
+from ..models import load_model
 from .messages import (AdapterDescription, Images, ProbeResult, SidekickDescription, StepSummary, StreamDescription,
                        Truth, split_batches)
 
@@ -52,10 +57,6 @@ class SourceWorker:
     """Reads slices of the stream; the frozen source model scores every `source_every`-th batch."""
 
     def __init__(self, config: RunConfig, threads: int | None = None) -> None:
-        from sources.factory import open_source
-
-        from ..models import load_model
-
         _set_threads(threads)
         self.config = config
         self.bundle = load_model(config.model.name, config.model.weights, "cpu")
@@ -96,9 +97,6 @@ class AdapterWorker:
     """Owns the adapter and its device: uint8 in, served predictions and statistics out."""
 
     def __init__(self, config: RunConfig, fisher_images: np.ndarray | None = None, threads: int | None = None) -> None:
-        from ..adaptation import make_adapter
-        from ..models import load_model
-
         _set_threads(threads)
         self.device = resolve_device(config.runtime.device)
         self.bundle = load_model(config.model.name, config.model.weights, self.device)
@@ -117,8 +115,7 @@ class AdapterWorker:
         started = time.perf_counter()
         if not len(images):  # every image of the window was unreadable: nothing to serve or adapt on
             return StepSummary(self.adapter.num_steps, np.zeros(0, np.int64), np.zeros(0, np.float32),
-                               {"mean_entropy": float("nan"), "num_used": 0.0, "loss": 0.0, "grad_norm": 0.0,
-                                "skipped": 1.0}, float("nan"), float("nan"), 0.0, False)
+                               StepStats.nothing_served(), float("nan"), float("nan"), 0.0, False)
         x = self.bundle.normalise(torch.from_numpy(images.images))
         result = self.adapter.step(x)
         probs = result.logits.detach().float().softmax(1)
@@ -127,9 +124,9 @@ class AdapterWorker:
         counts = torch.bincount(predictions, minlength=probs.shape[1])
         extra = torch.stack([-(marginal * marginal.clamp_min(1e-12).log()).sum(), counts.max() / len(predictions)])
         stats = result.stats()  # the one host sync of the step
+        dropout = None
         if self.pdd is not None and self.adapter.num_steps % self.pdd_every == 0:
-            agreement, marginal = self.pdd(self.adapter.serving_model(), x, predictions)
-            stats.update(pdd_agreement=agreement, pdd_marginal_entropy=marginal)
+            dropout = self.pdd(self.adapter.serving_model(), x, predictions)
         marginal_entropy, top_share = extra.tolist()
         every = self.adapter.reset_every
         return StepSummary(
@@ -138,7 +135,7 @@ class AdapterWorker:
             marginal_entropy=marginal_entropy, top_class_share=top_share,
             step_ms=1000.0 * (time.perf_counter() - started),
             reset=bool(every and self.adapter.num_steps % every == 0),
-            probabilities=probs.cpu().numpy().astype(np.float32, copy=False),
+            probabilities=probs.cpu().numpy().astype(np.float32, copy=False), dropout=dropout,
         )
 
     def snapshot(self) -> dict[str, np.ndarray]:
@@ -191,8 +188,6 @@ class SidekickWorker:
     in, log-softmax out (eval-mode BatchNorm: the sidekick never adapts)."""
 
     def __init__(self, config: RunConfig, threads: int | None = None) -> None:
-        from ..models import load_model
-
         _set_threads(threads)
         est = config.estimation
         self.bundle = load_model(est.duo_model, est.duo_weights, resolve_device(config.runtime.device))
@@ -230,10 +225,6 @@ class ProbeWorker:
     """
 
     def __init__(self, config: RunConfig, threads: int | None = None) -> None:
-        from adapters.base import use_batch_statistics
-
-        from ..models import load_model
-
         _set_threads(threads)
         device = "cuda" if config.probe.num_gpus and torch.cuda.is_available() else "cpu"
         self.bundle = load_model(config.model.name, config.model.weights, device)

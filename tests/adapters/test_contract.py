@@ -118,8 +118,9 @@ def test_batch_statistics_remove_running_buffers():
 
 def test_stats_are_numbers_and_unknown_adapter_lists_choices():
     stats = make("tent").step(batches(1)[0]).stats()
-    assert set(stats) == {"mean_entropy", "num_used", "loss", "grad_norm", "skipped"}
-    assert stats["num_used"] == 16 and stats["skipped"] == 0.0
+    assert set(stats.as_dict()) == {"mean_entropy", "num_used", "loss", "grad_norm", "skipped"}
+    assert stats.num_used == 16 and not stats.skipped and stats.extras == {}
+    assert all(isinstance(v, (int, float)) for v in stats.as_dict().values())
     with pytest.raises(KeyError, match="Valid adapters: " + ", ".join(NAMES)):
         ADAPTERS.get("tnet")
 

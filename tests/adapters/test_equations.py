@@ -168,7 +168,7 @@ def test_eta_skips_when_every_sample_is_filtered():
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
     result = adapter.step(batches(1)[0])
     stats = result.stats()
-    assert stats["skipped"] == 1.0 and stats["num_used"] == 0 and math.isfinite(stats["loss"])
+    assert stats.skipped and stats.num_used == 0 and math.isfinite(stats.loss)
     assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())
 
 

@@ -80,7 +80,7 @@ def test_sar_skips_when_every_sample_is_filtered():
     adapter = ADAPTERS.get("sar")(tiny_model(), e_margin_scale=1e-6)
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
     stats = adapter.step(batches(1)[0]).stats()
-    assert stats["skipped"] == 1.0 and stats["num_used"] == 0 and math.isfinite(stats["loss"])
+    assert stats.skipped and stats.num_used == 0 and math.isfinite(stats.loss)
     assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())
     assert adapter.ema is None
 
