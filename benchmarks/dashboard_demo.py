@@ -45,7 +45,7 @@ def main() -> None:
     reporter.on_start(info)
     try:
         reporter.on_event(_event(0, "start", "driver", "run started"))
-        for name in ("adapter", "probe", "source-0", "source-1"):
+        for name in ("adapter", "probe", "stream-0", "source-1"):
             reporter.on_health(name, "ok")
         warned = False
         for step in range(STEPS):
@@ -58,7 +58,7 @@ def main() -> None:
                 step=step, start=step * BATCH, stop=(step + 1) * BATCH, images=BATCH - skipped, skipped=skipped,
                 wall_time=time.time(), step_ms=11.0 + rng.random(), mean_entropy=entropy,
                 top_class_share=min(0.9, 0.08 + since_reset / 600), correct=round(online / 100 * (BATCH - skipped)),
-                source_correct=round(source / 100 * 32), source_seen=32, noise_a="fog", severity_a=2.5,
+                frozen_correct=round(source / 100 * 32), frozen_seen=32, noise_a="fog", severity_a=2.5,
                 noise_b="gaussian_noise", severity_b=1.0 + step / STEPS))
             if skipped:
                 reporter.on_event(_event(step, "skipped", "source-1", f"unreadable image at {step * BATCH + 7}"))

@@ -52,7 +52,7 @@ def with_sentinel_features(calibration: Calibration, width: int) -> Calibration:
     def cut(stats):
         return stats and {**stats, "sentinel": stats.get("sentinel") and leading(stats["sentinel"], width)}
 
-    return replace(calibration, source_stats=cut(calibration.source_stats), frozen_stats=cut(calibration.frozen_stats))
+    return replace(calibration, served_stats=cut(calibration.served_stats), frozen_stats=cut(calibration.frozen_stats))
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from _record import git_sha, record  # noqa: E402
 from stream_monitor.config import load_config  # noqa: E402
 from stream_monitor.metrics.sink import read_table  # noqa: E402
 from stream_monitor.runtime.runner import run  # noqa: E402
-from stream_monitor.runtime.workers import AdapterWorker, SourceWorker  # noqa: E402
+from stream_monitor.runtime.workers import AdapterWorker, StreamWorker  # noqa: E402
 
 
 def adapter_only_rate(config, batches, threads: int) -> float:
@@ -63,7 +63,7 @@ def main() -> None:
     config = load_config(None, overrides)
     threads = config.runtime.threads or os.cpu_count() or 1
 
-    source = SourceWorker(config, 1)
+    source = StreamWorker(config, 1)
     items = source.read(0, args.steps * config.source.batch_size)
     batches = items[0::2]
     cores = os.cpu_count() or 1

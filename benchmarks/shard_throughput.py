@@ -137,7 +137,7 @@ def main() -> None:
     from stream_monitor.adaptation import make_adapter
     from stream_monitor.config import load_config
     from stream_monitor.models import load_model
-    from stream_monitor.runtime.workers import SourceWorker
+    from stream_monitor.runtime.workers import StreamWorker
 
     work = Path(tempfile.mkdtemp(prefix="sm-shards-"))
     shards = args.shards
@@ -166,7 +166,7 @@ def main() -> None:
     shard_source = CCCShardSource(shards, args.stream, device=args.decode_device)
     ours_decode = time_decode(shard_source.read(0, args.images, config.source.batch_size))
 
-    items = SourceWorker(config, 1).read(0, min(10 * config.source.batch_size, args.images))
+    items = StreamWorker(config, 1).read(0, min(10 * config.source.batch_size, args.images))
     ceiling = adapter_only_rate(config, items[0::2], args.threads)
     steady, with_startup, adapted = time_pipeline(config, work / "run")
     ceiling = statistics.mean([ceiling, adapter_only_rate(config, items[0::2], args.threads)])

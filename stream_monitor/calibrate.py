@@ -37,7 +37,7 @@ from .calibration.format import Calibration, Provenance
 from .config import RunConfig
 from .estimation.duo import fit_duo_temperatures
 from .estimation.readings import Feed
-from .estimation.window import fit_source_stats
+from .estimation.window import fit_feed_stats
 from .models import load_model
 from .runtime.messages import split_batches
 from .runtime.runner import run, with_overrides
@@ -116,7 +116,7 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
             config, source={"kind": member.kind, "stream": member.stream},
             runtime={"max_images": ((member.cycles - 1) * cycle + steps) * config.source.batch_size, "start": 0,
                      "use_ray": False},
-            probe={"cycle": cycle, "enabled": True}, evaluator={"source_every": 2},
+            probe={"cycle": cycle, "enabled": True}, evaluator={"frozen_every": 2},
             dashboard={"enabled": False}, estimation={"calibration": None},
         )
         run_dir = scratch / member.label.replace(":", "_").replace("/", "_")
@@ -160,7 +160,7 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
                             probe_size=config.probe.size, cycle=cycle)
     return Calibration(**asdict(provenance), probe_every=config.probe.every, domains=[m.label for m in members],
                        points=points, fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
-                       source_stats=asdict(stats), frozen_stats=asdict(frozen),
+                       served_stats=asdict(stats), frozen_stats=asdict(frozen),
                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
@@ -200,9 +200,9 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
         duo = {"model": config.estimation.duo_model, "sidekick": sidekick.describe().sidekick,
                "temperatures": list(temperatures)}
     sidekick_name = config.estimation.duo_model
-    return (replace(fit_source_stats(served, labels), nuclear_fit=nuclear_line(points),
+    return (replace(fit_feed_stats(served, labels), nuclear_fit=nuclear_line(points),
                     sentinel=sentinel_set(points, sidekick=sidekick_name), duo=duo),
-            replace(fit_source_stats(np.concatenate(frozen), labels), nuclear_fit=nuclear_line(points, frozen=True),
+            replace(fit_feed_stats(np.concatenate(frozen), labels), nuclear_fit=nuclear_line(points, frozen=True),
                     sentinel=sentinel_set(points, frozen=True, sidekick=sidekick_name)))
 
 

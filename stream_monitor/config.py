@@ -97,7 +97,7 @@ class EvaluatorConfig:
     """Ground truth, when the stream has labels; it never reaches adapter, probe or estimators."""
 
     window: int = 5000                # images per reported window
-    source_every: int = 8             # score the frozen source model on every N-th batch (0: off)
+    frozen_every: int = 8             # score the frozen source model on every N-th batch (0: off)
 
     def __post_init__(self) -> None:
         _positive(self, "window")

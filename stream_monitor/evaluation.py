@@ -140,7 +140,7 @@ def score_estimators(run_dir: Path, calibration: Calibration | None = None,
 
 def collapse_events(run_dir: Path, window: int = 5000, margin: float = 5.0, sustain: int = 2) -> list[CollapseEvent]:
     """Labelled collapse events from the steps table (DESIGN.md 6)."""
-    steps = RunDirectory(run_dir).table("steps").select(["start", "images", "correct", "source_correct", "source_seen"])
+    steps = RunDirectory(run_dir).table("steps").select(["start", "images", "correct", "frozen_correct", "frozen_seen"])
     data = {name: np.array(steps.column(name).to_pylist(), dtype=float) for name in steps.column_names}
     if not len(data["start"]) or np.isnan(data["correct"]).all():
         return []
@@ -148,12 +148,12 @@ def collapse_events(run_dir: Path, window: int = 5000, margin: float = 5.0, sust
     first = bins.min()
     bins -= first
     sums = {name: np.bincount(bins, weights=np.nan_to_num(data[name])) for name in
-            ("images", "correct", "source_correct", "source_seen")}
+            ("images", "correct", "frozen_correct", "frozen_seen")}
     events, run = [], []
     last = len(sums["images"]) - 1
     for b in range(last + 1):
-        seen, images = sums["source_seen"][b], sums["images"][b]
-        gap = 100 * sums["source_correct"][b] / seen - 100 * sums["correct"][b] / images if seen and images else None
+        seen, images = sums["frozen_seen"][b], sums["images"][b]
+        gap = 100 * sums["frozen_correct"][b] / seen - 100 * sums["correct"][b] / images if seen and images else None
         collapsed = gap is not None and gap > margin
         if collapsed:
             run.append(gap)

@@ -260,7 +260,7 @@ def _summary(run: _Run) -> Summary:
     has = np.isfinite(correct)
     out["true_online_acc_steps"] = (float(100 * correct[has].sum() / served[has].sum())
                                     if has.any() and served[has].sum() > 0 else None)
-    src_correct, src_seen = _num(steps, "source_correct"), _num(steps, "source_seen")
+    src_correct, src_seen = _num(steps, "frozen_correct"), _num(steps, "frozen_seen")
     has = np.isfinite(src_correct) & np.isfinite(src_seen)
     out["true_source_acc_steps"] = (float(100 * src_correct[has].sum() / src_seen[has].sum())
                                     if has.any() and src_seen[has].sum() > 0 else None)

@@ -127,6 +127,8 @@ class RunDirectory:
         """All closed parts of table `name` (one of TABLE_NAMES) in part order; empty with its schema when none."""
         try:
             return read_table(self.path, name)
+        except ValueError as error:  # a part of another version's schema
+            raise RunDirectoryError(str(error)) from None
         except OSError as error:  # a closed part is published atomically, so this is disk damage or a stray file
             raise RunDirectoryError(f"{error}. Move the part out of {self.path / name}, or resume the run "
                                     f"(`stream-monitor run --resume {self.path}` moves such parts to "

@@ -28,16 +28,16 @@ def merge(calibrations: list[Calibration]) -> Calibration:
     points = [p for c in calibrations for p in c.points]
     # agreement columns of two sidekicks don't mix; a file whose windows have no Sentinel features
     # (made before them) adds no window to the Sentinel, so it has no say in its sidekick
-    sidekicks = {((c.source_stats or {}).get("duo") or {}).get("model") for c in calibrations
+    sidekicks = {((c.served_stats or {}).get("duo") or {}).get("model") for c in calibrations
                  if any(p.get("sentinel_features") or p.get("frozen_sentinel_features") for p in c.points)}
     sidekick = sidekicks.pop() if len(sidekicks) == 1 else None
-    stats = first.source_stats and {**first.source_stats, "nuclear_fit": nuclear_line(points),
+    stats = first.served_stats and {**first.served_stats, "nuclear_fit": nuclear_line(points),
                                      "sentinel": sentinel_set(points, sidekick=sidekick)}
     frozen = first.frozen_stats and {**first.frozen_stats, "nuclear_fit": nuclear_line(points, frozen=True),
                                      "sentinel": sentinel_set(points, frozen=True, sidekick=sidekick)}
     return replace(first, domains=[d for c in calibrations for d in c.domains], points=points,
                    fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
-                   source_stats=stats, frozen_stats=frozen)
+                   served_stats=stats, frozen_stats=frozen)
 
 
 def nuclear_line(points: list[dict[str, Any]], frozen: bool = False) -> tuple[float, float] | None:

@@ -2,7 +2,7 @@
 
 A JSON file (format `FORMAT`) with its provenance (model and checksum, adapter and
 hyperparameters, probe size, cycle), the meta-set's windows (`points`), Entropy Enigma's f per
-snapshot step and both feeds' statistics (`estimation.window.SourceStats` as mappings). A run
+snapshot step and both feeds' statistics (`estimation.window.FeedStats` as mappings). A run
 refuses a file made for another model or adapter (`check`); a provenance field that is null in
 the file matches any run (the paper's ResNet-50 f holds for any weights file of that model).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..estimation.flips import FlipsCalibration
-from ..estimation.window import SourceStats, stats_from_dict
+from ..estimation.window import FeedStats, stats_from_dict
 
 __all__ = ["FORMAT", "FROZEN_PROVENANCE_KEYS", "PROVENANCE_KEYS", "Calibration", "CalibrationMismatch", "Provenance"]
 
@@ -56,10 +56,10 @@ class Calibration:
     domains: list[str]
     points: list[dict[str, Any]] = field(default_factory=list)  # one per meta-set window
     fits: dict[int, dict[str, Any]] = field(default_factory=dict)  # cycle_step -> coefficients, range, rmse
-    source_stats: dict[str, Any] | None = None  # the served adapter's SourceStats at its initial state
+    served_stats: dict[str, Any] | None = None  # the served adapter's FeedStats at its initial state
     created: str = ""
     format: int = FORMAT
-    frozen_stats: dict[str, Any] | None = None  # the frozen model's SourceStats
+    frozen_stats: dict[str, Any] | None = None  # the frozen model's FeedStats
     spread_fits: dict[int, dict[str, Any]] = field(default_factory=dict)  # f of the spread reference set's flips
     origin: str = "stream-monitor calibrate"  # who fitted it (a paper, or this command)
 
@@ -72,9 +72,9 @@ class Calibration:
             adapter=self.adapter or "any", origin=f"{self.origin}, {len(self.domains)} meta-set runs",
         ) for step, fit in (self.spread_fits if spread else self.fits).items()}
 
-    def window_stats(self, frozen: bool = False) -> SourceStats | None:
-        """SourceStats of the served adapter at its initial state, or (`frozen`) of the frozen model."""
-        return stats_from_dict(self.frozen_stats if frozen else self.source_stats)
+    def window_stats(self, frozen: bool = False) -> FeedStats | None:
+        """FeedStats of the served adapter at its initial state, or (`frozen`) of the frozen model."""
+        return stats_from_dict(self.frozen_stats if frozen else self.served_stats)
 
     def check(self, provenance: Provenance, keys: tuple[str, ...] = PROVENANCE_KEYS) -> None:
         """Raise CalibrationMismatch, naming every difference in `keys`, unless `provenance` matches."""

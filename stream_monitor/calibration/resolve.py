@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..estimation.context import EstimationContext
-from ..estimation.window import calibrated_on_adapter, with_source_line
+from ..estimation.window import calibrated_on_adapter, with_frozen_line
 from .format import FROZEN_PROVENANCE_KEYS, PROVENANCE_KEYS, Calibration, CalibrationMismatch, Provenance
 
 __all__ = ["SHIPPED", "resolve_context", "shipped_calibration"]
@@ -90,7 +90,7 @@ def resolve_context(config: RunConfig, provenance: Provenance, *, calibration: C
                                                                 ("frozen", frozen_origin, frozen is not None),
                                                                 ("flips", served_origin, bool(flips))) if present}
     context = EstimationContext(
-        served=with_source_line(served, frozen), frozen=frozen, flips=flips,
+        served=with_frozen_line(served, frozen), frozen=frozen, flips=flips,
         spread_flips=served_file.flips_calibrations(spread=True) if served_file is not None else {},
         adapter_calibrated=calibrated_on_adapter(served), origins=origins)
     logger.info("estimation context: %s", context.describe())

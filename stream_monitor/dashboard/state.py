@@ -183,7 +183,7 @@ class DashboardState:
     rate: float | None = None          # stream positions per second, time-weighted EMA
     last_step: StepStats | None = None
 
-    # ground truth from step rows: (images, correct, source_seen, source_correct) per recent labelled step
+    # ground truth from step rows: (images, correct, frozen_seen, frozen_correct) per recent labelled step
     recent_truth: tuple[tuple[int, int, int, int], ...] = ()
     labelled_images: int = 0
     correct_total: int = 0
@@ -244,9 +244,9 @@ class DashboardState:
         }
         correct = row.get("correct")
         if correct is not None and served > 0:
-            seen = int(row.get("source_seen") or 0)
-            source_correct = int(row.get("source_correct") or 0) if seen else 0
-            recent = self.recent_truth + ((served, int(correct), seen, source_correct),)
+            seen = int(row.get("frozen_seen") or 0)
+            frozen_correct = int(row.get("frozen_correct") or 0) if seen else 0
+            recent = self.recent_truth + ((served, int(correct), seen, frozen_correct),)
             total = sum(entry[0] for entry in recent)
             while len(recent) > 1 and total - recent[0][0] >= self.rolling_images:
                 total -= recent[0][0]
@@ -254,7 +254,7 @@ class DashboardState:
             changes.update(
                 recent_truth=recent, labelled_images=self.labelled_images + served,
                 correct_total=self.correct_total + int(correct), source_seen_total=self.source_seen_total + seen,
-                source_correct_total=self.source_correct_total + source_correct)
+                source_correct_total=self.source_correct_total + frozen_correct)
             online = 100.0 * sum(entry[1] for entry in recent) / total
             changes["online_series"] = self.online_series.append((stop, online))
         return replace(self, **changes)

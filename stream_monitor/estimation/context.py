@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from .flips import FlipsCalibration
 from .readings import Feed
-from .window import SourceStats, stats_from_dict
+from .window import FeedStats, stats_from_dict
 
 __all__ = ["EstimationContext"]
 
@@ -24,7 +24,7 @@ class EstimationContext:
     Args:
         served: the served feed's statistics as its estimators read them: the served adapter's
             calibration, with the frozen model's nuclear-norm line where that has none
-            (`window.with_source_line`).
+            (`window.with_frozen_line`).
         frozen: the frozen model's statistics.
         flips: cycle step -> f of the weighted flips on the cycle's first images.
         spread_flips: cycle step -> f of the weighted flips on the spread reference set.
@@ -33,14 +33,14 @@ class EstimationContext:
         origins: part ("served", "frozen", "flips") -> where it came from, for people.
     """
 
-    served: SourceStats | None = None
-    frozen: SourceStats | None = None
+    served: FeedStats | None = None
+    frozen: FeedStats | None = None
     flips: Mapping[int, FlipsCalibration] = field(default_factory=dict)
     spread_flips: Mapping[int, FlipsCalibration] = field(default_factory=dict)
     adapter_calibrated: bool = False
     origins: Mapping[str, str] = field(default_factory=dict)
 
-    def stats(self, feed: Feed) -> SourceStats | None:
+    def stats(self, feed: Feed) -> FeedStats | None:
         return self.served if feed == Feed.SERVED else self.frozen
 
     @property

@@ -25,7 +25,8 @@ from .base import NotComputableError
 
 #: name -> detector class; `for_model(num_classes)` builds the detector as a warning uses it.
 DETECTORS: Registry[type["CollapseDetector"]] = Registry("detector")
-#: The fused warning's detectors unless estimation.detectors says otherwise (measured: README).
+#: The fused warning's detectors unless estimation.detectors says otherwise
+#: (benchmarks/estimator_table.py --detectors scores any set on recorded runs).
 DEFAULT_DETECTORS = ("entropy-ema", "top-class-share", "online-below-source", "aetta-drop")
 
 
@@ -138,10 +139,10 @@ class EntropyCollapse(_StepEMA):
 class PredictionConcentration(_StepEMA):
     """Predictions piling onto one class: EMA (0.95) of the batch's top-class share above `share`
     (the degenerate solution of entropy minimisation; Press et al., RDumb, NeurIPS 2023), and,
-    where the frozen source model scores batches (`source_top_class_share`), more than `excess`
-    above the same EMA of that model's share. Noise can pile the source model's own predictions
-    onto one class: on the embedded CCC streams the absolute rule alone fired 6-12 times on each
-    300k-image run of the non-adapting model, which never collapses by definition (README)."""
+    where the frozen model scores batches (`frozen_top_class_share`), more than `excess` above the
+    same EMA of that model's share: noise can pile the frozen model's own predictions onto one
+    class, and a model that does not adapt never collapses by definition (`stream-monitor eval
+    --detectors` measures the false alarms of either rule on a run)."""
 
     name, column, decay = "top-class-share", "top_class_share", 0.95
     _state_dict_all_req_keys = _StepEMA._state_dict_all_req_keys + ("source_ema", "source_step", "on")
@@ -158,9 +159,9 @@ class PredictionConcentration(_StepEMA):
 
     def update_step(self, row: dict[str, Any]) -> None:
         super().update_step(row)
-        value, step = row.get("source_top_class_share"), row.get("step") or 0
+        value, step = row.get("frozen_top_class_share"), row.get("step") or 0
         if value is not None and math.isfinite(value):
-            # the source model scores one batch in `evaluator.source_every`: decay by the steps since
+            # the source model scores one batch in `evaluator.frozen_every`: decay by the steps since
             # its last one, so both EMAs forget at the same rate per step
             if self.source_ema is None:
                 self.source_ema = value
@@ -268,9 +269,8 @@ class AETTAReset(CollapseDetector):
     @classmethod
     def for_model(cls, num_classes: int) -> "AETTAReset":
         # AETTA's own drop rule (2 points over 5 estimates) is a cheap reset trigger, but as a warning
-        # it fired 22, 22 and 10 times on three 300k Tent runs that never collapsed; 10 points over
-        # 10 estimates fired 0, 0 and 2 times and still caught all 5 collapse events of the lr 5e-3
-        # run (README, "Measured")
+        # it fires on runs that never collapse; the warning asks for a 10-point drop over 10 estimates
+        # (benchmarks/estimator_table.py --detectors aetta-drop replays both on recorded runs)
         return cls(drop=10.0, span=10)
 
     def compute(self) -> Verdict:

@@ -18,8 +18,7 @@ and each image a "token":
   runs (windows of one run are nested, so a split inside a run would flatter the fit). The same
   held-out-run cross-validation then picks the forest, a ridge line on the standardised features,
   or their mean (REGRESSORS): a forest cannot reach past the accuracies it was trained on, a line
-  can but is noisier; on the shipped meta-set their mean had the lowest held-out-run error
-  (README, "Measured").
+  can but is noisier; the calibration keeps each one's held-out-run error (`cv_maes`).
 
 Beyond the paper, two groups of window features follow the 17 (MARGINAL_FEATURES, DUO_FEATURES).
 The entropy profile cannot tell a model that is confident and right from one that a destroying
@@ -153,13 +152,12 @@ def leading(training: dict[str, Any], width: int) -> dict[str, Any]:
 
 
 class SentinelRegressor:
-    """A calibration's regressor (forest, ridge line or their mean; `regressor`, forest for files
-    from before the choice), refitted from its stored training set (deterministic: fixed seed) on
+    """A calibration's regressor (forest, ridge line or their mean: `regressor`), refitted from its stored training set (deterministic: fixed seed) on
     the feature columns it shares with the window it scores."""
 
     def __init__(self, training: dict[str, Any]) -> None:
         self.training = training
-        self.kind = training.get("regressor", "forest")
+        self.kind = training["regressor"]
         if self.kind not in REGRESSORS:
             raise ValueError(f"Unknown Sentinel regressor {self.kind!r} in the calibration; valid: "
                              f"{', '.join(REGRESSORS)}. Make the calibration again with this version.")
@@ -171,7 +169,7 @@ class SentinelRegressor:
         if width not in self._fitted:
             x = np.asarray(self.training["features"])[:, :width]
             y = np.asarray(self.training["accuracy"])
-            models = [_forest(self.training["params"], self.training.get("seed", 0))] if self.kind != "ridge" else []
+            models = [_forest(self.training["params"], self.training["seed"])] if self.kind != "ridge" else []
             models += [_ridge()] if self.kind != "forest" else []
             self._fitted[width] = [model.fit(x, y) for model in models]
         return self._fitted[width]

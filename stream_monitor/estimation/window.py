@@ -6,7 +6,7 @@ sees only probabilities (never labels), from one feed (`readings.Feed`):
 - the frozen model's outputs on the batches the evaluator scores: an estimate of the source
   accuracy on the window, the baselines Entropy Enigma compares weighted flips with (AC, DoC,
   ATC, COT on the pre-trained model's outputs).
-Those that need labelled statistics take them from the calibration (`SourceStats` of the served
+Those that need labelled statistics take them from the calibration (`FeedStats` of the served
 adapter at its initial state, or of the frozen model, fitted by `stream-monitor calibrate` on the
 meta-set's clean domain); without one they are not computable. Written by hand because no
 maintained library ships them (research/estimators.md 4.3).
@@ -41,7 +41,7 @@ RESERVOIR = 1024  # the most recent softmax vectors of a feed kept for COT and t
 
 
 @dataclass(frozen=True)
-class SourceStats:
+class FeedStats:
     """Labelled statistics of one feed's model (the served adapter at its initial state, or the
     frozen model) on the meta-set's clean domain, with the meta-set maps of its estimators."""
 
@@ -75,7 +75,7 @@ def atc_threshold(scores: np.ndarray, correct: np.ndarray) -> float:
     return float(ordered[errors]) if errors < len(ordered) else float(ordered[-1] + 1e-6)
 
 
-def fit_source_stats(probs: np.ndarray, labels: np.ndarray) -> SourceStats:
+def fit_feed_stats(probs: np.ndarray, labels: np.ndarray) -> FeedStats:
     """Temperature (NLL, LBFGS as in gpleiss/temperature_scaling), Acc_S, AC_S and ATC thresholds."""
     log_p = torch.from_numpy(np.log(np.clip(probs, 1e-12, None))).double()
     target = torch.from_numpy(labels).long()
@@ -92,7 +92,7 @@ def fit_source_stats(probs: np.ndarray, labels: np.ndarray) -> SourceStats:
     temperature = float(log_t.detach().exp())
     scaled = scale(probs, temperature)
     correct = scaled.argmax(1) == labels
-    return SourceStats(temperature, float(100.0 * correct.mean()), float(100.0 * scaled.max(1).mean()),
+    return FeedStats(temperature, float(100.0 * correct.mean()), float(100.0 * scaled.max(1).mean()),
                        atc_threshold(scaled.max(1), correct), atc_threshold(negative_entropy(scaled), correct))
 
 
@@ -110,15 +110,15 @@ class WindowEstimator(ABC):
     requires: ClassVar[str | None] = None
     state_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, stats: SourceStats | None = None, feed: Feed = Feed.SERVED) -> None:
+    def __init__(self, stats: FeedStats | None = None, feed: Feed = Feed.SERVED) -> None:
         if feed not in self.feeds:
             raise ValueError(f"{self.name} runs on the {', '.join(map(str, self.feeds))} feed, not {feed}")
-        self.stats = stats or SourceStats()
+        self.stats = stats or FeedStats()
         self.feed = Feed(feed)
         self.reset()
 
     @classmethod
-    def create(cls, stats: SourceStats | None, feed: Feed, *, num_classes: int,
+    def create(cls, stats: FeedStats | None, feed: Feed, *, num_classes: int,
                sidekick: str | None = None) -> "WindowEstimator":
         """The estimator as a run builds it (the pipeline's one constructor call)."""
         return cls(stats, feed)
@@ -245,7 +245,7 @@ class DifferenceOfConfidences(AverageConfidence):
 @ESTIMATORS.register("atc-mc", description=(
     "ATC-MC (Garg et al., ICLR 2022): the share above the clean-fitted max-confidence threshold"))
 class ATCMaxConfidence(_Counting):
-    """ATC-MC (Garg et al., ICLR 2022): the share above the source-fitted max-confidence threshold."""
+    """ATC-MC (Garg et al., ICLR 2022): the share above the clean-fitted max-confidence threshold."""
 
     name = "atc-mc"
 
@@ -261,7 +261,7 @@ class ATCMaxConfidence(_Counting):
 @ESTIMATORS.register("atc-ne", description=(
     "ATC-NE (Garg et al., ICLR 2022): the share above the clean-fitted negative-entropy threshold"))
 class ATCNegativeEntropy(_Counting):
-    """ATC-NE (Garg et al., ICLR 2022): the share above the source-fitted negative-entropy threshold."""
+    """ATC-NE (Garg et al., ICLR 2022): the share above the clean-fitted negative-entropy threshold."""
 
     name = "atc-ne"
 
@@ -312,7 +312,7 @@ class _Reservoir(WindowEstimator):
 @ESTIMATORS.register("cot", description=(
     "COT (Lu et al., NeurIPS 2023): 1 - W1 to one-hot labels of the uniform label marginal"))
 class OptimalTransport(_Reservoir):
-    """COT (Lu et al., NeurIPS 2023): 1 - W1 to one-hot labels of the (uniform) source marginal."""
+    """COT (Lu et al., NeurIPS 2023): 1 - W1 to one-hot labels of the (uniform) label marginal."""
 
     name = "cot"
 
@@ -370,26 +370,26 @@ def nuclear_accuracy(score: float, line: tuple[float, float]) -> float:
     return float(np.clip(slope * score + intercept, 0.0, 100.0))
 
 
-def with_source_line(served: SourceStats | None, frozen: SourceStats | None) -> SourceStats | None:
+def with_frozen_line(served: FeedStats | None, frozen: FeedStats | None) -> FeedStats | None:
     """The served feed's statistics, with the frozen model's nuclear-norm line where the served
     adapter's calibration has none: the adapter starts as that model, so its line is the nearest
     one there is (benchmarks/estimator_table.py measures how near)."""
     if frozen is None or frozen.nuclear_fit is None or (served is not None and served.nuclear_fit is not None):
         return served
-    return replace(served or SourceStats(), nuclear_fit=frozen.nuclear_fit)
+    return replace(served or FeedStats(), nuclear_fit=frozen.nuclear_fit)
 
 
-def calibrated_on_adapter(served: SourceStats | None) -> bool:
+def calibrated_on_adapter(served: FeedStats | None) -> bool:
     """Whether the served feed's statistics carry a nuclear-norm line or a Sentinel regressor fitted
     on the served adapter's own meta-set windows (then its estimators headline: headline.py)."""
     return served is not None and (served.nuclear_fit is not None or bool(served.sentinel))
 
 
-def stats_from_dict(data: dict[str, Any] | None) -> SourceStats | None:
-    """SourceStats from a calibration file's mapping (None: the file has none for that feed)."""
+def stats_from_dict(data: dict[str, Any] | None) -> FeedStats | None:
+    """FeedStats from a calibration file's mapping (None: the file has none for that feed)."""
     if not data:
         return None
     data = dict(data)
     if data.get("nuclear_fit") is not None:
         data["nuclear_fit"] = tuple(data["nuclear_fit"])
-    return SourceStats(**data)
+    return FeedStats(**data)

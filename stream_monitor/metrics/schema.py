@@ -32,7 +32,7 @@ STEP_SCHEMA = pa.schema([
     pa.field("mean_confidence", pa.float32()),              # mean max-softmax of the served logits
     pa.field("marginal_entropy", pa.float32()),             # entropy of the batch's mean prediction
     pa.field("top_class_share", pa.float32()),              # share of the most predicted class
-    pa.field("source_top_class_share", pa.float32()),       # the same for the frozen source model (scored batches)
+    pa.field("frozen_top_class_share", pa.float32()),       # the same for the frozen source model (scored batches)
     pa.field("num_used", pa.int32()),                       # samples that entered the loss
     pa.field("loss", pa.float32()),
     pa.field("grad_norm", pa.float32()),
@@ -44,8 +44,8 @@ STEP_SCHEMA = pa.schema([
     pa.field("noise_b", pa.string()),
     pa.field("severity_b", pa.float32()),
     pa.field("correct", pa.int32()),                        # ground truth: served predictions correct (null without labels)
-    pa.field("source_correct", pa.int32()),                 # ground truth: frozen source model correct on the subsample
-    pa.field("source_seen", pa.int32()),                    # images of the batch the frozen model scored
+    pa.field("frozen_correct", pa.int32()),                 # ground truth: frozen source model correct on the subsample
+    pa.field("frozen_seen", pa.int32()),                    # images of the batch the frozen model scored
 ], metadata={"table": "steps", "schema_version": str(SCHEMA_VERSION)})
 
 PROBE_SCHEMA = pa.schema([
@@ -81,7 +81,7 @@ EVENT_SCHEMA = pa.schema([
     pa.field("step", pa.int64(), nullable=False),           # adapter steps done when it happened
     pa.field("wall_time", pa.float64(), nullable=False),
     pa.field("kind", pa.string(), nullable=False),          # one of EVENT_KINDS
-    pa.field("origin", pa.string(), nullable=False),        # driver, adapter, probe, source-N, or a detector name
+    pa.field("origin", pa.string(), nullable=False),        # driver, adapter, probe, stream-N, or a detector name
     pa.field("message", pa.string(), nullable=False),       # for people: what happened and the evidence
     pa.field("value", pa.float64()),                        # the number behind it, when there is one
 ], metadata={"table": "events", "schema_version": str(SCHEMA_VERSION)})

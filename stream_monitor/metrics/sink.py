@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..runtime.observer import RunInfo
-from .schema import TABLES
+from .schema import SCHEMA_VERSION, TABLES
 
 logger = logging.getLogger(__name__)
 
@@ -284,20 +284,23 @@ def read_table(run_dir: str | os.PathLike[str], table: str) -> pa.Table:
     parts = []
     for _, path in _closed_parts(Path(run_dir) / table):
         try:
-            parts.append(_conform(pq.ParquetFile(path).read(), schema))
+            part = pq.ParquetFile(path).read()
         except (pa.ArrowException, OSError) as e:
             raise OSError(f"{path}: unreadable part ({e}); recover() quarantines such parts") from e
+        parts.append(_checked(part, schema, path))
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def _conform(part: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A part written by an older version, with the columns added since then as nulls, so old and
-    resumed runs stay readable; columns the schema no longer has are dropped."""
-    if part.schema.names == schema.names:
-        return part
-    columns = [part.column(f.name) if f.name in part.schema.names else pa.nulls(part.num_rows, f.type)
-               for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
+def _checked(part: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
+    """`part` if it has the columns of this version's schema, else a clear error (a run directory
+    of another version is read by that version: `rundir.FORMAT`)."""
+    if part.schema.names != schema.names:
+        missing = [n for n in schema.names if n not in part.schema.names]
+        extra = [n for n in part.schema.names if n not in schema.names]
+        raise ValueError(f"{path} was written by another version of stream-monitor (columns missing: "
+                         f"{', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'}); this version "
+                         f"writes schema version {SCHEMA_VERSION}. Read the run with the version that wrote it.")
+    return part
 
 
 def _quarantine(run_dir: Path, table: str, path: Path, reason: str) -> None:

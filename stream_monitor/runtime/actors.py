@@ -19,11 +19,11 @@ from adapters import ADAPTERS
 from ..config import RunConfig
 from .messages import WorkersDescription
 from .ports import Workers
-from .workers import AdapterWorker, ProbeWorker, SidekickWorker, SourceWorker, resolve_device
+from .workers import AdapterWorker, ProbeWorker, SidekickWorker, StreamWorker, resolve_device
 
 logger = logging.getLogger(__name__)
 
-SourceActor = ray.remote(SourceWorker)
+StreamActor = ray.remote(StreamWorker)
 AdapterActor = ray.remote(AdapterWorker)
 ProbeActor = ray.remote(ProbeWorker)
 SidekickActor = ray.remote(SidekickWorker)
@@ -86,7 +86,7 @@ def gpu_shares(config: RunConfig, cuda: bool) -> tuple[float, float]:
 
 
 def start_ray_workers(config: RunConfig, run_id: str = "run"):
-    """The actors of one run, named `{run_id}/adapter`, `{run_id}/probe`, `{run_id}/source-K`."""
+    """The actors of one run, named `{run_id}/adapter`, `{run_id}/probe`, `{run_id}/stream-K`."""
 
     started_ray = init_ray(config)
     rt = config.runtime
@@ -99,12 +99,12 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
     actors: dict[str, Any] = {}
     names = []
     for k in range(config.source.num_actors):
-        name = f"source-{k}"
-        actors[name] = SourceActor.options(num_cpus=0.25, num_gpus=source_gpus, name=f"{run_id}/{name}",
+        name = f"stream-{k}"
+        actors[name] = StreamActor.options(num_cpus=0.25, num_gpus=source_gpus, name=f"{run_id}/{name}",
                                            max_restarts=2, max_task_retries=2).remote(config, 1)
         names.append(name)
     fisher_images = ADAPTERS.info(config.adapter.name).fisher_images  # 0: the adapter needs none
-    fisher = actors["source-0"].first_images.remote(fisher_images) if fisher_images else None
+    fisher = actors["stream-0"].first_images.remote(fisher_images) if fisher_images else None
     actors["adapter"] = AdapterActor.options(num_cpus=1, num_gpus=num_gpus, max_restarts=0,
                                              name=f"{run_id}/adapter").remote(
         config, fisher, adapter_threads)
@@ -122,7 +122,7 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
             f"probe num_gpus={config.probe.num_gpus}); the cluster has {ray.cluster_resources()}. "
             f"Use --num-gpus 0 to run on CPU, or raise runtime.start_timeout_s."
         ) from None
-    description = WorkersDescription(ray.get(actors["source-0"].describe.remote()),
+    description = WorkersDescription(ray.get(actors["stream-0"].describe.remote()),
                                      ray.get(actors["adapter"].describe.remote()),
                                      ray.get(actors["sidekick"].describe.remote()) if "sidekick" in actors else None)
     ex = RayExecutor(actors)

@@ -49,8 +49,8 @@ class _CycleWindow:
     images: int = 0
     labelled: int = 0         # images whose served prediction was scored against a label
     correct: int = 0
-    source_correct: int = 0
-    source_seen: int = 0
+    frozen_correct: int = 0
+    frozen_seen: int = 0
 
 
 @dataclass
@@ -283,7 +283,7 @@ class RunLoop:
 
     def _process_step(self, pending: _PendingStep) -> None:
         summary: StepSummary = self._get(pending.summary, "adapter")
-        truth: Truth = self._get(pending.truth, "source")
+        truth: Truth = self._get(pending.truth, "stream")
         self._last_result = self.clock()
         state = self.state
         n = len(summary.predictions)
@@ -297,9 +297,9 @@ class RunLoop:
             update_skipped=summary.stats.skipped, reset=summary.reset,
             noise_a=truth.noise_a, severity_a=truth.severity_a, noise_b=truth.noise_b, severity_b=truth.severity_b,
         )
-        if truth.source_predictions is not None and len(truth.source_predictions):
-            predicted = truth.source_predictions
-            row["source_top_class_share"] = float(np.bincount(predicted).max() / len(predicted))
+        if truth.frozen_predictions is not None and len(truth.frozen_predictions):
+            predicted = truth.frozen_predictions
+            row["frozen_top_class_share"] = float(np.bincount(predicted).max() / len(predicted))
         if summary.dropout is not None:
             row["aetta_acc"] = self.estimation.observe_dropout(*summary.dropout)
         window = state.window
@@ -309,17 +309,17 @@ class RunLoop:
             row["correct"] = correct
             window.correct += correct
             window.labelled += n
-            if truth.source_predictions is not None:
-                source_correct = int((truth.source_predictions == truth.labels).sum())
-                row.update(source_correct=source_correct, source_seen=n)
-                window.source_correct += source_correct
-                window.source_seen += n
+            if truth.frozen_predictions is not None:
+                frozen_correct = int((truth.frozen_predictions == truth.labels).sum())
+                row.update(frozen_correct=frozen_correct, frozen_seen=n)
+                window.frozen_correct += frozen_correct
+                window.frozen_seen += n
         state.step, state.position = pending.step, pending.stop
         self._emit("on_step", row)
         if truth.skipped:
             state.skipped += len(truth.skipped)
             shown = ", ".join(truth.skipped[:3]) + (" ..." if len(truth.skipped) > 3 else "")
-            self.event("skipped", "source", f"{len(truth.skipped)} unreadable image(s) skipped: {shown}",
+            self.event("skipped", "stream", f"{len(truth.skipped)} unreadable image(s) skipped: {shown}",
                        len(truth.skipped))
         if summary.reset:
             state.resets += 1
@@ -327,7 +327,7 @@ class RunLoop:
                        f"(reset every {self.reset_every} steps)")
         sidekick = self._get(pending.sidekick, "sidekick") if pending.sidekick is not None else None
         self.estimation.observe(Feed.SERVED, summary.probabilities, sidekick)
-        self.estimation.observe(Feed.FROZEN, truth.source_probabilities, sidekick)
+        self.estimation.observe(Feed.FROZEN, truth.frozen_probabilities, sidekick)
         for detector in self.detectors:
             detector.update_step(row)
         self._check_detectors()
@@ -353,7 +353,7 @@ class RunLoop:
         return {
             "position": position, "window_start": w.start, "window_stop": position,
             "true_online_acc": 100.0 * w.correct / w.labelled if w.labelled else None,
-            "true_source_acc": 100.0 * w.source_correct / w.source_seen if w.source_seen else None,
+            "true_source_acc": 100.0 * w.frozen_correct / w.frozen_seen if w.frozen_seen else None,
         }
 
     def _process_probe(self, pending: _PendingProbe) -> None:

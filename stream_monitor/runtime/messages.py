@@ -1,7 +1,7 @@
 """What travels between the workers: small, picklable dataclasses of numpy arrays and numbers.
 
-A stream batch is split at the source into the part the adapter and probe may see (`Images`)
-and the part only the driver's evaluator sees (`Truth`: labels, CCC info and the frozen source
+A stream batch is split by the stream worker into the part the adapter and probe may see (`Images`)
+and the part only the driver's evaluator sees (`Truth`: labels, CCC info and the frozen
 model's outputs), so labels cannot reach an adapter, a probe or an estimator by accident
 (DESIGN.md section 5).
 """
@@ -37,7 +37,7 @@ class Images:
 
 @dataclass
 class Truth:
-    """Ground truth for the same positions; `source_predictions` is -1 where the frozen model did
+    """Ground truth for the same positions; `frozen_predictions` is -1 where the frozen model did
     not score (it scores a subsample of batches)."""
 
     start: int
@@ -47,11 +47,11 @@ class Truth:
     severity_a: float
     noise_b: str
     severity_b: float
-    source_predictions: np.ndarray | None = None  # int64 (N,) or None when not scored
+    frozen_predictions: np.ndarray | None = None  # int64 (N,) or None when not scored
     skipped: list[str] = field(default_factory=list)  # unreadable images, as in Images
     # float32 (N, K): the frozen model's softmax where it scored, for the source-target estimators
     # (label-free; it travels here because only the driver's evaluator reads the frozen model)
-    source_probabilities: np.ndarray | None = None
+    frozen_probabilities: np.ndarray | None = None
 
 
 @dataclass

@@ -29,10 +29,10 @@ class RunInfo:
     probe_every: int = 0     # adapter steps between probe evaluations (0: no probe)
     probe_size: int = 0
     has_labels: bool = True  # ground-truth columns will be filled
-    num_classes: int = 0     # the model's (0: not recorded, a run from before this field)
+    num_classes: int = 0     # the model's
     # whether the served feed's estimators were calibrated on the adapter (window.calibrated_on_adapter),
-    # which picks the online headline order; None: a run from before this field
-    adapter_calibrated: bool | None = None
+    # which picks the online headline order
+    adapter_calibrated: bool = False
 
 
 class RunObserver(Protocol):

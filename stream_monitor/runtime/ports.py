@@ -12,7 +12,7 @@ __all__ = ["Executor", "Workers"]
 
 
 class Executor(Protocol):
-    """Calls on named workers ("adapter", "probe", "source-0", ...). Handles are opaque: Ray
+    """Calls on named workers ("adapter", "probe", "stream-0", ...). Handles are opaque: Ray
     object refs, or resolved values in-process. A handle passed as an argument is resolved on
     the worker's side."""
 

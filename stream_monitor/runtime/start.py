@@ -11,7 +11,7 @@ from .checkpoint import Checkpoint
 from .local import LocalExecutor
 from .messages import WorkersDescription
 from .ports import Workers
-from .workers import AdapterWorker, ProbeWorker, SidekickWorker, SourceWorker
+from .workers import AdapterWorker, ProbeWorker, SidekickWorker, StreamWorker
 
 __all__ = ["start_local_workers", "start_workers"]
 
@@ -34,15 +34,15 @@ def start_workers(config: RunConfig, checkpoint: Checkpoint | None = None, run_i
 
 def start_local_workers(config: RunConfig) -> Workers:
     """Every worker in this process, behind a `LocalExecutor` (tests, calibration, `runtime.use_ray=false`)."""
-    source = SourceWorker(config, config.runtime.threads)
+    source = StreamWorker(config, config.runtime.threads)
     fisher_images = ADAPTERS.info(config.adapter.name).fisher_images  # 0: the adapter needs none
     fisher = source.first_images(fisher_images) if fisher_images else None
     adapter = AdapterWorker(config, fisher, config.runtime.threads)
-    workers: dict[str, Any] = {"source-0": source, "adapter": adapter}
+    workers: dict[str, Any] = {"stream-0": source, "adapter": adapter}
     if config.probe.enabled:
         workers["probe"] = ProbeWorker(config, config.runtime.threads)
     sidekick = None
     if config.estimation.duo_model:
         sidekick = workers["sidekick"] = SidekickWorker(config, config.runtime.threads)
     description = WorkersDescription(source.describe(), adapter.describe(), sidekick and sidekick.describe())
-    return Workers(LocalExecutor(workers), ["source-0"], description, lambda: None)
+    return Workers(LocalExecutor(workers), ["stream-0"], description, lambda: None)

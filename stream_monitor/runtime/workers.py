@@ -1,6 +1,6 @@
 """The plain classes behind the Ray actors (style_anchors.md 4.5): no Ray in here.
 
-- `SourceWorker` renders or reads slices of the stream and splits them into `Images` and `Truth`.
+- `StreamWorker` renders or reads slices of the stream and splits them into `Images` and `Truth`.
 - `AdapterWorker` owns the model being adapted on its device.
 - `ProbeWorker` owns the reference set and counts label flips of weight snapshots (Entropy
   Enigma, Press et al., ICML 2024, `main.py`: reference predictions with test-batch BatchNorm,
@@ -53,8 +53,8 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-class SourceWorker:
-    """Reads slices of the stream; the frozen source model scores every `source_every`-th batch."""
+class StreamWorker:
+    """Reads slices of the stream; the frozen source model scores every `frozen_every`-th batch."""
 
     def __init__(self, config: RunConfig, threads: int | None = None) -> None:
         _set_threads(threads)
@@ -63,7 +63,7 @@ class SourceWorker:
         src = config.source
         self.source = open_source(src.kind, src.stream, src.data, self.bundle, crop=src.crop,
                                   device=_decode_device(src.decode_device))
-        self.source_every = config.evaluator.source_every
+        self.frozen_every = config.evaluator.frozen_every
 
     def describe(self) -> StreamDescription:
         return StreamDescription(self.source.name, self.source.length, self.source.num_classes)
@@ -75,9 +75,9 @@ class SourceWorker:
         batches = list(self.source.read(start, stop, batch_size))
         out: list[Images | Truth] = []
         for images, truth in split_batches(batches, start, stop, batch_size):
-            if self.source_every and len(images) and (images.start // batch_size) % self.source_every == 0:
+            if self.frozen_every and len(images) and (images.start // batch_size) % self.frozen_every == 0:
                 probs = self.bundle.probabilities(torch.from_numpy(images.images))
-                truth.source_predictions, truth.source_probabilities = probs.argmax(1), probs
+                truth.frozen_predictions, truth.frozen_probabilities = probs.argmax(1), probs
             out += [images, truth]
         return out
 
@@ -90,7 +90,7 @@ class SourceWorker:
         return "ok"
 
     def __repr__(self) -> str:
-        return f"SourceWorker({self.source.name})"
+        return f"StreamWorker({self.source.name})"
 
 
 class AdapterWorker:
@@ -231,7 +231,7 @@ class ProbeWorker:
         self.model = copy.deepcopy(self.bundle.module)
         use_batch_statistics(self.model)
         self.model.eval()
-        self.source_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.initial_state = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.size, self.chunk = config.probe.size, config.probe.chunk
         self.spread = config.probe.spread
         self.cycle = -1
@@ -309,7 +309,7 @@ class ProbeWorker:
 
     @torch.inference_mode()
     def _predict(self, snapshot: dict[str, np.ndarray], images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        state = dict(self.source_state)
+        state = dict(self.initial_state)
         own = set(state)
         state.update({k: torch.from_numpy(np.asarray(v)) for k, v in snapshot.items() if k in own})
         self.model.load_state_dict(state)

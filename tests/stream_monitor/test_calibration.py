@@ -172,10 +172,10 @@ def test_calibrate_on_held_out_streams_fits_every_cycle_window(stream_calibratio
     assert set(cal.spread_fits) == {4, 8}  # the spread reference set has its own f
     assert all(p["spread_size"] if "spread_size" in p else p["spread_weighted_flips"] is not None for p in cal.points)
     assert all(p["true_source_acc"] is not None and p["frozen_nuclear_score"] is not None for p in cal.points)
-    for stats in (cal.source_stats, cal.frozen_stats):  # both feeds' labelled statistics
+    for stats in (cal.served_stats, cal.frozen_stats):  # both feeds' labelled statistics
         assert stats["atc_mc_threshold"] is not None and 0 < stats["accuracy"] <= 100
     assert cal.frozen_stats["nuclear_fit"] is not None  # frozen score against source accuracy, over 8 windows
-    for stats in (cal.source_stats, cal.frozen_stats):  # a Sentinel training set per feed, CV over the 2 streams
+    for stats in (cal.served_stats, cal.frozen_stats):  # a Sentinel training set per feed, CV over the 2 streams
         assert len(stats["sentinel"]["features"]) == 8 and len(stats["sentinel"]["features"][0]) == 20
         assert stats["sentinel"]["names"] == list(ALL_FEATURES[:20]) and stats["sentinel"]["sidekick"] is None
         assert set(stats["sentinel"]["groups"]) == {"heldout-ccc/baseline_40_transition+speed_1000_seed_3",
@@ -241,7 +241,7 @@ def test_statistics_only_calibration_takes_no_meta_set(tmp_path):
     cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01"])
     cal = calibrate(cfg, cycles=0, log=lambda m: None)
     assert cal.points == [] and cal.fits == {} and cal.spread_fits == {}
-    assert cal.source_stats["atc_mc_threshold"] is not None and cal.frozen_stats["atc_ne_threshold"] is not None
+    assert cal.served_stats["atc_mc_threshold"] is not None and cal.frozen_stats["atc_ne_threshold"] is not None
     again = Calibration.load(cal.save(tmp_path / "stats.json"))
     assert again.frozen_stats == cal.frozen_stats and again.flips_calibrations() == {}
 

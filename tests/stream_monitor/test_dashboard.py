@@ -152,9 +152,9 @@ def test_events_are_bounded_and_resets_are_not_counted_twice():
 
 
 def test_health_keeps_first_report_order_and_rejects_unknown_status():
-    state = DashboardState().apply_health("adapter", "ok").apply_health("source-0", "slow", "queue empty 3 s")
+    state = DashboardState().apply_health("adapter", "ok").apply_health("stream-0", "slow", "queue empty 3 s")
     state = state.apply_health("adapter", "dead", "ActorDiedError")
-    assert [(h.name, h.status) for h in state.health] == [("adapter", "dead"), ("source-0", "slow")]
+    assert [(h.name, h.status) for h in state.health] == [("adapter", "dead"), ("stream-0", "slow")]
     with pytest.raises(ValueError, match="valid: ok, slow, dead"):
         state.apply_health("probe", "sleepy")
 

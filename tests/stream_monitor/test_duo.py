@@ -11,7 +11,7 @@ from stream_monitor.estimation.base import NotComputableError
 from stream_monitor.estimation.duo import (DuoAgreement, DuoConfidence, _duo_nll, duo_probabilities,
                                            fit_duo_temperatures)
 from stream_monitor.estimation.sentinel import ALL_FEATURES
-from stream_monitor.estimation.window import SourceStats
+from stream_monitor.estimation.window import FeedStats
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.runtime.runner import run
 
@@ -59,7 +59,7 @@ def test_agreement_and_confidence_by_hand():
     agree.update_sidekick(served[:2], sidekick[:2])
     agree.update_sidekick(served[2:], sidekick[2:])
     assert agree.compute() == pytest.approx(75.0)  # 3 of 4 agree
-    conf = DuoConfidence(SourceStats(duo={"model": "x", "temperatures": [2.0, 0.5]}))
+    conf = DuoConfidence(FeedStats(duo={"model": "x", "temperatures": [2.0, 0.5]}))
     conf.update_sidekick(served, sidekick)
     duo = duo_probabilities(np.log(served), sidekick, 2.0, 0.5)
     assert conf.compute() == pytest.approx(100 * duo[np.arange(4), served.argmax(1)].mean())
@@ -80,7 +80,7 @@ def test_a_run_with_a_sidekick_estimates_the_duo_on_every_probe_window(tmp_path)
     # the frozen source model served, and as its own sidekick: the two agree on every image
     frozen = [*TINY, "adapter.name=source", "estimation.duo_model=embedded"]
     cal = calibrate(load_config(None, frozen), cycles=0, log=lambda m: None)
-    assert cal.source_stats["duo"]["model"] == "embedded" and len(cal.source_stats["duo"]["temperatures"]) == 2
+    assert cal.served_stats["duo"]["model"] == "embedded" and len(cal.served_stats["duo"]["temperatures"]) == 2
     path = cal.save(tmp_path / "cal.json")
     cfg = load_config(None, [*frozen, f"estimation.calibration={path}"])
     assert run(cfg, tmp_path / "run").status == "finished"

@@ -32,8 +32,8 @@ def write(run_dir, name, schema, rows):
 def steps(online, source, batch=1000):
     """One step of `batch` images per entry: online/source accuracy (%) of that batch."""
     return [{"step": k + 1, "start": k * batch, "stop": (k + 1) * batch, "images": batch, "skipped": 0,
-             "wall_time": float(k), "correct": int(on * batch / 100), "source_correct": int(so * batch / 100),
-             "source_seen": batch} for k, (on, so) in enumerate(zip(online, source))]
+             "wall_time": float(k), "correct": int(on * batch / 100), "frozen_correct": int(so * batch / 100),
+             "frozen_seen": batch} for k, (on, so) in enumerate(zip(online, source))]
 
 
 def probe(step, est_s, true_s, est_o, true_o, extrapolated=False):

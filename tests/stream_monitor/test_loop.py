@@ -126,11 +126,11 @@ def test_steps_cover_the_stream_contiguously(baseline):
     assert all(r["images"] == BATCH and r["skipped"] == 0 for r in steps)
     assert all(r["correct"] is not None and 0 <= r["correct"] <= BATCH for r in steps)
     assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in steps)
-    scored = [r["step"] for r in steps if r["source_seen"] is not None]
-    assert scored == list(range(1, STEPS + 1, 8))  # evaluator.source_every = 8
+    scored = [r["step"] for r in steps if r["frozen_seen"] is not None]
+    assert scored == list(range(1, STEPS + 1, 8))  # evaluator.frozen_every = 8
     # the frozen model's top-class share, label-free, on the same batches (the top-class-share baseline)
-    assert [r["step"] for r in steps if r["source_top_class_share"] is not None] == scored
-    assert all(1 / BATCH <= r["source_top_class_share"] <= 1 for r in steps if r["step"] in scored)
+    assert [r["step"] for r in steps if r["frozen_top_class_share"] is not None] == scored
+    assert all(1 / BATCH <= r["frozen_top_class_share"] <= 1 for r in steps if r["step"] in scored)
 
 
 def test_probe_rows_follow_the_schedule(baseline):
@@ -195,7 +195,7 @@ def test_events_and_checkpoint(baseline):
 
 def test_labels_never_reach_adapter_or_probe(baseline):
     _, _, log = baseline
-    truths = [o for name, method, _, out in log if name.startswith("source") and method == "read"
+    truths = [o for name, method, _, out in log if name.startswith("stream") and method == "read"
               for o in out if isinstance(o, Truth)]
     labels = [t.labels for t in truths]
     assert len(truths) == STEPS and all(len(x) == BATCH for x in labels)
@@ -223,10 +223,10 @@ def test_labels_never_reach_adapter_or_probe(baseline):
 
 def test_source_target_estimators_read_the_frozen_models_outputs(baseline):
     _, run_dir, log = baseline
-    truths = [o for name, method, _, out in log if name.startswith("source") and method == "read"
+    truths = [o for name, method, _, out in log if name.startswith("stream") and method == "read"
               for o in out if isinstance(o, Truth)]
-    scored = [t for t in truths if t.source_probabilities is not None]
-    assert scored and all(np.array_equal(t.source_probabilities.argmax(1), t.source_predictions) for t in scored)
+    scored = [t for t in truths if t.frozen_probabilities is not None]
+    assert scored and all(np.array_equal(t.frozen_probabilities.argmax(1), t.frozen_predictions) for t in scored)
     estimates = rows(run_dir, "estimates")
     ac = [e for e in estimates if e["estimator"] == "average-confidence" and e["feed"] == "frozen"]
     # no served calibration for tent, so no f: no flips readings (those are (served, source))
@@ -235,7 +235,7 @@ def test_source_target_estimators_read_the_frozen_models_outputs(baseline):
     temperature = frozen_stats().temperature
     assert temperature != 1.0
     for e in ac:  # the tempered mean max-softmax of the frozen model on the window
-        inside = [t.source_probabilities for t in scored if e["window_start"] <= t.start < e["window_stop"]]
+        inside = [t.frozen_probabilities for t in scored if e["window_start"] <= t.start < e["window_stop"]]
         if not inside:
             assert e["value"] is None
             continue

@@ -45,7 +45,7 @@ def _step(i: int, labels: bool = True, skipped: int = 0) -> dict[str, Any]:
                num_used=images, loss=1.0, grad_norm=0.5, update_skipped=False, reset=(i == 19),
                noise_a="gaussian_noise", severity_a=1.5)
     if labels:
-        row.update(correct=images // 2, source_correct=8, source_seen=16)
+        row.update(correct=images // 2, frozen_correct=8, frozen_seen=16)
     return row
 
 
@@ -77,7 +77,7 @@ EVENTS = [
     (15, "warning", "entropy-drop", "<script>alert(1)</script> entropy fell"),
     (20, "reset", "adapter", "reset after step 19"),
     (25, "clear", "entropy-drop", "entropy recovered"),
-    (30, "error", "source-0", "boom & bust"),
+    (30, "error", "stream-0", "boom & bust"),
     (35, "warning", "flips", "flips rising"),
 ]
 
@@ -230,7 +230,7 @@ def test_out_path_and_stale_pngs(tmp_path):
 
 def test_event_table_is_capped(tmp_path):
     run_dir = _make_run(tmp_path / "run", events=False)
-    _write(run_dir, "events", [_event(i % N_STEPS, "skipped", "source-0", f"bad image {i}") for i in range(600)])
+    _write(run_dir, "events", [_event(i % N_STEPS, "skipped", "stream-0", f"bad image {i}") for i in range(600)])
     page = write_report(run_dir).read_text()
     assert f"Showing the first {EVENT_ROW_CAP} of 600 events" in page
     assert page.count("<td>skipped</td>") == EVENT_ROW_CAP

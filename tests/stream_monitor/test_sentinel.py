@@ -12,7 +12,7 @@ from stream_monitor.estimation import ESTIMATORS, Feed, NotComputableError
 from stream_monitor.estimation.sentinel import (ALL_FEATURES, FEATURES, MARGINAL_FEATURES, EntropySentinel,
                                                 SentinelRegressor, fit_sentinel, leading, marginal_features, profile,
                                                 window_features)
-from stream_monitor.estimation.window import SourceStats
+from stream_monitor.estimation.window import FeedStats
 
 #: One forest for the tests that are not about the grid search: GRID's 9 points x 5 folds of
 #: 100-tree forests made this file the slowest of the unit tests.
@@ -146,7 +146,7 @@ def test_estimator_needs_a_calibration_and_enough_images():
     assert est.features() is not None  # features are recorded even without a calibration
     rng = np.random.default_rng(2)
     x, y, groups = synthetic_meta_set(rng, runs=3, windows=4)
-    few = EntropySentinel(SourceStats(sentinel=fit_sentinel(x, y, groups, grid=ONE_POINT)))
+    few = EntropySentinel(FeedStats(sentinel=fit_sentinel(x, y, groups, grid=ONE_POINT)))
     few.update(np.full((8, 4), 0.25))
     assert few.features() is None
     with pytest.raises(NotComputableError, match="32 images"):
@@ -156,7 +156,7 @@ def test_estimator_needs_a_calibration_and_enough_images():
 def test_estimate_is_the_forest_on_the_whole_window_and_reset_starts_a_new_one(tmp_path):
     rng = np.random.default_rng(3)
     x, y, groups = synthetic_meta_set(rng, runs=3, windows=5)
-    stats = SourceStats(sentinel=fit_sentinel(x, y, groups, grid=ONE_POINT))
+    stats = FeedStats(sentinel=fit_sentinel(x, y, groups, grid=ONE_POINT))
     est = EntropySentinel(stats, Feed.FROZEN)
     assert est.target == "source" and est.key == "frozen/sentinel"
     batches = [np.exp(l) / np.exp(l).sum(1, keepdims=True) for l in rng.normal(size=(5, 64, 10)) * 3]

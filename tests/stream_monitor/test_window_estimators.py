@@ -15,7 +15,7 @@ from stream_monitor.calibration.fit import nuclear_line
 from stream_monitor.estimation.base import ESTIMATORS, NotComputableError
 from stream_monitor.estimation.window import (
     RESERVOIR, ATCMaxConfidence, ATCNegativeEntropy, AverageConfidence, DifferenceOfConfidences,
-    NuclearNorm, OptimalTransport, SourceStats, atc_threshold, fit_source_stats, negative_entropy, scale,
+    NuclearNorm, OptimalTransport, FeedStats, atc_threshold, fit_feed_stats, negative_entropy, scale,
     stats_from_dict,
 )
 
@@ -54,7 +54,7 @@ def test_average_confidence_is_the_mean_max_softmax_over_all_updates():
 
 
 def test_doc_shifts_the_source_accuracy_by_the_drop_in_confidence():
-    doc = DifferenceOfConfidences(SourceStats(accuracy=90.0, mean_confidence=95.0))
+    doc = DifferenceOfConfidences(FeedStats(accuracy=90.0, mean_confidence=95.0))
     doc.update(rows(0.8, 0.6))  # AC_t = 70
     assert doc.compute() == pytest.approx(90.0 - (95.0 - 70.0))
 
@@ -64,7 +64,7 @@ def test_doc_without_source_stats_names_the_missing_fields():
     doc.update(rows(0.8))
     with pytest.raises(NotComputableError, match=r"doc needs a calibration with accuracy, mean_confidence"):
         doc.compute()
-    only_acc = DifferenceOfConfidences(SourceStats(accuracy=90.0))
+    only_acc = DifferenceOfConfidences(FeedStats(accuracy=90.0))
     only_acc.update(rows(0.8))
     with pytest.raises(NotComputableError, match=r"with mean_confidence$"):
         only_acc.compute()
@@ -85,7 +85,7 @@ def test_atc_threshold_leaves_exactly_the_error_share_below_it():
 
 
 def test_atc_mc_is_the_share_of_the_window_at_or_above_the_threshold():
-    atc = ATCMaxConfidence(SourceStats(atc_mc_threshold=0.6))
+    atc = ATCMaxConfidence(FeedStats(atc_mc_threshold=0.6))
     atc.update(rows(0.9, 0.5, 0.6))  # 0.9 and 0.6 count
     atc.update(rows(0.3, 0.75))     # 0.75 counts
     assert atc.compute() == pytest.approx(100 * 3 / 5)
@@ -96,7 +96,7 @@ def test_atc_ne_thresholds_the_negative_entropy():
     by_hand = [0.0, math.log(0.5), 0.9 * math.log(0.9) + 0.1 * math.log(0.1), 0.8 * math.log(0.8) + 0.2 * math.log(0.2)]
     assert negative_entropy(probs) == pytest.approx(by_hand, abs=1e-9)
     # -0.325 (p = 0.9) is above -0.4; -0.500 (p = 0.8) and -0.693 are below
-    atc = ATCNegativeEntropy(SourceStats(atc_ne_threshold=-0.4))
+    atc = ATCNegativeEntropy(FeedStats(atc_ne_threshold=-0.4))
     atc.update(probs)
     assert atc.compute() == pytest.approx(50.0)
 
@@ -127,7 +127,7 @@ def test_fit_source_stats_recovers_over_confidence():
     logits = rng.normal(size=(4000, 10)) * 1.5
     labels = (rng.random((4000, 1)) < softmax(logits).cumsum(1)).argmax(1)  # drawn from softmax(logits)
     probs = softmax(3.0 * logits).astype(np.float32)  # three times too confident
-    stats = fit_source_stats(probs, labels)
+    stats = fit_feed_stats(probs, labels)
     assert 2.4 < stats.temperature < 3.6
     scaled = scale(probs, stats.temperature)
     assert stats.accuracy == pytest.approx(100 * np.mean(scaled.argmax(1) == labels))
@@ -170,7 +170,7 @@ def test_cot_matches_a_brute_force_assignment():
 
 def test_reservoir_estimators_need_two_images():
     for cls in (OptimalTransport, NuclearNorm):
-        est = cls(SourceStats(nuclear_fit=(100.0, 0.0)))
+        est = cls(FeedStats(nuclear_fit=(100.0, 0.0)))
         with pytest.raises(NotComputableError, match="a few images"):
             est.compute()
         est.update(rows(0.9))
@@ -199,15 +199,15 @@ def test_nuclear_norm_score_of_identical_rows():
 
 def test_nuclear_norm_compute_maps_through_the_line_and_clips():
     probs = softmax(np.random.default_rng(2).normal(size=(30, 8)) * 2)
-    nn = NuclearNorm(SourceStats(nuclear_fit=(120.0, -10.0)))
+    nn = NuclearNorm(FeedStats(nuclear_fit=(120.0, -10.0)))
     nn.update(probs)
     score = nn.score()
     assert 0 < score < 1
     assert nn.compute() == pytest.approx(120.0 * score - 10.0)
-    high = NuclearNorm(SourceStats(nuclear_fit=(1000.0, 50.0)))
+    high = NuclearNorm(FeedStats(nuclear_fit=(1000.0, 50.0)))
     high.update(probs)
     assert high.compute() == 100.0
-    low = NuclearNorm(SourceStats(nuclear_fit=(-1000.0, 0.0)))
+    low = NuclearNorm(FeedStats(nuclear_fit=(-1000.0, 0.0)))
     low.update(probs)
     assert low.compute() == 0.0
     without = NuclearNorm()
@@ -229,7 +229,7 @@ def test_reservoir_keeps_only_the_most_recent_rows():
 
 # --------------------------------------------------------------------------- checkpoints
 
-FULL = SourceStats(temperature=1.5, accuracy=80.0, mean_confidence=85.0, atc_mc_threshold=0.6,
+FULL = FeedStats(temperature=1.5, accuracy=80.0, mean_confidence=85.0, atc_mc_threshold=0.6,
                    atc_ne_threshold=-0.8, nuclear_fit=(110.0, -5.0))
 
 
@@ -277,22 +277,22 @@ def test_merge_concatenates_and_refits_over_all_points():
     a_points = [point("clean", 2.0, 95.0), point("spatter:3", 10.0, 80.0)]
     b_points = [point("speckle_noise:3", 40.0, 50.0), point("speckle_noise:5", 80.0, 20.0),
                 {**point("gaussian_blur:5", 60.0, 30.0), "nuclear_norm_score": None}]
-    stats = asdict(SourceStats(temperature=1.2, accuracy=91.0, mean_confidence=93.0, atc_mc_threshold=0.5,
+    stats = asdict(FeedStats(temperature=1.2, accuracy=91.0, mean_confidence=93.0, atc_mc_threshold=0.5,
                                atc_ne_threshold=-1.0, nuclear_fit=None))
-    a = calibration(domains=["clean", "spatter:3"], points=a_points, fits=fit_flips(a_points), source_stats=stats)
+    a = calibration(domains=["clean", "spatter:3"], points=a_points, fits=fit_flips(a_points), served_stats=stats)
     b = calibration(domains=["speckle_noise:3", "speckle_noise:5", "gaussian_blur:5"], points=b_points,
-                    fits=fit_flips(b_points), source_stats={**stats, "temperature": 9.0})
+                    fits=fit_flips(b_points), served_stats={**stats, "temperature": 9.0})
     assert a.fits == {} and b.fits == {}  # neither alone has enough domains
     merged = merge([a, b])
     assert merged.domains == a.domains + b.domains and merged.points == a_points + b_points
     assert set(merged.fits) == {990}  # five domains: a line
     assert np.allclose(merged.fits[990]["coefficients"], [0.0, -0.5, 90.0], atol=1e-9)
     assert merged.fits[990]["domains"] == 5 and merged.fits[990]["range"] == [2.0, 80.0]
-    slope, intercept = merged.source_stats["nuclear_fit"]
+    slope, intercept = merged.served_stats["nuclear_fit"]
     assert slope == pytest.approx(80.0) and intercept == pytest.approx(10.0)  # NN in [0, 1] -> accuracy %
-    assert merged.source_stats["temperature"] == 1.2  # the rest from the first calibration
+    assert merged.served_stats["temperature"] == 1.2  # the rest from the first calibration
     assert merged.window_stats().nuclear_fit == (slope, intercept)
-    assert a.source_stats["nuclear_fit"] is None  # the inputs are left alone
+    assert a.served_stats["nuclear_fit"] is None  # the inputs are left alone
     # the refitted line applies to the estimator's own [0, 1] score
     nn = NuclearNorm(merged.window_stats())
     nn.update(np.eye(4))
@@ -305,15 +305,15 @@ def test_merge_keeps_the_sidekicks_agreement_column_beside_a_file_without_sentin
     rng = np.random.default_rng(0)
     featured = [{**point(f"heldout-ccc/s{k % 4}#cycle{k}", 10.0 + k, 50.0 + k),
                  "sentinel_features": list(rng.random(len(ALL_FEATURES)))} for k in range(8)]
-    with_duo = asdict(SourceStats(duo={"model": "embedded-small", "temperatures": [1.0, 1.0]}))
-    new = calibration(domains=["heldout-ccc/s0"], points=featured, source_stats=with_duo)
-    old = calibration(domains=["clean"], points=[point("clean", 2.0, 95.0)], source_stats=asdict(SourceStats()))
+    with_duo = asdict(FeedStats(duo={"model": "embedded-small", "temperatures": [1.0, 1.0]}))
+    new = calibration(domains=["heldout-ccc/s0"], points=featured, served_stats=with_duo)
+    old = calibration(domains=["clean"], points=[point("clean", 2.0, 95.0)], served_stats=asdict(FeedStats()))
     for merged in (merge([new, old]), merge([old, new])):
-        sentinel = merged.source_stats["sentinel"]
+        sentinel = merged.served_stats["sentinel"]
         assert sentinel["sidekick"] == "embedded-small" and len(sentinel["features"][0]) == len(ALL_FEATURES)
     other = calibration(domains=["heldout-ccc/s9"], points=featured,
-                        source_stats=asdict(SourceStats(duo={"model": "resnet18", "temperatures": [1.0, 1.0]})))
-    assert merge([new, other]).source_stats["sentinel"]["sidekick"] is None  # two sidekicks: no agreement column
+                        served_stats=asdict(FeedStats(duo={"model": "resnet18", "temperatures": [1.0, 1.0]})))
+    assert merge([new, other]).served_stats["sentinel"]["sidekick"] is None  # two sidekicks: no agreement column
 
 
 def test_nuclear_line_needs_three_spread_points():

@@ -46,7 +46,7 @@ def test_split_batches_puts_a_trailing_empty_batch_in_the_last_window():
     out = split_batches([batch([0, 1]), batch([], ["p2", "p3"])], 0, 4, 2)
     assert [(i.start, i.stop, len(i)) for i, _ in out] == [(0, 2, 2), (2, 4, 0)]
     assert out[1][0].skipped == out[1][1].skipped == ["p2", "p3"]
-    assert out[1][1].source_predictions is None
+    assert out[1][1].frozen_predictions is None
 
 
 def test_split_batches_of_nothing_readable_gives_empty_windows():
@@ -173,8 +173,8 @@ def test_probe_of_the_cycle_snapshot_flips_nothing_and_a_changed_one_flips(probe
     probe.add_reference(images(0, 8, seed=1))
     same = probe.evaluate({}, 5)
     assert (same.flips, same.weighted_flips, same.probe_size) == (0, 0.0, 8)
-    weights = [k for k in probe.source_state if k.endswith("bn1.weight")]
-    changed = probe.evaluate({k: -probe.source_state[k].numpy() for k in weights}, 10)
+    weights = [k for k in probe.initial_state if k.endswith("bn1.weight")]
+    changed = probe.evaluate({k: -probe.initial_state[k].numpy() for k in weights}, 10)
     assert 0 < changed.flips <= 8 and 0 < changed.weighted_flips <= changed.flips
 
 
@@ -186,7 +186,7 @@ def test_probe_state_round_trip_continues_the_same(probe_config):
     other.load_state_dict(probe.state_dict())
     for p in (probe, other):
         p.add_reference(images(6, 10, seed=2))
-    weights = {k: probe.source_state[k].numpy() * 0.5 for k in probe.source_state if k.endswith("bn2.bias")}
+    weights = {k: probe.initial_state[k].numpy() * 0.5 for k in probe.initial_state if k.endswith("bn2.bias")}
     a, b = probe.evaluate(weights, 90), other.evaluate(weights, 90)
     assert (a.cycle, a.cycle_step, a.flips, a.weighted_flips) == (b.cycle, b.cycle_step, b.flips, b.weighted_flips)
     assert np.array_equal(probe.reference_confidences, other.reference_confidences)
@@ -195,12 +195,12 @@ def test_probe_state_round_trip_continues_the_same(probe_config):
 # ---- GPU shares --------------------------------------------------------------------------------------
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_gpu_decode_on_a_machine_without_cuda_says_what_to_do(tmp_path):
-    from stream_monitor.runtime.workers import SourceWorker
+    from stream_monitor.runtime.workers import StreamWorker
 
     config = load_config(None, ["source.decode_device=cuda", f"source.data={str(tmp_path)!r}"])
     with pytest.raises(ValueError, match=r"source.decode_device is cuda but this source actor sees no CUDA device.*"
                                          r"source.num_gpus.*--set source.decode_device=cpu"):
-        SourceWorker(config, 1)
+        StreamWorker(config, 1)
 
 
 @pytest.mark.parametrize("overrides, cuda, adapter, source", [

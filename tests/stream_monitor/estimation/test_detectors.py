@@ -91,12 +91,12 @@ def test_top_class_share_does_not_warn_when_the_source_model_piles_up_as_much():
     # the source model scores every 8th batch; on a stream that piles both onto one class: no warning
     for step in range(1, 201):
         detector.update_step({"step": step, "top_class_share": 0.8,
-                              "source_top_class_share": 0.75 if step % 8 == 1 else None})
+                              "frozen_top_class_share": 0.75 if step % 8 == 1 else None})
     verdict = detector.compute()
     assert not verdict.firing and "the source model's 75%" in verdict.evidence
     for step in range(201, 401):  # the adapter alone goes on to a single class
         detector.update_step({"step": step, "top_class_share": 1.0,
-                              "source_top_class_share": 0.75 if step % 8 == 1 else None})
+                              "frozen_top_class_share": 0.75 if step % 8 == 1 else None})
     assert detector.compute().firing
     restored = PredictionConcentration(warmup=3)
     restored.load_state_dict(detector.state_dict())
@@ -201,7 +201,7 @@ def exercised(name: str) -> CollapseDetector:
     detector = DETECTORS.get(name).for_model(10)
     for step in range(1, 121):
         detector.update_step({"step": step, "images": 64, "mean_entropy": 0.5, "top_class_share": 0.6,
-                              "source_top_class_share": 0.3 if step % 8 == 1 else None, "marginal_entropy": 1.5,
+                              "frozen_top_class_share": 0.3 if step % 8 == 1 else None, "marginal_entropy": 1.5,
                               "aetta_acc": 60.0 - step / 10})
     for cycle in range(4):
         for step in (100, 200):

@@ -10,11 +10,11 @@ from stream_monitor.estimation.flips import FlipsCalibration
 from stream_monitor.estimation.pipeline import (ANCHORED, HEADLINE_ORDER, EstimationPipeline, derive,
                                                 headline_order)
 from stream_monitor.estimation.readings import Feed, Reading, Target
-from stream_monitor.estimation.window import NuclearNorm, SourceStats, calibrated_on_adapter, with_source_line
+from stream_monitor.estimation.window import NuclearNorm, FeedStats, calibrated_on_adapter, with_frozen_line
 
 SERVED, FROZEN, ONLINE, SOURCE = Feed.SERVED, Feed.FROZEN, Target.ONLINE, Target.SOURCE
 NO_LINE = EstimationContext()
-LINE = EstimationContext(frozen=SourceStats(nuclear_fit=(50.0, 0.0)))  # anchored slope 50
+LINE = EstimationContext(frozen=FeedStats(nuclear_fit=(50.0, 0.0)))  # anchored slope 50
 
 
 def read(name, feed, value, target=None, **extra) -> Reading:
@@ -39,14 +39,14 @@ def test_a_raw_softmax_baseline_never_headlines_the_source_target():
 
 
 def test_the_served_nuclear_norm_falls_back_on_the_frozen_models_line():
-    frozen = SourceStats(accuracy=80.0, nuclear_fit=(100.0, -10.0))
-    assert with_source_line(None, frozen) == SourceStats(nuclear_fit=(100.0, -10.0))
-    own = SourceStats(accuracy=70.0, nuclear_fit=(50.0, 5.0))
-    assert with_source_line(own, frozen) is own  # the adapter's own line wins
-    served = SourceStats(accuracy=70.0)
-    assert with_source_line(served, frozen) == SourceStats(accuracy=70.0, nuclear_fit=(100.0, -10.0))
-    assert with_source_line(served, None) is served and with_source_line(None, SourceStats()) is None
-    nn = NuclearNorm(with_source_line(None, frozen))
+    frozen = FeedStats(accuracy=80.0, nuclear_fit=(100.0, -10.0))
+    assert with_frozen_line(None, frozen) == FeedStats(nuclear_fit=(100.0, -10.0))
+    own = FeedStats(accuracy=70.0, nuclear_fit=(50.0, 5.0))
+    assert with_frozen_line(own, frozen) is own  # the adapter's own line wins
+    served = FeedStats(accuracy=70.0)
+    assert with_frozen_line(served, frozen) == FeedStats(accuracy=70.0, nuclear_fit=(100.0, -10.0))
+    assert with_frozen_line(served, None) is served and with_frozen_line(None, FeedStats()) is None
+    nn = NuclearNorm(with_frozen_line(None, frozen))
     nn.update(np.eye(4, dtype="float32"))  # one-hot, K = m = 4: score 1
     assert nn.compute() == pytest.approx(90.0)
     assert (nn.reading().score, nn.reading().value) == (pytest.approx(1.0), pytest.approx(90.0))
@@ -59,7 +59,7 @@ def test_the_anchored_estimate_is_the_source_headline_plus_the_nuclear_norms_gap
     anchored = derive(window, LINE).readings[-1]
     assert anchored.estimator == ANCHORED and anchored.value == pytest.approx(30.0 + 50.0 * (0.33 - 0.40))
     assert derive(window[1:], LINE).readings[-1].value == pytest.approx(50.0 - 3.5)  # the flips anchor
-    steep = EstimationContext(frozen=SourceStats(nuclear_fit=(1000.0, 0.0)))
+    steep = EstimationContext(frozen=FeedStats(nuclear_fit=(1000.0, 0.0)))
     assert derive(window, steep).readings[-1].value == 0.0  # clipped
     assert derive(window, NO_LINE).readings[-1].value is None  # no frozen line, no slope
     assert derive(window[:2], LINE).readings[-1].value is None  # no served score
@@ -84,7 +84,7 @@ def test_the_estimate_columns_keep_the_paired_frozen_reading_of_the_online_estim
 
 
 def test_with_an_adapter_calibration_the_served_estimators_headline_the_online_target():
-    own = EstimationContext(frozen=SourceStats(nuclear_fit=(50.0, 0.0)), adapter_calibrated=True)
+    own = EstimationContext(frozen=FeedStats(nuclear_fit=(50.0, 0.0)), adapter_calibrated=True)
     window = [read("sentinel", FROZEN, 30.0), read("nuclear-norm", SERVED, 41.0, score=0.4),
               read("nuclear-norm", FROZEN, 35.0, score=0.46)]
     assert derive(window, LINE).online.estimator == ANCHORED  # the frozen model's line: anchored
@@ -95,9 +95,9 @@ def test_with_an_adapter_calibration_the_served_estimators_headline_the_online_t
     assert derive(window + [read("sentinel", SERVED, 44.0)], own).online.estimator == "sentinel"
     assert headline_order(SOURCE, adapter_calibrated=True) == HEADLINE_ORDER[SOURCE]
     assert set(headline_order(ONLINE, True)) == set(HEADLINE_ORDER[ONLINE])  # the same estimators, reordered
-    assert not calibrated_on_adapter(None) and not calibrated_on_adapter(SourceStats(accuracy=80.0))
-    assert calibrated_on_adapter(SourceStats(nuclear_fit=(100.0, -10.0)))
-    assert calibrated_on_adapter(SourceStats(sentinel={"features": [[0.0]], "accuracy": [50.0]}))
+    assert not calibrated_on_adapter(None) and not calibrated_on_adapter(FeedStats(accuracy=80.0))
+    assert calibrated_on_adapter(FeedStats(nuclear_fit=(100.0, -10.0)))
+    assert calibrated_on_adapter(FeedStats(sentinel={"features": [[0.0]], "accuracy": [50.0]}))
 
 
 def test_derive_is_pure_and_ignores_an_anchored_reading_it_is_given():
@@ -159,7 +159,7 @@ def test_the_pipeline_state_round_trips_and_a_missing_estimator_is_an_error():
 
 def test_flips_readings_and_reread_use_the_contexts_calibration():
     f = FlipsCalibration("m", (0.0, -0.5, 90.0), (0.0, 100.0), cycle_step=10, probe_size=100)
-    line = SourceStats(nuclear_fit=(100.0, -10.0))
+    line = FeedStats(nuclear_fit=(100.0, -10.0))
     context = EstimationContext(served=line, frozen=line, flips={10: f}, spread_flips={10: f})
     pipeline = EstimationPipeline(context, num_classes=10)
     flips = pipeline.flips_readings(10, weighted_flips=20.0, probe_size=200, spread_weighted_flips=300.0,
