@@ -106,7 +106,8 @@ def _reading(row: dict[str, Any]) -> Reading:
     """A reading from its estimates-table row (schema.ESTIMATE_SCHEMA)."""
     low, high = row["interval_low"], row["interval_high"]
     return Reading(row["estimator"], Feed(row["feed"]), Target(row["target"]), row["value"], score=row["score"],
-                   extrapolated=row["extrapolated"], features=None if row["features"] is None else tuple(row["features"]),
+                   extrapolated=row["extrapolated"],
+                   features=None if row["features"] is None else tuple(row["features"]),
                    interval=None if low is None or high is None else (low, high))
 
 

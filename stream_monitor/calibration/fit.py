@@ -61,7 +61,8 @@ def sentinel_set(points: list[dict[str, Any]], frozen: bool = False,
     against the online accuracy, or (`frozen`) the frozen model's against the source accuracy. The
     cross-validation folds hold out whole meta-set runs (a domain, or a stream with all its cycles).
     Without one `sidekick` for all points, the windows' Duos agreement column is left out."""
-    features, truth = ("frozen_sentinel_features", "true_source_acc") if frozen else ("sentinel_features", "true_online_acc")
+    features, truth = ("frozen_sentinel_features", "true_source_acc") if frozen else \
+        ("sentinel_features", "true_online_acc")
     rows = [(p[features], p[truth], p["domain"].split("#")[0]) for p in points
             if p.get(features) is not None and p.get(truth) is not None]
     if len(rows) < 4:
@@ -72,7 +73,8 @@ def sentinel_set(points: list[dict[str, Any]], frozen: bool = False,
     return fit_sentinel(x, y, groups, sidekick=sidekick)
 
 
-def fit_flips(points: list[dict[str, Any]], key: str = "weighted_flips", min_domains: int = 4) -> dict[int, dict[str, Any]]:
+def fit_flips(points: list[dict[str, Any]], key: str = "weighted_flips",
+              min_domains: int = 4) -> dict[int, dict[str, Any]]:
     """Per snapshot step, the least-squares quadratic acc = a WF^2 + b WF + c over the meta-set's
     windows (a line when fewer than `min_domains` + 1 windows, a quadratic needs spread); `key`:
     the weighted flips of the first-images or (spread_weighted_flips) of the spread reference set."""

@@ -62,7 +62,8 @@ def resolve_context(config: RunConfig, provenance: Provenance, *, calibration: C
     """
     served_file, served_origin = calibration, "the given file"
     if served_file is None and config.estimation.calibration:
-        served_file, served_origin = Calibration.load(Path(config.estimation.calibration)), config.estimation.calibration
+        served_origin = config.estimation.calibration
+        served_file = Calibration.load(Path(served_origin))
     if served_file is not None:
         served_file.check(provenance)
     else:

@@ -152,8 +152,9 @@ def leading(training: dict[str, Any], width: int) -> dict[str, Any]:
 
 
 class SentinelRegressor:
-    """A calibration's regressor (forest, ridge line or their mean: `regressor`), refitted from its stored training set (deterministic: fixed seed) on
-    the feature columns it shares with the window it scores."""
+    """A calibration's regressor (forest, ridge line or their mean: `regressor`), refitted from its
+    stored training set (deterministic: fixed seed) on the feature columns it shares with the
+    window it scores."""
 
     def __init__(self, training: dict[str, Any]) -> None:
         self.training = training

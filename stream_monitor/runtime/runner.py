@@ -29,7 +29,8 @@ from ..calibration.resolve import resolve_context
 from ..config import RunConfig, dump_config
 from ..estimation.pipeline import EstimationPipeline
 from ..metrics.sink import ParquetSink, recover
-from ..rundir import CONFIG_FILE, CONTEXT_FILE, FORMAT as RUN_DIR_FORMAT, INFO_FILE, LOG_FILE, RunDirectory, RunDirectoryError
+from ..rundir import CONFIG_FILE, CONTEXT_FILE, INFO_FILE, LOG_FILE, RunDirectory, RunDirectoryError
+from ..rundir import FORMAT as RUN_DIR_FORMAT
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import LoopState, RunLoop, WorkerFailed
 from .messages import WorkersDescription
@@ -103,7 +104,8 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
         workers.shutdown()
         raise
     length = description.stream.length
-    stop = length if config.runtime.max_images is None else min(length, config.runtime.start + config.runtime.max_images)
+    stop = length if config.runtime.max_images is None else \
+        min(length, config.runtime.start + config.runtime.max_images)
     state = checkpoint.state if checkpoint else None
     info = RunInfo(
         run_id=run_dir.name, run_dir=str(run_dir), stream=description.stream.name, base=description.adapter.base,

@@ -150,8 +150,8 @@ def test_the_papers_resnet50_f_ships_as_a_calibration_file():
     with pytest.raises(CalibrationMismatch, match="cycle"):
         paper.check(replace(provenance, cycle=500))
     f = paper.flips_calibrations()[990]
-    assert f.probe_size == 1000 and f(13.0, 1000) == (pytest.approx(75.6618580 - 0.321445023 * 13 + 3.55553868e-4 * 169),
-                                                    False)
+    expected = 75.6618580 - 0.321445023 * 13 + 3.55553868e-4 * 169
+    assert f.probe_size == 1000 and f(13.0, 1000) == (pytest.approx(expected), False)
     assert f(5.0, 100)[0] == pytest.approx(f(50.0, 1000)[0])  # 100 probe images: WF x10 (the paper's setting)
 
 

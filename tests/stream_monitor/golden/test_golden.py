@@ -90,7 +90,8 @@ def test_eval_replays_the_live_headlines(golden):
 
     run_dir, expected = golden
     replayed = replayed_probes(run_dir)
-    assert_rows([{k: r[k] for k in COLUMNS} for r in replayed], [{k: r[k] for k in COLUMNS} for r in expected["probes"]],
+    assert_rows([{k: r[k] for k in COLUMNS} for r in replayed],
+                [{k: r[k] for k in COLUMNS} for r in expected["probes"]],
                 "replayed probes")
 
 
@@ -103,5 +104,6 @@ def test_eval_with_the_files_again_rereads_the_same_estimates(golden):
     run_dir, expected = golden
     given = {run_dir.name: Calibration.load(make_golden.CALIBRATION)}
     replayed = replayed_probes(run_dir, **given)
-    assert_rows([{k: r[k] for k in COLUMNS} for r in replayed], [{k: r[k] for k in COLUMNS} for r in expected["probes"]],
+    assert_rows([{k: r[k] for k in COLUMNS} for r in replayed],
+                [{k: r[k] for k in COLUMNS} for r in expected["probes"]],
                 "re-read probes")
