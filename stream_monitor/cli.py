@@ -1,4 +1,8 @@
-"""The `stream-monitor` command line (typer)."""
+"""The `stream-monitor` command line (typer).
+
+Each command imports what it runs inside its own body: `stream-monitor --help`, `list` and a
+mistyped flag then answer without loading torch, Ray or scikit-learn.
+"""
 
 from __future__ import annotations
 
