@@ -27,7 +27,7 @@ def merge(calibrations: list[Calibration]) -> Calibration:
         other.check(provenance)
     points = [p for c in calibrations for p in c.points]
     # agreement columns of two sidekicks don't mix; a file whose windows have no Sentinel features
-    # (made before them) adds no window to the Sentinel, so it has no say in its sidekick
+    # (a statistics-only calibration) adds no window to the Sentinel, so it has no say in its sidekick
     sidekicks = {((c.served_stats or {}).get("duo") or {}).get("model") for c in calibrations
                  if any(p.get("sentinel_features") or p.get("frozen_sentinel_features") for p in c.points)}
     sidekick = sidekicks.pop() if len(sidekicks) == 1 else None

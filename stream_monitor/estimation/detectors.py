@@ -70,8 +70,8 @@ class CollapseDetector(ABC):
         return {key: copy.deepcopy(getattr(self, key)) for key in self._state_dict_all_req_keys}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the running quantities; other keys (a checkpoint from before the state keys
-        held the configuration too) are ignored.
+        """Restore the running quantities; the configuration (thresholds, margins) stays the
+        constructor's, so a resumed run judges with the config it was resumed with.
 
         Raises:
             ValueError: `state` lacks one of the state keys.

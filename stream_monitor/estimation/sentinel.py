@@ -32,8 +32,8 @@ is at chance with a mean confidence of ~65%, and its predictions pile onto one c
   agrees with the feed's: GDE's agreement (Jiang et al., ICLR 2022), an accuracy signal that two
   differently built models share only where the input is still readable.
 A feature vector is always a prefix of ALL_FEATURES, and the regressor is fitted on the columns its
-training set and the window have in common, so calibrations and runs from before the extension
-still score one another on the 17.
+training set and the window have in common: a window without a sidekick (or with another one) is
+scored on the first 20, and an ablation can cut a training set to the paper's 17 (`leading`).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class SentinelRegressor:
 
     def __init__(self, training: dict[str, Any]) -> None:
         self.training = training
-        self.kind = training["regressor"]
+        self.kind = training.get("regressor")  # None: a training set of another version
         if self.kind not in REGRESSORS:
             raise ValueError(f"Unknown Sentinel regressor {self.kind!r} in the calibration; valid: "
                              f"{', '.join(REGRESSORS)}. Make the calibration again with this version.")

@@ -108,14 +108,15 @@ def test_held_out_runs_choose_the_regressor_and_each_kind_refits_from_the_file()
     values = {kind: SentinelRegressor({**training, "regressor": kind})(window) for kind in ("forest", "ridge", "blend")}
     assert abs(values["ridge"] - 85.0) < 3 and values["forest"] < 71  # the line reaches 10 + 30 x 2.5, the forest not
     assert values["blend"] == pytest.approx((values["forest"] + values["ridge"]) / 2)
-    old = {k: v for k, v in training.items() if k != "regressor"}  # a calibration from before the choice
-    assert SentinelRegressor(old)(window) == values["forest"]
+    old = {k: v for k, v in training.items() if k != "regressor"}  # a calibration of another version
+    with pytest.raises(ValueError, match="Unknown Sentinel regressor None.*Make the calibration again"):
+        SentinelRegressor(old)
     with pytest.raises(ValueError, match="Unknown Sentinel regressor 'boosted'"):
         SentinelRegressor({**training, "regressor": "boosted"})
 
 
 def test_the_forest_clips_to_a_percentage():
-    training = {"features": [[0.0] * 17, [1.0] * 17] * 10, "accuracy": [150.0, -20.0] * 10,
+    training = {"features": [[0.0] * 17, [1.0] * 17] * 10, "accuracy": [150.0, -20.0] * 10, "regressor": "forest",
                 "params": {"max_depth": 2, "min_samples_split": 2}, "seed": 0}
     forest = SentinelRegressor(training)
     assert forest([0.0] * 17) == 100.0 and forest([1.0] * 17) == 0.0

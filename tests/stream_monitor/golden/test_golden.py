@@ -6,9 +6,10 @@ That commit's estimates table named a feed by rewriting the target ("score", "so
 the nuclear norm's raw score x100; "source" for the frozen feed); `current_rows` maps its rows to
 today's (estimator, feed, target, value, score) and nothing else.
 
-Floats are compared to 1e-6 relative: a CPU with other vector units rounds convolutions
-differently, and Tent carries that rounding through its steps; anything an estimator or a
-headline rule changes moves them by far more.
+The module stays in the fast lane (about 40 s on 2 cores): it is the contract every estimation
+change is checked against. Floats are compared to 1e-6 relative: a CPU with other vector units
+rounds convolutions differently, and Tent carries that rounding through its steps; anything an
+estimator or a headline rule changes moves them by far more.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ FLIPS_AND_DERIVED = ("weighted-flips", "spread-flips", "anchored-nuclear-norm")
 
 def current_rows(rows: list[dict]) -> list[dict]:
     """Estimate rows of the expected file in today's schema, sorted as `by_reading` sorts."""
+    if rows and "feed" in rows[0]:  # made again by today's make_golden.py
+        return by_reading(rows)
     scores = {(r["step"], r["target"]): r["value"] for r in rows if r["estimator"] == "nuclear-norm-score"}
     out = []
     for r in rows:
@@ -76,7 +79,6 @@ def golden(request, tmp_path_factory):
     return run_dir, expected
 
 
-@pytest.mark.slow
 def test_live_rows_are_the_golden_rows(golden):
     run_dir, expected = golden
     actual = make_golden.golden_rows(run_dir)
@@ -84,7 +86,6 @@ def test_live_rows_are_the_golden_rows(golden):
     assert_rows(by_reading(actual["estimates"]), current_rows(expected["estimates"]), "estimates")
 
 
-@pytest.mark.slow
 def test_eval_replays_the_live_headlines(golden):
     from stream_monitor.evaluation import replayed_probes
 
