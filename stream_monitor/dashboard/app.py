@@ -183,7 +183,7 @@ class Dashboard:
         self._swap(self._state.apply_event(row))
 
     def on_health(self, name: str, status: str, detail: str = "") -> None:
-        """Actor health (ok, slow or dead); not part of `RunObserver`, the runner calls it when it knows."""
+        """Actor health (ok, slow, diverged or dead); not part of `RunObserver`, the runner calls it when it knows."""
         self._swap(self._state.apply_health(name, status, detail))
 
 

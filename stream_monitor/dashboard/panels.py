@@ -47,7 +47,7 @@ EVENT_STYLES = {
     "warning": "bold red", "error": "bold red", "clear": "green", "reset": "yellow", "cycle": "cyan",
     "skipped": "magenta", "start": "dim", "resume": "dim", "stop": "dim", "checkpoint": "dim",
 }
-HEALTH_STYLES = {"ok": "green", "slow": "yellow", "dead": "bold red"}
+HEALTH_STYLES = {"ok": "green", "slow": "yellow", "diverged": "bold red", "dead": "bold red"}
 
 
 # -- formatting ------------------------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ class EventsPanel:
 
 
 class HealthPanel:
-    """Actor health: ok, slow or dead, with the detail the driver gave."""
+    """Actor health: ok, slow, diverged or dead, with the detail the driver gave."""
 
     def __init__(self, state: DashboardState) -> None:
         self.state = state

@@ -24,7 +24,7 @@ __all__ = [
     "StepStats",
 ]
 
-HEALTH_STATUSES = ("ok", "slow", "dead")
+HEALTH_STATUSES = ("ok", "slow", "diverged", "dead")
 
 
 class AccuracyPoint(NamedTuple):
@@ -294,7 +294,7 @@ class DashboardState:
                        event_counts=tuple(counts.items()), warnings=warnings)
 
     def apply_health(self, name: str, status: str, detail: str = "") -> DashboardState:
-        """Set an actor's health (ok, slow or dead); actors keep the order they first reported in."""
+        """Set an actor's health (HEALTH_STATUSES); actors keep the order they first reported in."""
         if status not in HEALTH_STATUSES:
             raise ValueError(f"Unknown health status {status!r}; valid: {', '.join(HEALTH_STATUSES)}")
         entry = ActorHealth(name, status, detail)

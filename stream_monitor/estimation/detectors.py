@@ -27,7 +27,7 @@ from .base import NotComputableError
 DETECTORS: Registry[type["CollapseDetector"]] = Registry("detector")
 #: The fused warning's detectors unless estimation.detectors says otherwise
 #: (benchmarks/estimator_table.py --detectors scores any set on recorded runs).
-DEFAULT_DETECTORS = ("entropy-ema", "top-class-share", "online-below-source", "aetta-drop")
+DEFAULT_DETECTORS = ("divergence", "entropy-ema", "top-class-share", "online-below-source", "aetta-drop")
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,31 @@ class _StepEMA(CollapseDetector):
 
     @abstractmethod
     def judge(self, ema: float) -> Verdict: ...
+
+
+@DETECTORS.register("divergence", description="A non-finite loss, gradient or served logits: at once, no warm-up")
+class Divergence(CollapseDetector):
+    """The adapter diverged: a step with a non-finite loss, gradient norm or served logits (the step
+    rows' `diverged`). It fires on the first such step, with no warm-up, and stays on until the
+    detectors are re-armed (`estimation.reset_on_warning` resets the adapter to the source model):
+    a diverged model's weights do not come back, while the other detectors, which skip non-finite
+    values, fall silent on exactly this failure."""
+
+    name = "divergence"
+    _state_dict_all_req_keys = ("diverged_at",)
+
+    def reset(self) -> None:
+        self.diverged_at: int | None = None
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        if row.get("diverged") and self.diverged_at is None:
+            self.diverged_at = int(row.get("step") or 0)
+
+    def compute(self) -> Verdict:
+        if self.diverged_at is None:
+            return Verdict(False, "loss, gradient and served logits finite", 0.0)
+        return Verdict(True, f"the adapter diverged at step {self.diverged_at:,}: a non-finite loss, gradient or "
+                       f"served logits (reset it, or lower its learning rate)", float(self.diverged_at))
 
 
 @DETECTORS.register("entropy-ema", description="SAR's model-recovery signal: the mean entropy's EMA below a floor")

@@ -145,6 +145,7 @@ class RunLoop:
         self.resumed = state is not None
         self._checkpointed_at = self.state.step  # a fresh start or a resume needs no checkpoint yet
         self._last_result, self._slow = clock(), False
+        self._diverged = False  # the dashboard was told; a reset (recovery) clears it
 
     @property
     def probe_on(self) -> bool:
@@ -294,7 +295,7 @@ class RunLoop:
             top_class_share=_finite(summary.top_class_share), mean_confidence=_finite(float(summary.confidences.mean()) if n else math.nan),
             mean_entropy=_finite(summary.stats.mean_entropy), num_used=summary.stats.num_used,
             loss=_finite(summary.stats.loss), grad_norm=_finite(summary.stats.grad_norm),
-            update_skipped=summary.stats.skipped, reset=summary.reset,
+            update_skipped=summary.stats.skipped, reset=summary.reset, diverged=summary.diverged,
             noise_a=truth.noise_a, severity_a=truth.severity_a, noise_b=truth.noise_b, severity_b=truth.severity_b,
         )
         if truth.frozen_predictions is not None and len(truth.frozen_predictions):
@@ -316,6 +317,10 @@ class RunLoop:
                 window.frozen_seen += n
         state.step, state.position = pending.step, pending.stop
         self._emit("on_step", row)
+        if summary.diverged and not self._diverged:
+            self._diverged = True
+            notify_health(self.observers, "adapter", "diverged",
+                          f"non-finite loss, gradient or logits since step {pending.step:,}")
         if truth.skipped:
             state.skipped += len(truth.skipped)
             shown = ", ".join(truth.skipped[:3]) + (" ..." if len(truth.skipped) > 3 else "")
@@ -391,6 +396,9 @@ class RunLoop:
         the steps already submitted, so it takes effect `max_in_flight` steps after the warning."""
         self.ex.call("adapter", "reset")
         self.state.resets += 1
+        if self._diverged:
+            self._diverged = False
+            notify_health(self.observers, "adapter", "ok", "reset to the source model")
         self.event("reset", "driver", f"label-free recovery: adapter reset to the source model after the "
                    f"{warned_by} warning (estimation.reset_on_warning)")
         for name in list(self.state.active_warnings):

@@ -69,6 +69,7 @@ class StepSummary:
     probabilities: np.ndarray | None = None  # float32 (N, K): served softmax, for the window estimators
     # AETTA's dropout statistics of the batch (agreement, marginal entropy / ln K), on its PDD steps
     dropout: tuple[float, float] | None = None
+    diverged: bool = False  # a non-finite loss, gradient norm or served logits
 
 
 @dataclass

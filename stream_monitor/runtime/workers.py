@@ -13,6 +13,7 @@ Each builds its model inside its own process from the config, as Ray's docs reco
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Any
 
@@ -122,12 +123,14 @@ class AdapterWorker:
         confidences, predictions = probs.max(1)
         marginal = probs.mean(0)
         counts = torch.bincount(predictions, minlength=probs.shape[1])
-        extra = torch.stack([-(marginal * marginal.clamp_min(1e-12).log()).sum(), counts.max() / len(predictions)])
+        extra = torch.stack([-(marginal * marginal.clamp_min(1e-12).log()).sum(), counts.max() / len(predictions),
+                             torch.isfinite(result.logits).all().float()])
         stats = result.stats()  # the one host sync of the step
         dropout = None
         if self.pdd is not None and self.adapter.num_steps % self.pdd_every == 0:
             dropout = self.pdd(self.adapter.serving_model(), x, predictions)
-        marginal_entropy, top_share = extra.tolist()
+        marginal_entropy, top_share, finite_logits = extra.tolist()
+        diverged = not (finite_logits and math.isfinite(stats.loss) and math.isfinite(stats.grad_norm))
         every = self.adapter.reset_every
         return StepSummary(
             step=self.adapter.num_steps, predictions=predictions.cpu().numpy(),
@@ -135,7 +138,7 @@ class AdapterWorker:
             marginal_entropy=marginal_entropy, top_class_share=top_share,
             step_ms=1000.0 * (time.perf_counter() - started),
             reset=bool(every and self.adapter.num_steps % every == 0),
-            probabilities=probs.cpu().numpy().astype(np.float32, copy=False), dropout=dropout,
+            probabilities=probs.cpu().numpy().astype(np.float32, copy=False), dropout=dropout, diverged=diverged,
         )
 
     def snapshot(self) -> dict[str, np.ndarray]:

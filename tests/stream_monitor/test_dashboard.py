@@ -155,8 +155,10 @@ def test_health_keeps_first_report_order_and_rejects_unknown_status():
     state = DashboardState().apply_health("adapter", "ok").apply_health("stream-0", "slow", "queue empty 3 s")
     state = state.apply_health("adapter", "dead", "ActorDiedError")
     assert [(h.name, h.status) for h in state.health] == [("adapter", "dead"), ("stream-0", "slow")]
-    with pytest.raises(ValueError, match="valid: ok, slow, dead"):
+    with pytest.raises(ValueError, match="valid: ok, slow, diverged, dead"):
         state.apply_health("probe", "sleepy")
+    diverged = state.apply_health("adapter", "diverged", "non-finite loss, gradient or logits since step 7")
+    assert diverged.health[0].status == "diverged"
 
 
 def test_series_downsamples_evenly_and_always_shows_the_newest_point():

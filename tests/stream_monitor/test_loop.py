@@ -335,6 +335,13 @@ def test_nan_loss_does_not_stop_the_loop(tmp_path):
     for p in probes:
         assert math.isfinite(p["weighted_flips"]) and 0 <= p["flips"] <= p["probe_size"]
         assert p["est_online_acc"] is None or math.isfinite(p["est_online_acc"])
+    # the first non-finite step is flagged at once: a warning event on that step, no warm-up
+    first = next(r["step"] for r in steps if r["diverged"])
+    assert all(not r["diverged"] for r in steps if r["step"] < first)
+    assert all(r["loss"] is not None for r in steps if r["step"] < first)
+    warnings = [e for e in read_table(run_dir, "events").to_pylist() if e["kind"] == "warning"]
+    assert warnings[0]["origin"] == "divergence" and warnings[0]["step"] == first
+    assert f"diverged at step {first}" in warnings[0]["message"]
 
 
 def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, monkeypatch):

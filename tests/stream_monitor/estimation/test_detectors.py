@@ -13,7 +13,7 @@ from stream_monitor.config import load_config
 from stream_monitor.estimation.base import NotComputableError
 from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, CollapseDetector, EntropyCollapse,
                                                  EstimateBelowSource, FlipRateRise, MarginalEntropyCollapse,
-                                                 PredictionConcentration, build_detectors, transitions)
+                                                 PredictionConcentration, Verdict, build_detectors, transitions)
 
 
 def feed(detector, column: str, values) -> None:
@@ -168,11 +168,11 @@ def test_small_flip_counts_need_an_absolute_rise_too():
 
 
 def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_one():
-    assert set(DETECTORS.names()) == {"entropy-ema", "top-class-share", "marginal-entropy", "online-below-source",
-                                      "aetta-drop", "flip-rate"}
+    assert set(DETECTORS.names()) == {"divergence", "entropy-ema", "top-class-share", "marginal-entropy",
+                                      "online-below-source", "aetta-drop", "flip-rate"}
     built = build_detectors(DEFAULT_DETECTORS, 10)
     assert [d.name for d in built] == list(DEFAULT_DETECTORS)
-    assert built[0].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
+    assert built[1].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
     with pytest.raises(KeyError, match="Did you mean 'flip-rate'"):
         build_detectors(["flip-rat"], 10)
     assert load_config(None, []).estimation.detectors == ",".join(DEFAULT_DETECTORS)  # one default, two spellings
@@ -202,7 +202,7 @@ def exercised(name: str) -> CollapseDetector:
     for step in range(1, 121):
         detector.update_step({"step": step, "images": 64, "mean_entropy": 0.5, "top_class_share": 0.6,
                               "frozen_top_class_share": 0.3 if step % 8 == 1 else None, "marginal_entropy": 1.5,
-                              "aetta_acc": 60.0 - step / 10})
+                              "aetta_acc": 60.0 - step / 10, "diverged": step >= 100})
     for cycle in range(4):
         for step in (100, 200):
             detector.update_probe({"est_online_gap": -8.0, **flips_probe(cycle, step, 0.05 + 0.1 * cycle)})
@@ -246,3 +246,21 @@ def test_a_state_without_a_running_quantity_is_refused():
     del state["source_ema"]
     with pytest.raises(ValueError, match="top-class-share detector's state lacks 'source_ema'"):
         PredictionConcentration().load_state_dict(state)
+
+
+# ---- divergence ----------------------------------------------------------------------------------
+def test_divergence_fires_on_the_first_non_finite_step_without_warm_up_and_stays_on():
+    detector = DETECTORS.get("divergence").for_model(10)
+    assert detector.compute() == Verdict(False, "loss, gradient and served logits finite", 0.0)  # no warm-up
+    detector.update_step({"step": 1, "diverged": False})
+    assert not detector.compute().firing
+    detector.update_step({"step": 2, "diverged": True, "loss": None})
+    verdict = detector.compute()
+    assert verdict.firing and verdict.value == 2.0
+    assert verdict.evidence.startswith("the adapter diverged at step 2: a non-finite loss, gradient or served logits")
+    detector.update_step({"step": 3, "diverged": False})  # a diverged model's weights do not come back
+    assert detector.compute().firing and detector.compute().value == 2.0
+    active: list[str] = []
+    assert [(kind, d.name) for kind, d, _ in transitions([detector], active)] == [("warning", "divergence")]
+    detector.reset()  # re-armed after a reset to the source model
+    assert not detector.compute().firing
