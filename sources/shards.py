@@ -317,7 +317,7 @@ class _Batcher:
 
         A missing or out-of-range label is never served as a class: it would be scored against a
         class the model cannot output and bias the true accuracy. The header size is checked
-        before decoding, so a JPEG claiming 8000x8000 costs nothing.
+        before decoding, so a JPEG claiming a huge size is never handed to the decoder.
         """
         lacking = [f for f in _FIELDS if f not in sample]
         if lacking:
