@@ -20,9 +20,10 @@ class Batch:
     """Consecutive images [start, start + len) of a stream.
 
     `noise_a`/`severity_a`/`noise_b`/`severity_b` are CCC's `info`: the corruption fading out and
-    the one fading in, with their severities ("" and 0.0 where there is none). `skipped` counts
-    images of the slice that could not be read (corrupt JPEGs); `indices` says which stream
-    positions the rows hold, so labels and info stay aligned when some are skipped.
+    the one fading in, with their severities ("" and 0.0 where there is none). `skipped` names
+    each position of the slice that could not be served (corrupt, empty or oversize image, missing
+    or out-of-range label), one entry per position since the run loop counts them; `indices` says
+    which stream positions the rows hold, so labels and info stay aligned when some are skipped.
     """
 
     indices: np.ndarray  # int64 (N,)

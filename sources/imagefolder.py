@@ -11,8 +11,10 @@ Order is deterministic: ``make_dataset``'s sorted order, or a permutation drawn 
 that many times, each later pass in a fresh seeded permutation (as a reshuffling loader would,
 e.g. Entropy Enigma adapting on the held-out set for more iterations than it has images).
 An unreadable or corrupt file is left out of its batch, logged with its path and listed in
-``Batch.skipped``; batches are cut by stream position, as in `sources.shards`, so one bad file
-never shifts the rest of the stream.
+``Batch.skipped``; so is an image whose header declares more than ``max_pixels`` pixels, refused
+before it is decoded (one hostile file must not cost a worker gigabytes). Batches are cut by
+stream position, as in `sources.shards`, so one bad file never shifts the rest of the stream.
+Labels need no range check here: they are indices into the folder's own sorted class list.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -32,13 +35,51 @@ from .base import Batch
 
 logger = logging.getLogger(__name__)
 
+#: Default pixel limit of `ImageFolderSource`: far above any ImageNet photo, low enough that a
+#: decoded image stays a bounded allocation whatever a file's header claims.
+MAX_IMAGE_PIXELS = 50_000_000
 
-def load_image_uint8(path: str | Path) -> torch.Tensor:
+
+class ImageTooLarge(RuntimeError):
+    """An image whose header declares more pixels than allowed; raised before any decoding."""
+
+
+def image_header(file: str | Path | BinaryIO) -> tuple[str | None, int, int]:
+    """(format, width, height) from an image's header only; raises RuntimeError if unreadable.
+
+    PIL's ``Image.open`` is lazy (it parses the header, not the pixel data), so this is the cheap
+    way to learn what a file claims before trusting it with a decoder's allocation.
+    """
+    try:
+        with Image.open(file) as img:
+            width, height = img.size
+            return img.format, int(width), int(height)
+    except Image.DecompressionBombError as exn:  # PIL's own, far higher, limit
+        raise ImageTooLarge(str(exn)) from None
+    except Exception as exn:  # PIL raises many types on hostile headers
+        raise RuntimeError(f"cannot read the image header ({type(exn).__name__}: {exn})") from None
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    """Raise ImageTooLarge when ``width x height`` exceeds ``max_pixels`` (None: no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} ({width * height:,} pixels), over the limit of "
+            f"{max_pixels:,} (max_pixels=); refused before decoding"
+        )
+
+
+def load_image_uint8(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
     """An image file as a uint8 RGB (3, H, W) tensor; raises OSError/RuntimeError if unreadable.
 
     torchvision's decoders first (JPEG incl. CMYK, PNG, GIF, WebP); PIL for the other
-    ``IMG_EXTENSIONS`` (BMP, PPM/PGM, TIFF).
+    ``IMG_EXTENSIONS`` (BMP, PPM/PGM, TIFF). With ``max_pixels`` the header is read first and an
+    image larger than that raises `ImageTooLarge` without being decoded. Generation passes no
+    limit, so that the images it renders stay exactly those of oripress/CCC.
     """
+    if max_pixels is not None:
+        _, width, height = image_header(path)
+        check_pixels(width, height, max_pixels)
     try:
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except RuntimeError as first:
@@ -88,6 +129,7 @@ class ImageFolderSource:
         shuffle_seed: None for sorted order (class, then file name), else a seeded permutation.
         passes: times the stream goes over the folder; pass p > 0 is permuted with the seed
             (shuffle_seed or 0, p).
+        max_pixels: images whose header declares more pixels are skipped undecoded (None: no limit).
     """
 
     def __init__(
@@ -98,6 +140,7 @@ class ImageFolderSource:
         shuffle_seed: int | None = None,
         name: str | None = None,
         passes: int = 1,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
     ) -> None:
         if resize < image_size:
             raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
@@ -114,6 +157,7 @@ class ImageFolderSource:
         self.image_size = int(image_size)
         self.resize = int(resize)
         self.shuffle_seed = shuffle_seed
+        self.max_pixels = max_pixels
         self.num_classes = len(self.classes)
         self.name = name or f"imagefolder:{self.root.name}"
 
@@ -134,7 +178,7 @@ class ImageFolderSource:
 
     def load(self, index: int) -> torch.Tensor:
         """Image `index` of the stream, resized and centre-cropped: uint8 (3, S, S)."""
-        image = load_image_uint8(self.sample(index)[0])
+        image = load_image_uint8(self.sample(index)[0], self.max_pixels)
         image = TF.resize(image, [self.resize], antialias=True)
         return TF.center_crop(image, [self.image_size, self.image_size])
 
@@ -153,7 +197,7 @@ class ImageFolderSource:
                     images.append(self.load(i))
                     indices.append(i)
                 except (OSError, RuntimeError, ValueError) as exn:
-                    reason = f"unreadable image ({exn})"
+                    reason = str(exn) if isinstance(exn, ImageTooLarge) else f"unreadable image ({exn})"
                     logger.warning("image folder %s: skipped %s: %s", self.root, path, reason)
                     skipped.append(f"{path}: {reason}")
             if not indices:  # nothing readable here: report it with the next batch

@@ -18,11 +18,18 @@ with PIL in a single process and ignores ``info``; here JPEGs are decoded in bat
 ``torchvision.io.decode_jpeg`` (on the CPU by default, or a CUDA device) and ``info`` becomes the
 per-image corruption columns.
 
-Bad input loses nothing silently:
+Bad input loses nothing silently, and no member's bytes, name or label is trusted:
 
-- a sample whose JPEG does not decode (or has the wrong size, or lacks a member) is left out of its
-  batch, logged, and listed in ``Batch.skipped`` as ``"serial_00003.tar:sample_17: reason"``;
-  ``Batch.indices`` says which positions the remaining rows hold, so labels and info stay aligned;
+- a sample whose JPEG is empty or does not decode, whose header declares another size than
+  ``image_size`` (checked before decoding, so a hostile header cannot make the decoder allocate
+  gigabytes), which lacks a member, or whose label is not an integer in ``[0, num_classes)`` is
+  left out of its batch, logged, and listed in ``Batch.skipped`` as
+  ``"serial_00003.tar:sample_17: reason"``; ``Batch.indices`` says which positions the remaining
+  rows hold, so labels and info stay aligned;
+- a member is only read as a sample if its key is exactly ``sample_<i>`` with ``i`` inside the
+  shard: a path (``../../sample_3``), a padded index (``sample_03``) or an index past the shard
+  could otherwise stand in for a real position; such members are logged and ignored, and a
+  position they leave empty is listed as not in the shard;
 - a truncated or unreadable shard is logged as a warning naming the shard and the last key read;
   the positions it could not deliver are listed in ``skipped`` and the stream goes on with the next
   shard (remote shards are first re-opened ``retries`` times, resuming at the position reached,
@@ -43,6 +50,7 @@ for is truncated, whether or not webdataset raised.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import re
@@ -60,6 +68,7 @@ from webdataset.gopen import gopen
 from stream_monitor.registry import unknown_name_message
 
 from .base import Batch
+from .imagefolder import image_header
 from .ccc import CUTOFF, IMAGES_PER_SHARD, STREAM_NAME
 from .ccc import all_stream_names as ccc_stream_names
 from .ccc import shard_size as ccc_shard_size
@@ -77,7 +86,8 @@ CCC_CUTOFF = CUTOFF
 CCC_IMAGE_SIZE = 224
 CCC_NUM_CLASSES = 1000
 
-_KEY_RE = re.compile(r"^sample_(\d+)$")
+# No leading zeros and no directories: exactly one name per position, so no member can alias another.
+_KEY_RE = re.compile(r"^sample_(0|[1-9][0-9]*)$")
 _FIELDS = ("input.jpg", "output.cls")
 
 
@@ -186,14 +196,14 @@ def iter_shard(url: str) -> tuple[Iterator[dict], list[Exception]]:
     return samples(), errors
 
 
-def count_shard_samples(path: str | Path) -> int:
-    """Number of complete samples (all of input.jpg, output.cls, info) in a local tar, -1 if damaged.
+def _shard_members(path: str | Path) -> dict[int, set[str]] | None:
+    """{sample index: member extensions} of a local tar from its headers only; None if damaged.
 
-    Used to validate shards (resumable generation, length of a local stream). webdataset's
-    iteration reads every member; this reads only the headers with the standard library's tarfile
-    (random access), which is what makes counting a 25,000-image shard cheap.
+    webdataset's iteration reads every member; this reads only the headers with the standard
+    library's tarfile (random access), which is what makes scanning a 25,000-image shard cheap.
+    Keys are held to the reader's rule (`_KEY_RE`), so what is counted is what `read` serves.
     """
-    members: dict[str, set[str]] = {}
+    members: dict[int, set[str]] = {}
     try:
         file_size = Path(path).stat().st_size
         with tarfile.open(path, "r:") as tar:
@@ -201,15 +211,41 @@ def count_shard_samples(path: str | Path) -> int:
                 if not member.isreg():
                     continue
                 key, ext = tariterators.base_plus_ext(member.name)
-                if key is None:
+                match = _KEY_RE.match(key or "")
+                if match is None:
                     continue
-                members.setdefault(key, set()).add(ext)
+                members.setdefault(int(match.group(1)), set()).add(ext)
                 if member.offset_data + member.size > file_size:
-                    return -1
+                    return None
     except (tarfile.TarError, OSError):
+        return None
+    return members
+
+
+def count_shard_samples(path: str | Path) -> int:
+    """Number of complete samples (all of input.jpg, output.cls, info) in a local tar, -1 if damaged.
+
+    What resumable generation checks before keeping a shard; a shard's size in stream positions
+    is `count_shard_positions`, since an incomplete sample still holds its position.
+    """
+    members = _shard_members(path)
+    if members is None:
         return -1
     needed = {"input.jpg", "output.cls", "info"}
     return sum(1 for exts in members.values() if needed <= exts)
+
+
+def count_shard_positions(path: str | Path) -> int:
+    """Stream positions a local tar spans (highest ``sample_<i>`` + 1, whatever members it has),
+    -1 if damaged.
+
+    A sample lacking a member is still a position (skipped and reported when read); counting only
+    complete samples would shrink the shard size and shift every later position of the stream.
+    """
+    members = _shard_members(path)
+    if members is None:
+        return -1
+    return max(members, default=-1) + 1
 
 
 # -------------------------------------------------------------------------------------- batches
@@ -218,9 +254,10 @@ def count_shard_samples(path: str | Path) -> int:
 class _Batcher:
     """Cuts consecutive positions into position-aligned batches and decodes them."""
 
-    def __init__(self, start: int, stop: int, batch_size: int, image_size: int, device: str) -> None:
+    def __init__(self, start: int, stop: int, batch_size: int, image_size: int, device: str,
+                 num_classes: int) -> None:
         self.start, self.stop, self.batch_size = start, stop, batch_size
-        self.image_size, self.device = image_size, device
+        self.image_size, self.device, self.num_classes = image_size, device, num_classes
         self.window = 0
         self.pending: list[_Raw] = []
         self.carried: list[str] = []
@@ -249,19 +286,12 @@ class _Batcher:
                 skipped.append(f"{raw.where}: {raw.missing}")
                 continue
             sample = raw.sample or {}
-            lacking = [f for f in _FIELDS if f not in sample]
-            if lacking:
-                reason = f"sample has no {' or '.join(lacking)} member"
+            reason = self._invalid(sample)
+            if reason is not None:
                 logger.warning("CCC shard sample %s skipped: %s", raw.where, reason)
                 skipped.append(f"{raw.where}: {reason}")
                 continue
-            try:
-                label = int(sample["output.cls"].decode("ascii").strip())
-            except (UnicodeDecodeError, ValueError):
-                reason = f"output.cls is not an integer class index: {sample['output.cls'][:20]!r}"
-                logger.warning("CCC shard sample %s skipped: %s", raw.where, reason)
-                skipped.append(f"{raw.where}: {reason}")
-                continue
+            label = int(sample["output.cls"].decode("ascii").strip())
             info = None
             if "info" in sample:
                 try:
@@ -282,17 +312,48 @@ class _Batcher:
         self.carried = []
         yield self._build([r for r, _ in kept], [i for _, i in kept], skipped)
 
+    def _invalid(self, sample: dict) -> str | None:
+        """Why a sample cannot be served (None if it can), from its label and JPEG header only.
+
+        A missing or out-of-range label is never served as a class: it would be scored against a
+        class the model cannot output and bias the true accuracy. The header size is checked
+        before decoding, so a JPEG claiming a huge size is never handed to the decoder.
+        """
+        lacking = [f for f in _FIELDS if f not in sample]
+        if lacking:
+            return f"sample has no {' or '.join(lacking)} member"
+        cls = sample["output.cls"]
+        try:
+            label = int(cls.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            return f"output.cls is not an integer class index: {cls[:20]!r}"
+        if not 0 <= label < self.num_classes:
+            return f"output.cls {label} is outside the class range [0, {self.num_classes})"
+        jpeg = sample["input.jpg"]
+        if not jpeg:
+            return "input.jpg is empty (0 bytes)"
+        try:
+            fmt, width, height = image_header(io.BytesIO(jpeg))
+        except RuntimeError as exn:
+            return f"corrupt JPEG ({exn})"
+        if fmt != "JPEG":
+            return f"input.jpg is not a JPEG (its header reads {fmt})"
+        want = (3, self.image_size, self.image_size)
+        if (3, height, width) != want:
+            return f"image is {(3, height, width)}, expected {want} (pass image_size= to read other sizes)"
+        return None
+
     def _decode(self, datas: list[torch.Tensor], wheres: list[str], skipped: list[str]) -> list:
         if not datas:
             return []
         try:
             decoded = list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device))
-        except RuntimeError:  # at least one is corrupt: find which, one by one
+        except (RuntimeError, ValueError):  # at least one is corrupt: find which, one by one
             decoded = []
             for data, where in zip(datas, wheres):
                 try:
                     decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
-                except RuntimeError as exn:
+                except (RuntimeError, ValueError) as exn:
                     reason = f"corrupt JPEG ({_short(exn)})"
                     logger.warning("CCC shard sample %s skipped: %s", where, reason)
                     skipped.append(f"{where}: {reason}")
@@ -351,7 +412,7 @@ class CCCShardSource:
         image_size: side of the stored images (224 for CCC); other sizes are skipped as bad input.
         device: where ``decode_jpeg`` runs ("cpu", or "cuda" for nvjpeg); batches come back as numpy.
         shard_size: images per shard; default ``ceil(25000 / speed) * speed`` as in CCC, or, for a
-            local folder with two or more shards, the sample count of ``serial_00000.tar``.
+            local folder with two or more shards, the positions ``serial_00000.tar`` spans.
         retries: times a remote shard that breaks off is re-opened (resuming where it stopped).
         num_classes: 1000 (ImageNet) unless the shards were generated from another folder.
 
@@ -441,12 +502,12 @@ class CCCShardSource:
             )
         size = int(shard_size) if shard_size else ccc_shard_size(speed)
         if not shard_size and count > 1:
-            first = count_shard_samples(folder / shard_filename(0))
+            first = count_shard_positions(folder / shard_filename(0))
             if first > 0 and first != size:
                 logger.info("CCC stream %s: %d images per shard (read off %s)", self.stream_name, first,
                             shard_filename(0))
                 size = first
-        last = count_shard_samples(folder / shard_filename(count - 1))
+        last = count_shard_positions(folder / shard_filename(count - 1))
         last = size if last < 0 else min(last, size)  # a damaged last shard is reported on read
         nominal = ccc_stream_length(speed)
         length = min(nominal, (count - 1) * size + last)
@@ -478,7 +539,7 @@ class CCCShardSource:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        batcher = _Batcher(start, stop, batch_size, self.image_size, self.device)
+        batcher = _Batcher(start, stop, batch_size, self.image_size, self.device, self.num_classes)
         size = self.shard_size
         for shard in range(start // size, math.ceil(stop / size)):
             lo, hi = max(start, shard * size), min(stop, (shard + 1) * size)
@@ -496,14 +557,20 @@ class CCCShardSource:
         while True:
             samples, errors = iter_shard(url)
             last_key = None
+            previous = -1  # within this pass: re-opening legitimately re-reads earlier positions
             for sample in samples:
                 key = sample.get("__key__", "")
-                match = _KEY_RE.match(key.rsplit("/", 1)[-1])
-                if match is None:
-                    logger.warning("CCC shard %s: ignoring member %r (keys are sample_<i>)", fname, key)
+                match = _KEY_RE.match(key)
+                if match is None or int(match.group(1)) >= self.shard_size:
+                    logger.warning("CCC shard %s: ignoring sample %r (keys are sample_0..sample_%d)",
+                                   fname, key, self.shard_size - 1)
                     continue
                 last_key = key
                 pos = base + int(match.group(1))
+                if pos <= previous:
+                    logger.warning("CCC shard %s: ignoring %r, a duplicate or out-of-order key", fname, key)
+                    continue
+                previous = pos
                 if pos < expected:
                     continue
                 if pos >= hi:
