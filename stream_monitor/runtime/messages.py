@@ -29,7 +29,8 @@ class Images:
     stop: int
     indices: np.ndarray  # int64 (N,)
     images: np.ndarray  # uint8 (N, 3, H, W)
-    skipped: list[str] = field(default_factory=list)  # what could not be read, e.g. "shard-000003.tar:key"
+    # what could not be read, e.g. "serial_00003.tar:sample_7: input.jpg is empty (0 bytes)"
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.indices)
