@@ -133,6 +133,12 @@ class EstimationConfig:
     # batch (e.g. embedded-small beside embedded, resnet18 beside resnet50); None: off
     duo_model: Optional[str] = None
     duo_weights: Optional[str] = None
+    # the risk-test detector's false-alarm budget (split evenly between the clean error's upper bound and
+    # the flagged-error rate's confidence sequence), its tolerance over the clean error (a rate), and
+    # the images between restarts of its confidence sequence
+    risk_delta: float = 0.05
+    risk_tolerance: float = 0.05
+    risk_restart_every: int = 512
     # the fused collapse warning's detectors, comma-separated (`stream-monitor list detectors`)
     detectors: str = field(default_factory=_default_detectors)
 
@@ -145,6 +151,13 @@ class EstimationConfig:
         except UnknownNameError as error:
             raise ConfigError(f"estimation.detectors: {error} Separate several with commas; an empty value "
                               f"turns the warnings off.") from None
+        if not 0.0 < self.risk_delta < 1.0:
+            raise ConfigError(f"estimation.risk_delta is the risk test's false-alarm probability, in (0, 1); got "
+                              f"{self.risk_delta}. 0.05 allows one false alarm in 20 runs at most.")
+        if not 0.0 <= self.risk_tolerance < 1.0:
+            raise ConfigError(f"estimation.risk_tolerance is an error rate over the clean error, in [0, 1); got "
+                              f"{self.risk_tolerance}, e.g. 0.05 for 5 points.")
+        _positive(self, "risk_restart_every")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .calibration.format import Calibration
 from .calibration.resolve import resolve_context
-from .estimation.detectors import build_detectors, transitions
+from .estimation.detectors import DetectorSetup, build_detectors, transitions
 from .estimation.pipeline import EstimationPipeline, WindowEstimate, derive
 from .estimation.readings import Feed, Reading, Target
 from .rundir import RunDirectory
@@ -195,7 +195,7 @@ def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...], calibrati
     steps early here. A run with estimation.reset_on_warning reset its adapter on its own warnings,
     so no replay of other detectors is what that run would have done."""
     run = RunDirectory(run_dir)
-    detectors = build_detectors(names, run.num_classes)
+    detectors = build_detectors(names, DetectorSetup.of(run.config(), run.num_classes, run.context()))
     probes: dict[int, list[dict[str, Any]]] = {}
     for row in replayed_probes(run_dir, calibration, frozen_calibration):
         probes.setdefault(row["step"], []).append(row)

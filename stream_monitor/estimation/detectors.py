@@ -18,16 +18,39 @@ import statistics
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..registry import Registry
 from .base import NotComputableError
+from .sequential import Restarted, clopper_pearson_upper
 
-#: name -> detector class; `for_model(num_classes)` builds the detector as a warning uses it.
+if TYPE_CHECKING:  # building a config checks detector names; that must not load torch (context -> window)
+    from .context import EstimationContext
+
+#: name -> detector class; `for_model(setup)` builds the detector as a warning uses it.
 DETECTORS: Registry[type["CollapseDetector"]] = Registry("detector")
 #: The fused warning's detectors unless estimation.detectors says otherwise
 #: (benchmarks/estimator_table.py --detectors scores any set on recorded runs).
 DEFAULT_DETECTORS = ("divergence", "entropy-ema", "top-class-share", "online-below-source", "aetta-drop")
+
+
+@dataclass(frozen=True)
+class DetectorSetup:
+    """What building a run's detectors takes: the model's classes, the run's estimation context
+    (the sequential test's source bound and error proxy), and the test's budget and tolerance
+    (`estimation.risk_delta`, `estimation.risk_tolerance`, `estimation.risk_restart_every`)."""
+
+    num_classes: int
+    context: EstimationContext | None = None
+    risk_delta: float = 0.05
+    risk_tolerance: float = 0.05
+    risk_restart_every: int = 512
+
+    @classmethod
+    def of(cls, config: Any, num_classes: int, context: EstimationContext | None) -> "DetectorSetup":
+        """The setup of a run's config (`RunConfig`: its estimation.risk_* keys)."""
+        est = config.estimation
+        return cls(num_classes, context, est.risk_delta, est.risk_tolerance, est.risk_restart_every)
 
 
 @dataclass(frozen=True)
@@ -48,8 +71,8 @@ class CollapseDetector(ABC):
         self.reset()
 
     @classmethod
-    def for_model(cls, num_classes: int) -> "CollapseDetector":
-        """The detector as the fused warning uses it, for a model of `num_classes` classes."""
+    def for_model(cls, setup: DetectorSetup) -> "CollapseDetector":
+        """The detector as the fused warning uses it, for a run's model and calibration."""
         return cls()
 
     @abstractmethod
@@ -141,6 +164,88 @@ class Divergence(CollapseDetector):
                        f"served logits (reset it, or lower its learning rate)", float(self.diverged_at))
 
 
+@DETECTORS.register("risk-test", description=(
+    "A sequential test (Podkopaev & Ramdas; Schirmer et al.): the flagged-error rate's lower confidence "
+    "sequence above the clean error's upper bound plus a tolerance, with false alarms at most delta"))
+class SequentialRiskTest(CollapseDetector):
+    """The label-free risk-monitoring alarm (Podkopaev & Ramdas, ICLR 2022; Schirmer et al.,
+    NeurIPS 2025): fires when a time-uniform lower bound on the running share of served predictions
+    the error proxy flags exceeds an upper bound on the adapter's clean error plus `tolerance`.
+
+    - The proxy flags a prediction whose temperature-scaled max-softmax is under the served feed's
+      ATC threshold: on the calibration's clean images it flags exactly the clean error's share.
+    - The source bound is Clopper-Pearson at delta/2 on the calibration's clean error (its
+      `images`); the lower bound is a restarted conjugate-mixture empirical-Bernstein confidence
+      sequence at delta/2 (`sequential.Restarted`): one every `restart_every` images, so a late
+      collapse is not averaged away by a long healthy stretch.
+    - Guarantee: on a stream whose running flag rate stays within `tolerance` of the clean error
+      rate, the alarm fires with probability at most delta, however long it runs. It speaks of the
+      flag rate; reading it as the error rate assumes the proxy's precision on the stream is no
+      lower than on the clean images (Schirmer et al.'s precision transfer), which labels alone
+      could check.
+    Not computable without the served feed's calibration (its ATC threshold, clean accuracy and
+    image count)."""
+
+    name = "risk-test"
+    _state_dict_all_req_keys = ("sequences", "observed", "flagged")
+
+    def __init__(self, source_error: int | None = None, images: int | None = None, delta: float = 0.05,
+                 tolerance: float = 0.05, restart_every: int = 512) -> None:
+        if not 0.0 < delta < 1.0 or not 0.0 <= tolerance < 1.0 or restart_every < 1:
+            raise ValueError(f"the risk test needs 0 < delta < 1, 0 <= tolerance < 1 and restart_every >= 1, got "
+                             f"delta={delta}, tolerance={tolerance}, restart_every={restart_every}")
+        self.delta, self.tolerance, self.restart_every = delta, tolerance, restart_every
+        self.source_upper = None if images is None else clopper_pearson_upper(source_error, images, delta / 2)
+        super().__init__()
+
+    @classmethod
+    def for_model(cls, setup: DetectorSetup) -> "SequentialRiskTest":
+        stats = setup.context.served if setup.context is not None else None
+        known = stats is not None and None not in (stats.accuracy, stats.images, stats.atc_mc_threshold)
+        errors = round((1.0 - stats.accuracy / 100.0) * stats.images) if known else None
+        return cls(errors, stats.images if known else None, setup.risk_delta, setup.risk_tolerance,
+                   setup.risk_restart_every)
+
+    def reset(self) -> None:
+        self.sequences: Restarted | None = None  # started with the first served image
+        self.observed = self.flagged = 0
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        flagged, seen = row.get("proxy_flagged"), row.get("proxy_seen")
+        if self.source_upper is None or flagged is None or not seen:
+            return
+        if self.sequences is None:
+            self.sequences = Restarted(self.delta / 2, every=self.restart_every)
+        self.sequences.update([1.0] * flagged + [0.0] * (seen - flagged))
+        self.observed += seen
+        self.flagged += flagged
+
+    def compute(self) -> Verdict:
+        if self.source_upper is None:
+            raise NotComputableError(f"{self.name} needs the served feed's calibration (ATC threshold, clean "
+                                     f"accuracy and image count)")
+        if self.sequences is None:
+            raise NotComputableError(f"{self.name} has seen no served image yet")
+        lower, bound = self.sequences.lower, self.source_upper + self.tolerance
+        return Verdict(lower > bound, f"flagged-error rate at least {100 * lower:.1f}% (lower bound) against the "
+                       f"clean error's {100 * self.source_upper:.1f}% (upper bound) + {100 * self.tolerance:.0f} "
+                       f"points; false-alarm budget delta {self.delta:g}", lower)
+
+    def state_dict(self) -> dict[str, Any]:
+        sequences = None if self.sequences is None else self.sequences.state_dict()
+        return {"sequences": sequences, "observed": self.observed, "flagged": self.flagged}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = [key for key in self._state_dict_all_req_keys if key not in state]
+        if missing:
+            raise ValueError(f"The {self.name} detector's state lacks {', '.join(map(repr, missing))}")
+        self.sequences = None
+        if state["sequences"] is not None:
+            self.sequences = Restarted(self.delta / 2, every=self.restart_every)
+            self.sequences.load_state_dict(state["sequences"])
+        self.observed, self.flagged = int(state["observed"]), int(state["flagged"])
+
+
 @DETECTORS.register("entropy-ema", description="SAR's model-recovery signal: the mean entropy's EMA below a floor")
 class EntropyCollapse(_StepEMA):
     """SAR's model-recovery signal (Niu et al., ICLR 2023, mr-eggplant/SAR): an EMA (0.9) of the
@@ -153,8 +258,8 @@ class EntropyCollapse(_StepEMA):
         super().__init__(warmup)
 
     @classmethod
-    def for_model(cls, num_classes: int) -> "EntropyCollapse":
-        return cls(num_classes)
+    def for_model(cls, setup: DetectorSetup) -> "EntropyCollapse":
+        return cls(setup.num_classes)
 
     def judge(self, ema: float) -> Verdict:
         return Verdict(ema < self.threshold, f"entropy EMA {ema:.3f} nats (threshold {self.threshold:.3f})", ema)
@@ -223,8 +328,8 @@ class MarginalEntropyCollapse(_StepEMA):
         super().__init__(warmup)
 
     @classmethod
-    def for_model(cls, num_classes: int) -> "MarginalEntropyCollapse":
-        return cls(num_classes)
+    def for_model(cls, setup: DetectorSetup) -> "MarginalEntropyCollapse":
+        return cls(setup.num_classes)
 
     def update_step(self, row: dict[str, Any]) -> None:
         value, images = row.get(self.column), row.get("images") or 0
@@ -292,7 +397,7 @@ class AETTAReset(CollapseDetector):
             self.history = (self.history + [float(value)])[-2 * self.span:]
 
     @classmethod
-    def for_model(cls, num_classes: int) -> "AETTAReset":
+    def for_model(cls, setup: DetectorSetup) -> "AETTAReset":
         # AETTA's own drop rule (2 points over 5 estimates) is a cheap reset trigger, but as a warning
         # it fires on runs that never collapse; the warning asks for a 10-point drop over 10 estimates
         # (benchmarks/estimator_table.py --detectors aetta-drop replays both on recorded runs)
@@ -356,10 +461,10 @@ class FlipRateRise(CollapseDetector):
                        share - baseline)
 
 
-def build_detectors(names: Sequence[str], num_classes: int) -> list[CollapseDetector]:
-    """The named detectors (DETECTORS) for a model of `num_classes` classes; unknown names raise
-    UnknownNameError listing the valid ones."""
-    return [DETECTORS.get(name).for_model(num_classes) for name in names]
+def build_detectors(names: Sequence[str], setup: DetectorSetup) -> list[CollapseDetector]:
+    """The named detectors (DETECTORS) for a run (`setup`); unknown names raise UnknownNameError
+    listing the valid ones."""
+    return [DETECTORS.get(name).for_model(setup) for name in names]
 
 
 def parse_detectors(text: str) -> tuple[str, ...]:

@@ -46,7 +46,7 @@ from .aetta import AETTA
 from .base import ESTIMATORS
 from .context import EstimationContext
 from .readings import Feed, Reading, Target, find, value_of
-from .window import WindowEstimator
+from .window import WindowEstimator, scale
 
 __all__ = ["ANCHORED", "ADAPTER_CALIBRATED", "DERIVED", "HEADLINE_ORDER", "EstimationPipeline", "WindowEstimate",
            "derive", "headline_order"]
@@ -170,6 +170,18 @@ class EstimationPipeline:
     def observe_dropout(self, agreement: float, marginal_entropy: float) -> float | None:
         """AETTA's dropout statistics of one step; its estimate for the step (None: AETTA is off)."""
         return None if self.dropout is None else self.dropout.update_dropout(agreement, marginal_entropy)
+
+    def flag_errors(self, probs: np.ndarray | None) -> tuple[int, int] | None:
+        """(flagged, seen): how many of one step's finite served outputs the label-free error proxy
+        flags, their temperature-scaled max-softmax under the served feed's ATC threshold (the
+        share of the clean domain it flags is the adapter's clean error: Garg et al.'s matching);
+        None without the served feed's threshold or outputs."""
+        stats = self.context.served
+        if probs is None or stats is None or stats.atc_mc_threshold is None:
+            return None
+        probs = probs[np.isfinite(probs).all(1)]
+        confidence = scale(probs, stats.temperature).max(1)
+        return int((confidence < stats.atc_mc_threshold).sum()), len(probs)
 
     def reset(self) -> None:
         """A new probe window."""

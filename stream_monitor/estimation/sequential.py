@@ -177,3 +177,15 @@ class Restarted:
     @property
     def lower(self) -> float:
         return max((s.lower for s in self.active), default=0.0)
+
+    def state_dict(self) -> dict:
+        """Plain numbers and lists (a weights-only checkpoint loads them)."""
+        return {"t": self.t, "started": self.started, "active": [s.state_dict() for s in self.active]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t, self.started = int(state["t"]), int(state["started"])
+        self.active = deque()
+        for saved in state["active"]:
+            sequence = ConjugateMixtureEB(saved["alpha"], saved["m"])
+            sequence.load_state_dict(saved)
+            self.active.append(sequence)

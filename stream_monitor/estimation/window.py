@@ -53,6 +53,7 @@ class FeedStats:
     nuclear_fit: tuple[float, float] | None = None  # accuracy = slope * NN + intercept (meta-set line)
     sentinel: dict[str, Any] | None = None  # the Sentinel forest's meta-set training set (sentinel.fit_sentinel)
     duo: dict[str, Any] | None = None  # Asymmetric Duos: the sidekick's name and the joint (T_L, T_S)
+    images: int | None = None  # clean images behind accuracy and the ATC thresholds (the source error's bound)
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -93,7 +94,8 @@ def fit_feed_stats(probs: np.ndarray, labels: np.ndarray) -> FeedStats:
     scaled = scale(probs, temperature)
     correct = scaled.argmax(1) == labels
     return FeedStats(temperature, float(100.0 * correct.mean()), float(100.0 * scaled.max(1).mean()),
-                       atc_threshold(scaled.max(1), correct), atc_threshold(negative_entropy(scaled), correct))
+                       atc_threshold(scaled.max(1), correct), atc_threshold(negative_entropy(scaled), correct),
+                       images=len(labels))
 
 
 class WindowEstimator(ABC):

@@ -39,6 +39,8 @@ STEP_SCHEMA = pa.schema([
     pa.field("update_skipped", pa.bool_()),                 # no weight update this step
     pa.field("reset", pa.bool_()),                          # the adapter was reset after this step
     pa.field("diverged", pa.bool_()),                       # a non-finite loss, gradient norm or served logits
+    pa.field("proxy_flagged", pa.int32()),                  # served images the label-free error proxy flags
+    pa.field("proxy_seen", pa.int32()),                     # served images it read (finite outputs)
     pa.field("aetta_acc", pa.float32()),                    # AETTA's smoothed accuracy estimate (%), on its PDD batches
     pa.field("noise_a", pa.string()),                       # CCC info of the batch's first image
     pa.field("severity_a", pa.float32()),

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..config import RunConfig
-from ..estimation.detectors import CollapseDetector, build_detectors, parse_detectors, transitions
+from ..estimation.detectors import CollapseDetector, DetectorSetup, build_detectors, parse_detectors, transitions
 from ..estimation.pipeline import EstimationPipeline, derive
 from ..estimation.readings import Feed, Reading
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
@@ -123,8 +123,8 @@ class RunLoop:
         self.stop, self.sources = stop, list(workers.source_names)
         self.estimation, self.checkpoint_fn, self.clock = estimation, checkpoint, clock
         self.state = state or LoopState(position=config.runtime.start, window=_CycleWindow(start=config.runtime.start))
-        self.detectors: list[CollapseDetector] = build_detectors(parse_detectors(config.estimation.detectors),
-                                                                 workers.description.stream.num_classes)
+        setup = DetectorSetup.of(config, workers.description.stream.num_classes, estimation.context)
+        self.detectors: list[CollapseDetector] = build_detectors(parse_detectors(config.estimation.detectors), setup)
         for detector in self.detectors:
             if detector.name in self.state.detectors:
                 detector.load_state_dict(self.state.detectors[detector.name])
@@ -301,6 +301,9 @@ class RunLoop:
         if truth.frozen_predictions is not None and len(truth.frozen_predictions):
             predicted = truth.frozen_predictions
             row["frozen_top_class_share"] = float(np.bincount(predicted).max() / len(predicted))
+        flags = self.estimation.flag_errors(summary.probabilities)
+        if flags is not None:
+            row["proxy_flagged"], row["proxy_seen"] = flags
         if summary.dropout is not None:
             row["aetta_acc"] = self.estimation.observe_dropout(*summary.dropout)
         window = state.window

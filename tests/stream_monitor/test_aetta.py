@@ -10,7 +10,7 @@ from torch import nn
 from stream_monitor.config import load_config
 from stream_monitor.estimation.aetta import AETTA, DropoutDisagreement, robust_error, stage_ends
 from stream_monitor.estimation.base import NotComputableError
-from stream_monitor.estimation.detectors import AETTAReset
+from stream_monitor.estimation.detectors import AETTAReset, DetectorSetup
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.models.embedded import CifarResNet
 from stream_monitor.runtime.runner import prepare_resume, run
@@ -92,7 +92,7 @@ def test_aetta_reset_rule_fires_on_the_floor_and_on_a_drop_only():
 
 def test_the_warning_rule_ignores_a_few_points_of_noise_and_fires_on_a_fall():
     noise = [60.0, 52.0, 63.0, 55.0, 58.0] * 4 + [54.0] * 10  # noise, then 5 points lower
-    warning = AETTAReset.for_model(10)  # as the fused warning builds it
+    warning = AETTAReset.for_model(DetectorSetup(10))  # as the fused warning builds it
     for v in noise:
         warning.update_step({"aetta_acc": v})
         assert not warning.compute().firing

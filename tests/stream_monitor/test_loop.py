@@ -360,7 +360,7 @@ def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, 
         def compute(self):
             return Verdict(self.seen >= 8, f"{self.seen} steps since the last reset", float(self.seen))
 
-    monkeypatch.setattr(loop_module, "build_detectors", lambda names, num_classes: [FiresAfterEight()])
+    monkeypatch.setattr(loop_module, "build_detectors", lambda names, setup: [FiresAfterEight()])
     monkeypatch.setattr(start, "LocalExecutor", RecordingExecutor)
     assert run(config(N, "estimation.reset_on_warning=true"), tmp_path / "run").status == "finished"
     events = rows(tmp_path / "run", "events")
@@ -375,3 +375,20 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, mon
     monkeypatch.setattr(runner.time, "strftime", lambda fmt: "20261202-063123")
     first, second = runner.new_run_dir(config(), tmp_path), runner.new_run_dir(config(), tmp_path)
     assert first != second and first.is_dir() and second.is_dir() and second.name.endswith("-2")
+
+
+def test_the_risk_test_reads_the_served_error_proxy_and_replays_as_it_ran(tmp_path):
+    """With a calibration of the served feed (the golden run's: its clean error and ATC threshold),
+    the step rows carry the error proxy's counts, and on CCC, where the served error is far above
+    the clean error, the sequential test certifies it; `eval`'s replay gives the same warning."""
+    from stream_monitor.evaluation import replay_warnings, warning_intervals
+
+    from .golden import make_golden
+
+    cfg = load_config(None, [*make_golden.overrides("calibration"), "estimation.detectors=risk-test"])
+    assert run(cfg, tmp_path / "run").status == "finished"
+    steps = read_table(tmp_path / "run", "steps").to_pylist()
+    assert all(0 <= r["proxy_flagged"] <= r["proxy_seen"] == r["images"] for r in steps)
+    warnings = [e for e in rows(tmp_path / "run", "events") if e["kind"] == "warning"]
+    assert warnings and warnings[0]["origin"] == "risk-test" and "false-alarm budget delta 0.05" in warnings[0]["message"]
+    assert replay_warnings(tmp_path / "run", ["risk-test"])["risk-test"] == warning_intervals(tmp_path / "run")

@@ -11,9 +11,12 @@ import pytest
 
 from stream_monitor.config import load_config
 from stream_monitor.estimation.base import NotComputableError
+from stream_monitor.estimation.context import EstimationContext
+from stream_monitor.estimation.window import FeedStats
 from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, CollapseDetector, EntropyCollapse,
                                                  EstimateBelowSource, FlipRateRise, MarginalEntropyCollapse,
-                                                 PredictionConcentration, Verdict, build_detectors, transitions)
+                                                 DetectorSetup, PredictionConcentration, SequentialRiskTest, Verdict,
+                                                 build_detectors, transitions)
 
 
 def feed(detector, column: str, values) -> None:
@@ -169,12 +172,12 @@ def test_small_flip_counts_need_an_absolute_rise_too():
 
 def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_one():
     assert set(DETECTORS.names()) == {"divergence", "entropy-ema", "top-class-share", "marginal-entropy",
-                                      "online-below-source", "aetta-drop", "flip-rate"}
-    built = build_detectors(DEFAULT_DETECTORS, 10)
+                                      "online-below-source", "aetta-drop", "flip-rate", "risk-test"}
+    built = build_detectors(DEFAULT_DETECTORS, DetectorSetup(10))
     assert [d.name for d in built] == list(DEFAULT_DETECTORS)
     assert built[1].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
     with pytest.raises(KeyError, match="Did you mean 'flip-rate'"):
-        build_detectors(["flip-rat"], 10)
+        build_detectors(["flip-rat"], DetectorSetup(10))
     assert load_config(None, []).estimation.detectors == ",".join(DEFAULT_DETECTORS)  # one default, two spellings
     assert load_config(None, ["estimation.detectors="]).estimation.detectors == ""  # warnings off
 
@@ -195,14 +198,19 @@ def test_transitions_raise_and_clear_each_warning_once():
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
+#: A run whose served feed was calibrated (the risk test's clean error and threshold): every detector computes.
+SETUP = DetectorSetup(10, EstimationContext(served=FeedStats(accuracy=80.0, atc_mc_threshold=0.5, images=2000)))
+
+
 def exercised(name: str) -> CollapseDetector:
     """The registered detector for 10 classes, after rows that move each one's running quantities
     far enough for a verdict."""
-    detector = DETECTORS.get(name).for_model(10)
+    detector = DETECTORS.get(name).for_model(SETUP)
     for step in range(1, 121):
         detector.update_step({"step": step, "images": 64, "mean_entropy": 0.5, "top_class_share": 0.6,
                               "frozen_top_class_share": 0.3 if step % 8 == 1 else None, "marginal_entropy": 1.5,
-                              "aetta_acc": 60.0 - step / 10, "diverged": step >= 100})
+                              "aetta_acc": 60.0 - step / 10, "diverged": step >= 100,
+                              "proxy_flagged": 20, "proxy_seen": 64})
     for cycle in range(4):
         for step in (100, 200):
             detector.update_probe({"est_online_gap": -8.0, **flips_probe(cycle, step, 0.05 + 0.1 * cycle)})
@@ -219,7 +227,7 @@ def test_a_checkpoint_holds_the_running_quantities_and_restores_them(name):
     detector = exercised(name)
     state = detector.state_dict()
     assert set(state) == set(cls._state_dict_all_req_keys)
-    restored = cls.for_model(10)
+    restored = cls.for_model(SETUP)
     restored.load_state_dict(state)
     assert restored.state_dict() == state and restored.compute() == detector.compute()
     taken = copy.deepcopy(state)
@@ -250,7 +258,7 @@ def test_a_state_without_a_running_quantity_is_refused():
 
 # ---- divergence ----------------------------------------------------------------------------------
 def test_divergence_fires_on_the_first_non_finite_step_without_warm_up_and_stays_on():
-    detector = DETECTORS.get("divergence").for_model(10)
+    detector = DETECTORS.get("divergence").for_model(DetectorSetup(10))
     assert detector.compute() == Verdict(False, "loss, gradient and served logits finite", 0.0)  # no warm-up
     detector.update_step({"step": 1, "diverged": False})
     assert not detector.compute().firing
@@ -264,3 +272,56 @@ def test_divergence_fires_on_the_first_non_finite_step_without_warm_up_and_stays
     assert [(kind, d.name) for kind, d, _ in transitions([detector], active)] == [("warning", "divergence")]
     detector.reset()  # re-armed after a reset to the source model
     assert not detector.compute().firing
+
+
+# ---- the sequential risk test --------------------------------------------------------------------
+def rows(flag_rate: float, steps: int, rng, batch: int = 64, start: int = 0):
+    for k in range(steps):
+        yield {"step": start + k + 1, "proxy_flagged": int(rng.binomial(batch, flag_rate)), "proxy_seen": batch}
+
+
+def test_the_risk_test_fires_when_the_flag_rate_is_certified_above_the_clean_error_plus_the_tolerance():
+    rng = np.random.default_rng(0)
+    test = SequentialRiskTest.for_model(SETUP)  # clean error 20% of 2,000: upper bound about 21.9%
+    assert test.source_upper == pytest.approx(0.2190, abs=2e-3)
+    with pytest.raises(NotComputableError, match="no served image yet"):
+        test.compute()
+    for row in rows(0.2, 300, rng):  # as healthy as on the clean images: no alarm
+        test.update_step(row)
+        assert not test.compute().firing
+    fired_at = None
+    for row in rows(0.7, 200, rng, start=300):  # a collapse after 19,200 healthy images
+        test.update_step(row)
+        if test.compute().firing:
+            fired_at = row["step"]
+            break
+    assert fired_at is not None and fired_at - 300 <= 20  # within 1,280 images, despite the long history
+    verdict = test.compute()
+    assert verdict.evidence.startswith("flagged-error rate at least") and "false-alarm budget delta 0.05" in verdict.evidence
+    assert verdict.value > test.source_upper + test.tolerance
+
+
+def test_the_risk_test_needs_the_served_feeds_calibration_and_valid_settings():
+    test = SequentialRiskTest.for_model(DetectorSetup(10))  # no calibration: no source bound
+    test.update_step({"step": 1, "proxy_flagged": 3, "proxy_seen": 64})
+    with pytest.raises(NotComputableError, match="needs the served feed's calibration"):
+        test.compute()
+    with pytest.raises(ValueError, match="needs 0 < delta < 1"):
+        SequentialRiskTest(10, 100, delta=1.5)
+
+
+@pytest.mark.slow
+def test_the_risk_tests_false_alarm_rate_stays_under_delta_on_simulated_healthy_streams():
+    """Streams whose flags are as frequent as the clean error (the null at its edge, tolerance 0):
+    the share of runs with any alarm over 20,000 images is at most delta."""
+    rng = np.random.default_rng(1)
+    setup = DetectorSetup(10, SETUP.context, risk_delta=0.1, risk_tolerance=0.0)
+    alarms = 0
+    for _ in range(60):
+        test = SequentialRiskTest.for_model(setup)
+        for row in rows(0.2, 312, rng):
+            test.update_step(row)
+            if test.compute().firing:
+                alarms += 1
+                break
+    assert alarms / 60 <= 0.1
