@@ -363,7 +363,7 @@ def scan_parts(run_dir: str | os.PathLike[str]) -> list[PartInfo]:
             gap = 1 if table in _ONE_ROW_PER_STEP else 0
             before = [p.last_step for p in infos[:k] if p.last_step is not None]
             after = [p.first_step for p in infos[k + 1:] if p.problem is None and p.first_step is not None]
-            info.first_step = before[-1] + gap if before else 0
+            info.first_step = (before[-1] if before else 0) + gap  # steps count from 1, events from 0
             info.last_step = after[0] - gap if after else None
             if table == "steps" and info.last_step is not None:  # one row per adapter step
                 info.rows = info.last_step - info.first_step + 1
@@ -376,7 +376,7 @@ def _inspect(table: str, schema: pa.Schema, path: Path) -> PartInfo:
         data = _read_part(path)
     except (pa.ArrowException, OSError) as e:
         rows, first, last = _footer(path)
-        return PartInfo(table, path, rows, first, last, f"unreadable ({e})")
+        return PartInfo(table, path, rows, first, last, f"unreadable ({' '.join(str(e).split())})")
     if not data.schema.equals(schema):
         return PartInfo(table, path, data.num_rows, None, None, f"schema differs from the {table} schema")
     bounds = pc.min_max(data["step"])
