@@ -362,7 +362,7 @@ def scan_parts(run_dir: str | os.PathLike[str]) -> list[PartInfo]:
             # Rows are written in step order, so a lost part's steps lie between its readable neighbours'.
             gap = 1 if table in _ONE_ROW_PER_STEP else 0
             before = [p.last_step for p in infos[:k] if p.last_step is not None]
-            after = [p.first_step for p in infos[k + 1:] if p.problem is None and p.first_step is not None]
+            after = [p.first_step for p in infos[k + 1:] if p.first_step is not None]
             info.first_step = (before[-1] if before else 0) + gap  # steps count from 1, events from 0
             info.last_step = after[0] - gap if after else None
             if table == "steps" and info.last_step is not None:  # one row per adapter step
