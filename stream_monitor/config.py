@@ -174,7 +174,8 @@ class RuntimeConfig:
         _check(self, "max_images", self.max_images is None or self.max_images >= 1,
                ">= 1 images (or null: the whole stream, `--max-images 0`)")
         _check(self, "start", self.start >= 0, ">= 0 (a stream position)")
-        _check(self, "threads", self.threads is None or self.threads >= 1, ">= 1 (or null: the cores split between actors)")
+        _check(self, "threads", self.threads is None or self.threads >= 1,
+               ">= 1 (or null: the cores split between actors)")
         _check(self, "num_gpus", self.num_gpus is None or self.num_gpus >= 0, ">= 0 (or null: 1 when CUDA is present)")
         _check(self, "start_timeout_s", self.start_timeout_s > 0, "> 0 seconds")
         if self.device not in ("auto", "cpu", "cuda"):

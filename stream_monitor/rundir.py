@@ -38,8 +38,8 @@ from .schedule import cycle_length
 if TYPE_CHECKING:
     from .runtime.checkpoint import Checkpoint
 
-__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONTEXT_FILE", "FORMAT", "INFO_FILE", "LOCK_FILE", "LOG_FILE", "TABLE_NAMES",
-           "RunDirectory", "RunDirectoryError"]
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONTEXT_FILE", "FORMAT", "INFO_FILE", "LOCK_FILE", "LOG_FILE",
+           "TABLE_NAMES", "RunDirectory", "RunDirectoryError"]
 
 #: Version of the run directory layout, its tables and run.json's fields; the runner records it as
 #: run.json's `format` (2: estimates by feed, with raw scores; checkpoints of the estimation pipeline).
@@ -143,7 +143,8 @@ class RunDirectory:
         return self.table(name).to_pylist()
 
     def checkpoint(self) -> Checkpoint | None:
-        """The last checkpoint, or None when the run wrote none (stopped in its first steps)."""
+        """The newest checkpoint whose checksum holds (the previous one when the last is damaged), or None
+        when the run wrote none (stopped in its first steps); CheckpointError when none can be used."""
         from .runtime.checkpoint import load_checkpoint  # torch: only for the callers that resume
 
         return load_checkpoint(self.path)

@@ -37,9 +37,10 @@ from ..calibration.resolve import resolve_context
 from ..config import RunConfig, dump_config
 from ..estimation.pipeline import EstimationPipeline
 from ..metrics.sink import ParquetSink, quarantine, recover, scan_parts
-from ..rundir import CHECKPOINT_FILE, CONFIG_FILE, CONTEXT_FILE, INFO_FILE, LOCK_FILE, LOG_FILE, RunDirectory, RunDirectoryError
+from ..rundir import (CHECKPOINT_FILE, CONFIG_FILE, CONTEXT_FILE, INFO_FILE, LOCK_FILE, LOG_FILE, RunDirectory,
+                      RunDirectoryError)
 from ..rundir import FORMAT as RUN_DIR_FORMAT
-from .checkpoint import Checkpoint, CheckpointError, find_checkpoints, save_checkpoint, unusable_message
+from .checkpoint import Checkpoint, find_checkpoints, save_checkpoint, unusable_message
 from .loop import LoopState, RunLoop, WorkerFailed
 from .messages import WorkersDescription
 from .observer import RunInfo, RunObserver, notify_health

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -468,7 +469,8 @@ def test_sigterm_drains_checkpoints_and_resumes_exactly(baseline, tmp_path):
 
     out = tmp_path / "runs"
     args = [f"--set={o}" for o in BASE] + ["--no-dashboard", f"--max-images={N}", f"--out={out}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    root = str(Path(__file__).resolve().parents[2])  # this checkout, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     driver = subprocess.Popen([sys.executable, "-m", "stream_monitor", "run", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env=env)
     try:
