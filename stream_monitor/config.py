@@ -69,6 +69,14 @@ class AdapterConfig:
     restore_prob: Optional[float] = None  # stochastic restore probability per step
     options: dict = field(default_factory=dict)  # further keyword options of the method
 
+    def __post_init__(self) -> None:
+        # Checked here, not by the method: a bad value must fail before a run directory exists.
+        _check(self, "lr", self.lr is None or self.lr > 0, "> 0 (or null: the method's default learning rate)")
+        _check(self, "reset_every", self.reset_every is None or self.reset_every >= 1,
+               ">= 1 steps (or null: no periodic reset)")
+        _check(self, "restore_prob", self.restore_prob is None or 0 <= self.restore_prob <= 1,
+               "a probability from 0 to 1 (or null: no stochastic restore)")
+
 
 @dataclass(frozen=True)
 class ProbeConfig:
@@ -101,6 +109,7 @@ class EvaluatorConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "window")
+        _check(self, "frozen_every", self.frozen_every >= 0, ">= 0 batches (0: the frozen model scores none)")
 
 
 def _default_detectors() -> str:
@@ -175,6 +184,13 @@ class RuntimeConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "max_in_flight", "checkpoint_every")
+        _check(self, "max_images", self.max_images is None or self.max_images >= 1,
+               ">= 1 images (or null: the whole stream, `--max-images 0`)")
+        _check(self, "start", self.start >= 0, ">= 0 (a stream position)")
+        _check(self, "threads", self.threads is None or self.threads >= 1,
+               ">= 1 (or null: the cores split between actors)")
+        _check(self, "num_gpus", self.num_gpus is None or self.num_gpus >= 0, ">= 0 (or null: 1 when CUDA is present)")
+        _check(self, "start_timeout_s", self.start_timeout_s > 0, "> 0 seconds")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"runtime.device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -184,6 +200,10 @@ class MetricsConfig:
     out: str = "runs"                 # parent folder of run directories
     rows_per_part: int = 10_000
     seconds_per_part: float = 30.0    # a running run's parts become readable this often
+
+    def __post_init__(self) -> None:
+        _positive(self, "rows_per_part")
+        _check(self, "seconds_per_part", self.seconds_per_part > 0, "> 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -316,6 +336,12 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 def _positive(config: Any, *names: str) -> None:
     for name in names:
-        value = getattr(config, name)
-        if value < 1:
-            raise ConfigError(f"{type(config).__name__.removesuffix('Config').lower()}.{name} must be >= 1, got {value}")
+        _check(config, name, getattr(config, name) >= 1, ">= 1")
+
+
+def _check(config: Any, name: str, ok: bool, valid: str) -> None:
+    """ConfigError naming the key, the bad value, the valid range and how to set it, unless `ok`."""
+    if not ok:
+        key = f"{type(config).__name__.removesuffix('Config').lower()}.{name}"
+        raise ConfigError(f"{key} must be {valid}, got {getattr(config, name)!r}; set a valid value with "
+                          f"--set {key}=VALUE or in the config file.")

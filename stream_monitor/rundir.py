@@ -6,8 +6,11 @@ A run directory (made by `stream_monitor.runtime.runner`):
     RUN_DIR/run.json         the RunInfo (plus the directory's `format`), once the workers are up
     RUN_DIR/estimation.json  the calibrated statistics and f the run's estimators read, and where from
     RUN_DIR/<table>/part-*.parquet   the tables of `metrics.schema` (closed parts only)
-    RUN_DIR/checkpoint.pt    the last checkpoint (none before the first one)
+    RUN_DIR/checkpoint.pt    the last checkpoint (none before the first one), sha256-checked
+    RUN_DIR/checkpoint.previous.pt   the one before, which resume falls back to
     RUN_DIR/driver.log       the driver's log
+    RUN_DIR/.lock            flock'd while a process runs the directory (held lock: in use)
+    RUN_DIR/quarantine/      damaged parts and checkpoints that a resume set aside
 
 Report, bench, eval and calibration read it through `RunDirectory`, so a change of layout or a
 new field is made in one place, and a directory from another version fails here with a message
@@ -35,8 +38,8 @@ from .schedule import cycle_length
 if TYPE_CHECKING:
     from .runtime.checkpoint import Checkpoint
 
-__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONTEXT_FILE", "FORMAT", "INFO_FILE", "LOG_FILE", "TABLE_NAMES",
-           "RunDirectory", "RunDirectoryError"]
+__all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONTEXT_FILE", "FORMAT", "INFO_FILE", "LOCK_FILE", "LOG_FILE",
+           "TABLE_NAMES", "RunDirectory", "RunDirectoryError"]
 
 #: Version of the run directory layout, its tables and run.json's fields; the runner records it as
 #: run.json's `format` (2: estimates by feed, with raw scores; checkpoints of the estimation pipeline).
@@ -47,6 +50,7 @@ INFO_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"  # the name `runtime.checkpoint` writes (its CHECKPOINT)
 CONTEXT_FILE = "estimation.json"  # the EstimationContext the run's estimators read (calibration.resolve)
 LOG_FILE = "driver.log"
+LOCK_FILE = ".lock"  # `runtime.runner` flocks it for a run's life, so a second run of the directory fails at once
 TABLE_NAMES: tuple[str, ...] = tuple(TABLES)  # steps, probes, events, estimates
 
 _HINT = "pass the folder that `stream-monitor run` printed (`stream-monitor run --out DIR` makes one under DIR)"
@@ -139,7 +143,8 @@ class RunDirectory:
         return self.table(name).to_pylist()
 
     def checkpoint(self) -> Checkpoint | None:
-        """The last checkpoint, or None when the run wrote none (stopped in its first steps)."""
+        """The newest checkpoint whose checksum holds (the previous one when the last is damaged), or None
+        when the run wrote none (stopped in its first steps); CheckpointError when none can be used."""
         from .runtime.checkpoint import load_checkpoint  # torch: only for the callers that resume
 
         return load_checkpoint(self.path)

@@ -46,6 +46,7 @@ _BRAILLE_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 EVENT_STYLES = {
     "warning": "bold red", "error": "bold red", "clear": "green", "reset": "yellow", "cycle": "cyan",
     "skipped": "magenta", "start": "dim", "resume": "dim", "stop": "dim", "checkpoint": "dim",
+    "repair": "yellow",
 }
 HEALTH_STYLES = {"ok": "green", "slow": "yellow", "diverged": "bold red", "dead": "bold red"}
 

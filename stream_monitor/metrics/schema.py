@@ -4,7 +4,9 @@
   truth columns when the stream has labels; those are null otherwise).
 - `probes`: one row per probe evaluation of a weight snapshot (Entropy Enigma flips) with the
   label-free estimates beside the ground truth of the same window.
-- `events`: starts, resumes, resets, probe cycles, skipped images, collapse warnings, errors.
+- `events`: starts, resumes, resets, probe cycles, skipped images, collapse warnings, errors,
+  and repairs (a resume set a damaged checkpoint or part aside and writes its rows again; rows
+  lost for good are an `error` whose value is the number of rows).
 - `estimates`: every label-free estimator's value at every probe, long format (one row per
   estimator), on the probe row's window; the truth to judge it by is in `probes`.
 
@@ -78,7 +80,8 @@ PROBE_SCHEMA = pa.schema([
     pa.field("warning", pa.bool_()),                        # a collapse warning is active
 ], metadata={"table": "probes", "schema_version": str(SCHEMA_VERSION)})
 
-EVENT_KINDS = ("start", "resume", "stop", "checkpoint", "reset", "cycle", "skipped", "warning", "clear", "error")
+EVENT_KINDS = ("start", "resume", "stop", "checkpoint", "reset", "cycle", "skipped", "warning", "clear", "error",
+               "repair")
 
 EVENT_SCHEMA = pa.schema([
     pa.field("step", pa.int64(), nullable=False),           # adapter steps done when it happened

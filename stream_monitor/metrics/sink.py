@@ -7,6 +7,9 @@ globs `part-*.parquet` (pyarrow.dataset, pandas, duckdb) sees complete files onl
 Crash contract with the run loop: the loop calls `ParquetSink.roll()` just before it writes a checkpoint, so every
 row up to the checkpoint sits in closed parts. On resume, `recover(run_dir, last_step)` drops the unclosed parts and
 the rows past the checkpoint, and the new sink appends parts numbered after the existing ones.
+
+Parts carry page checksums and are read with verification, so flipped bytes in a part are an
+unreadable part (quarantined by `recover`, which says which steps it held) instead of wrong values.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,8 @@ logger = logging.getLogger(__name__)
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 _TMP_PART = re.compile(r"^\.part-(\d+)\.parquet\.tmp$")
 QUARANTINE = "quarantine"
+#: Tables with at most one row per step: a lost part's steps lie strictly between its neighbours'.
+_ONE_ROW_PER_STEP = ("steps", "probes")
 
 
 def _part_name(number: int) -> str:
@@ -190,7 +196,7 @@ class _TableWriter:
             raise ValueError(f"{self.name}: cannot build a batch of {self.buffered} rows: {e}") from e
         if self.writer is None:
             self.part, self.next_part = self.next_part, self.next_part + 1
-            self.writer = pq.ParquetWriter(self.folder / _tmp_name(self.part), self.schema)
+            self.writer = pq.ParquetWriter(self.folder / _tmp_name(self.part), self.schema, write_page_checksum=True)
         self.writer.write_batch(batch)
         for values in self.cols.values():
             values.clear()
@@ -284,7 +290,7 @@ def read_table(run_dir: str | os.PathLike[str], table: str) -> pa.Table:
     parts = []
     for _, path in _closed_parts(Path(run_dir) / table):
         try:
-            part = pq.ParquetFile(path).read()
+            part = _read_part(path)
         except (pa.ArrowException, OSError) as e:
             raise OSError(f"{path}: unreadable part ({e}); recover() quarantines such parts") from e
         parts.append(_checked(part, schema, path))
@@ -303,55 +309,126 @@ def _checked(part: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
     return part
 
 
-def _quarantine(run_dir: Path, table: str, path: Path, reason: str) -> None:
-    folder = run_dir / QUARANTINE
+def _read_part(path: Path) -> pa.Table:
+    return pq.ParquetFile(path, page_checksum_verification=True).read()
+
+
+def quarantine(run_dir: Path, path: Path, name: str, reason: str) -> Path:
+    """Move a damaged file to `run_dir/quarantine/name` (kept for inspection, never deleted); the new path."""
+    folder = Path(run_dir) / QUARANTINE
     folder.mkdir(exist_ok=True)
-    target = folder / f"{table}-{path.name}"
+    target = folder / name
     n = 1
-    while target.exists():  # a second resume may quarantine a part with the same number again
-        target = folder / f"{table}-{path.name}.{n}"
+    while target.exists():  # a second resume may quarantine a file of the same name again
+        target = folder / f"{name}.{n}"
         n += 1
     shutil.move(path, target)
-    logger.warning("quarantined unreadable part %s -> %s: %s", path, target, reason)
+    logger.warning("quarantined %s -> %s: %s", path, target, reason)
+    return target
 
 
-def recover(run_dir: str | os.PathLike[str], last_step: int) -> dict[str, int]:
+@dataclass
+class PartInfo:
+    """One closed part: its rows and step range, or why it cannot be read.
+
+    For an unreadable part, `rows` and the step range come from its footer when that survived, else
+    the steps from its neighbours (`last_step` None: it was the table's last part) and `rows` is None.
+    """
+
+    table: str
+    path: Path
+    rows: int | None
+    first_step: int | None
+    last_step: int | None
+    problem: str | None = None
+
+    @property
+    def number(self) -> int:
+        return int(_PART.match(self.path.name).group(1))
+
+    def steps(self) -> str:
+        last = "the end" if self.last_step is None else f"{self.last_step:,}"
+        return f"steps {self.first_step:,} to {last}"
+
+
+def scan_parts(run_dir: str | os.PathLike[str]) -> list[PartInfo]:
+    """Every closed part of every table, read once with checksums verified; nothing is changed."""
+    found: list[PartInfo] = []
+    for table, schema in TABLES.items():
+        infos = [_inspect(table, schema, path) for _, path in _closed_parts(Path(run_dir) / table)]
+        for k, info in enumerate(infos):
+            if info.problem is None or info.first_step is not None:
+                continue
+            # Rows are written in step order, so a lost part's steps lie between its readable neighbours'.
+            gap = 1 if table in _ONE_ROW_PER_STEP else 0
+            before = [p.last_step for p in infos[:k] if p.last_step is not None]
+            after = [p.first_step for p in infos[k + 1:] if p.first_step is not None]
+            info.first_step = (before[-1] if before else 0) + gap  # steps count from 1, events from 0
+            info.last_step = after[0] - gap if after else None
+            if table == "steps" and info.last_step is not None:  # one row per adapter step
+                info.rows = info.last_step - info.first_step + 1
+        found += infos
+    return found
+
+
+def _inspect(table: str, schema: pa.Schema, path: Path) -> PartInfo:
+    try:
+        data = _read_part(path)
+    except (pa.ArrowException, OSError) as e:
+        rows, first, last = _footer(path)
+        return PartInfo(table, path, rows, first, last, f"unreadable ({' '.join(str(e).split())})")
+    if not data.schema.equals(schema):
+        return PartInfo(table, path, data.num_rows, None, None, f"schema differs from the {table} schema")
+    bounds = pc.min_max(data["step"])
+    return PartInfo(table, path, data.num_rows, bounds["min"].as_py(), bounds["max"].as_py())
+
+
+def _footer(path: Path) -> tuple[int | None, int | None, int | None]:
+    """Rows and step range from a damaged part's footer, when the footer itself is intact."""
+    try:
+        meta = pq.ParquetFile(path).metadata
+        column = meta.schema.names.index("step")
+        stats = [meta.row_group(g).column(column).statistics for g in range(meta.num_row_groups)]
+        if meta.num_row_groups == 0 or not all(s is not None and s.has_min_max for s in stats):
+            return meta.num_rows, None, None
+        return meta.num_rows, min(s.min for s in stats), max(s.max for s in stats)
+    except (pa.ArrowException, OSError, ValueError):
+        return None, None, None
+
+
+def recover(run_dir: str | os.PathLike[str], last_step: int, parts: list[PartInfo] | None = None) -> dict[str, int]:
     """Make the tables agree with a checkpoint at `last_step`, before a resumed run opens its sink.
 
     Deletes leftover temp parts (their rows all follow the last checkpoint, since the loop rolls before each one),
     removes rows with `step > last_step` from closed parts (atomic rewrite; a part left empty is deleted), and moves
-    parts that cannot be read to `run_dir/quarantine/` with a logged warning. Returns rows removed per table; rows
-    of deleted temp parts are not counted (an unclosed part has no footer to count them from).
+    parts that cannot be read to `run_dir/quarantine/` with a logged warning. `parts`: a `scan_parts` of the
+    directory made just before (the runner's, which chose the checkpoint from it), else one is made here. Returns
+    rows removed per table; rows of deleted temp parts are not counted (an unclosed part has no footer to count
+    them from).
     """
     root = Path(run_dir)
-    removed: dict[str, int] = {}
-    for table, schema in TABLES.items():
-        removed[table] = 0
-        folder = root / table
-        if not folder.is_dir():
+    parts = scan_parts(root) if parts is None else parts
+    removed: dict[str, int] = {table: 0 for table in TABLES}
+    for table in TABLES:
+        if (root / table).is_dir():
+            for path in (root / table).iterdir():
+                if _TMP_PART.match(path.name):
+                    path.unlink()
+    for part in parts:
+        if part.problem is not None:
+            quarantine(root, part.path, f"{part.table}-{part.path.name}", part.problem)
             continue
-        for path in folder.iterdir():
-            if _TMP_PART.match(path.name):
-                path.unlink()
-        for number, path in _closed_parts(folder):
-            try:
-                data = pq.ParquetFile(path).read()
-            except (pa.ArrowException, OSError) as e:
-                _quarantine(root, table, path, str(e))
-                continue
-            if not data.schema.equals(schema):
-                _quarantine(root, table, path, f"schema differs from the {table} schema")
-                continue
-            keep = pc.less_equal(data["step"], last_step)
-            kept = pc.sum(keep).as_py() or 0
-            if kept == data.num_rows:
-                continue
-            removed[table] += data.num_rows - kept
-            if kept == 0:
-                path.unlink()
-                continue
-            # Same temp name as the sink's: a crash mid-rewrite leaves a .tmp the next recover() deletes.
-            tmp = folder / _tmp_name(number)
-            pq.write_table(data.filter(keep), tmp)
-            _publish(tmp, path)
+        if part.last_step is None or part.last_step <= last_step:
+            continue
+        if part.first_step > last_step:
+            removed[part.table] += part.rows
+            part.path.unlink()
+            continue
+        data = _read_part(part.path)
+        keep = pc.less_equal(data["step"], last_step)
+        removed[part.table] += data.num_rows - (pc.sum(keep).as_py() or 0)
+        # Same temp name as the sink's: a crash mid-rewrite leaves a .tmp the next recover() deletes.
+        tmp = part.path.parent / _tmp_name(part.number)
+        pq.write_table(data.filter(keep), tmp, write_page_checksum=True)
+        _publish(tmp, part.path)
     return removed

@@ -5,20 +5,28 @@ Run directory (DESIGN.md 7):
     RUN_DIR/config.yaml      the resolved config (what `--resume` reads back)
     RUN_DIR/run.json         the RunInfo: stream, model and weights id, adapter, device, ...
     RUN_DIR/steps|probes|events/part-*.parquet   metrics, closed parts only (readable while running)
-    RUN_DIR/checkpoint.pt    driver, adapter and probe state at the last checkpoint
+    RUN_DIR/checkpoint.pt    driver, adapter and probe state at the last checkpoint (and checkpoint.previous.pt)
     RUN_DIR/driver.log       the driver's log
+    RUN_DIR/.lock            flock'd by the one process running the directory
 
-Ctrl-C stops submitting, drains the in-flight steps, writes a checkpoint and closes the parts;
-a second Ctrl-C stops at once (the last checkpoint stays valid). A failed worker or a killed
-driver leaves the last checkpoint; `--resume` drops the rows written after it and continues.
+Ctrl-C or SIGTERM (kill, Kubernetes, Slurm, systemd) stops submitting, drains the in-flight steps,
+writes a checkpoint and closes the parts; a second one stops at once (the last checkpoint stays
+valid). A failed worker or a killed driver leaves the last checkpoint; `--resume` drops the rows
+written after it and continues. A damaged checkpoint or part found on resume is moved to
+quarantine/ and reported on the console and as an event: resume falls back to the previous
+checkpoint when that writes the damaged rows again, and says exactly what is lost when not.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -28,10 +36,11 @@ from sources.factory import DEFAULT_STREAM
 from ..calibration.resolve import resolve_context
 from ..config import RunConfig, dump_config
 from ..estimation.pipeline import EstimationPipeline
-from ..metrics.sink import ParquetSink, recover
-from ..rundir import CONFIG_FILE, CONTEXT_FILE, INFO_FILE, LOG_FILE, RunDirectory, RunDirectoryError
+from ..metrics.sink import ParquetSink, quarantine, recover, scan_parts
+from ..rundir import (CHECKPOINT_FILE, CONFIG_FILE, CONTEXT_FILE, INFO_FILE, LOCK_FILE, LOG_FILE, RunDirectory,
+                      RunDirectoryError)
 from ..rundir import FORMAT as RUN_DIR_FORMAT
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, find_checkpoints, save_checkpoint, unusable_message
 from .loop import LoopState, RunLoop, WorkerFailed
 from .messages import WorkersDescription
 from .observer import RunInfo, RunObserver, notify_health
@@ -82,15 +91,19 @@ def prepare_resume(run_dir: Path, overrides: list[str] = ()) -> RunConfig:
 
 def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, resume: bool = False,
         extra_observers: list[RunObserver] = (), log: Callable[[str], None] = logger.info) -> RunOutcome:
-    """Run (or resume) `config` in `run_dir` until the stream position `stop`, a Ctrl-C or a failure."""
+    """Run (or resume) `config` in `run_dir` until the stream position `stop`, a Ctrl-C, a SIGTERM or a failure.
+
+    Raises RunError at once when another process runs the same directory.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(run_dir):
+        return _run(config, run_dir, reporter, resume, extra_observers, log)
+
+
+def _run(config: RunConfig, run_dir: Path, reporter: RunObserver | None, resume: bool,
+         extra_observers: list[RunObserver], log: Callable[[str], None]) -> RunOutcome:
     _file_logging(run_dir)
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(run_dir)
-        removed = recover(run_dir, checkpoint.state.step if checkpoint else -1)
-        if any(removed.values()):
-            log(f"resume: dropped rows written after the last checkpoint: {removed}")
+    checkpoint, repairs = _repair_for_resume(run_dir, log) if resume else (None, [])
     dump_config(config, run_dir / CONFIG_FILE)
 
     workers = start_workers(config, checkpoint, run_dir.name)
@@ -139,9 +152,11 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
                    f"images [{info.start:,}, {stop:,}) on {info.device}")
     else:
         loop.event("resume", "driver", f"resumed at step {loop.state.step:,}, position {loop.state.position:,}")
+    for kind, message, value in repairs:
+        loop.event(kind, "driver", message, value)
     started, first_position = time.perf_counter(), loop.state.position
     status, error = "finished", None
-    previous = _interrupt_handler(loop, log)
+    previous = _stop_handlers(loop, log)
     try:
         loop.run()
         if loop.stop_requested:
@@ -156,7 +171,8 @@ def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, r
         status, error = "stopped", "interrupted twice: stopped without a final checkpoint"
         loop.event("stop", "driver", f"{error}; resume continues from the last checkpoint")
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         for observer in reversed(observers):
             try:
                 observer.close()
@@ -177,17 +193,110 @@ def check_sidekick(config: RunConfig, description: WorkersDescription) -> None:
                          f"resnet50).")
 
 
-def _interrupt_handler(loop: RunLoop, log: Callable[[str], None]):
+#: Signals that stop a run gracefully: Ctrl-C, and what kill, Kubernetes, Slurm and systemd send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_handlers(loop: RunLoop, log: Callable[[str], None]) -> dict[int, Any]:
+    """Handle Ctrl-C and SIGTERM alike (drain, checkpoint, stop; a second one stops at once); the
+    handlers they replace, to put back."""
     def handle(signum, frame) -> None:
         if loop.stop_requested:
             raise KeyboardInterrupt
         loop.request_stop()
-        log("stopping: finishing the steps in flight and writing a checkpoint (Ctrl-C again to stop at once)")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        log(f"stopping ({name}): finishing the steps in flight and writing a checkpoint (Ctrl-C again to stop "
+            f"at once)")
 
+    previous = {}
+    for signum in STOP_SIGNALS:
+        try:
+            previous[signum] = signal.signal(signum, handle)
+        except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
+            pass
+    return previous
+
+
+@contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on RUN_DIR/.lock, so two processes never write one run directory.
+
+    The kernel releases a flock when its process dies, so a crashed run leaves no stale lock; the
+    file stays (deleting it would let a third process lock a new file while one holds the old).
+    """
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        return signal.signal(signal.SIGINT, handle)
-    except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
-        return signal.getsignal(signal.SIGINT)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunError(f"Run directory {run_dir} is in use by process {holder} (a `stream-monitor run` or "
+                       f"`--resume` of it). Wait for it to end, or stop it (Ctrl-C in its terminal, or "
+                       f"`kill {holder}`: it checkpoints first), then resume with "
+                       f"`stream-monitor run --resume {run_dir}`.") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _repair_for_resume(run_dir: Path, log: Callable[[str], None]) -> tuple[Checkpoint | None,
+                                                                         list[tuple[str, str, float | None]]]:
+    """The checkpoint to resume from, with the tables cut back to it, and the events that report
+    what was damaged: (kind, message, value) for the loop to write once the sink is open.
+
+    The newest valid checkpoint that precedes every damaged part's rows is chosen, so those rows are
+    computed again; when none does, the newest valid one is used and the rows up to it are lost.
+    Damaged files go to quarantine/: a damaged latest checkpoint left in place would be rotated
+    into checkpoint.previous.pt by the next save.
+    """
+    found = find_checkpoints(run_dir)
+    if found.damaged and not found.valid:
+        raise RunError(unusable_message(run_dir, found.damaged))
+    parts = scan_parts(run_dir)
+    damaged = [p for p in parts if p.problem is not None]
+    first_damaged = min((p.first_step for p in damaged), default=None)
+    before = [c for c in found.valid if first_damaged is None or c.state.step < first_damaged]
+    checkpoint = before[0] if before else found.valid[0] if found.valid else None
+    step = checkpoint.state.step if checkpoint else -1
+    repairs: list[tuple[str, str, float | None]] = []
+
+    def report(kind: str, message: str, value: float | None = None) -> None:
+        (logger.error if kind == "error" else logger.warning)(message)
+        log(f"resume: {message}")
+        repairs.append((kind, message, value))
+
+    for path, why in found.damaged:
+        moved = quarantine(run_dir, path, path.name, why)
+        report("repair", f"checkpoint {path.name} cannot be used ({why}); moved to "
+               f"{moved.relative_to(run_dir)}")
+    newer = found.valid[:[c is checkpoint for c in found.valid].index(True)] if checkpoint else []
+    for unused in newer:
+        moved = quarantine(run_dir, unused.path, unused.path.name, "newer than the checkpoint resumed from")
+        report("repair", f"checkpoint {unused.path.name} (step {unused.state.step:,}) set aside to "
+               f"{moved.relative_to(run_dir)}: a damaged part holds rows before it")
+    if checkpoint is not None and (found.damaged or newer):
+        report("repair", f"resuming from the previous checkpoint ({checkpoint.path.name}, step "
+               f"{checkpoint.state.step:,}); the rows after it are dropped and written again"
+               if checkpoint.path.name != CHECKPOINT_FILE else
+               f"resuming from the latest checkpoint ({CHECKPOINT_FILE}, step {checkpoint.state.step:,})")
+    recover_log = recover(run_dir, step, parts)
+    for part in damaged:
+        where = f"{part.table}/{part.path.name}"
+        moved = f"{part.table}-{part.path.name}"
+        if part.first_step > step:
+            report("repair", f"{where} cannot be read ({part.problem}); moved to quarantine/{moved}. Its rows "
+                   f"({part.steps()}) follow the checkpoint at step {step:,} and are written again")
+            continue
+        rows = f"{part.rows:,} rows" if part.rows is not None else "an unknown number of rows (its footer is lost)"
+        report("error", f"{where} cannot be read ({part.problem}); moved to quarantine/{moved}. {rows} of "
+               f"{part.table} ({part.steps()}) are lost: no checkpoint precedes them, so the tables and the "
+               f"summary miss them; start a new run to have them", part.rows)
+    if any(recover_log.values()):
+        log(f"resume: dropped rows written after the checkpoint at step {step:,}: {recover_log}")
+    return checkpoint, repairs
 
 
 def _file_logging(run_dir: Path) -> None:

@@ -1,5 +1,8 @@
 """The command line, through typer's runner (in-process)."""
 
+import re
+
+import pytest
 from typer.testing import CliRunner
 
 from stream_monitor.cli import ADAPTER_HELP, ADAPTER_NAMES, app
@@ -82,6 +85,21 @@ def test_resume_continues_a_run_to_a_longer_stop(tmp_path):
     assert result.exit_code == 0, result.output
     assert "resumed at step 2, position 128" in result.output
     assert read_table(run_dir, "steps").column("step").to_pylist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr=-1"], r"adapter.lr must be > 0"),
+    (["--reset-every=0"], r"adapter.reset_every must be >= 1 steps"),
+    (["--restore-prob=2"], r"adapter.restore_prob must be a probability from 0 to 1"),
+    (["--set", "metrics.rows_per_part=0"], r"metrics.rows_per_part must be >= 1, got 0"),
+    (["--max-images=-5"], r"runtime.max_images must be >= 1 images \(or null: the whole stream, `--max-images 0`\), "
+                          r"got -5"),
+    (["--set", "evaluator.frozen_every=-1"], r"evaluator.frozen_every must be >= 0 batches"),
+])
+def test_bad_values_fail_before_a_run_directory_exists(tmp_path, args, message):
+    result = runner.invoke(app, local(tmp_path, *args))
+    assert result.exit_code == 2 and re.search(r"error: " + message, " ".join(result.output.split())), result.output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_resume_of_a_folder_that_is_no_run_says_what_to_pass(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -90,6 +92,34 @@ def test_null_is_rejected_where_not_allowed(override):
 def test_section_validation(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+SET = r"; set a valid value with --set {0}=VALUE or in the config file\."
+OUT_OF_RANGE = [
+    ("adapter.lr=-1", r"adapter\.lr must be > 0 \(or null: the method's default learning rate\), got -1\.0"),
+    ("adapter.reset_every=0", r"adapter\.reset_every must be >= 1 steps \(or null: no periodic reset\), got 0"),
+    ("adapter.restore_prob=2", r"adapter\.restore_prob must be a probability from 0 to 1 \(or null: no stochastic "
+                               r"restore\), got 2\.0"),
+    ("metrics.rows_per_part=0", r"metrics\.rows_per_part must be >= 1, got 0"),
+    ("metrics.seconds_per_part=0", r"metrics\.seconds_per_part must be > 0 seconds, got 0\.0"),
+    ("runtime.max_images=-5", r"runtime\.max_images must be >= 1 images \(or null: the whole stream, "
+                              r"`--max-images 0`\), got -5"),
+    ("evaluator.frozen_every=-1", r"evaluator\.frozen_every must be >= 0 batches \(0: the frozen model scores "
+                                  r"none\), got -1"),
+    ("runtime.start=-1", r"runtime\.start must be >= 0 \(a stream position\), got -1"),
+]
+
+
+@pytest.mark.parametrize("override, message", OUT_OF_RANGE)
+def test_values_out_of_range_say_the_range_and_how_to_set_them(override, message):
+    with pytest.raises(ConfigError, match=message + SET.format(re.escape(override.partition("=")[0]))):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override", ["adapter.lr=null", "adapter.restore_prob=0", "adapter.restore_prob=1",
+                                      "evaluator.frozen_every=0", "runtime.max_images=null", "runtime.max_images=1"])
+def test_values_at_the_edges_of_their_range_are_allowed(override):
+    load_config(None, [override])
 
 
 def test_probe_cycle_equal_to_every_is_allowed():

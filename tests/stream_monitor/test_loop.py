@@ -9,6 +9,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,11 +27,11 @@ from stream_monitor.estimation.pipeline import HEADLINE_ORDER
 from stream_monitor.estimation.window import scale
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.runtime import runner, start
-from stream_monitor.runtime.checkpoint import load_checkpoint
+from stream_monitor.runtime.checkpoint import PREVIOUS, load_checkpoint
 from stream_monitor.runtime.local import LocalExecutor
 from stream_monitor.runtime.loop import RunLoop
 from stream_monitor.runtime.messages import Images, Truth
-from stream_monitor.runtime.runner import prepare_resume, run
+from stream_monitor.runtime.runner import RunError, prepare_resume, run
 from stream_monitor.runtime.workers import AdapterWorker
 from stream_monitor.schedule import ProbeSchedule
 
@@ -35,7 +43,7 @@ BASE = ["runtime.use_ray=false", "adapter.name=tent", f"probe.every={EVERY}", f"
         "probe.size=64", "runtime.checkpoint_every=10", "runtime.threads=1", f"source.batch_size={BATCH}",
         f"estimation.frozen_calibration={CALIBRATION}"]
 TIMING = ["wall_time", "step_ms", "probe_ms"]
-RUN_EVENTS = ("start", "resume", "stop", "error")  # the invocations' own events; the rest follow the steps
+RUN_EVENTS = ("start", "resume", "stop", "error", "repair")  # the invocations' own; the rest follow the steps
 
 
 def config(max_images: int = N, *extra: str):
@@ -317,6 +325,174 @@ def test_a_failing_worker_fails_the_run_which_resumes(baseline, tmp_path, monkey
     monkeypatch.setattr(AdapterWorker, "step", step)
     assert run(prepare_resume(run_dir), run_dir, resume=True).status == "finished"
     assert_same_run(run_dir, baseline[1])
+
+
+# ---- damage, concurrency and SIGTERM -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def half_run(tmp_path_factory):
+    """A finished run of the first 20 steps: checkpoints at 10 (previous) and 20, parts of steps 1-10 and 11-20."""
+    run_dir = tmp_path_factory.mktemp("half") / "run"
+    assert run(config(N // 2), run_dir).status == "finished"
+    return run_dir
+
+
+def copy_of(half_run, tmp_path):
+    return shutil.copytree(half_run, tmp_path / "run")
+
+
+def flip(path, size: int = 4096, at: int | None = None) -> None:
+    """Flip `size` bytes at `at` (default: the middle) of a file, as a failing disk or a bad copy would."""
+    data = bytearray(path.read_bytes())
+    start = max(0, len(data) // 2 - size // 2) if at is None else at
+    for k in range(start, min(len(data), start + size)):
+        data[k] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def resume(run_dir, messages: list[str], max_images: int = N):
+    return run(prepare_resume(run_dir, [f"runtime.max_images={max_images}"]), run_dir, resume=True,
+               log=messages.append)
+
+
+def events_of(run_dir, kind: str) -> list[dict]:
+    return [e for e in read_table(run_dir, "events").to_pylist() if e["kind"] == kind]
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_previous(baseline, half_run, tmp_path):
+    run_dir = copy_of(half_run, tmp_path)
+    flip(run_dir / "checkpoint.pt")
+    messages: list[str] = []
+    assert resume(run_dir, messages).status == "finished"
+    said = "\n".join(messages)
+    assert "resume: checkpoint checkpoint.pt cannot be used (sha256 mismatch: the file is damaged); moved to " \
+           "quarantine/checkpoint.pt" in said
+    assert "resuming from the previous checkpoint (checkpoint.previous.pt, step 10); the rows after it are " \
+           "dropped and written again" in said
+    repairs = [e["message"] for e in events_of(run_dir, "repair")]
+    assert len(repairs) == 2 and "sha256 mismatch" in repairs[0] and "step 10" in repairs[1]
+    assert all(e["step"] == 10 for e in events_of(run_dir, "repair"))
+    assert (run_dir / "quarantine" / "checkpoint.pt").is_file()
+    assert_same_run(run_dir, baseline[1])  # steps 11-20 computed again: nothing lost
+    assert load_checkpoint(run_dir).state.step == STEPS
+
+
+def test_both_checkpoints_damaged_is_a_clear_error(half_run, tmp_path):
+    run_dir = copy_of(half_run, tmp_path)
+    flip(run_dir / "checkpoint.pt")
+    flip(run_dir / PREVIOUS)
+    with pytest.raises(RunError, match=r"No checkpoint of .*run can be used \(checkpoint.pt: sha256 mismatch: the "
+                       r"file is damaged; checkpoint.previous.pt: sha256 mismatch: the file is damaged\), so the run "
+                       r"cannot resume. Start a new run, or restore checkpoint.pt from a backup"):
+        resume(run_dir, [])
+    assert read_table(run_dir, "steps")["step"].to_pylist() == list(range(1, 21))  # nothing touched
+
+
+def test_a_damaged_part_after_the_previous_checkpoint_is_written_again(baseline, half_run, tmp_path):
+    run_dir = copy_of(half_run, tmp_path)
+    flip(run_dir / "steps" / "part-00001.parquet", 64, at=16)  # steps 11-20; the footer at the end is intact
+    messages: list[str] = []
+    assert resume(run_dir, messages).status == "finished"
+    said = "\n".join(messages)
+    assert re.search(r"resume: steps/part-00001.parquet cannot be read \(unreadable \(.*\)\); moved to "
+                     r"quarantine/steps-part-00001.parquet. Its rows \(steps 11 to 20\) follow the checkpoint at "
+                     r"step 10 and are written again", said), said
+    assert "checkpoint checkpoint.pt (step 20) set aside to quarantine/checkpoint.pt" in said
+    assert not events_of(run_dir, "error") and len(events_of(run_dir, "repair")) == 3
+    assert_same_run(run_dir, baseline[1])
+
+
+def test_a_lost_part_is_reported_with_its_rows(half_run, tmp_path):
+    run_dir = copy_of(half_run, tmp_path)
+    part = run_dir / "steps" / "part-00000.parquet"
+    part.write_bytes(part.read_bytes()[:100])  # steps 1-10, footer lost; no checkpoint precedes them
+    messages: list[str] = []
+    assert resume(run_dir, messages).status == "finished"
+    loss = r"steps/part-00000.parquet cannot be read \(unreadable \(.*\)\); moved to quarantine/steps-part-00000" \
+           r".parquet. 10 rows of steps \(steps 1 to 10\) are lost: no checkpoint precedes them, so the tables " \
+           r"and the summary miss them; start a new run to have them"
+    assert re.search("resume: " + loss, "\n".join(messages))
+    errors = events_of(run_dir, "error")
+    assert len(errors) == 1 and re.fullmatch(loss, errors[0]["message"]) and errors[0]["value"] == 10
+    assert read_table(run_dir, "steps")["step"].to_pylist() == list(range(11, STEPS + 1))
+    assert (run_dir / "quarantine" / "steps-part-00000.parquet").stat().st_size == 100
+
+
+def test_a_second_run_of_a_directory_is_refused_while_the_first_holds_it(half_run, tmp_path, monkeypatch):
+    run_dir = copy_of(half_run, tmp_path)
+    refused: list[str] = []
+
+    class ResumeAgainAt25(RunLoop):
+        def _emit(self, hook, row):
+            super()._emit(hook, row)
+            if hook == "on_step" and row["step"] == 25:
+                with pytest.raises(RunError) as error:
+                    resume(run_dir, [])
+                refused.append(str(error.value))
+
+    monkeypatch.setattr(runner, "RunLoop", ResumeAgainAt25)
+    assert resume(run_dir, []).status == "finished"
+    assert len(refused) == 1
+    assert re.fullmatch(rf"Run directory {re.escape(str(run_dir))} is in use by process {os.getpid()} \(a "
+                        rf"`stream-monitor run` or `--resume` of it\). Wait for it to end, or stop it \(Ctrl-C in its "
+                        rf"terminal, or `kill {os.getpid()}`: it checkpoints first\), then resume with "
+                        rf"`stream-monitor run --resume {re.escape(str(run_dir))}`.", refused[0])
+    assert read_table(run_dir, "steps")["step"].to_pylist() == list(range(1, STEPS + 1))  # no race on the parts
+    monkeypatch.setattr(runner, "RunLoop", RunLoop)
+    assert resume(run_dir, []).status == "finished"  # the first one ended: the lock is free
+
+
+def test_the_lock_of_a_process_that_died_does_not_block(half_run, tmp_path):
+    run_dir = copy_of(half_run, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys, time
+fd = os.open({str(run_dir / '.lock')!r}, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode())
+print("locked", flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunError, match=rf"is in use by process {holder.pid} .*`kill {holder.pid}`"):
+            resume(run_dir, [], N // 2)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run_dir / ".lock").read_text().strip() == str(holder.pid)  # a stale file, and no lock
+    assert resume(run_dir, [], N // 2).status == "finished"
+
+
+def test_sigterm_drains_checkpoints_and_resumes_exactly(baseline, tmp_path):
+    from typer.testing import CliRunner
+
+    from stream_monitor.cli import app
+
+    out = tmp_path / "runs"
+    args = [f"--set={o}" for o in BASE] + ["--no-dashboard", f"--max-images={N}", f"--out={out}"]
+    root = str(Path(__file__).resolve().parents[2])  # this checkout, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    driver = subprocess.Popen([sys.executable, "-m", "stream_monitor", "run", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*/checkpoint.pt")):  # the first checkpoint, at step 10 of 40
+            assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0]
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output
+    assert "stopping (SIGTERM): finishing the steps in flight and writing a checkpoint" in output
+    assert "Summary (stopped)" in output and "Stopped. Resume with: stream-monitor run --resume" in output
+    assert "Traceback" not in output
+    run_dir = next(out.iterdir())
+    stopped_at = load_checkpoint(run_dir).state.step
+    assert 10 <= stopped_at < STEPS
+    assert read_table(run_dir, "steps")["step"].to_pylist() == list(range(1, stopped_at + 1))
+    result = CliRunner().invoke(app, ["run", "--resume", str(run_dir), "--no-dashboard"])
+    assert result.exit_code == 0 and "Summary (finished)" in result.output, result.output
+    assert_same_run(run_dir, baseline[1], ignore=("checkpoint",))  # plus one at the stop
 
 
 # ---- a diverging adapter -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, TABLES
-from stream_monitor.metrics.sink import MemorySink, ParquetSink, read_table, recover
+from stream_monitor.metrics.sink import MemorySink, ParquetSink, read_table, recover, scan_parts
 
 
 class FakeClock:
@@ -281,6 +281,26 @@ def test_recover_quarantines_a_corrupt_part(tmp_path, caplog):
     assert parts(tmp_path) == ["part-00000.parquet", "part-00002.parquet"]
     assert (tmp_path / "quarantine" / "steps-part-00001.parquet").stat().st_size == 40  # kept, not deleted
     assert steps_of(tmp_path) == [0, 1, 4, 5]
+
+
+def test_scan_tells_the_steps_of_a_damaged_part(tmp_path):
+    sink = ParquetSink(tmp_path, rows_per_part=3)
+    for s in range(1, 10):
+        sink.on_step(step_row(s))
+    sink.close()
+    folder = tmp_path / "steps"
+    truncated = folder / "part-00001.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:40])  # footer lost: steps from the neighbours
+    flipped = folder / "part-00002.parquet"
+    data = bytearray(flipped.read_bytes())
+    data[16:48] = bytes(b ^ 0xFF for b in data[16:48])  # a data page: the footer still counts its rows
+    flipped.write_bytes(bytes(data))
+    found = {(p.path.name, p.rows, p.first_step, p.last_step, p.problem is None) for p in scan_parts(tmp_path)}
+    assert found == {("part-00000.parquet", 3, 1, 3, True), ("part-00001.parquet", 3, 4, 6, False),
+                     ("part-00002.parquet", 3, 7, 9, False)}
+    truncated.unlink()
+    with pytest.raises(OSError, match="part-00002.parquet: unreadable part"):  # never wrong values
+        read_table(tmp_path, "steps")
 
 
 def test_recover_of_an_empty_run_dir(tmp_path):
