@@ -431,9 +431,11 @@ def show_config(
     from .config import ConfigError, dump_config, load_config
 
     try:
-        console.print(dump_config(load_config(config, set_ or [])), highlight=False, markup=False)
+        text = dump_config(load_config(config, set_ or []))
     except (ConfigError, FileNotFoundError) as error:
         _fail(str(error))
+    # YAML, not a rich renderable: wrapped at the console's width, a long value would no longer load
+    typer.echo(text, nl=False)
 
 
 @app.command()
