@@ -103,7 +103,8 @@ def run(
         "source.batch_size": batch_size, "model.name": model, "model.weights": str(weights) if weights else None,
         "adapter.name": adapter, "adapter.lr": lr, "adapter.precision": precision,
         "adapter.reset_every": reset_every, "adapter.restore_prob": restore_prob,
-        "runtime.address": address, "runtime.ray_host": ray_host, "runtime.num_gpus": num_gpus, "runtime.device": device,
+        "runtime.address": address, "runtime.ray_host": ray_host, "runtime.num_gpus": num_gpus,
+        "runtime.device": device,
         "metrics.out": str(out) if out else None,
     }
     overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in flags.items() if v is not None]

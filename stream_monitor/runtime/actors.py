@@ -103,7 +103,8 @@ def init_ray(config: RunConfig) -> bool:
     sockets all bind to `runtime.ray_host` (loopback by default), without a dashboard.
 
     Actor output goes to Ray's log files, not to this terminal, so it cannot tear the live
-    dashboard (style_anchors.md 3.3). Returns whether this call started Ray (and so must stop it).
+    dashboard (style_anchors.md 3.3). Returns whether this call connected the driver (and so must
+    disconnect it: `ray.shutdown()` leaves a joined cluster running).
 
     Raises:
         RayStartError: the cluster refused the token, could not be reached, or Ray did not start.
@@ -117,7 +118,7 @@ def init_ray(config: RunConfig) -> bool:
         where = f"the Ray cluster at {address} ({'runtime.address' if config.runtime.address else 'RAY_ADDRESS'})"
         _ray_call(lambda: ray.init(address=address, **kwargs), where,
                   "start it (`ray start --head`), or unset RAY_ADDRESS and leave out --address for a local Ray")
-        return False
+        return True
     host = config.runtime.ray_host
     _ray_call(lambda: start_local_ray(host, num_cpus=max(2, os.cpu_count() or 2), **kwargs),
               f"a local Ray bound to {host} (runtime.ray_host)",
@@ -275,6 +276,8 @@ def wait_started(actors: dict[str, Any], timeout_s: float, gpus: dict[str, float
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
+            if failures:
+                break
             raise RayStartError(start_timeout_message(timeout_s, [refs[r] for r in pending], gpus,
                                                       ray.cluster_resources()))
         done, pending = ray.wait(pending, num_returns=1, timeout=min(left, FAILURE_GRACE_S) if failures else left)

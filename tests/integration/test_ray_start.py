@@ -29,3 +29,14 @@ def test_an_error_in_a_stream_actors_init_reaches_the_caller_as_itself_at_once(r
     for name in ("stream-0", "adapter"):
         with pytest.raises(ValueError, match="Failed to look up actor"):
             ray_local.get_actor(f"broken/{name}")  # killed, not left to Ray's restarts
+
+
+def test_actors_that_cannot_be_placed_time_out_with_the_advice_to_raise_the_limit(ray_local):
+    from stream_monitor.runtime.actors import RayStartError
+
+    config = load_config(None, ["runtime.num_gpus=1", "probe.enabled=false", "runtime.start_timeout_s=3"])
+    with pytest.raises(RayStartError, match=r"the Ray actors (stream-0, )?adapter did not start within "
+                                            r"runtime\.start_timeout_s = 3 s\. On a busy machine give them longer, "
+                                            r"e\.g\. --set runtime\.start_timeout_s=600\. They ask for GPUs "
+                                            r"\(adapter 1\) and the cluster has 0"):
+        start_workers(config, run_id="no-gpu")

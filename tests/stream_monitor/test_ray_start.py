@@ -66,7 +66,7 @@ def test_an_unspecified_ray_host_is_a_clear_error(calls):
 
 def test_ray_address_is_joined_as_inside_a_ray_job(calls, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    assert init_ray(load_config()) is False  # the job's Ray is not this run's to stop
+    assert init_ray(load_config()) is True  # connected here, so disconnected at the end
     (kwargs,) = calls
     assert kwargs["address"] == "127.0.0.1:6379" and "num_cpus" not in kwargs
 
