@@ -137,11 +137,11 @@ def start_local_ray(host: str = "127.0.0.1", **kwargs: Any) -> None:
     """
     kwargs = {"include_dashboard": False, **kwargs}
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        if host != "localhost" and ipaddress.ip_address(host).is_unspecified:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # a host name
+        ip = ipaddress.ip_address("127.0.0.1") if host == "localhost" else None
+    if ip is None or not ip.is_loopback:
+        if ip is not None and ip.is_unspecified:
             raise ValueError(f"runtime.ray_host is an address of this machine that others reach it by (or "
                              f"127.0.0.1), not {host}: Ray's nodes also tell each other this address")
         ray.init(address="local", _node_ip_address=host, **kwargs)
