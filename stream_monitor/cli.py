@@ -75,7 +75,10 @@ def run(
                                                       f"(default {DEFAULT_MAX_IMAGES:,}; 0: the whole stream).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Parent folder of the run directory (default runs/).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue a stopped or crashed run directory.")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (e.g. auto or HOST:6379).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (e.g. auto or HOST:6379; "
+                                                   "default: RAY_ADDRESS when set).")] = None,
+    ray_host: Annotated[Optional[str], typer.Option(help="The address a local Ray binds every socket to (default "
+                                                    "127.0.0.1: off the network).")] = None,
     num_gpus: Annotated[Optional[float], typer.Option(help="GPUs of the adapter actor (default: 1 when CUDA is present).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16 autocast for the adapter (GPU).")] = None,
@@ -100,7 +103,8 @@ def run(
         "source.batch_size": batch_size, "model.name": model, "model.weights": str(weights) if weights else None,
         "adapter.name": adapter, "adapter.lr": lr, "adapter.precision": precision,
         "adapter.reset_every": reset_every, "adapter.restore_prob": restore_prob,
-        "runtime.address": address, "runtime.num_gpus": num_gpus, "runtime.device": device,
+        "runtime.address": address, "runtime.ray_host": ray_host, "runtime.num_gpus": num_gpus,
+        "runtime.device": device,
         "metrics.out": str(out) if out else None,
     }
     overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in flags.items() if v is not None]
@@ -114,6 +118,7 @@ def run(
     try:
         if resume is not None:
             cfg = prepare_resume(resume, overrides)
+            _check_paths(cfg)  # the data may have moved since the run started
             run_dir = resume
         else:
             cfg = load_config(config, overrides)
@@ -141,10 +146,28 @@ def _validate(cfg) -> None:
         raise ValueError(f"Unknown precision {cfg.adapter.precision!r}. Valid precisions: {', '.join(PRECISIONS)}.")
     if cfg.model.name not in model_names():
         raise ValueError(unknown_name_message("model", cfg.model.name, model_names()))
-    if cfg.model.weights and not Path(cfg.model.weights).exists():
-        raise FileNotFoundError(f"Weights file {cfg.model.weights} not found.")
     # the model's classes are known without loading it: 10 for the embedded model, ImageNet's otherwise
     check_source(cfg.source.kind, cfg.source.stream, cfg.source.data, 10 if cfg.model.name == "embedded" else 1000)
+    _check_paths(cfg)
+
+
+def _check_paths(cfg) -> None:
+    """The files a run reads exist, checked here because a worker that finds one missing fails only
+    after Ray and the actors have started."""
+    data, kind = cfg.source.data, cfg.source.kind
+    if data is not None and "://" not in data and not Path(data).is_dir():
+        what = "no such folder" if not Path(data).exists() else "not a folder"
+        if kind == "ccc":
+            expected = ("a folder of CCC shard streams (DIR/<stream>/serial_00000.tar, from `stream-monitor "
+                        "generate`) or the URL of the official shards; leave --data out for the embedded stream")
+        else:
+            expected = "a folder of class sub-folders of images (<DIR>/<class>/<image>)"
+        raise FileNotFoundError(f"--data {data}: {what}. Pass {expected} (source.data).")
+    for flag, key, path in (("--weights ", "model.weights", cfg.model.weights),
+                            ("--set estimation.duo_weights=", "estimation.duo_weights", cfg.estimation.duo_weights)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{key} {path}: no such file. Pass {flag}FILE with an existing torch state "
+                                    f"dict, or leave it out for the model's own weights.")
 
 
 def _run_and_summarise(cfg, run_dir: Path, resume: bool) -> None:
@@ -340,10 +363,12 @@ def bench(
         else:
             import ray
 
+            from .runtime.actors import start_local_ray
+
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(address="local", include_dashboard=False, log_to_driver=False)
+                start_local_ray("127.0.0.1", log_to_driver=False)
             try:
                 rows = run_on_ray(jobs, out, gpus_per_run, cpus_per_run, max_retries, update)
             finally:

@@ -176,6 +176,9 @@ class RuntimeConfig:
     device: str = "auto"              # auto (cuda when present), cpu or cuda
     use_ray: bool = True              # False: the whole loop in-process (debugging, tests)
     address: Optional[str] = None     # an existing Ray cluster; None starts a local one
+    # without `address` or RAY_ADDRESS: the address every socket of the local Ray binds to;
+    # loopback keeps it off the network, this machine's IP lets other machines join it
+    ray_host: str = "127.0.0.1"
     num_gpus: Optional[float] = None  # GPUs of the adapter actor; None: 1 when CUDA is present
     max_in_flight: int = 4            # adapter steps queued at once
     checkpoint_every: int = 500       # adapter steps between checkpoints

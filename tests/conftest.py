@@ -9,6 +9,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 INTEGRATION = Path(__file__).resolve().parent / "integration"
 
+#: Limits of the Ray tests, generous because the machine may be busy; raise them there, not in the tests.
+RAY_TEST_TIMEOUT_S = float(os.environ.get("RAY_TEST_TIMEOUT_S", "900"))   # one test, start to end
+RAY_START_TIMEOUT_S = float(os.environ.get("RAY_START_TIMEOUT_S", "600"))  # a run's runtime.start_timeout_s
+
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks added here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -91,7 +91,9 @@ class StreamWorker:
         return "ok"
 
     def __repr__(self) -> str:
-        return f"StreamWorker({self.source.name})"
+        # Ray calls repr to label an actor's errors, also when __init__ raised before `source` existed
+        source = getattr(self, "source", None)
+        return f"StreamWorker({source.name if source is not None else 'not started'})"
 
 
 class AdapterWorker:
@@ -183,7 +185,7 @@ class AdapterWorker:
         return self.device
 
     def __repr__(self) -> str:
-        return f"AdapterWorker({self.name})"
+        return f"AdapterWorker({getattr(self, 'name', 'not started')})"  # safe before __init__ ends, as above
 
 
 class SidekickWorker:
@@ -208,7 +210,8 @@ class SidekickWorker:
         return "ok"
 
     def __repr__(self) -> str:
-        return f"SidekickWorker({self.bundle.name})"
+        bundle = getattr(self, "bundle", None)  # safe before __init__ ends, as StreamWorker's
+        return f"SidekickWorker({bundle.name if bundle is not None else 'not started'})"
 
 
 class ProbeWorker:

@@ -8,9 +8,13 @@ import ray  # a hard dependency: a broken install fails these tests rather than 
 
 @pytest.fixture(scope="module")
 def ray_local():
+    """A Ray of the module's own, on loopback and ports Ray picks: never another Ray of this machine
+    (plain ray.init() joins one), never a fixed port another Ray may hold."""
+    from stream_monitor.runtime.actors import start_local_ray
+
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 2**20, runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
+    start_local_ray("127.0.0.1", num_cpus=2, num_gpus=0, log_to_driver=False, object_store_memory=200 * 2**20,
+                    runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
     yield ray
     ray.shutdown()
 

@@ -13,8 +13,9 @@ import pytest
 
 from stream_monitor.bench import OUTCOME_FILE, PROGRESS_FILE, live_rows, plan, read_json, run_local, run_on_ray
 from stream_monitor.metrics.sink import read_table
+from tests.conftest import RAY_TEST_TIMEOUT_S
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(RAY_TEST_TIMEOUT_S)
 
 SMALL = ["runtime.max_images=2560", "probe.every=4", "probe.size=128", "runtime.threads=1",
          "runtime.checkpoint_every=4"]
@@ -39,7 +40,7 @@ def cluster():
     cluster.shutdown()
 
 
-def first_checkpointed_job(jobs, out, timeout=240.0):
+def first_checkpointed_job(jobs, out, timeout=RAY_TEST_TIMEOUT_S / 2):
     """The first job seen with a checkpoint on disk, not yet finished, and the Ray node running it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,7 +68,7 @@ def test_a_removed_node_costs_a_retry_that_resumes_its_run_to_the_same_rows(clus
     node = next(n for n in cluster.worker_nodes if n.node_id == progress["ray_node"])
     cluster.remove_node(node)
     cluster.add_node(**NODE)
-    driver.join(timeout=360)
+    driver.join(timeout=RAY_TEST_TIMEOUT_S / 2)
     assert not driver.is_alive(), "the bench did not finish after the node loss"
     print(f"bench done after {time.monotonic() - started:.1f} s")
 

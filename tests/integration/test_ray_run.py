@@ -5,13 +5,15 @@ import pytest
 from stream_monitor.config import load_config
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.runtime.runner import run
+from tests.conftest import RAY_START_TIMEOUT_S, RAY_TEST_TIMEOUT_S
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(RAY_TEST_TIMEOUT_S)
 
 SMALL = ["runtime.max_images=1920", "adapter.name=rdumb", "adapter.reset_every=12", "probe.every=4", "probe.size=128",
          "runtime.checkpoint_every=8", "runtime.threads=1", "source.chunk_batches=2", "source.num_actors=2",
          # the Duos sidekick actor and AETTA's dropout passes ride along: the same rows through Ray too
-         "estimation.duo_model=embedded-small", "estimation.aetta_every=4", "estimation.aetta_forwards=2"]
+         "estimation.duo_model=embedded-small", "estimation.aetta_every=4", "estimation.aetta_forwards=2",
+         f"runtime.start_timeout_s={RAY_START_TIMEOUT_S}"]
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory, tables):
     run_dir = tmp_path_factory.mktemp("local") / "run"

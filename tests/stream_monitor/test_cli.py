@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from stream_monitor.cli import ADAPTER_HELP, ADAPTER_NAMES, app
 from stream_monitor.metrics.sink import read_table
+from tests.conftest import write_glyph_folder
 
 runner = CliRunner()
 
@@ -187,3 +188,34 @@ def test_unknown_detectors_are_clear_errors(tmp_path):
     assert result.exit_code == 2 and "Unknown detector 'flip-rat'. Did you mean 'flip-rate'?" in message
     result = runner.invoke(app, ["eval", str(tmp_path), "--detectors", "marginal-entrop"])
     assert result.exit_code == 2 and "Did you mean 'marginal-entropy'?" in " ".join(result.output.split())
+
+
+def test_a_missing_data_folder_fails_before_ray_starts(tmp_path):
+    result = runner.invoke(app, ["run", "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert f"error: --data {tmp_path / 'nowhere'}: no such folder. Pass a folder of CCC shard streams" in text
+
+
+def test_a_missing_image_folder_says_what_to_pass(tmp_path):
+    (tmp_path / "file.txt").write_text("")
+    result = runner.invoke(app, ["run", "--source", "imagefolder", "--data", str(tmp_path / "file.txt")])
+    assert result.exit_code == 2
+    assert "not a folder. Pass a folder of class sub-folders of images" in " ".join(result.output.split())
+
+
+def test_a_missing_weights_file_says_what_to_pass(tmp_path):
+    result = runner.invoke(app, ["run", "--weights", str(tmp_path / "w.pt")])
+    assert result.exit_code == 2
+    assert f"model.weights {tmp_path / 'w.pt'}: no such file. Pass --weights FILE" in " ".join(result.output.split())
+
+
+def test_a_resume_checks_the_data_folder_again(tmp_path):
+    folder = tmp_path / "images"
+    write_glyph_folder(folder, images=20)
+    assert runner.invoke(app, local(tmp_path, "--source", "imagefolder", "--data", str(folder),
+                                    "--max-images", "10")).exit_code == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    folder.rename(tmp_path / "moved")
+    result = runner.invoke(app, ["run", "--resume", str(run_dir), "--no-ray"])
+    assert result.exit_code == 2 and f"--data {folder}: no such folder" in " ".join(result.output.split())
