@@ -182,7 +182,7 @@ class RuntimeConfig:
     num_gpus: Optional[float] = None  # GPUs of the adapter actor; None: 1 when CUDA is present
     max_in_flight: int = 4            # adapter steps queued at once
     checkpoint_every: int = 500       # adapter steps between checkpoints
-    start_timeout_s: float = 120.0
+    start_timeout_s: float = 300.0  # actors that cannot be placed by then end the run; errors come at once
     threads: Optional[int] = None     # torch threads per actor; None: the cores split between actors
 
     def __post_init__(self) -> None:
