@@ -461,6 +461,80 @@ class FlipRateRise(CollapseDetector):
                        share - baseline)
 
 
+@DETECTORS.register("asr", description=(
+    "ASR's reset trigger (Lim et al., ICLR 2026): the marginal entropy below a baseline that rises toward it "
+    "more slowly the more served predictions differ from the frozen model's"))
+class ASRTrigger(CollapseDetector):
+    """ASR's collapse-risk trigger (Lim, Hwang, Lee, "When and Where to Reset Matters for Long-Term
+    Test-Time Adaptation", ICLR 2026; YonseiML/asr, `methods/base.py`): fires on a step whose
+    marginal entropy H_t (the step rows' `marginal_entropy`) is under a baseline B. B starts at
+    log(K·a0) and, on each step that does not fire, moves toward H_t with momentum
+    m_t = m0·f_t + 1 − m0, where f_t is the share of the batch whose served prediction differs from
+    the frozen model's: the more the adapter has moved away from the source model, the slower B
+    follows, so a falling marginal entropy reaches it sooner.
+
+    - f_t: the frozen model scores one batch in `evaluator.frozen_every` (`frozen_flip_rate`); the
+      steps between use the latest known f_t, and before the first scored batch (or after a
+      reset) f_t is taken as 0, since an adapter that has just left the source model has flipped
+      nothing: B then follows H_t at its fastest, m = 1 − m0.
+    - No warm-up, as in the paper: step 1 is compared with log(K·a0) (log(K/2)). The paper resets
+      on it, harmless on a model that has not moved; as a warning it fires where the source model's
+      own marginal entropy is under log(K/2).
+    - B is not updated on a step that fires (the paper's rule), and the warning clears on the next
+      step whose H_t is back at or above that B: the verdict is the last step's, as a dashboard
+      reads it, not latched. `reset` (after the loop's `estimation.reset_on_warning` reset) puts B
+      back to log(K·a0), as ASR does after each reset.
+    - The paper's H_t is the entropy of the softmax of the batch-mean output, computed every step;
+      here it is the entropy of the batch-mean softmax, with f_t from the scored batches only.
+    """
+
+    name = "asr"
+    _state_dict_all_req_keys = ("baseline", "latest", "flip_rate")
+    #: the paper's constants (its code's cfg.ASR.M0 and cfg.ASR.A0)
+    M0, A0 = 0.15, 0.5
+
+    def __init__(self, num_classes: int, m0: float = M0, a0: float = A0) -> None:
+        if num_classes < 2 or not 0.0 <= m0 <= 1.0 or a0 <= 0.0:
+            raise ValueError(f"the asr trigger needs num_classes >= 2, 0 <= m0 <= 1 and a0 > 0, got "
+                             f"num_classes={num_classes}, m0={m0}, a0={a0}")
+        self.m0, self.a0 = m0, a0
+        self.start = math.log(num_classes * a0)
+        super().__init__()
+
+    @classmethod
+    def for_model(cls, setup: DetectorSetup) -> "ASRTrigger":
+        return cls(setup.num_classes)
+
+    def reset(self) -> None:
+        self.baseline: float | None = None  # None: at its start, log(K·a0) (configuration, not state)
+        self.latest: list[float] | None = None  # [H_t, the B it was judged against] of the last step
+        self.flip_rate: float | None = None  # the latest f_t; None: no scored batch since the reset
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        flips = row.get("frozen_flip_rate")
+        if flips is not None and math.isfinite(flips):
+            self.flip_rate = float(flips)
+        entropy = row.get("marginal_entropy")
+        if entropy is None or not math.isfinite(entropy):
+            return
+        baseline = self.start if self.baseline is None else self.baseline
+        self.latest = [float(entropy), baseline]
+        if entropy >= baseline:
+            momentum = self.m0 * (self.flip_rate or 0.0) + 1.0 - self.m0
+            self.baseline = momentum * baseline + (1.0 - momentum) * entropy
+        else:
+            self.baseline = baseline
+
+    def compute(self) -> Verdict:
+        if self.latest is None:
+            raise NotComputableError(f"{self.name} needs a step's marginal entropy")
+        entropy, baseline = self.latest
+        flips = "unknown, taken as 0" if self.flip_rate is None else f"{100 * self.flip_rate:.0f}%"
+        relation = "under" if entropy < baseline else "at or above"
+        return Verdict(entropy < baseline, f"marginal entropy {entropy:.3f} nats {relation} its baseline "
+                       f"{baseline:.3f} (flip rate against the frozen model {flips})", entropy - baseline)
+
+
 def build_detectors(names: Sequence[str], setup: DetectorSetup) -> list[CollapseDetector]:
     """The named detectors (DETECTORS) for a run (`setup`); unknown names raise UnknownNameError
     listing the valid ones."""

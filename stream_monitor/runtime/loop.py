@@ -301,6 +301,8 @@ class RunLoop:
         if truth.frozen_predictions is not None and len(truth.frozen_predictions):
             predicted = truth.frozen_predictions
             row["frozen_top_class_share"] = float(np.bincount(predicted).max() / len(predicted))
+            if len(predicted) == n:  # ASR's f_t: how far the adapter has moved from the frozen model, label-free
+                row["frozen_flip_rate"] = float((predicted != summary.predictions).mean())
         flags = self.estimation.flag_errors(summary.probabilities)
         if flags is not None:
             row["proxy_flagged"], row["proxy_seen"] = flags
