@@ -139,6 +139,9 @@ def test_steps_cover_the_stream_contiguously(baseline):
     # the frozen model's top-class share, label-free, on the same batches (the top-class-share baseline)
     assert [r["step"] for r in steps if r["frozen_top_class_share"] is not None] == scored
     assert all(1 / BATCH <= r["frozen_top_class_share"] <= 1 for r in steps if r["step"] in scored)
+    # ASR's flip rate against the frozen model: on the scored batches only, a share of the batch
+    assert [r["step"] for r in steps if r["frozen_flip_rate"] is not None] == scored
+    assert all(0 <= r["frozen_flip_rate"] <= 1 for r in steps if r["step"] in scored)
 
 
 def test_probe_rows_follow_the_schedule(baseline):

@@ -13,7 +13,7 @@ from stream_monitor.config import load_config
 from stream_monitor.estimation.base import NotComputableError
 from stream_monitor.estimation.context import EstimationContext
 from stream_monitor.estimation.window import FeedStats
-from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, CollapseDetector, EntropyCollapse,
+from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, ASRTrigger, CollapseDetector, EntropyCollapse,
                                                  EstimateBelowSource, FlipRateRise, MarginalEntropyCollapse,
                                                  DetectorSetup, PredictionConcentration, SequentialRiskTest, Verdict,
                                                  build_detectors, transitions)
@@ -172,7 +172,8 @@ def test_small_flip_counts_need_an_absolute_rise_too():
 
 def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_one():
     assert set(DETECTORS.names()) == {"divergence", "entropy-ema", "top-class-share", "marginal-entropy",
-                                      "online-below-source", "aetta-drop", "flip-rate", "risk-test"}
+                                      "online-below-source", "aetta-drop", "flip-rate", "risk-test", "asr"}
+    assert "asr" not in DEFAULT_DETECTORS  # a benchmark decides
     built = build_detectors(DEFAULT_DETECTORS, DetectorSetup(10))
     assert [d.name for d in built] == list(DEFAULT_DETECTORS)
     assert built[1].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
@@ -209,6 +210,7 @@ def exercised(name: str) -> CollapseDetector:
     for step in range(1, 121):
         detector.update_step({"step": step, "images": 64, "mean_entropy": 0.5, "top_class_share": 0.6,
                               "frozen_top_class_share": 0.3 if step % 8 == 1 else None, "marginal_entropy": 1.5,
+                              "frozen_flip_rate": 0.2 if step % 8 == 1 else None,
                               "aetta_acc": 60.0 - step / 10, "diverged": step >= 100,
                               "proxy_flagged": 20, "proxy_seen": 64})
     for cycle in range(4):
@@ -272,6 +274,81 @@ def test_divergence_fires_on_the_first_non_finite_step_without_warm_up_and_stays
     assert [(kind, d.name) for kind, d, _ in transitions([detector], active)] == [("warning", "divergence")]
     detector.reset()  # re-armed after a reset to the source model
     assert not detector.compute().firing
+
+
+# ---- ASR's reset trigger ---------------------------------------------------------------------------
+def asr_rows(detector, entropies, flips=None):
+    for k, h in enumerate(entropies):
+        detector.update_step({"step": k + 1, "marginal_entropy": h,
+                              "frozen_flip_rate": None if flips is None else flips[k]})
+
+
+def test_asr_baseline_follows_the_marginal_entropy_with_the_flip_rates_momentum():
+    detector = DETECTORS.get("asr").for_model(DetectorSetup(10))
+    assert (detector.m0, detector.a0) == (0.15, 0.5) and detector.start == pytest.approx(math.log(5))
+    with pytest.raises(NotComputableError, match="asr needs a step's marginal entropy"):
+        detector.compute()
+    # B0 = ln 5 = 1.609438; m = 0.15 f + 0.85
+    asr_rows(detector, [2.0], [None])  # f unknown, taken as 0: m = 0.85
+    assert detector.baseline == pytest.approx(0.85 * math.log(5) + 0.15 * 2.0)  # 1.668022
+    asr_rows(detector, [1.8], [0.4])  # a scored batch: m = 0.91
+    assert detector.baseline == pytest.approx(0.91 * 1.668022 + 0.09 * 1.8, abs=1e-6)  # 1.679900
+    asr_rows(detector, [1.9], [None])  # between scored batches: the latest f, 0.4
+    assert detector.baseline == pytest.approx(0.91 * 1.679900 + 0.09 * 1.9, abs=1e-6)  # 1.699709
+    verdict = detector.compute()
+    assert not verdict.firing and verdict.value == pytest.approx(1.9 - 1.679900, abs=1e-6)
+    assert verdict.evidence == ("marginal entropy 1.900 nats at or above its baseline 1.680 (flip rate against "
+                                "the frozen model 40%)")
+    asr_rows(detector, [math.nan, None])  # no marginal entropy: nothing changes
+    assert detector.compute() == verdict
+
+
+def test_asr_fires_on_a_marginal_entropy_drop_and_clears_when_it_is_back_above_the_baseline():
+    detector = ASRTrigger(10)
+    stable = 0.9 * math.log(10)
+    asr_rows(detector, [stable] * 200, [0.1 if k % 8 == 0 else None for k in range(200)])
+    assert not detector.compute().firing and detector.baseline == pytest.approx(stable, abs=1e-3)
+    asr_rows(detector, [1.0])  # predictions pile onto fewer classes
+    verdict = detector.compute()
+    assert verdict.firing and verdict.value == pytest.approx(1.0 - detector.baseline)
+    assert verdict.evidence.startswith("marginal entropy 1.000 nats under its baseline 2.07")
+    held = detector.baseline
+    asr_rows(detector, [1.2])  # B does not move while under it: still on
+    assert detector.compute().firing and detector.baseline == held
+    active: list[str] = []
+    assert [kind for kind, _, _ in transitions([detector], active)] == ["warning"]
+    asr_rows(detector, [stable])  # back at or above B: the warning clears on that step
+    assert not detector.compute().firing
+    assert [kind for kind, _, _ in transitions([detector], active)] == ["clear"]
+    detector.reset()  # after a reset B starts again at log(K a0), f unknown again
+    asr_rows(detector, [2.0])
+    assert detector.latest == [2.0, pytest.approx(math.log(5))] and detector.flip_rate is None
+    assert "unknown, taken as 0" in detector.compute().evidence
+
+
+def test_asr_more_flips_slow_the_baseline_so_a_drop_triggers_less():
+    few, many = ASRTrigger(10), ASRTrigger(10)
+    asr_rows(few, [3.0] * 30, [0.0] * 30)  # m = 0.85: B climbs toward 3 nats
+    asr_rows(many, [3.0] * 30, [1.0] * 30)  # every prediction flipped: m = 1, B stays at ln 5
+    assert few.baseline > 2.9 and many.baseline == pytest.approx(math.log(5))
+    asr_rows(few, [2.0]), asr_rows(many, [2.0])
+    assert few.compute().firing and not many.compute().firing
+    half = ASRTrigger(10)
+    asr_rows(half, [3.0] * 30, [0.5] * 30)
+    assert many.baseline < half.baseline < few.baseline
+
+
+def test_asr_fires_from_the_first_step_when_the_marginal_entropy_is_under_log_k_a0():
+    detector = ASRTrigger(1000)  # no warm-up, as in the paper: B0 = ln 500
+    asr_rows(detector, [math.log(64)])  # a 64-image batch of confident, spread predictions
+    assert detector.compute().firing
+
+
+def test_asr_refuses_invalid_constants():
+    with pytest.raises(ValueError, match="asr trigger needs num_classes >= 2, 0 <= m0 <= 1 and a0 > 0"):
+        ASRTrigger(10, m0=1.5)
+    with pytest.raises(ValueError, match="a0=0"):
+        ASRTrigger(10, a0=0)
 
 
 # ---- the sequential risk test --------------------------------------------------------------------
