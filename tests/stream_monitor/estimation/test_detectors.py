@@ -13,10 +13,10 @@ from stream_monitor.config import load_config
 from stream_monitor.estimation.base import NotComputableError
 from stream_monitor.estimation.context import EstimationContext
 from stream_monitor.estimation.window import FeedStats
-from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, ASRTrigger, CollapseDetector, EntropyCollapse,
-                                                 EstimateBelowSource, FlipRateRise, MarginalEntropyCollapse,
-                                                 DetectorSetup, PredictionConcentration, SequentialRiskTest, Verdict,
-                                                 build_detectors, transitions)
+from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, ASRTrigger, CollapseDetector,
+                                                 EntropyCollapse, EstimateBelowSource, FlipRateRise,
+                                                 MarginalEntropyCollapse, DetectorSetup, PredictionConcentration,
+                                                 SequentialRiskTest, Verdict, build_detectors, transitions)
 
 
 def feed(detector, column: str, values) -> None:
