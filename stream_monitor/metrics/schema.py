@@ -35,7 +35,7 @@ STEP_SCHEMA = pa.schema([
     pa.field("marginal_entropy", pa.float32()),             # entropy of the batch's mean prediction
     pa.field("top_class_share", pa.float32()),              # share of the most predicted class
     pa.field("frozen_top_class_share", pa.float32()),       # the same for the frozen source model (scored batches)
-    pa.field("frozen_flip_rate", pa.float32()),             # share of served predictions unlike the frozen model's (scored batches)
+    pa.field("frozen_flip_rate", pa.float32()),             # share of served predictions unlike the frozen model's (scored)
     pa.field("num_used", pa.int32()),                       # samples that entered the loss
     pa.field("loss", pa.float32()),
     pa.field("grad_norm", pa.float32()),
