@@ -1,4 +1,4 @@
-"""The single writer of a run's three Parquet tables, and the resume-time clean-up of what a crash left.
+"""The single writer of a run's Parquet tables, and the resume-time clean-up of what a crash left.
 
 Layout: `run_dir/<table>/part-00000.parquet, part-00001.parquet, ...`. A part is written in
 `run_dir/.inflight/<table>/.part-00003.parquet.tmp` and renamed into the table folder only once its footer is
@@ -25,8 +25,8 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -162,7 +162,7 @@ class _Observer:
         """`row` with `run_id` and `time` filled where null, so the loop's rows need not carry them."""
         if all(row.get(name) is not None for name in RUN_COLUMNS):
             return row
-        row = dict(row)  # the caller's dict may be reused (ProgressFile, the dashboard)
+        row = dict(row)  # the same dict goes to the run's other observers
         if row.get("run_id") is None:
             row["run_id"] = self.info.run_id if self.info is not None else self._run_id
         if row.get("time") is None:
@@ -433,9 +433,10 @@ def _footer(path: Path) -> tuple[int | None, int | None, int | None]:
 def recover(run_dir: str | os.PathLike[str], last_step: int, parts: list[PartInfo] | None = None) -> dict[str, int]:
     """Make the tables agree with a checkpoint at `last_step`, before a resumed run opens its sink.
 
-    Deletes leftover temp parts in `.inflight` and, from older versions, in the table folders (their rows all follow the last checkpoint, since the loop rolls before each one),
-    removes rows with `step > last_step` from closed parts (atomic rewrite; a part left empty is deleted), and moves
-    parts that cannot be read to `run_dir/quarantine/` with a logged warning. `parts`: a `scan_parts` of the
+    Deletes leftover temp parts in `.inflight` and, from older versions, in the table folders (their rows all
+    follow the last checkpoint, since the loop rolls before each one), removes rows with `step > last_step` from
+    closed parts (atomic rewrite; a part left empty is deleted), and moves parts that cannot be read to
+    `run_dir/quarantine/` with a logged warning. `parts`: a `scan_parts` of the
     directory made just before (the runner's, which chose the checkpoint from it), else one is made here. Returns
     rows removed per table; rows of deleted temp parts are not counted (an unclosed part has no footer to count
     them from).
