@@ -21,13 +21,43 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PROGRESS_FILE = "progress.json"
 OUTCOME_FILE = "outcome.json"
+
+
+def _summary_schema() -> pa.Schema:
+    """The summary table's explicit schema: inferred from the rows, a column that is null in every row of one
+    bench (no run got far enough) would be typed null, and two benches' summaries would not read as one dataset."""
+    import pyarrow as pa
+
+    percent, unit = {"unit": "percent"}, lambda name: {"unit": name}
+    return pa.schema([
+        pa.field("adapter", pa.string(), nullable=False),
+        pa.field("stream", pa.string(), nullable=False),
+        pa.field("status", pa.string()),                 # the run's outcome; null when it never reported one
+        pa.field("attempts", pa.int32()),
+        pa.field("images", pa.int64(), metadata=unit("images")),
+        pa.field("true_online_acc", pa.float64(), metadata=percent),
+        pa.field("est_online_acc", pa.float64(), metadata=percent),
+        pa.field("online_acc_mae", pa.float64(), metadata=unit("percentage points")),
+        pa.field("true_source_acc", pa.float64(), metadata=percent),
+        pa.field("est_source_acc", pa.float64(), metadata=percent),
+        pa.field("warnings", pa.int32()),
+        pa.field("resets", pa.int32()),
+        pa.field("img_per_s", pa.float64(), metadata=unit("images per second")),
+        pa.field("run_dir", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+    ], metadata={"table": "bench_summary"})
+
+
 SUMMARY_COLUMNS = ("adapter", "stream", "status", "attempts", "images", "true_online_acc", "est_online_acc",
                    "online_acc_mae", "true_source_acc", "est_source_acc", "warnings", "resets", "img_per_s",
-                   "run_dir", "error")
+                   "run_dir", "error")  # = _summary_schema().names (kept literal: pyarrow is imported lazily here)
 
 
 @dataclass(frozen=True)
@@ -188,11 +218,13 @@ def summary_row(job: BenchJob, out: Path, outcome: dict[str, Any] | None) -> dic
 
 
 def write_summary(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
+    """Write `summary.parquet` (explicit schema, see `_summary_schema`) and `summary.csv`; their paths."""
     import pyarrow as pa
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows)
+    schema = _summary_schema()
+    table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
     pq.write_table(table, Path(out) / "summary.parquet")
     pa_csv.write_csv(table, Path(out) / "summary.csv")
     return Path(out) / "summary.csv", Path(out) / "summary.parquet"

@@ -5,7 +5,8 @@ A run directory (made by `stream_monitor.runtime.runner`):
     RUN_DIR/config.yaml      the resolved RunConfig; written first, so it marks a run directory
     RUN_DIR/run.json         the RunInfo (plus the directory's `format`), once the workers are up
     RUN_DIR/estimation.json  the calibrated statistics and f the run's estimators read, and where from
-    RUN_DIR/<table>/part-*.parquet   the tables of `metrics.schema` (closed parts only)
+    RUN_DIR/<table>/part-*.parquet   the tables of `metrics.schema` (closed parts only: any reader opens them)
+    RUN_DIR/.inflight/<table>/       the parts being written, moved into <table>/ whole when closed
     RUN_DIR/checkpoint.pt    the last checkpoint (none before the first one), sha256-checked
     RUN_DIR/checkpoint.previous.pt   the one before, which resume falls back to
     RUN_DIR/driver.log       the driver's log
@@ -42,8 +43,9 @@ __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONTEXT_FILE", "FORMAT", "INFO_FIL
            "TABLE_NAMES", "RunDirectory", "RunDirectoryError"]
 
 #: Version of the run directory layout, its tables and run.json's fields; the runner records it as
-#: run.json's `format` (2: estimates by feed, with raw scores; checkpoints of the estimation pipeline).
-FORMAT = 2
+#: run.json's `format` (3: run_id, UTC time and units in every table, open parts in .inflight; 2: estimates by
+#: feed, with raw scores; checkpoints of the estimation pipeline).
+FORMAT = 3
 
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"

@@ -1,8 +1,10 @@
-"""The single writer of a run's three Parquet tables, and the resume-time clean-up of what a crash left.
+"""The single writer of a run's Parquet tables, and the resume-time clean-up of what a crash left.
 
-Layout: `run_dir/{steps,probes,events}/part-00000.parquet, part-00001.parquet, ...`. A part is written under a
-hidden temporary name (`.part-00003.parquet.tmp`) and renamed only once its footer is written, so anything that
-globs `part-*.parquet` (pyarrow.dataset, pandas, duckdb) sees complete files only, even while the run is going.
+Layout: `run_dir/<table>/part-00000.parquet, part-00001.parquet, ...`. A part is written in
+`run_dir/.inflight/<table>/.part-00003.parquet.tmp` and renamed into the table folder only once its footer is
+written, so a table folder holds complete files only, even while the run is going: readers that take every file of
+a folder (polars, pandas, pyarrow.dataset) or a glob (duckdb) all open it. `.inflight` is inside the run directory,
+so the rename stays on one filesystem and is atomic.
 
 Crash contract with the run loop: the loop calls `ParquetSink.roll()` just before it writes a checkpoint, so every
 row up to the checkpoint sits in closed parts. On resume, `recover(run_dir, last_step)` drops the unclosed parts and
@@ -15,6 +17,7 @@ unreadable part (quarantined by `recover`, which says which steps it held) inste
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
 import re
@@ -22,6 +25,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +34,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..runtime.observer import RunInfo
-from .schema import SCHEMA_VERSION, TABLES
+from .schema import RUN_COLUMNS, SCHEMA_VERSION, TABLES
 
 logger = logging.getLogger(__name__)
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 _TMP_PART = re.compile(r"^\.part-(\d+)\.parquet\.tmp$")
 QUARANTINE = "quarantine"
+#: Where open parts are written; outside the table folders, which readers scan whole.
+INFLIGHT = ".inflight"
 #: Tables with at most one row per step: a lost part's steps lie strictly between its neighbours'.
 _ONE_ROW_PER_STEP = ("steps", "probes")
 
@@ -113,12 +119,21 @@ def check_row(table: str, row: dict[str, Any]) -> None:
         _check_value(table, field, row.get(field.name))
 
 
-class _Observer:
-    """RunObserver plumbing shared by the sinks: routing, row checks and the closed state."""
+def _utc(unix_seconds: float) -> datetime:
+    return datetime.fromtimestamp(unix_seconds, tz=timezone.utc)
 
-    def __init__(self) -> None:
+
+class _Observer:
+    """RunObserver plumbing shared by the sinks: routing, row checks, the run columns and the closed state.
+
+    `run_id` names the run until `on_start` brings its RunInfo; `wall_clock` stamps `time` on rows without a
+    `wall_time` (estimates).
+    """
+
+    def __init__(self, run_id: str, wall_clock: Callable[[], float] = time.time) -> None:
         self.info: RunInfo | None = None
         self._closed = False
+        self._run_id, self._wall_clock = run_id, wall_clock
 
     def on_start(self, info: RunInfo) -> None:
         self.info = info
@@ -138,9 +153,24 @@ class _Observer:
     def _accept(self, table: str, row: dict[str, Any]) -> None:
         if self._closed:
             raise RuntimeError(f"{type(self).__name__} is closed; cannot write to {table}")
+        row = self._with_run_columns(row)
         # Checked per row so a bad value is blamed on the call that made it, not on a later flush.
         check_row(table, row)
         self._write(table, row)
+
+    def _with_run_columns(self, row: dict[str, Any]) -> dict[str, Any]:
+        """`row` with `run_id` and `time` filled where null, so the loop's rows need not carry them."""
+        if all(row.get(name) is not None for name in RUN_COLUMNS):
+            return row
+        row = dict(row)  # the same dict goes to the run's other observers
+        if row.get("run_id") is None:
+            row["run_id"] = self.info.run_id if self.info is not None else self._run_id
+        if row.get("time") is None:
+            wall = row.get("wall_time")
+            # A bad wall_time is left for check_row to name; the row must not fail here first.
+            usable = isinstance(wall, numbers.Real) and not isinstance(wall, bool) and math.isfinite(wall)
+            row["time"] = _utc(wall if usable else self._wall_clock())
+        return row
 
     def _write(self, table: str, row: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -152,8 +182,8 @@ class _Observer:
 class _TableWriter:
     """One table's buffer and open part."""
 
-    def __init__(self, name: str, folder: Path, clock: Callable[[], float]) -> None:
-        self.name, self.folder, self.clock = name, folder, clock
+    def __init__(self, name: str, folder: Path, inflight: Path, clock: Callable[[], float]) -> None:
+        self.name, self.folder, self.inflight, self.clock = name, folder, inflight, clock
         self.schema = TABLES[name]
         self.cols: dict[str, list[Any]] = {n: [] for n in self.schema.names}
         self.buffered = 0
@@ -162,8 +192,11 @@ class _TableWriter:
         self.part_rows = 0       # rows of the open part, buffered ones included
         self.part_since = 0.0    # clock time of the open part's first row
         folder.mkdir(parents=True, exist_ok=True)
-        # Skip past leftover temp parts as well, so an un-recovered crash can never be overwritten.
-        used = [int(m.group(1)) for p in folder.iterdir() if (m := _PART.match(p.name) or _TMP_PART.match(p.name))]
+        inflight.mkdir(parents=True, exist_ok=True)
+        # Skip past leftover temp parts as well (and those of versions that wrote them in the table folder), so an
+        # un-recovered crash can never be overwritten.
+        used = [int(m.group(1)) for p in [*folder.iterdir(), *inflight.iterdir()]
+                if (m := _PART.match(p.name) or _TMP_PART.match(p.name))]
         self.next_part = max(used, default=-1) + 1
         self.part = -1
 
@@ -196,7 +229,7 @@ class _TableWriter:
             raise ValueError(f"{self.name}: cannot build a batch of {self.buffered} rows: {e}") from e
         if self.writer is None:
             self.part, self.next_part = self.next_part, self.next_part + 1
-            self.writer = pq.ParquetWriter(self.folder / _tmp_name(self.part), self.schema, write_page_checksum=True)
+            self.writer = pq.ParquetWriter(self.inflight / _tmp_name(self.part), self.schema, write_page_checksum=True)
         self.writer.write_batch(batch)
         for values in self.cols.values():
             values.clear()
@@ -207,7 +240,7 @@ class _TableWriter:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-            _publish(self.folder / _tmp_name(self.part), self.folder / _part_name(self.part))
+            _publish(self.inflight / _tmp_name(self.part), self.folder / _part_name(self.part))
         self.part_rows = 0
 
 
@@ -223,14 +256,15 @@ class ParquetSink(_Observer):
     flush_seconds = 1.0
 
     def __init__(self, run_dir: str | os.PathLike[str], rows_per_part: int = 10_000, seconds_per_part: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__()
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+        super().__init__(Path(run_dir).name, wall_clock)  # a run's id is its directory's name
         if rows_per_part < 1 or seconds_per_part <= 0:
             raise ValueError(f"rows_per_part must be >= 1 and seconds_per_part > 0, got {rows_per_part}, "
                              f"{seconds_per_part}")
         self.run_dir = Path(run_dir)
         self.rows_per_part, self.seconds_per_part = rows_per_part, seconds_per_part
-        self._tables = {name: _TableWriter(name, self.run_dir / name, clock) for name in TABLES}
+        self._tables = {name: _TableWriter(name, self.run_dir / name, self.run_dir / INFLIGHT / name, clock)
+                        for name in TABLES}
 
     def _write(self, table: str, row: dict[str, Any]) -> None:
         self._tables[table].append(row)
@@ -271,8 +305,8 @@ class ParquetSink(_Observer):
 class MemorySink(_Observer):
     """RunObserver that keeps rows in lists per table, with every column present (for tests)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, run_id: str = "memory", wall_clock: Callable[[], float] = time.time) -> None:
+        super().__init__(run_id, wall_clock)
         self.rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES}
 
     def _write(self, table: str, row: dict[str, Any]) -> None:
@@ -399,9 +433,10 @@ def _footer(path: Path) -> tuple[int | None, int | None, int | None]:
 def recover(run_dir: str | os.PathLike[str], last_step: int, parts: list[PartInfo] | None = None) -> dict[str, int]:
     """Make the tables agree with a checkpoint at `last_step`, before a resumed run opens its sink.
 
-    Deletes leftover temp parts (their rows all follow the last checkpoint, since the loop rolls before each one),
-    removes rows with `step > last_step` from closed parts (atomic rewrite; a part left empty is deleted), and moves
-    parts that cannot be read to `run_dir/quarantine/` with a logged warning. `parts`: a `scan_parts` of the
+    Deletes leftover temp parts in `.inflight` and, from older versions, in the table folders (their rows all
+    follow the last checkpoint, since the loop rolls before each one), removes rows with `step > last_step` from
+    closed parts (atomic rewrite; a part left empty is deleted), and moves parts that cannot be read to
+    `run_dir/quarantine/` with a logged warning. `parts`: a `scan_parts` of the
     directory made just before (the runner's, which chose the checkpoint from it), else one is made here. Returns
     rows removed per table; rows of deleted temp parts are not counted (an unclosed part has no footer to count
     them from).
@@ -410,10 +445,11 @@ def recover(run_dir: str | os.PathLike[str], last_step: int, parts: list[PartInf
     parts = scan_parts(root) if parts is None else parts
     removed: dict[str, int] = {table: 0 for table in TABLES}
     for table in TABLES:
-        if (root / table).is_dir():
-            for path in (root / table).iterdir():
-                if _TMP_PART.match(path.name):
-                    path.unlink()
+        for folder in (root / table, root / INFLIGHT / table):
+            if folder.is_dir():
+                for path in folder.iterdir():
+                    if _TMP_PART.match(path.name):
+                        path.unlink()
     for part in parts:
         if part.problem is not None:
             quarantine(root, part.path, f"{part.table}-{part.path.name}", part.problem)
@@ -427,8 +463,9 @@ def recover(run_dir: str | os.PathLike[str], last_step: int, parts: list[PartInf
         data = _read_part(part.path)
         keep = pc.less_equal(data["step"], last_step)
         removed[part.table] += data.num_rows - (pc.sum(keep).as_py() or 0)
-        # Same temp name as the sink's: a crash mid-rewrite leaves a .tmp the next recover() deletes.
-        tmp = part.path.parent / _tmp_name(part.number)
+        # Same temp name and place as the sink's: a crash mid-rewrite leaves a .tmp the next recover() deletes.
+        tmp = root / INFLIGHT / part.table / _tmp_name(part.number)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(data.filter(keep), tmp, write_page_checksum=True)
         _publish(tmp, part.path)
     return removed

@@ -4,7 +4,8 @@ Run directory (DESIGN.md 7):
 
     RUN_DIR/config.yaml      the resolved config (what `--resume` reads back)
     RUN_DIR/run.json         the RunInfo: stream, model and weights id, adapter, device, ...
-    RUN_DIR/steps|probes|events/part-*.parquet   metrics, closed parts only (readable while running)
+    RUN_DIR/<table>/part-*.parquet   metrics, closed parts only (any reader opens them while running)
+    RUN_DIR/.inflight/<table>/       the open parts, moved into <table>/ whole when closed
     RUN_DIR/checkpoint.pt    driver, adapter and probe state at the last checkpoint (and checkpoint.previous.pt)
     RUN_DIR/driver.log       the driver's log
     RUN_DIR/.lock            flock'd by the one process running the directory

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from stream_monitor.bench import OUTCOME_FILE, PROGRESS_FILE, job_entrypoint, live_rows, plan, run_local
+from stream_monitor.bench import (OUTCOME_FILE, PROGRESS_FILE, SUMMARY_COLUMNS, job_entrypoint, live_rows, plan,
+                                  run_local, write_summary)
 
 SMALL = ["runtime.max_images=640", "probe.every=4", "probe.size=128", "runtime.threads=1",
          "runtime.checkpoint_every=4"]
@@ -56,3 +57,21 @@ def test_bench_cli_refuses_an_unknown_adapter_before_running(tmp_path):
     result = CliRunner().invoke(app, ["bench", "--adapters", "tnet", "--out", str(tmp_path / "b"), "--no-ray"])
     assert result.exit_code == 2 and "tent" in result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_summary_parquet_has_one_schema_whatever_the_runs_reached(tmp_path):
+    """A bench whose runs all stopped early (every number null) still writes typed columns that union with a
+    finished bench's summary."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    early = {"adapter": "tent", "stream": "s", "run_dir": "out/tent-s", "status": "failed", "error": "boom"}
+    done = {**early, "status": "finished", "error": None, "attempts": 1, "images": 640, "true_online_acc": 51.5,
+            "est_online_acc": 50.0, "online_acc_mae": 1.5, "warnings": 0, "resets": 2, "img_per_s": 99.5}
+    for name, row in (("a", early), ("b", done)):
+        (tmp_path / name).mkdir()
+        write_summary([row], tmp_path / name)
+    table = ds.dataset([tmp_path / "a" / "summary.parquet", tmp_path / "b" / "summary.parquet"]).to_table()
+    assert table.column_names == list(SUMMARY_COLUMNS) and not any(pa.types.is_null(t) for t in table.schema.types)
+    assert table["images"].to_pylist() == [None, 640] and table.schema.field("true_online_acc").metadata == {
+        b"unit": b"percent"}

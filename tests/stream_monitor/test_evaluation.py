@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import asdict
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +26,9 @@ def write(run_dir, name, schema, rows):
         (run_dir / "run.json").write_text(json.dumps({"format": FORMAT, **asdict(info)}))
         (run_dir / CONTEXT_FILE).write_text(json.dumps(EstimationContext().to_dict()))
     (run_dir / name).mkdir(parents=True, exist_ok=True)
-    full = [{**empty_row(schema), **r} for r in rows]
+    # run_id and time are what the sink adds to every row
+    full = [{**empty_row(schema), **r, "run_id": "r",
+             "time": datetime.fromtimestamp(r.get("wall_time", 0.0), tz=timezone.utc)} for r in rows]
     pq.write_table(pa.Table.from_pylist(full, schema=schema), run_dir / name / "part-00000.parquet")
 
 

@@ -25,7 +25,7 @@ from stream_monitor.calibration import Calibration
 from stream_monitor.config import load_config
 from stream_monitor.estimation.pipeline import HEADLINE_ORDER
 from stream_monitor.estimation.window import scale
-from stream_monitor.metrics.sink import read_table
+from stream_monitor.metrics.sink import INFLIGHT, read_table
 from stream_monitor.runtime import runner, start
 from stream_monitor.runtime.checkpoint import PREVIOUS, load_checkpoint
 from stream_monitor.runtime.local import LocalExecutor
@@ -42,7 +42,7 @@ N = BATCH * STEPS
 BASE = ["runtime.use_ray=false", "adapter.name=tent", f"probe.every={EVERY}", f"probe.cycle={CYCLE}",
         "probe.size=64", "runtime.checkpoint_every=10", "runtime.threads=1", f"source.batch_size={BATCH}",
         f"estimation.frozen_calibration={CALIBRATION}"]
-TIMING = ["wall_time", "step_ms", "probe_ms"]
+TIMING = ["wall_time", "step_ms", "probe_ms", "time", "run_id"]  # differ between two runs of one stream
 RUN_EVENTS = ("start", "resume", "stop", "error", "repair")  # the invocations' own; the rest follow the steps
 
 
@@ -201,7 +201,7 @@ def test_events_and_checkpoint(baseline):
     checkpoint = load_checkpoint(run_dir)
     assert (checkpoint.state.step, checkpoint.state.position) == (STEPS, N)
     assert checkpoint.adapter["num_steps"] == STEPS and checkpoint.probe["cycle"] == 2
-    assert not list(run_dir.glob("*/.part-*.tmp"))
+    assert not list(run_dir.rglob(".part-*.tmp"))
 
 
 def test_labels_never_reach_adapter_or_probe(baseline):
@@ -299,10 +299,11 @@ def test_resume_after_a_crash_drops_rows_past_the_checkpoint(baseline, tmp_path,
     assert max(read_table(run_dir, "steps")["step"].to_pylist()) == 20
     assert max(read_table(run_dir, "probes")["step"].to_pylist()) == 20
     for table in ("steps", "probes", "events"):
-        (run_dir / table / ".part-00099.parquet.tmp").write_bytes(b"PAR1 half a part")
+        (run_dir / INFLIGHT / table / ".part-00099.parquet.tmp").write_bytes(b"PAR1 half a part")
+        (run_dir / table / ".part-00098.parquet.tmp").write_bytes(b"PAR1 an older version's open part")
     monkeypatch.setattr(runner, "save_checkpoint", save)
     assert run(prepare_resume(run_dir, [f"runtime.max_images={N}"]), run_dir, resume=True).status == "finished"
-    assert not list(run_dir.glob("*/.part-*.tmp"))
+    assert not list(run_dir.rglob(".part-*.tmp"))
     assert_same_run(run_dir, baseline[1])
 
 
@@ -322,7 +323,7 @@ def test_a_failing_worker_fails_the_run_which_resumes(baseline, tmp_path, monkey
     assert outcome.state.step == 33
     events = read_table(run_dir, "events").to_pylist()
     assert events[-1]["kind"] == "error" and "device lost" in events[-1]["message"]
-    assert not list(run_dir.glob("*/.part-*.tmp"))  # the sink closed its parts
+    assert not list(run_dir.rglob(".part-*.tmp"))  # the sink closed its parts
     assert read_table(run_dir, "steps")["step"].to_pylist() == list(range(1, 34))
     assert load_checkpoint(run_dir).state.step == 30  # a checkpoint at a cycle start
     monkeypatch.setattr(AdapterWorker, "step", step)

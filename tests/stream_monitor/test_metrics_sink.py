@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, TABLES
-from stream_monitor.metrics.sink import MemorySink, ParquetSink, read_table, recover, scan_parts
+from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, RUN_COLUMNS, STEP_SCHEMA, TABLES
+from stream_monitor.metrics.sink import INFLIGHT, MemorySink, ParquetSink, read_table, recover, scan_parts
 
 
 class FakeClock:
@@ -42,7 +43,9 @@ def parts(run_dir, table: str = "steps") -> list[str]:
 
 
 def hidden(run_dir, table: str = "steps") -> list[str]:
-    return sorted(p.name for p in (run_dir / table).glob(".part-*.tmp"))
+    """Open parts: in `.inflight`, never in the table folder that readers scan."""
+    assert not list((run_dir / table).glob(".*"))
+    return sorted(p.name for p in (run_dir / INFLIGHT / table).glob(".part-*.tmp"))
 
 
 def steps_of(run_dir) -> list[int]:
@@ -55,7 +58,8 @@ def test_round_trip_matches_rows_and_declared_schema(tmp_path):
             "estimates": [{"step": s, "position": 64 * s, "cycle": 0, "cycle_step": s, "estimator": "atc-mc",
                            "feed": "served", "target": "online", "value": 50.0 + s, "extrapolated": False, "window_start": 0,
                            "window_stop": 64 * s} for s in range(2)]}
-    memory, sink = MemorySink(), ParquetSink(tmp_path)
+    wall = lambda: 1_700_000_000.5  # noqa: E731  (estimates have no wall_time: the sink stamps them)
+    memory, sink = MemorySink(run_id=tmp_path.name, wall_clock=wall), ParquetSink(tmp_path, wall_clock=wall)
     for observer in (memory, sink):
         for row in rows["steps"]:
             observer.on_step(row)
@@ -71,7 +75,12 @@ def test_round_trip_matches_rows_and_declared_schema(tmp_path):
         assert table.schema.equals(schema, check_metadata=True)
         assert table.equals(memory.to_table(name))
         # the float values are exact in float32, so the comparison can be exact
-        assert table.to_pylist() == [{col: row.get(col) for col in schema.names} for row in rows[name]]
+        given = [c for c in schema.names if c not in RUN_COLUMNS]
+        assert table.select(given).to_pylist() == [{col: row.get(col) for col in given} for row in rows[name]]
+        assert set(table["run_id"].to_pylist()) == {tmp_path.name}
+        # time is wall_time as a UTC timestamp; estimates (no wall_time) take the sink's wall clock
+        walls = [row.get("wall_time", wall()) for row in rows[name]]
+        assert table["time"].to_pylist() == [datetime.fromtimestamp(w, tz=timezone.utc) for w in walls]
     got = read_table(tmp_path, "steps").to_pylist()
     assert got[5]["noise_a"] is None and got[5]["correct"] == 40 and got[0]["loss"] is None
     assert got[0]["update_skipped"] is True and got[1]["update_skipped"] is False
@@ -318,3 +327,63 @@ def test_memory_sink_keeps_rows_and_run_info(tmp_path):
     assert sink.info is info and sink.rows["steps"][0]["loss"] is None
     assert sink.to_table("probes").schema.equals(PROBE_SCHEMA, check_metadata=True)
     assert sink.to_table("events").num_rows == 0 and isinstance(sink.to_table("steps"), pa.Table)
+
+
+def estimate_row(step: int) -> dict:
+    return dict(step=step, position=64 * step, cycle=0, cycle_step=step, estimator="atc-mc", feed="served",
+                target="online", value=50.0 + step, features=[0.5, 1.5])
+
+
+def test_every_common_reader_opens_the_tables_while_a_part_is_open(tmp_path):
+    """Closed parts plus an open one (rows written, footer not): each reader sees exactly the closed rows."""
+    pd = pytest.importorskip("pandas")
+    pl = pytest.importorskip("polars")
+    duckdb = pytest.importorskip("duckdb")
+    run_dir = tmp_path / "run-1"
+    sink = ParquetSink(run_dir, wall_clock=lambda: 1.7e9)
+    sink.flush_rows = 1  # the open part has data on disk, not just in the buffer
+    writes = {"steps": (sink.on_step, step_row), "probes": (sink.on_probe, probe_row),
+              "events": (sink.on_event, event_row), "estimates": (sink.on_estimate, estimate_row)}
+    for step in range(4):
+        for write, row in writes.values():
+            write(row(step))
+        if step in (0, 1):
+            sink.roll()  # parts 0 and 1 closed; steps 2 and 3 stay in the open part 2
+    for table, schema in TABLES.items():
+        folder = run_dir / table
+        assert hidden(run_dir, table) == [".part-00002.parquet.tmp"]
+        closed = ds.dataset(folder, format="parquet").to_table()
+        assert sorted(closed["step"].to_pylist()) == [0, 1]
+        assert closed.schema.equals(schema, check_metadata=True)  # units and table metadata travel with the files
+        assert set(closed["run_id"].to_pylist()) == {"run-1"}
+        assert closed["time"].type == pa.timestamp("us", tz="UTC")
+        walls = [1e9 + s if table != "estimates" else 1.7e9 for s in closed["step"].to_pylist()]
+        assert closed["time"].to_pylist() == [datetime.fromtimestamp(w, tz=timezone.utc) for w in walls]
+        assert sorted(pd.read_parquet(folder)["step"]) == [0, 1]
+        assert sorted(duckdb.sql(f"SELECT step FROM read_parquet('{folder}/*.parquet')").fetchall()) == [(0,), (1,)]
+        for source in (folder, f"{folder}/*.parquet"):
+            frame = pl.scan_parquet(source).select("step", "run_id", "time").collect()
+            assert sorted(frame["step"].to_list()) == [0, 1] and set(frame["run_id"]) == {"run-1"}
+    units = {f.name: f.metadata[b"unit"].decode() for f in pq.read_schema(run_dir / "steps" / "part-00000.parquet")
+             if f.metadata and b"unit" in f.metadata}
+    assert units["step_ms"] == "ms" and units["images"] == "images" and units["wall_time"] == "seconds"
+    assert pq.read_schema(run_dir / "probes" / "part-00000.parquet").field("true_online_acc").metadata == {
+        b"unit": b"percent"}
+    sink.close()
+    assert not list((run_dir / INFLIGHT).rglob("*.tmp"))
+    assert sorted(pl.scan_parquet(run_dir / "steps").collect()["step"].to_list()) == [0, 1, 2, 3]
+
+
+def test_recover_clears_the_inflight_parts_and_those_of_older_versions(tmp_path):
+    sink = ParquetSink(tmp_path)
+    sink.flush_rows = 1
+    sink.on_step(step_row(1))
+    sink.roll()
+    sink.on_step(step_row(2))  # open, then the process dies
+    (tmp_path / "steps" / ".part-00007.parquet.tmp").write_bytes(b"PAR1 an older version's open part")
+    recover(tmp_path, last_step=1)
+    assert not list((tmp_path / INFLIGHT).rglob("*.tmp"))
+    assert not list((tmp_path / "steps").glob(".*")) and steps_of(tmp_path) == [1]
+    with ParquetSink(tmp_path) as resumed:
+        resumed.on_step(step_row(2))
+    assert parts(tmp_path) == ["part-00000.parquet", "part-00001.parquet"] and steps_of(tmp_path) == [1, 2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def _write(run_dir: Path, table: str, rows: list[dict[str, Any]], part: int = 0,
     schema = {"steps": STEP_SCHEMA, "probes": PROBE_SCHEMA, "events": EVENT_SCHEMA}[table]
     folder = run_dir / table
     folder.mkdir(parents=True, exist_ok=True)
+    rows = [{**r, "run_id": "r", "time": datetime.fromtimestamp(r["wall_time"], tz=timezone.utc)} for r in rows]
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / (name or f"part-{part:05d}.parquet"))
 
 

@@ -26,7 +26,7 @@ BASE = ["runtime.use_ray=false", "adapter.name=tent", f"probe.every={EVERY}", f"
         "estimation.duo_model=embedded-small", "estimation.aetta_every=2", "evaluator.frozen_every=1",
         "dashboard.enabled=false"]
 DOMAINS = ("clean", "speckle_noise:3", "gaussian_blur:4", "spatter:5", "saturate:5")
-TIMING = ("wall_time", "step_ms", "probe_ms")
+TIMING = ("wall_time", "step_ms", "probe_ms", "time", "run_id")  # differ between two runs of one stream
 
 
 #: The two golden runs: the calibration serves both feeds (the served feed calibrated on the
