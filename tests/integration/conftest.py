@@ -5,6 +5,8 @@ import os
 import pytest
 import ray  # a hard dependency: a broken install fails these tests rather than skipping them
 
+from stream_monitor.metrics.schema import RUN_COLUMNS
+
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -19,7 +21,8 @@ def ray_local():
     ray.shutdown()
 
 
-TIMING = {"wall_time", "step_ms", "probe_ms"}
+# when a row was written and by which run directory: never equal between two runs of one stream
+TIMING = {"wall_time", "step_ms", "probe_ms", *RUN_COLUMNS}
 
 
 @pytest.fixture(scope="session")

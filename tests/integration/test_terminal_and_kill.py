@@ -12,6 +12,7 @@ import time
 import pytest
 
 from stream_monitor.config import load_config
+from stream_monitor.metrics.schema import RUN_COLUMNS
 from stream_monitor.metrics.sink import read_table
 from stream_monitor.runtime.runner import run
 
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.timeout(300)
 CLI = [sys.executable, "-m", "stream_monitor", "run", "--no-ray"]
 SMALL = ["--set", "probe.every=4", "--set", "probe.size=128", "--set", "runtime.checkpoint_every=8",
          "--set", "runtime.threads=1", "--set", "source.batch_size=32"]
-TIMING = {"wall_time", "step_ms", "probe_ms"}
+# when a row was written and by which run directory: never equal between two runs of one stream
+TIMING = {"wall_time", "step_ms", "probe_ms", *RUN_COLUMNS}
 
 
 def env():
