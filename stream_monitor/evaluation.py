@@ -25,7 +25,7 @@ import numpy as np
 from .calibration.format import Calibration
 from .calibration.resolve import resolve_context
 from .estimation.detectors import DetectorSetup, build_detectors, transitions
-from .estimation.pipeline import EstimationPipeline, WindowEstimate, derive
+from .estimation.pipeline import SPREAD_FLIPS, WEIGHTED_FLIPS, EstimationPipeline, WindowEstimate, derive
 from .estimation.readings import Feed, Reading, Target
 from .rundir import RunDirectory
 
@@ -95,7 +95,7 @@ def replay(run_dir: Path, calibration: Calibration | None = None,
                                   dropout=config.estimation.aetta_every > 0)
     out = []
     for p in probes:
-        window = [r for r in recorded.get(p["step"], []) if r.feed != Feed.SERVED or r.target != Target.SOURCE]
+        window = [r for r in recorded.get(p["step"], []) if r.estimator not in (WEIGHTED_FLIPS, SPREAD_FLIPS)]
         flips = pipeline.flips_readings(p["cycle_step"], p["weighted_flips"], p["probe_size"],
                                         p["spread_weighted_flips"], p["spread_size"])
         out.append((p, derive(flips + pipeline.reread(window), context)))

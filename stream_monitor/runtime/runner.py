@@ -112,8 +112,10 @@ def _run(config: RunConfig, run_dir: Path, reporter: RunObserver | None, resume:
     try:  # a calibration for another model or adapter fails here, before any row is written
         check_sidekick(config, description)
         # a resumed run reads what it started with, even if a shipped calibration changed since
-        recorded = RunDirectory(run_dir).context if resume and (run_dir / CONTEXT_FILE).is_file() else None
-        context = recorded() if recorded else resolve_context(config, description.provenance(config))
+        if resume and (run_dir / CONTEXT_FILE).is_file():
+            context = RunDirectory(run_dir).context()
+        else:
+            context = resolve_context(config, description.provenance(config))
     except BaseException:
         workers.shutdown()
         raise
