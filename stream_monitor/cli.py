@@ -131,8 +131,8 @@ def run(
 
 def _validate(cfg) -> None:
     """Fail on names and files before any actor starts."""
-    from adapters import ADAPTERS
-    from sources.factory import check_source
+    from stream_monitor.adapters import ADAPTERS
+    from stream_monitor.sources.factory import check_source
 
     from .adaptation import PRECISIONS
     from .models import model_names
@@ -250,8 +250,8 @@ def calibrate(
     from .config import ConfigError, load_config
     from .models import WeightsError
 
-    from sources.ccc import CCCSpec
-    from sources.heldout import parse_domain
+    from stream_monitor.sources.ccc import CCCSpec
+    from stream_monitor.sources.heldout import parse_domain
 
     try:
         if merge:
@@ -482,9 +482,9 @@ def report(
 @app.command("list")
 def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHAT)}.")] = "sources") -> None:
     """List sources, adapters, estimators, collapse detectors, CCC streams, corruptions or models."""
-    from sources.ccc import NOISE_POOLS, all_stream_names
-    from sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS
-    from sources.factory import SOURCE_KINDS
+    from stream_monitor.sources.ccc import NOISE_POOLS, all_stream_names
+    from stream_monitor.sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS
+    from stream_monitor.sources.factory import SOURCE_KINDS
 
     from .models import model_names
     from .registry import unknown_name_message
@@ -502,7 +502,7 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
         for name in HELD_OUT_CORRUPTIONS:
             console.print(f"{name:<16} held-out (calibration only)")
     elif what == "adapters":
-        from adapters import ADAPTERS
+        from stream_monitor.adapters import ADAPTERS
 
         for info in ADAPTERS.infos():
             console.print(f"{info.name:<10} {info.description}", highlight=False)
@@ -530,9 +530,9 @@ def generate(
     max_images: Annotated[Optional[int], typer.Option(help="Stop early (default: the whole stream).")] = None,
 ) -> None:
     """Generate CCC webdataset shards locally from ImageNet val (resumable)."""
-    from sources.ccc import CCCSpec, CCCWalk
-    from sources.ccc_pickle import load_ccc_pickle, load_matrices_npz
-    from sources.generate import generate_ccc_from_imagefolder
+    from stream_monitor.sources.ccc import CCCSpec, CCCWalk
+    from stream_monitor.sources.ccc_pickle import load_ccc_pickle, load_matrices_npz
+    from stream_monitor.sources.generate import generate_ccc_from_imagefolder
 
     try:
         spec = CCCSpec.parse(stream)
@@ -563,7 +563,7 @@ def train_embedded(
 @app.command()
 def matrix(images: Annotated[int, typer.Option(help="Calibration images per grid cell.")] = 64) -> None:
     """Compute (and cache) the embedded model's CCC accuracy matrix."""
-    from sources.accuracy_matrix import embedded_matrices
+    from stream_monitor.sources.accuracy_matrix import embedded_matrices
 
     from .models import load_model
 

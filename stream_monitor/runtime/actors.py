@@ -21,7 +21,7 @@ from typing import Any
 import ray
 from ray.exceptions import AuthenticationError, RayActorError, RayError, RayTaskError
 
-from adapters import ADAPTERS
+from stream_monitor.adapters import ADAPTERS
 
 from ..config import RunConfig
 from .messages import WorkersDescription

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from sources.factory import DEFAULT_STREAM
+from stream_monitor.sources.factory import DEFAULT_STREAM
 
 from ..calibration.resolve import resolve_context
 from ..config import RunConfig, dump_config

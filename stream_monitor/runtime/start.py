@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters import ADAPTERS
+from stream_monitor.adapters import ADAPTERS
 
 from ..config import RunConfig
 from .checkpoint import Checkpoint

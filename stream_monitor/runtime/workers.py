@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapters.base import StepStats, use_batch_statistics
-from sources.factory import open_source
+from stream_monitor.adapters.base import StepStats, use_batch_statistics
+from stream_monitor.sources.factory import open_source
 
 from ..adaptation import make_adapter
 from ..config import RunConfig

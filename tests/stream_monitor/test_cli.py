@@ -109,7 +109,7 @@ def test_resume_of_a_folder_that_is_no_run_says_what_to_pass(tmp_path):
 
 
 def test_list_adapters_shows_the_registry_descriptions():
-    from adapters import ADAPTERS
+    from stream_monitor.adapters import ADAPTERS
 
     result = runner.invoke(app, ["list", "adapters"])
     shown = " ".join(result.output.split())  # rich wraps long lines
@@ -119,7 +119,7 @@ def test_list_adapters_shows_the_registry_descriptions():
 
 
 def test_the_adapter_help_names_every_registered_adapter():
-    from adapters import ADAPTERS
+    from stream_monitor.adapters import ADAPTERS
 
     assert sorted(ADAPTER_NAMES) == ADAPTERS.names()
     assert all(name in ADAPTER_HELP for name in ADAPTERS.names())
