@@ -51,7 +51,7 @@ def test_short_run_on_the_embedded_default(tmp_path):
     assert "embedded glyphs (not ImageNet)" in result.output
     assert "online accuracy" in result.output and "img/s" in result.output
     assert "embedded_resnet20" in result.output and "Summary (finished)" in result.output
-    assert "probe step 2 at 128" in result.output  # the reference set (64 images) is full after step 1
+    assert "probe step 2 at 128, window" in result.output  # the reference set (64 images) is full after step 1
     run_dir = next((tmp_path / "runs").iterdir())
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "run.json", "steps", "probes", "events",
                                                    "checkpoint.pt"}
