@@ -400,7 +400,7 @@ class EventsPanel:
             return
         for event in events:
             style = EVENT_STYLES.get(event.kind, "")
-            yield _line((_clock(event.wall_time), "dim"), f" {event.step:>7,} ", (f"{event.kind:<10}", style),
+            yield _line((_clock(event.wall_time), "dim"), f" {event.step:>7,} ", (f"{event.kind:<11}", style),
                         (event.origin, "bold"), ": ", event.message)
 
 
