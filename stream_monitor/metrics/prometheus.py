@@ -122,11 +122,16 @@ class MetricLabels:
 
 
 class MetricsExporter(Protocol):
-    """Where metric updates go. Gauges are set; counters grow by `amount` >= 0 (0 creates the series)."""
+    """Where metric updates go. Gauges are set; counters grow by `amount` >= 0 (0 creates the series).
+    `refresh(now)` is called with every step's wall time, for exporters whose gauges need re-recording."""
 
     def set(self, family: MetricFamily, labels: MetricLabels, value: float) -> None: ...
 
     def inc(self, family: MetricFamily, labels: MetricLabels, amount: float) -> None: ...
+
+    def refresh(self, now: float) -> None: ...
+
+    def release(self, labels: MetricLabels) -> None: ...
 
 
 class PrometheusClientExporter:
@@ -145,19 +150,46 @@ class PrometheusClientExporter:
     def inc(self, family: MetricFamily, labels: MetricLabels, amount: float) -> None:
         self._metrics[family.name].labels(**labels.as_dict()).inc(amount)
 
+    def refresh(self, now: float) -> None:
+        """Nothing to do: the registry keeps every value until it changes."""
+
+    def release(self, labels: MetricLabels) -> None:
+        """Keep the ended run's last values: the endpoint is scraped after a short run ends, too."""
+
 
 class RayExporter:
     """The families as `ray.util.metrics`, recorded in this process (a Ray driver or a task's worker)
-    and exported by the node's Ray metrics agent. One instance per process: Ray keys metrics by name."""
+    and exported by the node's Ray metrics agent. One instance per process: Ray keys metrics by name.
 
-    def __init__(self) -> None:
+    Ray exports a gauge value once and its agent drops it two report intervals later (Ray 2.60,
+    `ray/_private/telemetry/open_telemetry_metric_recorder.py`, gauge TTL), so a gauge set once (the
+    warnings at 0, an estimate between probes) would vanish: `refresh` records every gauge's last
+    value again at most every `refresh_s` seconds.
+    """
+
+    def __init__(self, refresh_s: float = 2.0) -> None:
         from ray.util.metrics import Counter, Gauge
 
         kinds = {MetricKind.COUNTER: Counter, MetricKind.GAUGE: Gauge}
         self._metrics = {f.name: kinds[f.kind](f.name, description=f.help, tag_keys=LABELS) for f in FAMILIES}
+        self._gauges: dict[tuple[str, MetricLabels], float] = {}
+        self.refresh_s = refresh_s
+        self._refreshed = -math.inf
 
     def set(self, family: MetricFamily, labels: MetricLabels, value: float) -> None:
+        self._gauges[(family.name, labels)] = value
         self._metrics[family.name].set(value, tags=labels.as_dict())
+
+    def refresh(self, now: float) -> None:
+        if now - self._refreshed < self.refresh_s:
+            return
+        self._refreshed = now
+        for (name, labels), value in self._gauges.items():
+            self._metrics[name].set(value, tags=labels.as_dict())
+
+    def release(self, labels: MetricLabels) -> None:
+        """Stop recording an ended run's gauges (the next run of a bench task's process keeps refreshing)."""
+        self._gauges = {key: value for key, value in self._gauges.items() if key[1] != labels}
 
     def inc(self, family: MetricFamily, labels: MetricLabels, amount: float) -> None:
         if amount > 0:  # Ray's Counter refuses 0: its series appears with the first image
@@ -199,6 +231,8 @@ class MetricsObserver:
                 self._set(family, 0.0 if family in (RATE, WARNINGS) else math.nan)
 
     def on_step(self, row: dict[str, Any]) -> None:
+        for exporter in self.exporters:
+            exporter.refresh(row["wall_time"])
         self._inc(IMAGES, row["images"])
         if row.get("skipped"):
             self._inc(SKIPPED, row["skipped"])
@@ -232,7 +266,9 @@ class MetricsObserver:
         self._set(WARNINGS, len(self._active))
 
     def close(self) -> None:
-        """The series stay at their last values: the endpoint outlives a run in a bench process."""
+        if self.labels is not None:
+            for exporter in self.exporters:
+                exporter.release(self.labels)
 
 
 class MetricsPortError(RuntimeError):
