@@ -50,7 +50,7 @@ show cat "$RAY_TMP/prom_metrics_service_discovery.json"
 
 say "## 3. A run submitted as a Ray Job: it joins this cluster (RAY_ADDRESS, set by Ray Jobs) and starts no Ray of its own"
 RUNTIME_ENV="{\"env_vars\": {\"PYTHONPATH\": \"$REPO\", \"OMP_WAIT_POLICY\": \"PASSIVE\"}}"
-ENTRYPOINT="python -c 'import stream_monitor, ray; print(\"code:\", stream_monitor.__file__, \"ray:\", ray.__version__)' && stream-monitor run --max-images 6000 --set dashboard.enabled=false --out $DEMO/runs"
+ENTRYPOINT="python -c 'import stream_monitor, ray; print(\"code:\", stream_monitor.__file__, \"ray:\", ray.__version__)' && stream-monitor run --max-images 6000 --set dashboard.enabled=false --set probe.every=20 --set probe.size=256 --out $DEMO/runs"
 say "\$ ray job submit --address http://127.0.0.1:$DASHBOARD_PORT --submission-id metrics-demo-run --runtime-env-json '$RUNTIME_ENV' -- bash -c \"$ENTRYPOINT\""
 ray job submit --address http://127.0.0.1:$DASHBOARD_PORT --submission-id metrics-demo-run \
     --runtime-env-json "$RUNTIME_ENV" -- bash -c "$ENTRYPOINT" > "$DEMO/job_submit.log" 2>&1 &
@@ -70,7 +70,7 @@ grep -v '^\s*$' "$DEMO/job_submit.log" | grep -vE '^(progress|probe|cycle) ' | t
 say ""
 
 say "## 4. A bench of two runs in this process, serving its metrics on 127.0.0.1:$RUN_METRICS_PORT"
-show stream-monitor bench --no-ray --adapters source,rdumb --max-images 2000 --metrics-port $RUN_METRICS_PORT \
+show stream-monitor bench --no-ray --adapters source,rdumb --max-images 2000 --set probe.every=10 --set probe.size=256 --metrics-port $RUN_METRICS_PORT \
     --out "$DEMO/bench" "| tail -12" &
 BENCH_PID=$!
 for _ in $(seq 60); do
