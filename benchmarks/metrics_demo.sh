@@ -33,7 +33,17 @@ say "# stream-monitor metrics demonstration, $(date -u +%Y-%m-%dT%H:%M:%SZ), git
 say "# host: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); Ray $(python -c 'import ray; print(ray.__version__)'); $(prometheus --version 2>&1 | head -1)"
 say ""
 
-say "## 1. Prometheus: the shipped config, with the service-discovery file of this demo's Ray temp dir"
+say "## 1. A local Ray head, loopback only, exporting Ray metrics on $RAY_METRICS_PORT"
+show ray start --head --node-ip-address 127.0.0.1 --port $GCS_PORT --metrics-export-port $RAY_METRICS_PORT \
+    --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port $DASHBOARD_PORT --num-cpus 2 \
+    --dashboard-agent-listen-port $AGENT_PORT --ray-client-server-port $CLIENT_PORT --temp-dir "$RAY_TMP" --disable-usage-stats
+
+for _ in $(seq 30); do  # the head lists its metrics agent once the agent is up
+    grep -q ":$RAY_METRICS_PORT" "$RAY_TMP/prom_metrics_service_discovery.json" 2>/dev/null && break; sleep 2
+done
+show cat "$RAY_TMP/prom_metrics_service_discovery.json"
+
+say "## 2. Prometheus: the shipped config, with the service-discovery file of this demo's Ray temp dir"
 sed "s#/tmp/ray/prom_metrics_service_discovery.json#$RAY_TMP/prom_metrics_service_discovery.json#; s#127.0.0.1:9464#127.0.0.1:$RUN_METRICS_PORT#" \
     configs/prometheus/prometheus.yml > "$DEMO/prometheus.yml"
 prometheus --config.file="$DEMO/prometheus.yml" --web.listen-address=127.0.0.1:$PROM_PORT \
@@ -41,12 +51,6 @@ prometheus --config.file="$DEMO/prometheus.yml" --web.listen-address=127.0.0.1:$
 PROM_PID=$!
 say "prometheus --config.file=$DEMO/prometheus.yml --web.listen-address=127.0.0.1:$PROM_PORT (pid $PROM_PID)"
 say ""
-
-say "## 2. A local Ray head, loopback only, exporting Ray metrics on $RAY_METRICS_PORT"
-show ray start --head --node-ip-address 127.0.0.1 --port $GCS_PORT --metrics-export-port $RAY_METRICS_PORT \
-    --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port $DASHBOARD_PORT --num-cpus 2 \
-    --dashboard-agent-listen-port $AGENT_PORT --ray-client-server-port $CLIENT_PORT --temp-dir "$RAY_TMP" --disable-usage-stats
-show cat "$RAY_TMP/prom_metrics_service_discovery.json"
 
 say "## 3. A run submitted as a Ray Job: it joins this cluster (RAY_ADDRESS, set by Ray Jobs) and starts no Ray of its own"
 RUNTIME_ENV="{\"env_vars\": {\"PYTHONPATH\": \"$REPO\", \"OMP_WAIT_POLICY\": \"PASSIVE\"}}"
@@ -64,6 +68,13 @@ curl -s 127.0.0.1:$RAY_METRICS_PORT/metrics | grep '^ray_stream_monitor' | tee -
 say ""
 say "### The run's actors live on this cluster (named <run directory>/<worker>)"
 show ray list actors --address http://127.0.0.1:$DASHBOARD_PORT
+for _ in $(seq 60); do  # and once the first estimates are in
+    if curl -s 127.0.0.1:$RAY_METRICS_PORT/metrics | grep -q '^ray_stream_monitor_estimated_source_accuracy_ratio'; then break; fi
+    sleep 5
+done
+say "### The same after the first probes"
+curl -s 127.0.0.1:$RAY_METRICS_PORT/metrics | grep '^ray_stream_monitor' | tee -a "$OUT"
+say ""
 wait $JOB_PID
 say "### ray job submit's output (the job's driver output; the summary table)"
 grep -v '^\s*$' "$DEMO/job_submit.log" | grep -vE '^(progress|probe|cycle) ' | tail -40 | tee -a "$OUT"
@@ -90,7 +101,7 @@ show curl -s -G "127.0.0.1:$PROM_PORT/api/v1/series" --data-urlencode "'$QUERY'"
     "| python -c 'import json,sys; [print(s.pop(\"__name__\"), {k: s[k] for k in (\"job\", \"run\", \"adapter\", \"stream\", \"model\")}) for s in json.load(sys.stdin)[\"data\"]]' | sort"
 for metric in ray_stream_monitor_estimated_source_accuracy_ratio stream_monitor_estimated_source_accuracy_ratio \
               ray_stream_monitor_images_total stream_monitor_images_total; do
-    show curl -s -G "127.0.0.1:$PROM_PORT/api/v1/query" --data-urlencode "query=max_over_time($metric[30m])" \
+    show curl -s -G "127.0.0.1:$PROM_PORT/api/v1/query" --data-urlencode "'query=last_over_time($metric[30m])'" \
         "| python -c 'import json,sys; [print(r[\"metric\"].get(\"adapter\"), r[\"metric\"].get(\"run\"), r[\"value\"][1]) for r in json.load(sys.stdin)[\"data\"][\"result\"]]'"
 done
 
