@@ -30,6 +30,7 @@ say() { echo "$@" | tee -a "$OUT"; }
 show() { say "\$ $*"; eval "$@" 2>&1 | tee -a "$OUT"; say ""; }
 
 say "# stream-monitor metrics demonstration, $(date -u +%Y-%m-%dT%H:%M:%SZ), git $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
+say "# command: bash benchmarks/metrics_demo.sh $OUT"
 say "# host: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); Ray $(python -c 'import ray; print(ray.__version__)'); $(prometheus --version 2>&1 | head -1)"
 say ""
 
