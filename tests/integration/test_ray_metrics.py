@@ -1,7 +1,7 @@
 """A run on Ray exports its metrics through the node's Ray metrics agent, as `ray_stream_monitor_*`
 with the run's labels, every gauge there while the run goes on (docs/metrics.md)."""
 
-import time
+import threading
 import urllib.request
 
 import pytest
@@ -14,50 +14,56 @@ from tests.conftest import RAY_START_TIMEOUT_S, RAY_TEST_TIMEOUT_S
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(RAY_TEST_TIMEOUT_S)]
 
-RUN = ["runtime.max_images=3840", "adapter.name=rdumb", "probe.every=4", "probe.size=128", "runtime.threads=1",
+# long enough for Ray to export a probe's estimate (its report interval is 10 s)
+RUN = ["runtime.max_images=6400", "adapter.name=rdumb", "probe.every=4", "probe.size=128", "runtime.threads=1",
        f"runtime.start_timeout_s={RAY_START_TIMEOUT_S}"]
-AGENT_WAIT_S = 90  # Ray's agent exports what the driver reported in its last interval (10 s by default)
+AGENT_WAIT_S = 60  # after the run: what the driver recorded last reaches the agent within one interval
 
 
-class ScrapeAfterFirstProbe:
-    """An observer that, after the run's first probe, reads the node agent's endpoint until this run's
-    estimate is there (the loop waits meanwhile, which only slows this test's run)."""
+class AgentScraper:
+    """An observer that reads the node agent's endpoint every 2 s in a thread while the run goes on, until
+    this run's estimate is there; the samples of this run then are in `samples`."""
 
     def __init__(self) -> None:
-        self.run_id, self.samples = None, None
+        self.run_id, self.samples = None, {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._scrape, daemon=True)
 
     def on_start(self, info):
         self.run_id = info.run_id
+        self._thread.start()
 
-    def on_step(self, row):
-        pass
-
-    def on_probe(self, row):
+    def _scrape(self):
         import ray
 
-        if self.samples is not None or row.get("est_source_acc") is None:
-            return
         port = ray._private.worker.global_worker.node.metrics_export_port
-        deadline = time.monotonic() + AGENT_WAIT_S
-        while time.monotonic() < deadline:
+        while not self._done.wait(2.0):
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
             samples = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples
                        if s.name.startswith("ray_stream_monitor_") and s.labels.get("run") == self.run_id}
             if "ray_stream_monitor_estimated_source_accuracy_ratio" in samples:
                 self.samples = samples
                 return
-            time.sleep(2)
-        self.samples = {}
+
+    def on_step(self, row):
+        pass
+
+    def on_probe(self, row):
+        pass
 
     def on_event(self, row):
         pass
 
     def close(self):
-        pass
+        self._thread.join(timeout=AGENT_WAIT_S)  # a fast run may end before Ray's first export
+        self._done.set()
+        self._thread.join()
+
+
 
 
 def test_a_ray_run_exports_through_rays_metrics_agent(ray_local, tmp_path):
-    scrape = ScrapeAfterFirstProbe()
+    scrape = AgentScraper()
     outcome = run(load_config(None, RUN), tmp_path / "run", extra_observers=[scrape])
     assert outcome.status == "finished"
     assert scrape.samples, "no ray_stream_monitor_* series of this run at the node's metrics agent"
