@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,13 @@ def test_the_scrape_config_reads_a_run_endpoint_and_rays_service_discovery():
     assert jobs["stream-monitor"]["static_configs"][0]["targets"] == ["127.0.0.1:9464"]
     # the file Ray's head writes (ray/_private/metrics_agent.py: PrometheusServiceDiscoveryWriter)
     assert jobs["ray"]["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Prometheus' checker) is not installed")
+def test_promtool_accepts_the_scrape_config():
+    result = subprocess.run(["promtool", "check", "config", str(CONFIGS / "prometheus" / "prometheus.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_parsers_here_find_what_they_should():
