@@ -358,6 +358,11 @@ def bench(
     from .config import ConfigError, load_config
     from .metrics.prometheus import MetricsPortError
 
+    if metrics_port is not None and (address or submit):
+        where = f"--address {address}" if address else f"--submit {submit}"
+        _fail(f"--metrics-port {metrics_port} with {where}: the runs of a bench on a Ray cluster export their "
+              f"metrics through the cluster's Ray metrics agents; start its nodes with `ray start "
+              f"--metrics-export-port PORT` and scrape them (docs/metrics.md), and leave out --metrics-port.")
     if submit:
         try:
             job_id = submit_job(submit, sys.argv[2:] if len(sys.argv) > 2 else [])
@@ -369,10 +374,6 @@ def bench(
     overrides = list(set_ or [])
     if max_images is not None:
         overrides.append(f"runtime.max_images={max_images or None}")
-    if metrics_port is not None and address:
-        _fail(f"--metrics-port {metrics_port} with --address {address}: the runs of a bench on a Ray cluster "
-              f"export their metrics through the cluster's Ray metrics agents; start its nodes with `ray start "
-              f"--metrics-export-port PORT` and scrape them (docs/metrics.md), and leave out --metrics-port.")
     if metrics_port is not None and no_ray:
         overrides.append(f"metrics.port={metrics_port}")
     if cpus_per_run >= 1:

@@ -189,7 +189,16 @@ def test_a_busy_metrics_port_fails_before_the_run_directory_exists(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_bench_on_a_cluster_points_metrics_to_the_clusters_agents(tmp_path):
-    result = runner.invoke(app, ["bench", "--address", "auto", "--metrics-port", "9464", "--out", str(tmp_path)])
+@pytest.mark.parametrize("cluster", [["--address", "auto"], ["--submit", "http://127.0.0.1:8265"]])
+def test_bench_on_a_cluster_points_metrics_to_the_clusters_agents(tmp_path, cluster):
+    result = runner.invoke(app, ["bench", *cluster, "--metrics-port", "9464", "--out", str(tmp_path / "bench")])
     assert result.exit_code == 2
-    assert "ray start --metrics-export-port" in result.output
+    assert "ray start --metrics-export-port" in result.output and "leave out --metrics-port" in result.output
+    assert not (tmp_path / "bench").exists()
+
+
+def test_bench_refuses_a_bad_metrics_port_before_anything_runs(tmp_path):
+    result = runner.invoke(app, ["bench", "--no-ray", "--metrics-port", "70000", "--out", str(tmp_path / "bench")])
+    assert result.exit_code == 2
+    assert "metrics.port must be a TCP port in 1..65535" in result.output
+    assert not (tmp_path / "bench").exists()
