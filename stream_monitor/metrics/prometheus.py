@@ -79,6 +79,12 @@ EST_SOURCE_LOWER = _gauge("stream_monitor_estimated_source_accuracy_lower_ratio"
                           "Lower bound of the source estimate's interval, in [0, 1]", optional=True)
 EST_SOURCE_UPPER = _gauge("stream_monitor_estimated_source_accuracy_upper_ratio",
                           "Upper bound of the source estimate's interval, in [0, 1]", optional=True)
+OUT_OF_SUPPORT_ONLINE = _gauge("stream_monitor_estimated_online_out_of_support",
+                               "1 while the online estimate's window lies outside its calibration's support",
+                               optional=True)
+OUT_OF_SUPPORT_SOURCE = _gauge("stream_monitor_estimated_source_out_of_support",
+                               "1 while the source estimate's window lies outside its calibration's support",
+                               optional=True)
 TRUE_ONLINE = _gauge("stream_monitor_true_online_accuracy_ratio",
                      "Served predictions' accuracy on the probe window from the labels (evaluation runs), in [0, 1]")
 TRUE_SOURCE = _gauge("stream_monitor_true_source_accuracy_ratio",
@@ -86,15 +92,18 @@ TRUE_SOURCE = _gauge("stream_monitor_true_source_accuracy_ratio",
 
 FAMILIES: tuple[MetricFamily, ...] = (IMAGES, SKIPPED, RESETS, RATE, WARNINGS, EST_ONLINE, EST_SOURCE,
                                       EST_ONLINE_LOWER, EST_ONLINE_UPPER, EST_SOURCE_LOWER, EST_SOURCE_UPPER,
-                                      TRUE_ONLINE, TRUE_SOURCE)
+                                      OUT_OF_SUPPORT_ONLINE, OUT_OF_SUPPORT_SOURCE, TRUE_ONLINE, TRUE_SOURCE)
 
-#: The probe row's columns (percent) behind each accuracy gauge. The interval columns are the ones the
-#: headline interval fills (issue 25); a row without them leaves those gauges unexported.
-PROBE_GAUGES: tuple[tuple[str, MetricFamily], ...] = (
-    ("est_online_acc", EST_ONLINE), ("est_source_acc", EST_SOURCE),
-    ("est_online_low", EST_ONLINE_LOWER), ("est_online_high", EST_ONLINE_UPPER),
-    ("est_source_low", EST_SOURCE_LOWER), ("est_source_high", EST_SOURCE_UPPER),
-    ("true_online_acc", TRUE_ONLINE), ("true_source_acc", TRUE_SOURCE),
+#: The probe row's columns behind each gauge, with the factor that takes them to the gauge's unit
+#: (percent to ratio). The interval and support columns are the headlines' (probe schema 6); a row
+#: without them, or with them null (no interval at this window), leaves those gauges unexported.
+PROBE_GAUGES: tuple[tuple[str, MetricFamily, float], ...] = (
+    ("est_online_acc", EST_ONLINE, 0.01), ("est_source_acc", EST_SOURCE, 0.01),
+    ("est_online_lo", EST_ONLINE_LOWER, 0.01), ("est_online_hi", EST_ONLINE_UPPER, 0.01),
+    ("est_source_lo", EST_SOURCE_LOWER, 0.01), ("est_source_hi", EST_SOURCE_UPPER, 0.01),
+    ("est_online_out_of_support", OUT_OF_SUPPORT_ONLINE, 1.0),
+    ("est_source_out_of_support", OUT_OF_SUPPORT_SOURCE, 1.0),
+    ("true_online_acc", TRUE_ONLINE, 0.01), ("true_source_acc", TRUE_SOURCE, 0.01),
 )
 
 
@@ -245,10 +254,10 @@ class MetricsObserver:
             self._set(RATE, sum(images for _, images in list(self._steps)[1:]) / span)
 
     def on_probe(self, row: dict[str, Any]) -> None:
-        for column, family in PROBE_GAUGES:
+        for column, family, factor in PROBE_GAUGES:
             value = row.get(column)
             if value is not None:
-                self._set(family, value / 100.0)
+                self._set(family, float(value) * factor)
             elif not family.optional and column in row:  # not computable at this window: no stale value
                 self._set(family, math.nan)
 

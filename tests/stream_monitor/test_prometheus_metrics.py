@@ -96,6 +96,7 @@ def test_steps_count_images_and_give_the_rate_over_the_window():
 
 
 def test_probe_percentages_become_ratios_and_intervals_appear_when_present():
+    # the interval and support columns are probe schema 6's (est_*_lo, est_*_hi, est_*_out_of_support)
     observer, registry = observed()
     observer.on_probe({"est_online_acc": 61.5, "est_source_acc": 40.0, "true_online_acc": 58.0,
                        "true_source_acc": None})
@@ -104,9 +105,13 @@ def test_probe_percentages_become_ratios_and_intervals_appear_when_present():
     assert value(registry, "stream_monitor_true_online_accuracy_ratio") == pytest.approx(0.58)
     assert math.isnan(value(registry, "stream_monitor_true_source_accuracy_ratio"))
     assert value(registry, exposed_name(EST_ONLINE_LOWER)) is None
-    observer.on_probe({"est_online_acc": 55.0, "est_online_low": 50.0, "est_online_high": 59.0})
+    observer.on_probe({"est_online_acc": 55.0, "est_online_lo": 50.0, "est_online_hi": 59.0,
+                       "est_online_out_of_support": True, "est_source_out_of_support": False})
     assert value(registry, "stream_monitor_estimated_online_accuracy_lower_ratio") == pytest.approx(0.50)
     assert value(registry, "stream_monitor_estimated_online_accuracy_upper_ratio") == pytest.approx(0.59)
+    assert value(registry, "stream_monitor_estimated_online_out_of_support") == 1.0
+    assert value(registry, "stream_monitor_estimated_source_out_of_support") == 0.0
+    assert value(registry, "stream_monitor_estimated_source_accuracy_lower_ratio") is None  # no interval there
     observer.on_probe({"est_online_acc": None})  # not computable on this window: no stale value
     assert math.isnan(value(registry, "stream_monitor_estimated_online_accuracy_ratio"))
 
