@@ -31,4 +31,4 @@ class Workers:
     source_names: list[str]        # the stream workers, used round-robin
     description: WorkersDescription
     shutdown: Callable[[], None]
-    observers: list[RunObserver] = field(default_factory=list)  # e.g. Ray metrics
+    observers: list[RunObserver] = field(default_factory=list)  # what the workers add to the run's observers
