@@ -63,7 +63,10 @@ def _fail(message: str) -> None:
 def run(
     source: Annotated[Optional[str], typer.Option(help="Stream kind: ccc or imagefolder.")] = None,
     stream: Annotated[Optional[str], typer.Option(help="CCC stream name (default CCC-Medium, speed 1000, seed 43).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Official CCC shards (DIR or URL) or an ImageFolder DIR.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Official CCC shards (DIR or URL) or an ImageFolder DIR "
+                                                "(shuffled by source.seed, reshuffled each pass).")] = None,
+    class_map: Annotated[Optional[Path], typer.Option(help="An image folder's classes as the model's: a JSON or YAML "
+                                                      "file of {folder name: model class index}.")] = None,
     model: Annotated[Optional[str], typer.Option(help="`embedded` or a torchvision classifier name.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Weights file (torch state dict).")] = None,
     adapter: Annotated[Optional[str], typer.Option(help=ADAPTER_HELP)] = None,
@@ -96,10 +99,12 @@ def run(
     Labels (when the stream has them) only score: the adapter and the probe never see them.
     """
     from .config import ConfigError, load_config
+    from .models import WeightsError
     from .runtime.runner import RunError, new_run_dir, prepare_resume
 
     flags = {
         "source.kind": source, "source.stream": stream, "source.data": data, "source.crop": crop,
+        "source.class_map": str(class_map) if class_map else None,
         "source.batch_size": batch_size, "model.name": model, "model.weights": str(weights) if weights else None,
         "adapter.name": adapter, "adapter.lr": lr, "adapter.precision": precision,
         "adapter.reset_every": reset_every, "adapter.restore_prob": restore_prob,
@@ -124,7 +129,7 @@ def run(
             cfg = load_config(config, overrides)
             _validate(cfg)
             run_dir = new_run_dir(cfg)
-    except (ConfigError, RunError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, RunError, FileNotFoundError, ValueError, WeightsError) as error:
         _fail(str(error))
     _run_and_summarise(cfg, run_dir, resume is not None)
 
@@ -132,10 +137,10 @@ def run(
 def _validate(cfg) -> None:
     """Fail on names and files before any actor starts."""
     from adapters import ADAPTERS
-    from sources.factory import check_source
+    from sources.factory import check_folder_classes, check_source
 
     from .adaptation import PRECISIONS
-    from .models import model_names
+    from .models import model_classes, model_names
     from .registry import UnknownNameError, unknown_name_message
 
     try:
@@ -146,9 +151,12 @@ def _validate(cfg) -> None:
         raise ValueError(f"Unknown precision {cfg.adapter.precision!r}. Valid precisions: {', '.join(PRECISIONS)}.")
     if cfg.model.name not in model_names():
         raise ValueError(unknown_name_message("model", cfg.model.name, model_names()))
-    # the model's classes are known without loading it: 10 for the embedded model, ImageNet's otherwise
-    check_source(cfg.source.kind, cfg.source.stream, cfg.source.data, 10 if cfg.model.name == "embedded" else 1000)
     _check_paths(cfg)
+    # the model's classes are known without building it: its card, torchvision's metadata, the weights' head
+    classes = model_classes(cfg.model.name, cfg.model.weights)
+    check_source(cfg.source.kind, cfg.source.stream, cfg.source.data, classes.num_classes)
+    if cfg.source.kind == "imagefolder":
+        check_folder_classes(cfg.source.data, cfg.model.name, cfg.model.weights, cfg.source.class_map)
 
 
 def _check_paths(cfg) -> None:
