@@ -207,6 +207,7 @@ class MetricsConfig:
     out: str = "runs"                 # parent folder of run directories
     rows_per_part: int = 10_000
     seconds_per_part: float = 30.0    # a running run's parts become readable this often
+    tensorboard: Optional[str] = None  # also log scalars to TensorBoard under this folder (extra `tensorboard`)
 
     def __post_init__(self) -> None:
         _positive(self, "rows_per_part")
