@@ -113,7 +113,9 @@ ADAPTER_HELP = f"TTA method: {', '.join(ADAPTER_NAMES)} (source: no adaptation; 
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
 
 
@@ -164,6 +166,7 @@ def run(
     from .config import ConfigError, load_config
     from .models import WeightsError
     from .runtime.runner import RunError, new_run_dir, prepare_resume
+    from .trackers import TrackerMissing
 
     flags = {
         "source.kind": source, "source.stream": stream, "source.data": data, "source.crop": crop,
@@ -187,12 +190,13 @@ def run(
         if resume is not None:
             cfg = prepare_resume(resume, overrides)
             _check_paths(cfg)  # the data may have moved since the run started
+            _check_trackers(cfg)
             run_dir = resume
         else:
             cfg = load_config(config, overrides)
             _validate(cfg)
             run_dir = new_run_dir(cfg)
-    except (ConfigError, RunError, FileNotFoundError, ValueError, WeightsError) as error:
+    except (ConfigError, RunError, FileNotFoundError, ValueError, WeightsError, TrackerMissing) as error:
         _fail(str(error))
     _run_and_summarise(cfg, run_dir, resume is not None, json_out)
 
@@ -220,6 +224,15 @@ def _validate(cfg) -> None:
     check_source(cfg.source.kind, cfg.source.stream, cfg.source.data, classes.num_classes)
     if cfg.source.kind == "imagefolder":
         check_folder_classes(cfg.source.data, cfg.model.name, cfg.model.weights, cfg.source.class_map)
+    _check_trackers(cfg)
+
+
+def _check_trackers(cfg) -> None:
+    """The trackers a run asks for are installed (TrackerMissing names the extra otherwise)."""
+    from .trackers import require
+
+    if cfg.metrics.tensorboard:
+        require("tensorboard", "tensorboard", "metrics.tensorboard (--tensorboard DIR)")
 
 
 def _check_paths(cfg) -> None:
@@ -248,13 +261,10 @@ def _run_and_summarise(cfg, run_dir: Path, resume: bool, as_json: bool = False) 
     from .models import WeightsError
     from .report import summarise
     from .runtime.runner import run as run_stream
-    from .trackers import TrackerMissing, tracker_observers
+    from .trackers import tracker_observers
 
     out = err_console if as_json else console  # with --json, stdout holds the summary alone
-    try:
-        trackers = tracker_observers(cfg)
-    except TrackerMissing as error:
-        _fail(str(error))
+    trackers = tracker_observers(cfg)  # installed: checked before the run directory was made
     reporter = make_reporter(out, cfg.dashboard.enabled, refresh_per_second=cfg.dashboard.refresh_per_second,
                              summary=False)
     out.print(f"[bold]stream-monitor[/] run directory [cyan]{run_dir}[/]", highlight=False)
@@ -440,8 +450,15 @@ def bench(
                     [a.strip() for a in adapters.split(",") if a.strip()],
                     [int(s) for s in seeds.split(",")] if seeds else (), overrides)
         load_config(None, jobs[0].config_overrides())  # a bad --set fails here, before any run starts
+        tracker = None
         if mlflow:
             require("mlflow", "mlflow", "bench --mlflow")
+            from .trackers.mlflow_bench import MlflowBench, MlflowUnusable
+
+            try:
+                tracker = MlflowBench(mlflow, mlflow_experiment)  # a bad URI fails before any run
+            except MlflowUnusable as error:
+                raise ValueError(str(error)) from None
     except (ValueError, ConfigError, TrackerMissing) as error:
         _fail(str(error))
     out.mkdir(parents=True, exist_ok=True)
@@ -495,10 +512,8 @@ def bench(
         update()
     csv_path, parquet_path = write_summary(rows, out)
     run_ids = None
-    if mlflow:
-        from .trackers.mlflow_bench import log_bench
-
-        run_ids = log_bench(rows, [job.name for job in jobs], mlflow, mlflow_experiment)
+    if tracker is not None:
+        run_ids = tracker.log(rows, [job.name for job in jobs])
         out_console.print(f"mlflow: {len(run_ids)} runs in experiment {mlflow_experiment!r} at {mlflow}",
                           highlight=False)
     failed = [row for row in rows if row["status"] != "finished"]

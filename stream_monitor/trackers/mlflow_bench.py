@@ -1,9 +1,11 @@
 """A bench's runs as MLflow runs: one per job, its run.json as parameters, its summary as metrics.
 
-Logged through `mlflow.tracking.MlflowClient` against an explicit tracking URI (a local
-``file:`` store, a database, or a tracking server), never the process-global fluent API, so
-nothing else in the process is redirected. A bench run again with the same `out` updates the
-MLflow run of each job (found by its ``stream_monitor.run_dir`` tag) instead of adding one.
+Logged through `mlflow.tracking.MlflowClient` against an explicit tracking URI (a tracking
+server, a ``sqlite:///`` database with the full ``mlflow`` package, or a ``file:`` store, which
+MLflow 3 only writes with ``MLFLOW_ALLOW_FILE_STORE=true``), never the process-global fluent API,
+so nothing else in the process is redirected. The store is opened before any job runs, so a bad
+URI fails at once. A bench run again with the same `out` updates the MLflow run of each job
+(found by its ``stream_monitor.run_dir`` tag) instead of adding one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from ..rundir import INFO_FILE
 
-__all__ = ["METRICS", "log_bench"]
+__all__ = ["METRICS", "MlflowBench", "MlflowUnusable"]
 
 #: summary-row column -> MLflow metric (accuracies in %, as everywhere in stream-monitor)
 METRICS = ("images", "true_online_acc", "est_online_acc", "online_acc_mae", "true_source_acc", "est_source_acc",
@@ -24,22 +26,42 @@ RUN_DIR_TAG = "stream_monitor.run_dir"
 _MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "KILLED"}
 
 
-def log_bench(rows: list[dict[str, Any]], names: list[str], tracking_uri: str,
-              experiment: str = "stream-monitor-bench") -> list[str]:
-    """Log each bench row (`bench.summary_row`) as an MLflow run named after its job; the run ids.
+class MlflowUnusable(RuntimeError):
+    """The tracking URI cannot be written; the message carries MLflow's reason."""
+
+
+class MlflowBench:
+    """A bench's MLflow experiment, opened (and created when missing) at construction.
 
     Args:
-        rows: the bench's summary rows, in job order.
-        names: the job names (the run directory names), one per row.
-        tracking_uri: where MLflow stores runs, e.g. ``file:///tmp/mlruns`` or ``http://host:5000``.
-        experiment: the MLflow experiment, created when missing.
-    """
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
+        tracking_uri: where MLflow stores runs, e.g. ``http://host:5000`` or ``sqlite:///mlflow.db``.
+        experiment: the MLflow experiment's name.
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    Raises:
+        MlflowUnusable: the store cannot be opened or written.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str = "stream-monitor-bench") -> None:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri, self.experiment = tracking_uri, experiment
+        try:
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = found.experiment_id if found is not None else self.client.create_experiment(experiment)
+        except MlflowException as error:
+            raise MlflowUnusable(f"MLflow cannot use the tracking URI {tracking_uri!r}: {error.message}") from None
+
+    def log(self, rows: list[dict[str, Any]], names: list[str]) -> list[str]:
+        """Log each bench row (`bench.summary_row`) as an MLflow run named after its job (`names`,
+        in row order); the run ids."""
+        return _log(self.client, self.experiment_id, rows, names)
+
+
+def _log(client, experiment_id: str, rows: list[dict[str, Any]], names: list[str]) -> list[str]:
+    from mlflow.entities import Metric, Param, RunTag
+
     run_ids = []
     for name, row in zip(names, rows):
         run_dir = str(row["run_dir"])

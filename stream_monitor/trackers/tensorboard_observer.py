@@ -7,7 +7,7 @@ of different batch sizes line up. Each run writes to ``LOGDIR/<run_id>``, so one
 - ``estimate/source_acc``, ``estimate/online_acc``: the headline label-free estimates (%), per probe;
 - ``true/online_acc``, ``true/source_acc``: the labelled truth of the same windows, when labels exist;
 - ``warning/active``: 1 while a collapse warning holds, 0 after it clears; its messages as text;
-- ``step/mean_entropy``, ``step/images_per_step``: per adapter step, every `step_every` steps.
+- ``step/mean_entropy``, ``step/images_per_step``: per adapter step (every `step_every`-th).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class TensorBoardObserver:
         step_every: write the per-step scalars every this many adapter steps (they are many).
     """
 
-    def __init__(self, logdir: str | Path, step_every: int = 10) -> None:
+    def __init__(self, logdir: str | Path, step_every: int = 1) -> None:
         from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
 
         self._writer_cls = SummaryWriter
