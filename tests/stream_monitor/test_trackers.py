@@ -20,7 +20,7 @@ def test_tensorboard_scalars_at_stream_positions(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = runner.invoke(app, ["run", "--no-ray", "--no-dashboard", "--out", str(tmp_path / "runs"),
-                                 "--max-images", "448", "--tensorboard", str(tmp_path / "tb"), *SMALL])
+                                 "--max-images", "256", "--tensorboard", str(tmp_path / "tb"), *SMALL])
     assert result.exit_code == 0, result.output
     run_dir = next((tmp_path / "runs").iterdir())
     (logdir,) = (tmp_path / "tb").iterdir()
@@ -30,8 +30,8 @@ def test_tensorboard_scalars_at_stream_positions(tmp_path):
     tags = set(events.Tags()["scalars"])
     assert {"estimate/online_acc", "true/online_acc", "true/source_acc", "step/mean_entropy"} <= tags
     online = events.Scalars("true/online_acc")
-    # probes at steps 2, 4, 6 -> stream positions 128, 256, 384 (64 images a step)
-    assert [e.step for e in online] == [128, 256, 384]
+    # probes at steps 2 and 4 -> stream positions 128 and 256 (64 images a step)
+    assert [e.step for e in online] == [128, 256]
     assert all(0 <= e.value <= 100 for e in online)
     from stream_monitor.metrics.sink import read_table
 
@@ -60,7 +60,7 @@ def test_bench_logs_one_mlflow_run_per_job(tmp_path, monkeypatch):
 
     uri = (tmp_path / "mlruns").as_uri()
     args = ["bench", "--no-ray", "--adapters", "source,tent", "--out", str(tmp_path / "bench"), "--max-images",
-            "256", "--set", "probe.size=64", "--set", "probe.every=2", "--mlflow", uri, "--json"]
+            "128", "--set", "probe.size=64", "--set", "probe.every=2", "--mlflow", uri, "--json"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
@@ -74,8 +74,8 @@ def test_bench_logs_one_mlflow_run_per_job(tmp_path, monkeypatch):
         assert logged.info.run_id == row["mlflow_run_id"] and logged.info.status == "FINISHED"
         info = json.loads((tmp_path / "bench" / row["run"] / "run.json").read_text())
         assert logged.data.params["adapter"] == info["adapter"] == row["adapter"]
-        assert logged.data.params["stream"] == info["stream"] and logged.data.params["stop"] == "256"
-        assert logged.data.metrics["images"] == 256
+        assert logged.data.params["stream"] == info["stream"] and logged.data.params["stop"] == "128"
+        assert logged.data.metrics["images"] == 128
         assert logged.data.metrics["true_online_acc"] == pytest.approx(row["true_online_acc"])
     # the same bench again (all finished, nothing re-run) updates those runs instead of adding two
     again = runner.invoke(app, args)
