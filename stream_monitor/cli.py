@@ -134,8 +134,10 @@ def run(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML config file (see show-config).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: section.key=value "
                                                       "(repeatable), e.g. --set probe.every=100.")] = None,
-    max_images: Annotated[Optional[int], typer.Option(help="Stop after this many images "
-                                                      f"(default {DEFAULT_MAX_IMAGES:,}; 0: the whole stream).")] = None,
+    max_images: Annotated[Optional[int], typer.Option(help=f"Stop after this many images (default "
+                                                      f"{DEFAULT_MAX_IMAGES:,}; 0: the whole stream, one pass of an "
+                                                      "image folder; more than a folder holds: reshuffled passes).")
+                          ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Parent folder of the run directory (default runs/).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue a stopped or crashed run directory.")] = None,
     address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (e.g. auto or HOST:6379; "

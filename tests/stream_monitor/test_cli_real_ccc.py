@@ -54,7 +54,8 @@ def test_run_on_an_image_folder(tmp_path):
     (tmp_path / "map.json").write_text('{"cat": 281, "dog": 207}')
     result = CliRunner().invoke(app, [
         "run", "--source", "imagefolder", "--data", str(tmp_path / "val"), "--model", "resnet18",
-        "--weights", str(weights(tmp_path)), "--class-map", str(tmp_path / "map.json"), *LOCAL, str(tmp_path / "runs"),
+        "--weights", str(weights(tmp_path)), "--class-map", str(tmp_path / "map.json"),
+        "--max-images", "0", *LOCAL, str(tmp_path / "runs"),
     ])
     assert result.exit_code == 0, result.output
     assert "imagefolder:val" in result.output and re.search(r"images\s+│\s+6\s", result.output)
