@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -71,9 +72,10 @@ def test_off_a_terminal_lines_are_not_wrapped_at_80_columns(tmp_path):
 
 
 def test_shell_completion_completes_commands_and_options():
-    script = subprocess.run([sys.executable, "-m", "stream_monitor", "--show-completion", "bash"],
+    # typer detects the shell from the parent process: run under bash (`; true` keeps bash from exec'ing python)
+    script = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m stream_monitor --show-completion; true"],
                             capture_output=True, text=True, env=_env(), timeout=120)
-    assert script.returncode == 0 and "_STREAM_MONITOR_COMPLETE" in script.stdout
+    assert "_STREAM_MONITOR_COMPLETE=complete_bash" in script.stdout, script.stderr
     # what that script asks the program when Tab is pressed after `stream-monitor li`
     done = subprocess.run([sys.executable, "-m", "stream_monitor"], capture_output=True, text=True, timeout=120,
                           env=_env(_STREAM_MONITOR_COMPLETE="complete_bash", COMP_WORDS="stream-monitor li",
