@@ -8,8 +8,12 @@ Every image is resized on its shorter side to ``resize`` and centre-cropped to `
 
 Order is deterministic: ``make_dataset``'s sorted order, or a permutation drawn from
 ``numpy.random.default_rng(shuffle_seed)``. With ``passes`` > 1 the stream goes over the folder
-that many times, each later pass in a fresh seeded permutation (as a reshuffling loader would,
-e.g. Entropy Enigma adapting on the held-out set for more iterations than it has images).
+that many times, each later pass in a fresh permutation seeded by (shuffle_seed, pass), as a
+reshuffling loader would (Entropy Enigma's ``DataLoader(shuffle=True)`` over ``--data``, adapting
+for more iterations than the folder has images). A shuffled stream's windows hold the whole
+folder's class balance, where the sorted order holds one or two classes per window; position
+``i`` stays a pure function of (folder, seed, i), so a resumed run reads exactly what it would
+have read. ``class_labels`` maps each sorted class folder to a model class (`sources.class_map`).
 An unreadable or corrupt file is left out of its batch, logged with its path and listed in
 ``Batch.skipped``; so is an image whose header declares more than ``max_pixels`` pixels, refused
 before it is decoded (one hostile file must not cost a worker gigabytes). Batches are cut by
@@ -130,6 +134,8 @@ class ImageFolderSource:
         passes: times the stream goes over the folder; pass p > 0 is permuted with the seed
             (shuffle_seed or 0, p).
         max_pixels: images whose header declares more pixels are skipped undecoded (None: no limit).
+        class_labels: the model class of each sorted class folder (None: its index), with
+            `num_classes` the model's; from `sources.class_map.folder_labels`.
     """
 
     def __init__(
@@ -141,11 +147,17 @@ class ImageFolderSource:
         name: str | None = None,
         passes: int = 1,
         max_pixels: int | None = MAX_IMAGE_PIXELS,
+        class_labels: list[int] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         if resize < image_size:
             raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
         self.root = Path(root)
         self.classes, samples = index_image_folder(self.root)
+        if class_labels is not None:
+            if len(class_labels) != len(self.classes):
+                raise ValueError(f"class_labels has {len(class_labels)} entries for {len(self.classes)} class folders")
+            samples = [(path, int(class_labels[label])) for path, label in samples]
         if shuffle_seed is not None:
             order = np.random.default_rng(shuffle_seed).permutation(len(samples))
             samples = [samples[i] for i in order]
@@ -158,7 +170,7 @@ class ImageFolderSource:
         self.resize = int(resize)
         self.shuffle_seed = shuffle_seed
         self.max_pixels = max_pixels
-        self.num_classes = len(self.classes)
+        self.num_classes = int(num_classes) if num_classes is not None else len(self.classes)
         self.name = name or f"imagefolder:{self.root.name}"
 
     @property

@@ -2,12 +2,18 @@
 
 Each command imports what it runs inside its own body: `stream-monitor --help`, `list` and a
 mistyped flag then answer without loading torch, Ray or scikit-learn.
+
+Output follows the usual conventions: `--json` prints one JSON document on stdout (everything
+else goes to stderr); away from a terminal (a pipe, a job log) the output is plain: no live
+display, one line per update, no wrapping at 80 columns. Exit codes are in `EXIT_CODES`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,15 +23,67 @@ from rich.table import Table
 
 from .config import DEFAULT_MAX_IMAGES
 
+#: What `stream-monitor` exits with; 130 is the shell's code for a stop by Ctrl-C (128 + SIGINT).
+EXIT_CODES = {0: "finished", 1: "a run or bench failed (resume it with the same command or --resume)",
+              2: "bad usage, config or input (nothing was started)",
+              130: "stopped by Ctrl-C or SIGTERM after a checkpoint (resume with --resume)"}
+EXIT_CODES_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
+#: Console width away from a terminal when COLUMNS is not set: a job log has no width to wrap at.
+PLAIN_WIDTH = 240
+
 app = typer.Typer(
     name="stream-monitor",
     help="Live, label-free monitoring of continual test-time adaptation on CCC-style streams.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """Rich's console for stdout (or stderr): as rich makes it on a terminal; elsewhere as wide as
+    COLUMNS says, else `PLAIN_WIDTH`, without soft wrapping (rich would wrap a job log at 80)."""
+    terminal = Console(stderr=stderr)
+    if terminal.is_terminal:
+        return terminal
+    columns = os.environ.get("COLUMNS", "")
+    return Console(stderr=stderr, width=int(columns) if columns.isdigit() else PLAIN_WIDTH, soft_wrap=True)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+def _version(show: bool) -> None:
+    if show:
+        from . import __version__
+
+        typer.echo(f"stream-monitor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Live, label-free monitoring of continual test-time adaptation on CCC-style streams."""
+    global console, err_console
+    # made per invocation: whether stdout is a terminal is known only now (a pipe, a test runner)
+    console, err_console = make_console(), make_console(stderr=True)
+
+
+def _emit_json(document: object) -> None:
+    """The one JSON document of a `--json` command, on stdout."""
+    typer.echo(json.dumps(document, default=str, allow_nan=False))
+
+
+def _finite(value: object) -> object:
+    """JSON has no NaN: None instead."""
+    return None if isinstance(value, float) and value != value else value
+
+
+JSON_HELP = "Print one JSON document on stdout (logs go to stderr)."
 
 LIST_WHAT = ("sources", "adapters", "estimators", "detectors", "streams", "corruptions", "models")
 
@@ -57,7 +115,9 @@ METRICS_PORT_HELP = ("Serve the run's Prometheus metrics at 127.0.0.1:PORT/metri
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
 
 
@@ -65,7 +125,10 @@ def _fail(message: str) -> None:
 def run(
     source: Annotated[Optional[str], typer.Option(help="Stream kind: ccc or imagefolder.")] = None,
     stream: Annotated[Optional[str], typer.Option(help="CCC stream name (default CCC-Medium, speed 1000, seed 43).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Official CCC shards (DIR or URL) or an ImageFolder DIR.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Official CCC shards (DIR or URL) or an ImageFolder DIR "
+                                                "(shuffled by source.seed, reshuffled each pass).")] = None,
+    class_map: Annotated[Optional[Path], typer.Option(help="An image folder's classes as the model's: a JSON or YAML "
+                                                      "file of {folder name: model class index}.")] = None,
     model: Annotated[Optional[str], typer.Option(help="`embedded` or a torchvision classifier name.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Weights file (torch state dict).")] = None,
     adapter: Annotated[Optional[str], typer.Option(help=ADAPTER_HELP)] = None,
@@ -73,8 +136,10 @@ def run(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML config file (see show-config).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one key: section.key=value "
                                                       "(repeatable), e.g. --set probe.every=100.")] = None,
-    max_images: Annotated[Optional[int], typer.Option(help="Stop after this many images "
-                                                      f"(default {DEFAULT_MAX_IMAGES:,}; 0: the whole stream).")] = None,
+    max_images: Annotated[Optional[int], typer.Option(help=f"Stop after this many images (default "
+                                                      f"{DEFAULT_MAX_IMAGES:,}; 0: the whole stream, one pass of an "
+                                                      "image folder; more than a folder holds: reshuffled passes).")
+                          ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Parent folder of the run directory (default runs/).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue a stopped or crashed run directory.")] = None,
     address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (e.g. auto or HOST:6379; "
@@ -93,23 +158,32 @@ def run(
     no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Plain log lines instead of the live dashboard.")] = False,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run every worker in this process (debugging).")] = False,
     metrics_port: Annotated[Optional[int], typer.Option(help=METRICS_PORT_HELP)] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="Also log the estimates, true accuracies and warnings "
+                                                        "as TensorBoard scalars into this folder (extra "
+                                                        "`tensorboard`).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP + " The run summary.")] = False,
 ) -> None:
     """Adapt on the stream; estimate accuracy without labels, warn of collapse, live.
 
     Labels (when the stream has them) only score: the adapter and the probe never see them.
+    Exit codes: 0 finished, 1 failed (resumable), 2 bad input, 130 stopped by Ctrl-C or SIGTERM (resumable).
     """
     from .config import ConfigError, load_config
     from .metrics.prometheus import MetricsPortError
+    from .models import WeightsError
     from .runtime.runner import RunError, new_run_dir, prepare_resume
+    from .trackers import TrackerMissing
 
     flags = {
         "source.kind": source, "source.stream": stream, "source.data": data, "source.crop": crop,
+        "source.class_map": str(class_map) if class_map else None,
         "source.batch_size": batch_size, "model.name": model, "model.weights": str(weights) if weights else None,
         "adapter.name": adapter, "adapter.lr": lr, "adapter.precision": precision,
         "adapter.reset_every": reset_every, "adapter.restore_prob": restore_prob,
         "runtime.address": address, "runtime.ray_host": ray_host, "runtime.num_gpus": num_gpus,
         "runtime.device": device,
         "metrics.out": str(out) if out else None, "metrics.port": metrics_port,
+        "metrics.tensorboard": str(tensorboard) if tensorboard else None,
     }
     overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in flags.items() if v is not None]
     if max_images is not None:
@@ -123,6 +197,7 @@ def run(
         if resume is not None:
             cfg = prepare_resume(resume, overrides)
             _check_paths(cfg)  # the data may have moved since the run started
+            _check_trackers(cfg)
             run_dir = resume
         else:
             cfg = load_config(config, overrides)
@@ -130,9 +205,10 @@ def run(
         _serve_metrics(cfg.metrics)
         if resume is None:
             run_dir = new_run_dir(cfg)
-    except (ConfigError, RunError, FileNotFoundError, ValueError, MetricsPortError) as error:
+    except (ConfigError, RunError, FileNotFoundError, ValueError, MetricsPortError, WeightsError,
+            TrackerMissing) as error:
         _fail(str(error))
-    _run_and_summarise(cfg, run_dir, resume is not None)
+    _run_and_summarise(cfg, run_dir, resume is not None, json_out)
 
 
 def _check_metrics_port(port: int) -> None:
@@ -157,16 +233,16 @@ def _serve_metrics(metrics) -> None:
 
     if metrics.port is not None:
         serve(metrics.host, metrics.port)
-        console.print(f"metrics: http://{metrics.host}:{metrics.port}/metrics", highlight=False)
+        err_console.print(f"metrics: http://{metrics.host}:{metrics.port}/metrics", highlight=False)
 
 
 def _validate(cfg) -> None:
     """Fail on names and files before any actor starts."""
     from stream_monitor.adapters import ADAPTERS
-    from stream_monitor.sources.factory import check_source
+    from stream_monitor.sources.factory import check_folder_classes, check_source
 
     from .adaptation import PRECISIONS
-    from .models import model_names
+    from .models import model_classes, model_names
     from .registry import UnknownNameError, unknown_name_message
 
     try:
@@ -177,9 +253,21 @@ def _validate(cfg) -> None:
         raise ValueError(f"Unknown precision {cfg.adapter.precision!r}. Valid precisions: {', '.join(PRECISIONS)}.")
     if cfg.model.name not in model_names():
         raise ValueError(unknown_name_message("model", cfg.model.name, model_names()))
-    # the model's classes are known without loading it: 10 for the embedded model, ImageNet's otherwise
-    check_source(cfg.source.kind, cfg.source.stream, cfg.source.data, 10 if cfg.model.name == "embedded" else 1000)
     _check_paths(cfg)
+    # the model's classes are known without building it: its card, torchvision's metadata, the weights' head
+    classes = model_classes(cfg.model.name, cfg.model.weights)
+    check_source(cfg.source.kind, cfg.source.stream, cfg.source.data, classes.num_classes)
+    if cfg.source.kind == "imagefolder":
+        check_folder_classes(cfg.source.data, cfg.model.name, cfg.model.weights, cfg.source.class_map)
+    _check_trackers(cfg)
+
+
+def _check_trackers(cfg) -> None:
+    """The trackers a run asks for are installed (TrackerMissing names the extra otherwise)."""
+    from .trackers import require
+
+    if cfg.metrics.tensorboard:
+        require("tensorboard", "tensorboard", "metrics.tensorboard (--tensorboard DIR)")
 
 
 def _check_paths(cfg) -> None:
@@ -201,27 +289,40 @@ def _check_paths(cfg) -> None:
                                     f"dict, or leave it out for the model's own weights.")
 
 
-def _run_and_summarise(cfg, run_dir: Path, resume: bool) -> None:
+def _run_and_summarise(cfg, run_dir: Path, resume: bool, as_json: bool = False) -> None:
     from contextlib import ExitStack
 
     from .dashboard.app import make_reporter
     from .models import WeightsError
     from .report import summarise
     from .runtime.runner import run as run_stream
+    from .trackers import tracker_observers
 
-    reporter = make_reporter(console, cfg.dashboard.enabled, refresh_per_second=cfg.dashboard.refresh_per_second,
+    out = err_console if as_json else console  # with --json, stdout holds the summary alone
+    trackers = tracker_observers(cfg)  # installed: checked before the run directory was made
+    reporter = make_reporter(out, cfg.dashboard.enabled, refresh_per_second=cfg.dashboard.refresh_per_second,
                              summary=False)
-    console.print(f"[bold]stream-monitor[/] run directory [cyan]{run_dir}[/]", highlight=False)
+    out.print(f"[bold]stream-monitor[/] run directory [cyan]{run_dir}[/]", highlight=False)
     try:
         with ExitStack() as stack:
             if hasattr(reporter, "__enter__"):
                 stack.enter_context(reporter)
-            outcome = run_stream(cfg, run_dir, reporter=reporter, resume=resume,
-                                 log=getattr(reporter, "log", console.print))
+            outcome = run_stream(cfg, run_dir, reporter=reporter, resume=resume, extra_observers=trackers,
+                                 log=getattr(reporter, "log", out.print))
     except (ValueError, FileNotFoundError, WeightsError, RuntimeError) as error:
         _fail(str(error))
-    table = Table(title=f"Summary ({outcome.status})", show_header=False)
     summary = summarise(run_dir)
+    if as_json:
+        _emit_json({
+            "status": outcome.status, "run_dir": str(run_dir), "error": outcome.error,
+            "stream": outcome.info.stream, "base": outcome.info.base, "model": outcome.info.model,
+            "adapter": outcome.info.adapter, "device": outcome.info.device,
+            "session": {"images": outcome.images, "seconds": round(outcome.seconds, 3)},
+            "summary": {key: _finite(value) for key, value in summary.items()},
+        })
+        _exit_for(outcome, run_dir, out)
+        return
+    table = Table(title=f"Summary ({outcome.status})", show_header=False)
     rows = {
         "stream": outcome.info.stream, "base": outcome.info.base, "model": outcome.info.model,
         "adapter": outcome.info.adapter, "device": outcome.info.device,
@@ -235,11 +336,17 @@ def _run_and_summarise(cfg, run_dir: Path, resume: bool) -> None:
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)
+    _exit_for(outcome, run_dir, console)
+
+
+def _exit_for(outcome, run_dir: Path, out: Console) -> None:
+    """Exit 1 for a failed run, 130 for a stopped one (EXIT_CODES); return for a finished one."""
     if outcome.status == "failed":
         err_console.print(f"[bold red]error:[/] {outcome.error}\nResume with: stream-monitor run --resume {run_dir}")
         raise typer.Exit(1)
     if outcome.status == "stopped":
-        console.print(f"Stopped. Resume with: stream-monitor run --resume {run_dir}")
+        out.print(f"Stopped. Resume with: stream-monitor run --resume {run_dir}")
+        raise typer.Exit(130)
 
 
 def _pair(summary: dict, target: str) -> str:
@@ -347,16 +454,24 @@ def bench(
                                                         "--no-ray, the local Ray's metrics agent otherwise "
                                                         "(names prefixed ray_). On a cluster, its agents "
                                                         "export them (ray start --metrics-export-port).")] = None,
+    mlflow: Annotated[Optional[str], typer.Option(help="Log each run to MLflow at this tracking URI (e.g. "
+                                                  "file:///path/mlruns or http://host:5000; extra `mlflow`).")] = None,
+    mlflow_experiment: Annotated[str, typer.Option(help="The MLflow experiment of --mlflow.")] = "stream-monitor-bench",
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP + " The summary rows.")] = False,
 ) -> None:
     """Fan out many runs (streams x adapters x seeds) over Ray, one resumable run directory each.
 
-    Shows a live table of every run; writes OUT/summary.csv and OUT/summary.parquet at the end.
+    Shows a live table of every run (one line per change when stdout is not a terminal); writes
+    OUT/summary.csv and OUT/summary.parquet at the end.
     """
     from rich.live import Live
 
     from .bench import live_rows, plan, run_local, run_on_ray, submit_job, write_summary
     from .config import ConfigError, load_config
     from .metrics.prometheus import MetricsPortError
+    from .trackers import TrackerMissing, require
+
+    out_console = err_console if json_out else console  # with --json, stdout holds the summary alone
 
     if metrics_port is not None and (address or submit):
         where = f"--address {address}" if address else f"--submit {submit}"
@@ -385,11 +500,20 @@ def bench(
         first = load_config(None, jobs[0].config_overrides())  # a bad --set fails here, before any run starts
         if metrics_port is not None:
             _check_metrics_port(metrics_port)
+        tracker = None
+        if mlflow:
+            require("mlflow", "mlflow", "bench --mlflow")
+            from .trackers.mlflow_bench import MlflowBench, MlflowUnusable
+
+            try:
+                tracker = MlflowBench(mlflow, mlflow_experiment)  # a bad URI fails before any run
+            except MlflowUnusable as error:
+                raise ValueError(str(error)) from None
         _serve_metrics(first.metrics)  # --no-ray: one endpoint for every run of this process
-    except (ValueError, ConfigError, MetricsPortError) as error:
+    except (ValueError, ConfigError, MetricsPortError, TrackerMissing) as error:
         _fail(str(error))
     out.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]stream-monitor bench[/]: {len(jobs)} runs in [cyan]{out}[/]", highlight=False)
+    out_console.print(f"[bold]stream-monitor bench[/]: {len(jobs)} runs in [cyan]{out}[/]", highlight=False)
 
     def table() -> Table:
         view = Table(title=f"bench: {out}")
@@ -403,8 +527,24 @@ def bench(
                          row["node"] or "-")
         return view
 
-    with Live(table(), console=console, refresh_per_second=1, transient=False) as live:
-        update = lambda: live.update(table())  # noqa: E731
+    printed: dict[str, tuple] = {}
+
+    def plain_update() -> None:
+        """Away from a terminal: one line per job whose row changed, in place of the live table."""
+        for row in live_rows(jobs, out):
+            shown = (row["status"], row["position"], row["est_online_acc"])
+            if printed.get(row["job"]) != shown:
+                printed[row["job"]] = shown
+                images = f"{row['position']:,}/{row['stop']:,}" if row["position"] is not None and row["stop"] else "-"
+                est = f"{row['est_online_acc']:.1f}%" if row["est_online_acc"] is not None else "-"
+                rate = f"{row['img_per_s']:,.0f}" if row["img_per_s"] else "-"
+                out_console.print(f"bench {row['job']}: {row['status']} | {images} img | {rate} img/s | "
+                                  f"est. online {est} | node {row['node'] or '-'}", highlight=False)
+
+    live_table = out_console.is_terminal and not out_console.is_dumb_terminal
+    with (Live(table(), console=out_console, refresh_per_second=1, transient=False) if live_table
+          else nullcontext()) as live:
+        update = (lambda: live.update(table())) if live_table else plain_update  # noqa: E731
         if no_ray:
             rows = run_local(jobs, out, update)
         else:
@@ -421,7 +561,24 @@ def bench(
                 rows = run_on_ray(jobs, out, gpus_per_run, cpus_per_run, max_retries, update)
             finally:
                 ray.shutdown()
-        live.update(table())
+        update()
+    csv_path, parquet_path = write_summary(rows, out)
+    run_ids = None
+    if tracker is not None:
+        run_ids = tracker.log(rows, [job.name for job in jobs])
+        out_console.print(f"mlflow: {len(run_ids)} runs in experiment {mlflow_experiment!r} at {mlflow}",
+                          highlight=False)
+    failed = [row for row in rows if row["status"] != "finished"]
+    if json_out:
+        _emit_json({"out": str(out), "summary_csv": str(csv_path), "summary_parquet": str(parquet_path),
+                    "runs": [{"run": job.name, **{k: _finite(v) for k, v in row.items()},
+                              **({"mlflow_run_id": run_ids[i]} if run_ids else {})}
+                             for i, (job, row) in enumerate(zip(jobs, rows))]})
+        if failed:
+            err_console.print(f"[bold red]{len(failed)} run(s) did not finish[/]; `stream-monitor bench` with the "
+                              f"same --out resumes them. First error: {failed[0]['error']}")
+            raise typer.Exit(1)
+        return
     final = Table(title="bench summary (accuracies in %)")
     columns = {"run": None, "status": "status", "images": "images", "true online": "true_online_acc",
                "est. online": "est_online_acc", "MAE": "online_acc_mae", "warnings": "warnings",
@@ -432,9 +589,7 @@ def bench(
         final.add_row(job.name, *[f"{v:,.1f}" if isinstance(v, float) else ("-" if v is None else f"{v:,}"
                                   if isinstance(v, int) else str(v)) for v in (row[c] for c in list(columns.values())[1:])])
     console.print(final)
-    csv_path, parquet_path = write_summary(rows, out)
     console.print(f"summary: {csv_path}, {parquet_path}", highlight=False)
-    failed = [row for row in rows if row["status"] != "finished"]
     if failed:
         err_console.print(f"[bold red]{len(failed)} run(s) did not finish[/]; `stream-monitor bench` with the "
                           f"same --out resumes them. First error: {failed[0]['error']}")
@@ -456,6 +611,7 @@ def eval_(
     detectors: Annotated[Optional[str], typer.Option(
         help="Score the warnings these detectors (comma-separated, `list detectors`) give when replayed on the "
              "run's rows, fused and one by one, instead of the run's own.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Score every label-free estimate and collapse warning of a run against its labels."""
     import numpy as np
@@ -472,6 +628,18 @@ def eval_(
                           parse_detectors(detectors) if detectors is not None else None)
     except (FileNotFoundError, ValueError, CalibrationMismatch, UnknownNameError) as error:
         _fail(str(error))
+    if json_out:
+        from dataclasses import asdict
+
+        def warning_score(score) -> dict:
+            return {**asdict(score), "recall": score.recall, "false_alarms_per_million": score.false_alarms_per_million}
+
+        _emit_json({"run_dir": str(run_dir), "window": window, "margin": margin, "sustain": sustain,
+                    "horizon": horizon, "replayed_detectors": detectors,
+                    "estimators": [asdict(s) for s in result["estimators"]],
+                    "warnings": warning_score(result["warnings"]),
+                    "per_detector": {name: warning_score(score) for name, score in result["per_detector"].items()}})
+        return
     title = "Estimators against the truth of the same windows"
     table = Table(title=title + (f" (weighted flips with {calibration.name})" if calibration else ""))
     for column in ("estimator", "target", "windows", "MAE (points)", "bias", "worst", "extrapolated"):
@@ -528,7 +696,10 @@ def report(
 
 
 @app.command("list")
-def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHAT)}.")] = "sources") -> None:
+def list_(
+    what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHAT)}.")] = "sources",
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP + " A list of {name, ...} objects.")] = False,
+) -> None:
     """List sources, adapters, estimators, collapse detectors, CCC streams, corruptions or models."""
     from stream_monitor.sources.ccc import NOISE_POOLS, all_stream_names
     from stream_monitor.sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS
@@ -537,6 +708,11 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
     from .models import model_names
     from .registry import unknown_name_message
 
+    if json_out:
+        if what not in LIST_WHAT:
+            _fail(unknown_name_message("list", what, LIST_WHAT))
+        _emit_json({"what": what, "items": _list_items(what)})
+        return
     if what == "sources":
         for name, text in SOURCE_KINDS.items():
             console.print(f"{name:<12} {text}")
@@ -567,6 +743,44 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
         console.print("\n".join(model_names()))
     else:
         _fail(unknown_name_message("list", what, LIST_WHAT))
+
+
+def _list_items(what: str) -> list[dict]:
+    """`list WHAT --json`: one object per entry, with the fields the text lines show."""
+    from stream_monitor.sources.ccc import NOISE_POOLS, all_stream_names
+    from stream_monitor.sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS
+    from stream_monitor.sources.factory import SOURCE_KINDS
+
+    from .models import model_names
+
+    if what == "sources":
+        return [{"name": name, "description": text} for name, text in SOURCE_KINDS.items()]
+    if what == "streams":
+        return [{"name": name} for name in all_stream_names()]
+    if what == "corruptions":
+        return [{"name": name, "role": "stream",
+                 "baselines": [b for b, pool in sorted(NOISE_POOLS.items()) if name in pool]}
+                for name in STREAM_CORRUPTIONS] + \
+               [{"name": name, "role": "held-out", "baselines": []} for name in HELD_OUT_CORRUPTIONS]
+    if what == "adapters":
+        from stream_monitor.adapters import ADAPTERS
+
+        return [{"name": info.name, "description": info.description} for info in ADAPTERS.infos()]
+    if what == "estimators":
+        from .estimation import ESTIMATORS
+        from .estimation.pipeline import DERIVED
+        from .estimation.readings import TARGET_OF
+
+        return [{"name": info.name, "feeds": {feed: TARGET_OF[feed] for feed in info.obj.feeds},
+                 "description": info.description} for info in ESTIMATORS.infos()] + \
+               [{"name": name, "feeds": {feed: target}, "description": description}
+                for name, (feed, target, description) in DERIVED.items()]
+    if what == "detectors":
+        from .estimation.detectors import DEFAULT_DETECTORS, DETECTORS
+
+        return [{"name": info.name, "default": info.name in DEFAULT_DETECTORS, "description": info.description}
+                for info in DETECTORS.infos()]
+    return [{"name": name} for name in model_names()]
 
 
 @app.command()
@@ -622,7 +836,9 @@ def main() -> None:
     # Spinning OpenMP threads make small CPU steps 20-30x slower on a loaded machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        app()
+        # the completion scripts call the program by this name (_STREAM_MONITOR_COMPLETE), also
+        # when it was started as `python -m stream_monitor`
+        app(prog_name="stream-monitor")
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

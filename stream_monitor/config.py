@@ -37,6 +37,10 @@ class SourceConfig:
     kind: str = "ccc"                 # ccc or imagefolder
     stream: Optional[str] = None      # CCC stream name; None: CCC-Medium, speed 1000, seed 43
     data: Optional[str] = None        # official CCC shards (DIR or URL) or an ImageFolder DIR
+    seed: int = 0                     # an image folder's shuffle (each further pass reshuffled from it)
+    # an image folder's {folder name: model class index} (JSON or YAML), where its folders are not
+    # the model's classes in the model's order (sources/class_map.py)
+    class_map: Optional[str] = None
     crop: bool = True                 # CCC's random resized crop + flip (embedded stream)
     batch_size: int = 64
     num_actors: int = 1               # source actors rendering slices in parallel (Ray only)
@@ -207,6 +211,7 @@ class MetricsConfig:
     port: Optional[int] = None        # None: no endpoint of its own
     host: str = "127.0.0.1"           # loopback: only this machine scrapes it
     ray: bool = True                  # on Ray, also record them as Ray metrics (exported with the prefix ray_)
+    tensorboard: Optional[str] = None  # also log scalars to TensorBoard under this folder (extra `tensorboard`)
 
     def __post_init__(self) -> None:
         _positive(self, "rows_per_part")

@@ -52,6 +52,7 @@ class SourceModel:
     std: tuple[float, float, float]
     weights_id: str  # where the weights came from
     sha256: str  # checksum of the weights file
+    class_names: tuple[str, ...] | None = None  # in index order; None where unknown (a head of one's own)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float NCHW images -> normalised float on the model's device."""
@@ -96,6 +97,30 @@ def load_model(name: str = "embedded", weights: str | os.PathLike | None = None,
     return model
 
 
+@dataclass(frozen=True)
+class ModelClasses:
+    """What a model predicts, known before it is built: its head size and class names (None: unknown)."""
+
+    num_classes: int
+    names: tuple[str, ...] | None
+
+
+def model_classes(name: str = "embedded", weights: str | os.PathLike | None = None) -> ModelClasses:
+    """The classes of `load_model(name, weights)` without building the model (a run checks its
+    stream against them before it creates anything); a weights file's head size is read from it."""
+    if name in EMBEDDED:
+        from stream_monitor.sources.glyphs import CLASS_NAMES
+
+        return ModelClasses(len(CLASS_NAMES), tuple(CLASS_NAMES))
+    spec = _default_weights(name)
+    categories = tuple(spec.meta["categories"])
+    if weights is None:
+        return ModelClasses(len(categories), categories)
+    module = torchvision.models.get_model(name, weights=None, num_classes=len(categories))
+    head = _head_size(module, _read_state_dict(Path(weights)), name, Path(weights))
+    return ModelClasses(head, categories if head == len(categories) else None)
+
+
 def model_names() -> list[str]:
     return [*EMBEDDED, *torchvision.models.list_models(module=torchvision.models)]
 
@@ -123,17 +148,16 @@ def _load_embedded(weights: Path | None, name: str = "embedded_resnet20", depth:
         )
     module = CifarResNet(depth=depth, num_classes=10)
     module.load_state_dict(_read_state_dict(path))
+    from stream_monitor.sources.glyphs import CLASS_NAMES
+
     return SourceModel(name, module, 10, 32, 32, tuple(card.get("mean", EMBEDDED_MEAN)),
-                       tuple(card.get("std", EMBEDDED_STD)), str(path), digest)
+                       tuple(card.get("std", EMBEDDED_STD)), str(path), digest, tuple(CLASS_NAMES))
 
 
 def _load_torchvision(name: str, weights: Path | None) -> SourceModel:
-    available = torchvision.models.list_models(module=torchvision.models)
-    if name not in available:
-        raise ValueError(unknown_name_message("model", name, [*EMBEDDED, *available]))
-    enum = torchvision.models.get_model_weights(name)
-    spec = getattr(enum, DEFAULT_IMAGENET_WEIGHTS.get(name, "DEFAULT"))
-    module = torchvision.models.get_model(name, weights=None, num_classes=len(spec.meta["categories"]))
+    spec = _default_weights(name)
+    categories = tuple(spec.meta["categories"])
+    module = torchvision.models.get_model(name, weights=None, num_classes=len(categories))
     path = weights or Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.url)
     if not path.exists():
         raise WeightsError(
@@ -141,12 +165,47 @@ def _load_torchvision(name: str, weights: Path | None) -> SourceModel:
             f"fetch {spec.url} on a machine with internet and either copy it to {path.parent}/ "
             f"(torchvision's cache) or pass --weights PATH."
         )
-    module.load_state_dict(_read_state_dict(path))
+    state = _read_state_dict(path)
+    head = _head_size(module, state, name, path)
+    if head != len(categories):  # a user's fine-tuned head: same architecture, its own classes
+        module = torchvision.models.get_model(name, weights=None, num_classes=head)
+    module.load_state_dict(state)
     preprocess = spec.transforms()
     return SourceModel(
-        name, module, len(spec.meta["categories"]), int(preprocess.crop_size[0]), int(preprocess.resize_size[0]),
+        name, module, head, int(preprocess.crop_size[0]), int(preprocess.resize_size[0]),
         tuple(preprocess.mean), tuple(preprocess.std), f"{spec} ({path})", sha256_file(path),
+        categories if head == len(categories) else None,
     )
+
+
+def _default_weights(name: str):
+    """torchvision's weights enum entry for `name` (its preprocessing and class names); ValueError if unknown."""
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ValueError(unknown_name_message("model", name, [*EMBEDDED, *available]))
+    return getattr(torchvision.models.get_model_weights(name), DEFAULT_IMAGENET_WEIGHTS.get(name, "DEFAULT"))
+
+
+def _head_size(module: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> int:
+    """The number of classes of `state`'s final linear layer; WeightsError, saying which tensor and
+    why, when the file is not a state dict of `name` (other than in its head)."""
+    expected = module.state_dict()
+    linears = [key for key, layer in module.named_modules() if isinstance(layer, nn.Linear)]
+    head = f"{linears[-1]}." if linears else None
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    body = [k for k in mismatched if head is None or not k.startswith(head)]
+    if missing or unexpected or body:
+        first = (f"{body[0]} is {tuple(state[body[0]].shape)}, {name} expects {tuple(expected[body[0]].shape)}"
+                 if body else f"missing {', '.join(missing[:3])}" if missing else
+                 f"unexpected {', '.join(unexpected[:3])}")
+        raise WeightsError(f"{path} is not a state dict of torchvision's {name} ({first}). Pass the weights of "
+                           f"that architecture (--weights FILE, from `torch.save(model.state_dict(), FILE)`), "
+                           f"or the --model they were trained for.")
+    if head is None or not any(k.startswith(head) for k in mismatched):
+        return len(_default_weights(name).meta["categories"])
+    return int(state[f"{head}weight"].shape[0])
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

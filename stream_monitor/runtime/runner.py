@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from stream_monitor.sources.factory import DEFAULT_STREAM
+from stream_monitor.sources.factory import stream_label
 
 from ..calibration.resolve import resolve_context
 from ..config import RunConfig, dump_config
@@ -69,7 +69,8 @@ class RunOutcome:
 def new_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
     """A fresh run directory under `out` (or `metrics.out`), named by time, adapter and stream, and
     created here: `mkdir` is atomic, so runs started in the same second never share one."""
-    stream = (config.source.stream or DEFAULT_STREAM).replace("_transition+", "_").replace("speed_", "s")
+    src = config.source
+    stream = stream_label(src.kind, src.stream, src.data)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent = Path(out or config.metrics.out)
     parent.mkdir(parents=True, exist_ok=True)

@@ -62,8 +62,10 @@ class StreamWorker:
         self.config = config
         self.bundle = load_model(config.model.name, config.model.weights, "cpu")
         src = config.source
+        run = config.runtime
         self.source = open_source(src.kind, src.stream, src.data, self.bundle, crop=src.crop,
-                                  device=_decode_device(src.decode_device))
+                                  device=_decode_device(src.decode_device), seed=src.seed, class_map=src.class_map,
+                                  images=run.start + run.max_images if run.max_images else None)
         self.frozen_every = config.evaluator.frozen_every
 
     def describe(self) -> StreamDescription:

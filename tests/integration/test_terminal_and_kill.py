@@ -98,7 +98,7 @@ def test_resume_after_kill_9_gives_the_rows_of_an_uninterrupted_run(tmp_path, re
 
 def test_ctrl_c_stops_cleanly_with_a_checkpoint_and_resumes_exactly(tmp_path, reference_dir):
     child, run_dir, output = start_and_signal(tmp_path, signal.SIGINT)
-    assert child.returncode == 0, output
+    assert child.returncode == 130, output  # stopped, not finished (cli.EXIT_CODES)
     assert "Stopped. Resume with: stream-monitor run --resume" in " ".join(output.split())
     assert not list(run_dir.rglob(".part-*.tmp"))  # every part closed
     steps = read_table(run_dir, "steps")

@@ -79,3 +79,30 @@ def test_missing_root_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "cls").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
         ImageFolderSource(tmp_path / "empty")
+
+
+def test_a_folder_stream_is_shuffled_seeded_and_as_long_as_the_run_asks(tmp_path):
+    """Sorted, a window of 100 would hold one digit; shuffled, every window holds the folder's
+    balance, over as many reshuffled passes as the run's images need, and the same seed reads the
+    same positions in any slicing (what a resume reads)."""
+    from stream_monitor.sources.factory import open_source
+    from stream_monitor.models import load_model
+    from tests.conftest import write_glyph_folder
+
+    root = write_glyph_folder(tmp_path / "glyphs", images=200)
+    model = load_model("embedded")
+    source = open_source("imagefolder", data=root, model=model, seed=3, images=1000)
+    assert source.length == 1000 and source.passes == 5
+    labels = np.concatenate([b.labels for b in source.read(0, 1000, 100)])
+    folder = np.bincount(labels[:200], minlength=10) / 200
+    for lo in range(0, 1000, 200):
+        window = np.bincount(labels[lo:lo + 200], minlength=10) / 200
+        np.testing.assert_allclose(window, folder)  # each pass is the whole folder
+        assert len(set(labels[lo:lo + 50].tolist())) >= 6  # and its first quarter already mixes the classes
+    passes = [tuple(source.sample(i)[0] for i in range(p * 200, (p + 1) * 200)) for p in range(5)]
+    assert len(set(passes)) == 5  # each pass reshuffled
+    again = open_source("imagefolder", data=root, model=model, seed=3, images=600)
+    np.testing.assert_array_equal(Batch.concat(list(again.read(370, 430, 64))).images,
+                                  Batch.concat(list(source.read(370, 430, 64))).images)
+    other = open_source("imagefolder", data=root, model=model, seed=4, images=200)
+    assert [other.sample(i) for i in range(200)] != [source.sample(i) for i in range(200)]

@@ -219,3 +219,22 @@ def test_a_resume_checks_the_data_folder_again(tmp_path):
     folder.rename(tmp_path / "moved")
     result = runner.invoke(app, ["run", "--resume", str(run_dir), "--no-ray"])
     assert result.exit_code == 2 and f"--data {folder}: no such folder" in " ".join(result.output.split())
+
+
+def test_a_folder_that_does_not_fit_the_model_fails_before_any_run_directory(tmp_path):
+    folder = tmp_path / "two"
+    for name in ("cats", "dogs"):
+        (folder / name).mkdir(parents=True)
+    write_glyph_folder(tmp_path / "glyphs", images=4)
+    for i, png in enumerate(sorted((tmp_path / "glyphs").rglob("*.png"))):
+        png.rename(folder / ("cats" if i % 2 else "dogs") / f"{i}.png")
+    result = runner.invoke(app, local(tmp_path, "--source", "imagefolder", "--data", str(folder)))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "error: the image folder has 2 class folders (cats, dogs)" in text
+    assert "--class-map FILE" in text and not (tmp_path / "runs").exists()
+    (tmp_path / "map.json").write_text('{"cats": 3, "dogs": 8}')
+    result = runner.invoke(app, local(tmp_path, "--source", "imagefolder", "--data", str(folder),
+                                      "--class-map", str(tmp_path / "map.json"), "--max-images", "8"))
+    assert result.exit_code == 0, result.output
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert run_dir.name.endswith("-rdumb-imagefolder-two")

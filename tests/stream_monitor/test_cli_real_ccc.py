@@ -50,9 +50,12 @@ def test_run_on_an_image_folder(tmp_path):
         (tmp_path / "val" / c).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (300, 260), (40 * i, 90, 200)).save(tmp_path / "val" / c / f"{i}.jpg")
+    # two folders are not ImageNet's 1,000 classes: they need a mapping to the model's (tabby cat, golden retriever)
+    (tmp_path / "map.json").write_text('{"cat": 281, "dog": 207}')
     result = CliRunner().invoke(app, [
         "run", "--source", "imagefolder", "--data", str(tmp_path / "val"), "--model", "resnet18",
-        "--weights", str(weights(tmp_path)), *LOCAL, str(tmp_path / "runs"),
+        "--weights", str(weights(tmp_path)), "--class-map", str(tmp_path / "map.json"),
+        "--max-images", "0", *LOCAL, str(tmp_path / "runs"),
     ])
     assert result.exit_code == 0, result.output
     assert "imagefolder:val" in result.output and re.search(r"images\s+│\s+6\s", result.output)

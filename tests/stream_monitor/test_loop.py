@@ -486,7 +486,7 @@ def test_sigterm_drains_checkpoints_and_resumes_exactly(baseline, tmp_path):
         output, _ = driver.communicate(timeout=120)
     finally:
         driver.kill()
-    assert driver.returncode == 0, output
+    assert driver.returncode == 130, output  # stopped, not finished (cli.EXIT_CODES)
     assert "stopping (SIGTERM): finishing the steps in flight and writing a checkpoint" in output
     assert "Summary (stopped)" in output and "Stopped. Resume with: stream-monitor run --resume" in output
     assert "Traceback" not in output
