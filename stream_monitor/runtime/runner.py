@@ -66,10 +66,11 @@ class RunOutcome:
     error: str | None = None
 
 
-def new_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
-    """A fresh run directory under `out` (or `metrics.out`), named by time, adapter and stream, and
-    created here: `mkdir` is atomic, so runs started in the same second never share one."""
-    stream = (config.source.stream or DEFAULT_STREAM).replace("_transition+", "_").replace("speed_", "s")
+def new_run_dir(config: RunConfig, out: str | Path | None = None, stream: str | None = None) -> Path:
+    """A fresh run directory under `out` (or `metrics.out`), named by time, adapter and stream (`stream`,
+    else the config's), and created here: `mkdir` is atomic, so runs started in the same second never share one."""
+    stream = stream or (config.source.stream or DEFAULT_STREAM).replace("_transition+", "_").replace("speed_", "s")
+    stream = "".join(c if c.isalnum() or c in "-_." else "_" for c in stream)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent = Path(out or config.metrics.out)
     parent.mkdir(parents=True, exist_ok=True)
@@ -86,9 +87,13 @@ def new_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
 def prepare_resume(run_dir: Path, overrides: list[str] = ()) -> RunConfig:
     """The config of an existing run directory (with `overrides`, e.g. a longer runtime.max_images)."""
     try:
-        return RunDirectory(run_dir).config(overrides)
+        config = RunDirectory(run_dir).config(overrides)
     except RunDirectoryError as error:
         raise RunError(str(error)) from None
+    if config.source.kind == API_SOURCE_KIND:
+        raise RunError(f"{run_dir} was made with the Python API (stream_monitor.Monitor), whose model and stream "
+                       f"live in your program; resume it there with Monitor.resume({str(run_dir)!r}, stream).")
+    return config
 
 
 def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, resume: bool = False,
@@ -190,6 +195,9 @@ def _run(config: RunConfig, run_dir: Path, reporter: RunObserver | None, resume:
     return RunOutcome(run_dir, loop.state, info, status, time.perf_counter() - started,
                       loop.state.position - first_position, error)
 
+
+#: `source.kind` of the Python API's runs (`stream_monitor.api.monitor`): no config can rebuild their stream.
+API_SOURCE_KIND = "python-api"
 
 #: The stop of a stream of unknown length without runtime.max_images: it ends where the stream does.
 UNBOUNDED = 1 << 62

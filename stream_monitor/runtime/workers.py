@@ -63,11 +63,12 @@ class StreamWorker:
         self.bundle = components.model("cpu")
         self.source = components.stream(self.bundle)
         self.frozen_every = config.evaluator.frozen_every
+        self.has_labels = getattr(self.source, "has_labels", True)
 
     def describe(self) -> StreamDescription:
         source = self.source
-        return StreamDescription(source.name, source.length, source.num_classes,
-                                 getattr(source, "has_labels", True), getattr(source, "resume_refusal", None))
+        return StreamDescription(source.name, source.length, source.num_classes, self.has_labels,
+                                 getattr(source, "resume_refusal", None))
 
     def reached(self, position: int) -> int:
         """How far the stream reaches, up to `position` (its length, or `position` when it is longer)."""
@@ -81,6 +82,8 @@ class StreamWorker:
         batches = list(self.source.read(start, stop, batch_size))
         out: list[Images | Truth] = []
         for images, truth in split_batches(batches, start, stop, batch_size):
+            if not self.has_labels:  # an unlabelled stream (the Python API's): nothing to score
+                truth.labels = np.zeros(0, np.int64)
             if self.frozen_every and len(images) and (images.start // batch_size) % self.frozen_every == 0:
                 probs = self.bundle.probabilities(torch.from_numpy(images.images))
                 truth.frozen_predictions, truth.frozen_probabilities = probs.argmax(1), probs
