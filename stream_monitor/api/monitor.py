@@ -215,7 +215,9 @@ class Monitor:
     def _open(self, stream: Any, stream_name: str | None) -> tuple[Any, UserModel]:
         source = as_stream(stream, 0, stream_name)
         bundle = wrap_model(self.model, int(source.image_size), self.mean, self.std, self.normalise, self.name)
-        source.num_classes = bundle.num_classes
+        set_classes = getattr(source, "set_classes", None)  # a shipped source knows its classes
+        if set_classes is not None:
+            set_classes(bundle.num_classes)
         return source, bundle
 
     def _run(self, config: RunConfig, run_dir: Path, source: Any, bundle: UserModel, resume: bool) -> MonitorResult:

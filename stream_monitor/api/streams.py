@@ -57,6 +57,11 @@ class IndexedStream(RenderedSource):
     def length(self) -> int:
         return self._length
 
+    def set_classes(self, num_classes: int) -> None:
+        """The model's class count, checked against the first item's label now, before a run starts."""
+        self.num_classes = num_classes
+        self.render(0, 1)
+
     def render(self, start: int, stop: int) -> Batch:
         images, labels = [], []
         for i in range(start, stop):
@@ -97,6 +102,12 @@ class IteratedStream:
     @property
     def length(self) -> int | None:
         return None  # known only when the iterable ends; `reached` tells how far it goes
+
+    def set_classes(self, num_classes: int) -> None:
+        """The model's class count, checked against the first batch's labels now, before a run starts."""
+        self.num_classes = num_classes
+        if self.has_labels:
+            check_labels(self._labels[0], num_classes)
 
     def _pull(self, first: bool = False) -> bool:
         try:
