@@ -166,6 +166,7 @@ class Monitor:
         """
         source, bundle = self._open(stream, stream_name)
         config = self.config(max_images, bundle.name)
+        self._check_calibration(bundle, config)
         if run_dir is not None:
             run_dir = Path(run_dir)
             if run_dir.exists() and any(run_dir.iterdir()):
@@ -213,12 +214,22 @@ class Monitor:
 
     # ---- helpers -----------------------------------------------------------------------------------
     def _open(self, stream: Any, stream_name: str | None) -> tuple[Any, UserModel]:
-        source = as_stream(stream, 0, stream_name)
+        source = as_stream(stream, None, stream_name)
         bundle = wrap_model(self.model, int(source.image_size), self.mean, self.std, self.normalise, self.name)
         set_classes = getattr(source, "set_classes", None)  # a shipped source knows its classes
         if set_classes is not None:
             set_classes(bundle.num_classes)
         return source, bundle
+
+    def _check_calibration(self, bundle: UserModel, config: RunConfig) -> None:
+        """A calibration for other weights, another adapter or probe size fails before a run directory exists
+        (hyperparameters and cycle are checked once the adapter is built, as for `stream-monitor run`)."""
+        if self.calibration is None:
+            return
+        from ..calibration.format import Calibration, Provenance
+
+        provenance = Provenance(bundle.name, bundle.sha256, config.adapter.name, {}, config.probe.size, 0)
+        Calibration.load(self.calibration).check(provenance, ("model", "model_sha256", "adapter", "probe_size"))
 
     def _run(self, config: RunConfig, run_dir: Path, source: Any, bundle: UserModel, resume: bool) -> MonitorResult:
         components = Components(CopiedModel(bundle), _GivenStream(source), self.factory,

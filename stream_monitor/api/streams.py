@@ -29,9 +29,9 @@ ITERABLE_REFUSAL = ("the stream is an iterable that is not known to repeat the s
                     "__getitem__ and __len__ (a DataLoader over one, without shuffling, is read by index)")
 
 
-def _batch(start: int, images: np.ndarray, labels: np.ndarray | None, num_classes: int) -> Batch:
+def _batch(start: int, images: np.ndarray, labels: np.ndarray | None, num_classes: int | None) -> Batch:
     n = len(images)
-    if labels is not None:
+    if labels is not None and num_classes is not None:
         check_labels(labels, num_classes)
     empty_text, zeros = np.full(n, "", dtype=object), np.zeros(n, np.float32)
     labels = labels if labels is not None else np.full(n, -1, np.int64)  # unlabelled: the worker drops them
@@ -43,7 +43,7 @@ class IndexedStream(RenderedSource):
 
     resume_refusal: str | None = None
 
-    def __init__(self, dataset: Any, num_classes: int, name: str | None = None) -> None:
+    def __init__(self, dataset: Any, num_classes: int | None, name: str | None = None) -> None:
         self.dataset, self.num_classes = dataset, num_classes
         self.name = name or type(dataset).__name__
         self._length = len(dataset)
@@ -84,7 +84,7 @@ class IndexedStream(RenderedSource):
 class IteratedStream:
     """Implements `sources.base.StreamSource` over an iterable of batches, read once, in order."""
 
-    def __init__(self, batches: Iterable[Any], num_classes: int, name: str | None = None,
+    def __init__(self, batches: Iterable[Any], num_classes: int | None, name: str | None = None,
                  resume_refusal: str | None = None) -> None:
         self.num_classes = num_classes
         self.name = name or type(batches).__name__
@@ -155,8 +155,8 @@ class IteratedStream:
                          self.num_classes)
 
 
-def as_stream(data: Any, num_classes: int, name: str | None = None) -> StreamSource:
-    """The stream for `data`: a StreamSource as it is (the shipped sources), a map-style dataset of
+def as_stream(data: Any, num_classes: int | None = None, name: str | None = None) -> StreamSource:
+    """The stream for `data` (labels are checked against `num_classes`, or later by `set_classes`): a StreamSource as it is (the shipped sources), a map-style dataset of
     single images or a DataLoader over one without shuffling (indexable: resumable), else an
     iterable of batches (a list or tuple of them is read again on a resume; a generator is not).
 

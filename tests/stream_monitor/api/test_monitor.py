@@ -182,3 +182,21 @@ def test_stored_values_are_read_back(tmp_path):
 
     with pytest.raises(RunDirectoryError, match="Valid tables: steps, probes, events, estimates"):
         read_table(result.run_dir, "step")
+
+
+@pytest.mark.slow
+def test_calibration_from_labelled_heldout_data_gives_a_headline(tmp_path):
+    from stream_monitor import calibrate_model
+    from stream_monitor.calibration.format import CalibrationMismatch
+
+    settings = dict(mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=16, probe_every=2, probe_size=32, probe_cycle=8)
+    path = calibrate_model(_tiny_model(), Glyphs(96), "tent", output=tmp_path / "cal.json", log=lambda m: None,
+                           domains=("clean", "speckle_noise:3", "gaussian_blur:3", "spatter:3"), **settings)
+    result = Monitor(_tiny_model(), "tent", calibration=path, out=tmp_path / "runs", **settings).run(_batches(8))
+    assert result.probes and all(p.calibrated for p in result.probes)
+    assert result.last.source_accuracy is not None and result.last.online_accuracy is not None
+    assert not any("uncalibrated" in w for w in result.last.warnings)
+    other = Monitor(_tiny_model(seed=1), "tent", calibration=path, out=tmp_path / "other", **settings)
+    with pytest.raises(CalibrationMismatch, match="model_sha256"):
+        other.run(_batches(8))
+    assert not (tmp_path / "other").exists()
