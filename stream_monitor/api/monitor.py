@@ -110,7 +110,7 @@ class Monitor:
         ...                   probe_every=4, probe_size=64, out=tempfile.mkdtemp())
         >>> result = monitor.run(batches())
         >>> result.status, len(result.probes), result.last.calibrated
-        ('finished', 3, False)
+        ('finished', 4, False)
     """
 
     def __init__(self, model: nn.Module, adapter: Any = "tent", *, mean: Sequence[float] | None = None,

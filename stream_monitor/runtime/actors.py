@@ -250,12 +250,13 @@ def start_ray_workers(config: RunConfig, run_id: str = "run", components: Compon
         if components is not None and components.driver_stream:
             local["stream-0"] = StreamWorker(config, None, components)
             names.append("stream-0")
+        remote = components.for_actors() if components is not None else None
         for k in range(0 if local else config.source.num_actors):
             name = f"stream-{k}"
             # Restarts only after a lost process (reads are idempotent); an error of __init__ is
             # no death (the shell keeps it), so it is never retried.
             actors[name] = StreamActor.options(num_cpus=0.25, num_gpus=source_gpus, name=f"{run_id}/{name}",
-                                               max_restarts=2, max_task_retries=2).remote(config, 1, components)
+                                               max_restarts=2, max_task_retries=2).remote(config, 1, remote)
             gpus[name] = source_gpus
             names.append(name)
         fisher_images = (components or config_components(config)).fisher_images  # 0: the adapter needs none
@@ -265,10 +266,10 @@ def start_ray_workers(config: RunConfig, run_id: str = "run", components: Compon
                 actors["stream-0"].first_images.remote(fisher_images)
         actors["adapter"] = AdapterActor.options(num_cpus=1, num_gpus=num_gpus, max_restarts=0,
                                                  name=f"{run_id}/adapter").remote(
-            config, fisher, adapter_threads, components)
+            config, fisher, adapter_threads, remote)
         if config.probe.enabled:
             actors["probe"] = ProbeActor.options(num_cpus=0.25, num_gpus=config.probe.num_gpus, max_restarts=0,
-                                                 name=f"{run_id}/probe").remote(config, 1, components)
+                                                 name=f"{run_id}/probe").remote(config, 1, remote)
             gpus["probe"] = config.probe.num_gpus
         if config.estimation.duo_model:
             actors["sidekick"] = SidekickActor.options(num_cpus=0.25, max_restarts=0,

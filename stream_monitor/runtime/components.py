@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -44,6 +44,14 @@ class Components:
     fisher_images: int = 0
     driver_stream: bool = False
 
+    def for_actors(self) -> "Components":
+        """What travels to the adapter and probe actors: without a driver-read stream, which need not pickle."""
+        return replace(self, stream=_read_in_driver) if self.driver_stream else self
+
+
+def _read_in_driver(bundle: SourceModel) -> StreamSource:
+    raise RuntimeError("this stream is read in the driver (Components.driver_stream), never in an actor")
+
 
 def config_components(config: RunConfig) -> Components:
     """Model, stream and adapter by the names in `config` (`stream-monitor run`)."""
@@ -68,8 +76,6 @@ class _ConfigStream:
     def __call__(self, bundle: SourceModel) -> StreamSource:
         from sources.factory import open_source
 
-        from .workers import decode_device
-
         src = self.config.source
         return open_source(src.kind, src.stream, src.data, bundle, crop=src.crop,
                            device=decode_device(src.decode_device))
@@ -85,6 +91,13 @@ class _ConfigAdapter:
         cfg = self.config.adapter
         return make_adapter(cfg.name, bundle, first_images, cfg.precision, lr=cfg.lr, reset_every=cfg.reset_every,
                             restore_prob=cfg.restore_prob, **cfg.options)
+
+
+def decode_device(device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("source.decode_device is cuda but this source actor sees no CUDA device; give source "
+                         "actors a GPU share (source.num_gpus) on a GPU node, or use --set source.decode_device=cpu")
+    return device
 
 
 class CopiedModel:

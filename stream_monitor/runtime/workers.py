@@ -41,13 +41,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def decode_device(device: str) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("source.decode_device is cuda but this source actor sees no CUDA device; give source "
-                         "actors a GPU share (source.num_gpus) on a GPU node, or use --set source.decode_device=cpu")
-    return device
-
-
 def _set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)

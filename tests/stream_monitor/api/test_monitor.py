@@ -200,3 +200,18 @@ def test_calibration_from_labelled_heldout_data_gives_a_headline(tmp_path):
     with pytest.raises(CalibrationMismatch, match="model_sha256"):
         other.run(_batches(8))
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.slow
+def test_the_docstring_example_runs():
+    import doctest
+
+    from stream_monitor.api import monitor
+
+    finder = doctest.DocTestFinder()
+    tests = [t for t in finder.find(monitor.Monitor, "Monitor", globs={}) if t.examples]
+    assert tests
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
