@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from .adapters import AdapterProtocol, ProtocolAdapter
+from .calibration import HeldOutImages, calibrate_model
 from .images import BatchFormatError
 from .monitor import Monitor, MonitorError, MonitorResult
 from .reader import read_events, read_probes, read_table
@@ -14,4 +15,4 @@ from .records import EstimateReading, EventReport, MonitorCallback, ProbeReport,
 
 __all__ = ["AdapterProtocol", "BatchFormatError", "EstimateReading", "EventReport", "Monitor", "MonitorCallback",
            "MonitorError", "MonitorResult", "ProbeReport", "ProtocolAdapter", "StepReport", "read_events",
-           "read_probes", "read_table"]
+           "read_probes", "read_table", "HeldOutImages", "calibrate_model"]

@@ -21,7 +21,7 @@ from adapters.base import Adapter, StepResult, entropy
 
 from ..models import SourceModel
 
-__all__ = ["AdapterProtocol", "ProtocolAdapter", "adapter_factory"]
+__all__ = ["AdapterProtocol", "ProtocolAdapter", "adapter_factory", "adapter_name", "fisher_images"]
 
 REQUIRED = ("step", "snapshot", "reset", "state_dict")
 
@@ -128,6 +128,15 @@ def adapter_factory(adapter: Any, options: dict[str, Any], precision: str = "fp3
                             f"{type(adapter).__name__}.")
         return _Built(adapter)
     return _Given(adapter)
+
+
+def fisher_images(adapter: Any) -> int:
+    """How many of the stream's first images a registered adapter needs (EATA's Fisher information); 0 for objects."""
+    if not isinstance(adapter, str):
+        return 0
+    from adapters import ADAPTERS
+
+    return ADAPTERS.info(adapter).fisher_images
 
 
 def adapter_name(adapter: Any) -> str:

@@ -33,12 +33,13 @@ from sources.seeding import mix_seed
 from ..calibrate import meta_points, source_statistics
 from ..calibration.fit import fit_flips
 from ..calibration.format import Calibration, Provenance
-from ..runtime.components import Components, CopiedModel
+from ..runtime.components import Components, CopiedModel, GivenStream
 from ..runtime.runner import run, with_overrides
 from ..runtime.workers import AdapterWorker
 from ..schedule import cycle_length, last_probe_step
 from .images import BatchFormatError, check_labels
-from .monitor import Monitor, _fisher_images, _GivenStream
+from .adapters import fisher_images
+from .monitor import Monitor
 from .streams import as_stream
 
 __all__ = ["HeldOutImages", "calibrate_model"]
@@ -142,12 +143,12 @@ def calibrate_model(model: nn.Module, heldout: Any, adapter: Any = "tent", *, ou
                       probe_every=probe_every, probe_size=probe_size, probe_cycle=probe_cycle, batch_size=batch_size,
                       settings=settings, name=name)
     images, labels = load_heldout(heldout, image_size)
-    source, bundle = monitor._open([(images[:1], labels[:1])], "heldout")
+    source, bundle = monitor.prepare([(images[:1], labels[:1])], "heldout")
     check_labels(labels, bundle.num_classes)
     config = monitor.config(None, bundle.name)
 
     def components(stream: Any) -> Components:
-        return Components(CopiedModel(bundle), _GivenStream(stream), monitor.factory, _fisher_images(adapter),
+        return Components(CopiedModel(bundle), GivenStream(stream), monitor.factory, fisher_images(adapter),
                           driver_stream=True)
 
     description = AdapterWorker(config, components=components(None)).describe()

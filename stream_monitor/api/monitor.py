@@ -24,10 +24,10 @@ from torch import nn
 
 from ..config import ConfigError, RunConfig, load_config
 from ..rundir import RunDirectory, RunDirectoryError
-from ..runtime.components import Components, CopiedModel
+from ..runtime.components import Components, CopiedModel, GivenStream
 from ..runtime.observer import RunInfo
 from ..runtime.runner import API_SOURCE_KIND, RunError, new_run_dir, run
-from .adapters import adapter_factory, adapter_name
+from .adapters import adapter_factory, adapter_name, fisher_images
 from .models import UserModel, wrap_model
 from .records import ProbeReport, RecordObserver
 from .streams import as_stream
@@ -56,16 +56,6 @@ class MonitorResult:
     def last(self) -> ProbeReport | None:
         """The last probe report, or None when the run ended before its first probe."""
         return self.probes[-1] if self.probes else None
-
-
-class _GivenStream:
-    """`Components.stream` for a stream already opened in the driver."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def __call__(self, bundle: Any) -> Any:
-        return self.stream
 
 
 class Monitor:
@@ -164,7 +154,7 @@ class Monitor:
             run_dir: the run directory to write (default: a new one under `out`).
             stream_name: the stream's name in run.json and the run directory's name.
         """
-        source, bundle = self._open(stream, stream_name)
+        source, bundle = self.prepare(stream, stream_name)
         config = self.config(max_images, bundle.name)
         self._check_calibration(bundle, config)
         if run_dir is not None:
@@ -197,7 +187,7 @@ class Monitor:
         if recorded.source.kind != API_SOURCE_KIND:
             raise MonitorError(f"{run_dir} was made by `stream-monitor run`; resume it with "
                                f"`stream-monitor run --resume {run_dir}`.")
-        source, bundle = self._open(stream, None)
+        source, bundle = self.prepare(stream, None)
         refusal = getattr(source, "resume_refusal", None)
         if refusal is not None:
             raise MonitorError(f"Cannot resume {run_dir}: {refusal}.")
@@ -213,7 +203,9 @@ class Monitor:
         return self._run(config, run_dir, source, bundle, resume=True)
 
     # ---- helpers -----------------------------------------------------------------------------------
-    def _open(self, stream: Any, stream_name: str | None) -> tuple[Any, UserModel]:
+    def prepare(self, stream: Any, stream_name: str | None = None) -> tuple[Any, UserModel]:
+        """The stream as the runtime reads it and the model with its normalisation and class count,
+        checked against each other (image size, labels); nothing is written."""
         source = as_stream(stream, None, stream_name)
         bundle = wrap_model(self.model, int(source.image_size), self.mean, self.std, self.normalise, self.name)
         set_classes = getattr(source, "set_classes", None)  # a shipped source knows its classes
@@ -232,8 +224,8 @@ class Monitor:
         Calibration.load(self.calibration).check(provenance, ("model", "model_sha256", "adapter", "probe_size"))
 
     def _run(self, config: RunConfig, run_dir: Path, source: Any, bundle: UserModel, resume: bool) -> MonitorResult:
-        components = Components(CopiedModel(bundle), _GivenStream(source), self.factory,
-                                _fisher_images(self.adapter), driver_stream=True)
+        components = Components(CopiedModel(bundle), GivenStream(source), self.factory,
+                                fisher_images(self.adapter), driver_stream=True)
         records = RecordObserver(self.callbacks, calibrated=False)
         reporter = None
         if self.dashboard:
@@ -250,12 +242,4 @@ class Monitor:
             raise MonitorError(str(error)) from None
         return MonitorResult(outcome.run_dir, outcome.status, outcome.images, outcome.seconds, outcome.info,
                              records.reports, outcome.error)
-
-
-def _fisher_images(adapter: Any) -> int:
-    if not isinstance(adapter, str):
-        return 0
-    from adapters import ADAPTERS
-
-    return ADAPTERS.info(adapter).fisher_images
 

@@ -141,8 +141,12 @@ class IteratedStream:
         if start < self._start:
             raise RuntimeError(f"{self.name} was read past position {start:,} and cannot be read again "
                                f"(it is read once, in order)")
+        while self._stop <= start and not self._ended:  # a resume skips whole batches without keeping them
+            self._images, self._labels, self._start = [], [], self._stop
+            self._pull()
         stop = self.reached(stop)
-        self.reached(start)
+        if start >= stop:
+            return
         images = np.concatenate(self._images) if self._images else np.zeros((0, 3, 1, 1), np.uint8)
         labels = np.concatenate(self._labels) if self.has_labels and self._labels else None
         cut = start - self._start  # what lies before `start` is never read again

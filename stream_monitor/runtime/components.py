@@ -100,6 +100,16 @@ def decode_device(device: str) -> str:
     return device
 
 
+class GivenStream:
+    """`Components.stream` for a stream already opened in the driver (the Python API's)."""
+
+    def __init__(self, stream: StreamSource) -> None:
+        self.stream = stream
+
+    def __call__(self, bundle: SourceModel) -> StreamSource:
+        return self.stream
+
+
 class CopiedModel:
     """A given source model, copied for each worker (in-process they share one object)."""
 
