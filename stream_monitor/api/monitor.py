@@ -14,6 +14,7 @@ headline estimates are None and every report says so (`ProbeReport.warnings`); t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,12 +233,10 @@ class Monitor:
             from ..dashboard.app import make_reporter
 
             reporter = make_reporter(enabled=True, refresh_per_second=config.dashboard.refresh_per_second)
+        log = getattr(reporter, "log", None) or (lambda message: None)
         try:
-            if reporter is not None and hasattr(reporter, "__enter__"):
-                with reporter:
-                    outcome = run(config, run_dir, reporter, resume, [records], reporter.log, components)
-            else:
-                outcome = run(config, run_dir, reporter, resume, [records], lambda message: None, components)
+            with reporter if hasattr(reporter, "__enter__") else contextlib.nullcontext():
+                outcome = run(config, run_dir, reporter, resume, [records], log, components)
         except RunError as error:
             raise MonitorError(str(error)) from None
         return MonitorResult(outcome.run_dir, outcome.status, outcome.images, outcome.seconds, outcome.info,

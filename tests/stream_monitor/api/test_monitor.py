@@ -151,13 +151,15 @@ def test_bad_batches_say_what_is_expected(tmp_path):
     assert not any(tmp_path.iterdir())  # validated before any run directory
 
 
-def test_a_list_of_batches_and_a_normalise_callable(tmp_path):
+def test_a_list_of_batches_a_normalise_callable_and_the_dashboard(tmp_path, capsys):
     batches = [(torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8), torch.arange(16) % 10)
                for _ in range(3)]
-    monitor = Monitor(_tiny_model(), adapter="source", normalise=lambda x: (x - 0.5) / 0.25, out=tmp_path, **TINY)
+    monitor = Monitor(_tiny_model(), adapter="source", normalise=lambda x: (x - 0.5) / 0.25, out=tmp_path,
+                      dashboard=True, **TINY)
     result = monitor.run(batches)
     assert result.images == 48 and result.last is not None
     assert RunDirectory(result.run_dir).info().stream == "batches"
+    assert result.run_dir.name in capsys.readouterr().out  # not a terminal: the dashboard's plain lines
 
 
 def test_import_stays_light():
