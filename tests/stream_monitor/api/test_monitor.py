@@ -163,9 +163,14 @@ def test_a_list_of_batches_a_normalise_callable_and_the_dashboard(tmp_path, caps
 
 
 def test_import_stays_light():
-    code = "import sys, stream_monitor; assert 'torch' not in sys.modules; stream_monitor.Monitor; print('ok')"
+    import stream_monitor
+
+    code = "import sys, stream_monitor; assert 'torch' not in sys.modules, 'torch loaded'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+    assert stream_monitor.Monitor is Monitor and "calibrate_model" in dir(stream_monitor)
+    with pytest.raises(AttributeError, match="no attribute 'Monitr'"):
+        stream_monitor.Monitr
 
 
 def test_stored_values_are_read_back(tmp_path):
@@ -217,3 +222,12 @@ def test_the_docstring_example_runs():
     for test in tests:
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+def test_a_list_of_batches_resumes_by_reading_it_again(tmp_path):
+    batches = list(_batches(n=6))
+    whole = _monitor(tmp_path / "a").run(batches)
+    part = _monitor(tmp_path / "b").run(batches, max_images=48)
+    resumed = _monitor(tmp_path / "b").resume(part.run_dir, batches)
+    assert resumed.images == 96 - 48
+    assert _tables(resumed.run_dir) == _tables(whole.run_dir)
