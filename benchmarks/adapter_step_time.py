@@ -25,9 +25,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from adapters import ADAPTERS  # noqa: E402
-from adapters.base import entropy  # noqa: E402
-from adapters.tent import configure_norm_adaptation  # noqa: E402
+from stream_monitor.adapters import ADAPTERS  # noqa: E402
+from stream_monitor.adapters.base import entropy  # noqa: E402
+from stream_monitor.adapters.tent import configure_norm_adaptation  # noqa: E402
 from stream_monitor.adaptation import PRECISIONS, make_adapter  # noqa: E402
 from stream_monitor.models import load_model  # noqa: E402
 
@@ -72,9 +72,9 @@ class AETTAPasses:
 
 def first_batch(model, batch_size: int) -> torch.Tensor:
     if model.name.startswith("embedded"):
-        from sources.accuracy_matrix import embedded_matrices
-        from sources.ccc import CCCSpec
-        from sources.embedded_ccc import EmbeddedCCCSource
+        from stream_monitor.sources.accuracy_matrix import embedded_matrices
+        from stream_monitor.sources.ccc import CCCSpec
+        from stream_monitor.sources.embedded_ccc import EmbeddedCCCSource
 
         source = EmbeddedCCCSource(CCCSpec(20, 1000, 43), embedded_matrices(model))
         return torch.from_numpy(next(iter(source.read(0, batch_size, batch_size))).images)

@@ -25,10 +25,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from adapters import ADAPTERS  # noqa: E402
-from sources.accuracy_matrix import embedded_matrices  # noqa: E402
-from sources.ccc import CCCSpec  # noqa: E402
-from sources.embedded_ccc import EmbeddedCCCSource  # noqa: E402
+from stream_monitor.adapters import ADAPTERS  # noqa: E402
+from stream_monitor.sources.accuracy_matrix import embedded_matrices  # noqa: E402
+from stream_monitor.sources.ccc import CCCSpec  # noqa: E402
+from stream_monitor.sources.embedded_ccc import EmbeddedCCCSource  # noqa: E402
 from stream_monitor.adaptation import make_adapter  # noqa: E402
 from stream_monitor.models import load_model  # noqa: E402
 

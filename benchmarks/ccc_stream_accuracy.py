@@ -16,9 +16,9 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from sources.accuracy_matrix import embedded_matrices  # noqa: E402
-from sources.ccc import CCCSpec, target_accuracy  # noqa: E402
-from sources.embedded_ccc import EmbeddedCCCSource  # noqa: E402
+from stream_monitor.sources.accuracy_matrix import embedded_matrices  # noqa: E402
+from stream_monitor.sources.ccc import CCCSpec, target_accuracy  # noqa: E402
+from stream_monitor.sources.embedded_ccc import EmbeddedCCCSource  # noqa: E402
 from stream_monitor.models import load_model  # noqa: E402
 from stream_monitor.source_eval import evaluate_source  # noqa: E402
 

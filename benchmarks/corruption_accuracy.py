@@ -19,9 +19,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS, get_corruption  # noqa: E402
-from sources.glyphs import VAL, GlyphDomain  # noqa: E402
-from sources.seeding import mix_seed  # noqa: E402
+from stream_monitor.sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS, get_corruption  # noqa: E402
+from stream_monitor.sources.glyphs import VAL, GlyphDomain  # noqa: E402
+from stream_monitor.sources.seeding import mix_seed  # noqa: E402
 from stream_monitor.models import load_model  # noqa: E402
 
 SEVERITIES = (0, 1, 2, 3, 4, 5)

@@ -17,8 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from adapters import ADAPTERS  # noqa: E402
-from sources.factory import open_source  # noqa: E402
+from stream_monitor.adapters import ADAPTERS  # noqa: E402
+from stream_monitor.sources.factory import open_source  # noqa: E402
 from stream_monitor.models import load_model  # noqa: E402
 
 

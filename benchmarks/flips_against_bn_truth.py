@@ -21,8 +21,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from adapters.base import use_batch_statistics  # noqa: E402
-from sources.factory import open_source  # noqa: E402
+from stream_monitor.adapters.base import use_batch_statistics  # noqa: E402
+from stream_monitor.sources.factory import open_source  # noqa: E402
 from stream_monitor.config import load_config  # noqa: E402
 from stream_monitor.metrics.sink import read_table  # noqa: E402
 from stream_monitor.models import load_model  # noqa: E402

@@ -26,9 +26,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from sources.accuracy_matrix import embedded_matrices  # noqa: E402
-from sources.ccc import CCCSpec  # noqa: E402
-from sources.embedded_ccc import EmbeddedCCCSource  # noqa: E402
+from stream_monitor.sources.accuracy_matrix import embedded_matrices  # noqa: E402
+from stream_monitor.sources.ccc import CCCSpec  # noqa: E402
+from stream_monitor.sources.embedded_ccc import EmbeddedCCCSource  # noqa: E402
 from stream_monitor.models import load_model  # noqa: E402
 
 SPAN = 256

@@ -44,11 +44,11 @@ def write_embedded_shards(out: Path, images: int, size: int = 224) -> Path:
     """`images` of the embedded CCC-Medium stream as CCC-format shards of `size` px JPEGs."""
     from torchvision.io import encode_jpeg
 
-    from sources.accuracy_matrix import embedded_matrices
-    from sources.ccc import CCCSpec
-    from sources.embedded_ccc import EmbeddedCCCSource
-    from sources.generate import ShardSample, write_ccc_shards
-    from sources.shards import CCCInfo, format_info
+    from stream_monitor.sources.accuracy_matrix import embedded_matrices
+    from stream_monitor.sources.ccc import CCCSpec
+    from stream_monitor.sources.embedded_ccc import EmbeddedCCCSource
+    from stream_monitor.sources.generate import ShardSample, write_ccc_shards
+    from stream_monitor.sources.shards import CCCInfo, format_info
     from stream_monitor.models import load_model
 
     embedded = load_model("embedded")
@@ -161,7 +161,7 @@ def main() -> None:
     reference = time_reference(adapter, loader, args.device)
     reference_decode = time_decode(reference_loader(shards, args.stream, args.images, model.mean, model.std,
                                                     config.source.batch_size))
-    from sources.shards import CCCShardSource
+    from stream_monitor.sources.shards import CCCShardSource
 
     shard_source = CCCShardSource(shards, args.stream, device=args.decode_device)
     ours_decode = time_decode(shard_source.read(0, args.images, config.source.batch_size))

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from adapters import ADAPTERS, Adapter
+from stream_monitor.adapters import ADAPTERS, Adapter
 
 from .models import SourceModel
 

@@ -83,8 +83,8 @@ def plan(streams: Iterable[str], adapters: Iterable[str], seeds: Iterable[int] =
     Raises:
         ValueError: an unknown adapter or a stream name that is not a CCC stream, with the valid choices.
     """
-    from adapters import ADAPTERS
-    from sources.ccc import CCCSpec, all_stream_names
+    from stream_monitor.adapters import ADAPTERS
+    from stream_monitor.sources.ccc import CCCSpec, all_stream_names
 
     from .registry import UnknownNameError
 

@@ -28,10 +28,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sources.base import StreamSource
-from sources.factory import open_source
-from sources.heldout import FOLDER_DOMAINS
-from sources.imagefolder import index_image_folder
+from stream_monitor.sources.base import StreamSource
+from stream_monitor.sources.factory import open_source
+from stream_monitor.sources.heldout import FOLDER_DOMAINS
+from stream_monitor.sources.imagefolder import index_image_folder
 
 from .calibration.fit import fit_flips, nuclear_line, sentinel_set
 from .calibration.format import Calibration, Provenance

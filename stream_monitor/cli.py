@@ -52,6 +52,8 @@ def estimator_lines() -> list[str]:
 # keeps it equal to the registry's names.
 ADAPTER_NAMES = ("source", "norm", "tent", "eta", "eata", "rdumb", "sar", "cotta", "lcotta", "em-inf")
 ADAPTER_HELP = f"TTA method: {', '.join(ADAPTER_NAMES)} (source: no adaptation; see `list adapters`)."
+METRICS_PORT_HELP = ("Serve the run's Prometheus metrics at 127.0.0.1:PORT/metrics (metrics.port; names in "
+                     "docs/metrics.md). A run on Ray also exports them through Ray's metrics agent.")
 
 
 def _fail(message: str) -> None:
@@ -90,12 +92,14 @@ def run(
                                                  "(embedded stream).")] = None,
     no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Plain log lines instead of the live dashboard.")] = False,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run every worker in this process (debugging).")] = False,
+    metrics_port: Annotated[Optional[int], typer.Option(help=METRICS_PORT_HELP)] = None,
 ) -> None:
     """Adapt on the stream; estimate accuracy without labels, warn of collapse, live.
 
     Labels (when the stream has them) only score: the adapter and the probe never see them.
     """
     from .config import ConfigError, load_config
+    from .metrics.prometheus import MetricsPortError
     from .runtime.runner import RunError, new_run_dir, prepare_resume
 
     flags = {
@@ -105,7 +109,7 @@ def run(
         "adapter.reset_every": reset_every, "adapter.restore_prob": restore_prob,
         "runtime.address": address, "runtime.ray_host": ray_host, "runtime.num_gpus": num_gpus,
         "runtime.device": device,
-        "metrics.out": str(out) if out else None,
+        "metrics.out": str(out) if out else None, "metrics.port": metrics_port,
     }
     overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in flags.items() if v is not None]
     if max_images is not None:
@@ -123,16 +127,43 @@ def run(
         else:
             cfg = load_config(config, overrides)
             _validate(cfg)
+        _serve_metrics(cfg.metrics)
+        if resume is None:
             run_dir = new_run_dir(cfg)
-    except (ConfigError, RunError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, RunError, FileNotFoundError, ValueError, MetricsPortError) as error:
         _fail(str(error))
     _run_and_summarise(cfg, run_dir, resume is not None)
 
 
+def _check_metrics_port(port: int) -> None:
+    """A bench's --metrics-port is a valid port that nothing listens on yet (the local Ray takes it)."""
+    import socket
+
+    from .config import MetricsConfig
+    from .metrics.prometheus import MetricsPortError
+
+    MetricsConfig(port=port)  # ConfigError outside 1..65535
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise MetricsPortError(f"--metrics-port {port}: cannot listen on 127.0.0.1:{port} ({error.strerror}). "
+                                   f"Pick a free port, e.g. --metrics-port {port + 1}.") from None
+
+
+def _serve_metrics(metrics) -> None:
+    """Open the --metrics-port endpoint before anything is written: a port in use fails here."""
+    from .metrics.prometheus import serve
+
+    if metrics.port is not None:
+        serve(metrics.host, metrics.port)
+        console.print(f"metrics: http://{metrics.host}:{metrics.port}/metrics", highlight=False)
+
+
 def _validate(cfg) -> None:
     """Fail on names and files before any actor starts."""
-    from adapters import ADAPTERS
-    from sources.factory import check_source
+    from stream_monitor.adapters import ADAPTERS
+    from stream_monitor.sources.factory import check_source
 
     from .adaptation import PRECISIONS
     from .models import model_names
@@ -250,8 +281,8 @@ def calibrate(
     from .config import ConfigError, load_config
     from .models import WeightsError
 
-    from sources.ccc import CCCSpec
-    from sources.heldout import parse_domain
+    from stream_monitor.sources.ccc import CCCSpec
+    from stream_monitor.sources.heldout import parse_domain
 
     try:
         if merge:
@@ -311,6 +342,11 @@ def bench(
     submit: Annotated[Optional[str], typer.Option(help="Submit this bench through the Ray Jobs API to the "
                                                   "dashboard at this address (http://HEAD:8265) and return.")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="Run the jobs one after the other in this process.")] = False,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve every run's Prometheus metrics at "
+                                                        "127.0.0.1:PORT/metrics: this process' endpoint with "
+                                                        "--no-ray, the local Ray's metrics agent otherwise "
+                                                        "(names prefixed ray_). On a cluster, its agents "
+                                                        "export them (ray start --metrics-export-port).")] = None,
 ) -> None:
     """Fan out many runs (streams x adapters x seeds) over Ray, one resumable run directory each.
 
@@ -320,7 +356,13 @@ def bench(
 
     from .bench import live_rows, plan, run_local, run_on_ray, submit_job, write_summary
     from .config import ConfigError, load_config
+    from .metrics.prometheus import MetricsPortError
 
+    if metrics_port is not None and (address or submit):
+        where = f"--address {address}" if address else f"--submit {submit}"
+        _fail(f"--metrics-port {metrics_port} with {where}: the runs of a bench on a Ray cluster export their "
+              f"metrics through the cluster's Ray metrics agents; start its nodes with `ray start "
+              f"--metrics-export-port PORT` and scrape them (docs/metrics.md), and leave out --metrics-port.")
     if submit:
         try:
             job_id = submit_job(submit, sys.argv[2:] if len(sys.argv) > 2 else [])
@@ -332,14 +374,19 @@ def bench(
     overrides = list(set_ or [])
     if max_images is not None:
         overrides.append(f"runtime.max_images={max_images or None}")
+    if metrics_port is not None and no_ray:
+        overrides.append(f"metrics.port={metrics_port}")
     if cpus_per_run >= 1:
         overrides.append(f"runtime.threads={int(cpus_per_run)}")
     try:
         jobs = plan([s.strip() for s in streams.split(",") if s.strip()],
                     [a.strip() for a in adapters.split(",") if a.strip()],
                     [int(s) for s in seeds.split(",")] if seeds else (), overrides)
-        load_config(None, jobs[0].config_overrides())  # a bad --set fails here, before any run starts
-    except (ValueError, ConfigError) as error:
+        first = load_config(None, jobs[0].config_overrides())  # a bad --set fails here, before any run starts
+        if metrics_port is not None:
+            _check_metrics_port(metrics_port)
+        _serve_metrics(first.metrics)  # --no-ray: one endpoint for every run of this process
+    except (ValueError, ConfigError, MetricsPortError) as error:
         _fail(str(error))
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]stream-monitor bench[/]: {len(jobs)} runs in [cyan]{out}[/]", highlight=False)
@@ -367,8 +414,9 @@ def bench(
 
             if address:
                 ray.init(address=address, log_to_driver=False)
-            else:
-                start_local_ray("127.0.0.1", log_to_driver=False)
+            else:  # its metrics agent exports the runs' Ray metrics on --metrics-port
+                start_local_ray("127.0.0.1", log_to_driver=False,
+                                **({"_metrics_export_port": metrics_port} if metrics_port is not None else {}))
             try:
                 rows = run_on_ray(jobs, out, gpus_per_run, cpus_per_run, max_retries, update)
             finally:
@@ -482,9 +530,9 @@ def report(
 @app.command("list")
 def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHAT)}.")] = "sources") -> None:
     """List sources, adapters, estimators, collapse detectors, CCC streams, corruptions or models."""
-    from sources.ccc import NOISE_POOLS, all_stream_names
-    from sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS
-    from sources.factory import SOURCE_KINDS
+    from stream_monitor.sources.ccc import NOISE_POOLS, all_stream_names
+    from stream_monitor.sources.corruptions import HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS
+    from stream_monitor.sources.factory import SOURCE_KINDS
 
     from .models import model_names
     from .registry import unknown_name_message
@@ -502,7 +550,7 @@ def list_(what: Annotated[str, typer.Argument(help=f"One of: {', '.join(LIST_WHA
         for name in HELD_OUT_CORRUPTIONS:
             console.print(f"{name:<16} held-out (calibration only)")
     elif what == "adapters":
-        from adapters import ADAPTERS
+        from stream_monitor.adapters import ADAPTERS
 
         for info in ADAPTERS.infos():
             console.print(f"{info.name:<10} {info.description}", highlight=False)
@@ -530,9 +578,9 @@ def generate(
     max_images: Annotated[Optional[int], typer.Option(help="Stop early (default: the whole stream).")] = None,
 ) -> None:
     """Generate CCC webdataset shards locally from ImageNet val (resumable)."""
-    from sources.ccc import CCCSpec, CCCWalk
-    from sources.ccc_pickle import load_ccc_pickle, load_matrices_npz
-    from sources.generate import generate_ccc_from_imagefolder
+    from stream_monitor.sources.ccc import CCCSpec, CCCWalk
+    from stream_monitor.sources.ccc_pickle import load_ccc_pickle, load_matrices_npz
+    from stream_monitor.sources.generate import generate_ccc_from_imagefolder
 
     try:
         spec = CCCSpec.parse(stream)
@@ -563,7 +611,7 @@ def train_embedded(
 @app.command()
 def matrix(images: Annotated[int, typer.Option(help="Calibration images per grid cell.")] = 64) -> None:
     """Compute (and cache) the embedded model's CCC accuracy matrix."""
-    from sources.accuracy_matrix import embedded_matrices
+    from stream_monitor.sources.accuracy_matrix import embedded_matrices
 
     from .models import load_model
 

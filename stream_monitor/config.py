@@ -203,10 +203,16 @@ class MetricsConfig:
     out: str = "runs"                 # parent folder of run directories
     rows_per_part: int = 10_000
     seconds_per_part: float = 30.0    # a running run's parts become readable this often
+    # Prometheus: this process serves the run's metrics at http://host:port/metrics (docs/metrics.md)
+    port: Optional[int] = None        # None: no endpoint of its own
+    host: str = "127.0.0.1"           # loopback: only this machine scrapes it
+    ray: bool = True                  # on Ray, also record them as Ray metrics (exported with the prefix ray_)
 
     def __post_init__(self) -> None:
         _positive(self, "rows_per_part")
         _check(self, "seconds_per_part", self.seconds_per_part > 0, "> 0 seconds")
+        _check(self, "port", self.port is None or 1 <= self.port <= 65535,
+               "a TCP port in 1..65535 (or null: no endpoint), e.g. --metrics-port 9464")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sources.base import Batch, StreamSource
+from stream_monitor.sources.base import Batch, StreamSource
 
 from .models import SourceModel
 

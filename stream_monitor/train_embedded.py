@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sources.augment import random_resized_crop_flip
-from sources.glyphs import TRAIN, VAL, GlyphDomain
+from stream_monitor.sources.augment import random_resized_crop_flip
+from stream_monitor.sources.glyphs import TRAIN, VAL, GlyphDomain
 
 from .models.embedded import CifarResNet
 from .models.normalisation import EMBEDDED_MEAN, EMBEDDED_STD

@@ -30,7 +30,7 @@ def write_glyph_folder(root, images: int = 40, start: int = 0):
     a user's own image folder, as tests can make one."""
     from PIL import Image
 
-    from sources.glyphs import VAL, GlyphDomain
+    from stream_monitor.sources.glyphs import VAL, GlyphDomain
 
     root = Path(root)
     for digit in range(10):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapters.base import Adapter, StepResult, entropy
+from stream_monitor.adapters.base import Adapter, StepResult, entropy
 
 from ..models import SourceModel
 
@@ -115,7 +115,7 @@ def adapter_factory(adapter: Any, options: dict[str, Any], precision: str = "fp3
     callable (a class) that takes the model (`nn.Module`) and returns one.
     """
     if isinstance(adapter, str):
-        from adapters import ADAPTERS
+        from stream_monitor.adapters import ADAPTERS
 
         ADAPTERS.info(adapter)  # an unknown name fails here, listing the valid ones
         return _Registered(adapter, options, precision)
@@ -134,7 +134,7 @@ def fisher_images(adapter: Any) -> int:
     """How many of the stream's first images a registered adapter needs (EATA's Fisher information); 0 for objects."""
     if not isinstance(adapter, str):
         return 0
-    from adapters import ADAPTERS
+    from stream_monitor.adapters import ADAPTERS
 
     return ADAPTERS.info(adapter).fisher_images
 
@@ -155,7 +155,7 @@ class _Registered:
         from ..adaptation import make_adapter
 
         if getattr(bundle, "transform", None) is not None:
-            from adapters import ADAPTERS
+            from stream_monitor.adapters import ADAPTERS
 
             if ADAPTERS.info(self.name).input_normalisation:
                 raise ValueError(f"Adapter {self.name!r} augments images before normalisation and needs the model's "

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sources.augment import jpeg_roundtrip
-from sources.base import Batch, RenderedSource
-from sources.corruptions import get_corruption
-from sources.heldout import FOLDER_DOMAINS, parse_domain
-from sources.seeding import mix_seed
+from stream_monitor.sources.augment import jpeg_roundtrip
+from stream_monitor.sources.base import Batch, RenderedSource
+from stream_monitor.sources.corruptions import get_corruption
+from stream_monitor.sources.heldout import FOLDER_DOMAINS, parse_domain
+from stream_monitor.sources.seeding import mix_seed
 
 from ..calibrate import meta_points, source_statistics
 from ..calibration.fit import fit_flips
@@ -94,7 +94,7 @@ def load_heldout(heldout: Any, image_size: int | None = None) -> tuple[np.ndarra
     sub-folders sorted as the model's class indices; resized and centre-cropped to `image_size`),
     or anything `Monitor.run` streams, with labels."""
     if isinstance(heldout, (str, Path)):
-        from sources.imagefolder import ImageFolderSource
+        from stream_monitor.sources.imagefolder import ImageFolderSource
 
         size = image_size or 224
         folder = ImageFolderSource(heldout, image_size=size, resize=max(size, round(size * 256 / 224)))

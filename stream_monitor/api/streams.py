@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sources.base import Batch, RenderedSource, StreamSource
+from stream_monitor.sources.base import Batch, RenderedSource, StreamSource
 
 from .images import BatchFormatError, check_labels, split_item, to_labels, to_uint8
 

@@ -30,6 +30,7 @@ from .panels import (
     format_duration,
     format_hyperparameters,
     format_percent,
+    format_position,
 )
 from .state import DashboardState
 
@@ -55,7 +56,8 @@ class DashboardView:
     def layout(self, width: int) -> Layout:
         state = self.state
         root = Layout(name="root")
-        chart = Layout(Panel(AccuracyChart(state), title="accuracy vs stream position", title_align="left"),
+        chart = Layout(Panel(AccuracyChart(state), title="accuracy per probe window vs stream position",
+                             title_align="left"),
                        name="chart", ratio=3, minimum_size=8)
         throughput = Layout(Panel(ThroughputPanel(state), title="throughput", title_align="left"),
                             name="throughput", size=THROUGHPUT_SIZE)
@@ -238,9 +240,11 @@ class PlainReporter:
         self._state = self._state.apply_probe(row)
         probe = self._state.last_probe
         assert probe is not None
-        self.log(f"probe step {probe.step:,} at {probe.position:,}: "
-                 f"est source {format_percent(probe.est_source_acc)} (true {format_percent(probe.true_source_acc)}) | "
-                 f"est online {format_percent(probe.est_online_acc)} (true {format_percent(probe.true_online_acc)}) | "
+        self.log(f"probe step {probe.step:,} at {probe.position:,}, window: "
+                 f"est source {format_percent(probe.est_source_acc)}{_method(probe.est_source_method)} "
+                 f"(true {format_percent(probe.true_source_acc)}) | "
+                 f"est online {format_percent(probe.est_online_acc)}{_method(probe.est_online_method)} "
+                 f"(true {format_percent(probe.true_online_acc)}) | "
                  f"flips {probe.flips}/{probe.probe_size} (cycle {probe.cycle})")
 
     def on_event(self, row: dict[str, Any]) -> None:
@@ -276,7 +280,8 @@ def progress_line(state: DashboardState) -> str:
     if step is not None and step.top_class_share is not None:
         parts.append(f"top class {100 * step.top_class_share:.0f}%")
     if state.rolling_online_acc is not None:
-        parts.append(f"true online {format_percent(state.rolling_online_acc)}")
+        parts.append(f"true online (rolling {format_position(state.rolling_images)}) "
+                     f"{format_percent(state.rolling_online_acc)}")
     if state.skipped:
         parts.append(f"skipped {state.skipped:,}")
     return " | ".join(parts)
@@ -295,6 +300,11 @@ def make_reporter(console: Console | None = None, enabled: bool = True, *, refre
     if enabled and console.is_terminal and not console.is_dumb_terminal:
         return Dashboard(console, refresh_per_second=refresh_per_second, screen=screen, summary=summary)
     return PlainReporter(console, every_seconds=every_seconds, summary=summary)
+
+
+def _method(name: str | None) -> str:
+    """The headline's estimator, as the dashboard's legend names it."""
+    return f" [{name}]" if name else ""
 
 
 def _pair(estimated: float | None, true: float | None) -> str:
@@ -323,16 +333,16 @@ def summary_table(state: DashboardState) -> Table:
     table.add_row("throughput", "n/a" if rate is None else f"{rate:,.0f} img/s")
     probe = state.last_probe
     if probe is not None:
-        table.add_row("source acc, final", _pair(probe.est_source_acc, probe.true_source_acc))
-        table.add_row("source acc, mean", _pair(state.mean_accuracy(1), state.mean_accuracy(2)))
-        table.add_row("online acc, final", _pair(probe.est_online_acc, probe.true_online_acc))
-        table.add_row("online acc, mean", _pair(state.mean_accuracy(3), state.mean_accuracy(4)))
+        table.add_row("source acc, last window", _pair(probe.est_source_acc, probe.true_source_acc))
+        table.add_row("source acc, mean of windows", _pair(state.mean_accuracy(1), state.mean_accuracy(2)))
+        table.add_row("online acc, last window", _pair(probe.est_online_acc, probe.true_online_acc))
+        table.add_row("online acc, mean of windows", _pair(state.mean_accuracy(3), state.mean_accuracy(4)))
         table.add_row("probe reports", f"{state.probe_count:,}")
     else:
         table.add_row("estimates", "no probe reports")
     if state.run_online_acc is not None:
         source = f", frozen source {format_percent(state.run_source_acc)}" if state.run_source_acc is not None else ""
-        table.add_row("true acc, whole run", f"online {format_percent(state.run_online_acc)}{source}")
+        table.add_row("true acc, run (every image)", f"online {format_percent(state.run_online_acc)}{source}")
     warnings = state.count("warning")
     table.add_row("collapse warnings", f"{warnings:,}" + (f" ({len(state.warnings)} still active)"
                                                           if state.warnings else ""),

@@ -6,6 +6,7 @@ must fit a fixed region (chart, warnings, events) size themselves from the optio
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "format_hyperparameters",
     "format_percent",
     "format_position",
+    "y_range",
 ]
 
 # (AccuracyPoint field, legend label, style, dashed); truths are dashed so they stay apart without colour.
@@ -133,10 +135,11 @@ class Header:
 
 
 class AccuracyChart:
-    """Accuracy (0-100 %) against stream position, drawn with braille dots to fit the space it is given.
+    """Accuracy (%) of each probe window against stream position, drawn with braille dots to fit its space.
 
     One series per style: estimates solid, ground truth dashed; source and online in different colours. The
-    true online line comes from probe rows when they carry it and from the step rows' rolling accuracy otherwise.
+    true online line comes from probe rows when they carry it and from the step rows' rolling accuracy otherwise
+    (then labelled "rolling"). The y axis zooms to the data (`y_range`), so lines a few points apart stay apart.
     """
 
     def __init__(self, state: DashboardState, height: int = 12) -> None:
@@ -150,7 +153,7 @@ class AccuracyChart:
             values = [(p.position, p[index]) for p in points]
             if index == 4 and not any(v is not None for _, v in values) and len(self.state.online_series):
                 values = list(self.state.online_series.points)
-                label = "true online (rolling)"
+                label = f"true online (rolling {format_position(self.state.rolling_images)})"
             if any(v is not None for _, v in values):
                 out.append((index, label, style, dashed, values))
         return out
@@ -202,6 +205,7 @@ class AccuracyChart:
         if cols < 4 or rows < 2:
             return legend
         lo, hi = self._x_range(series)
+        y_lo, y_hi = y_range([v for *_, values in series for _, v in values if v is not None])
         dots_w, dots_h = cols * 2, rows * 4
         bits = [[0] * cols for _ in range(rows)]
         owner: list[list[str | None]] = [[None] * cols for _ in range(rows)]
@@ -213,7 +217,7 @@ class AccuracyChart:
 
         def to_dot(position: float, value: float) -> tuple[int, int]:
             x = round((position - lo) / (hi - lo) * (dots_w - 1))
-            y = round((100.0 - min(100.0, max(0.0, value))) / 100.0 * (dots_h - 1))
+            y = round((y_hi - min(y_hi, max(y_lo, value))) / (y_hi - y_lo) * (dots_h - 1))
             return x, y
 
         for _, _, style, dashed, values in series:
@@ -232,17 +236,31 @@ class AccuracyChart:
 
         ticks = {}
         # Few rows quantise a mid tick too coarsely to be honest, so short charts only mark the ends.
-        for tick in (100, 75, 50, 25, 0) if rows >= 5 else (100, 0):
+        step = (y_hi - y_lo) / 4
+        for tick in (y_hi - k * step for k in range(5)) if rows >= 5 else (y_hi, y_lo):
             ticks.setdefault(to_dot(lo, tick)[1] // 4, tick)
         lines = list(legend)
         for row in range(rows):
             line = Text(no_wrap=True, overflow="crop")
-            line.append(f"{ticks[row]:>3}% ┤" if row in ticks else " " * (label_width - 1) + " │", "dim")
+            line.append(f"{ticks[row]:>3.0f}% ┤" if row in ticks else " " * (label_width - 1) + " │", "dim")
             line.append_text(_row_text(bits[row], owner[row]))
             lines.append(line)
         lines.append(Text(" " * label_width + "└" + "─" * cols, style="dim", no_wrap=True, overflow="crop"))
         lines.append(_x_labels(lo, hi, cols, label_width + 1))
         return lines
+
+
+def y_range(values: Sequence[float], min_span: float = 20.0) -> tuple[float, float]:
+    """The chart's accuracy axis: the data's range padded to multiples of 5 points, at least `min_span` wide
+    (so noise of a point or two does not fill the chart), inside 0-100; 0-100 when there is no data."""
+    if not values:
+        return 0.0, 100.0
+    lo, hi = max(0.0, min(values) - 2.0), min(100.0, max(values) + 2.0)
+    if hi - lo < min_span:
+        middle = (lo + hi) / 2
+        lo, hi = max(0.0, middle - min_span / 2), min(100.0, middle + min_span / 2)
+        lo, hi = (0.0, min_span) if lo == 0.0 else (100.0 - min_span, 100.0) if hi == 100.0 else (lo, hi)
+    return 5.0 * math.floor(lo / 5.0), 5.0 * math.ceil(hi / 5.0)
 
 
 def _segment(a: tuple[int, int], b: tuple[int, int]) -> Iterable[tuple[int, int]]:
@@ -350,9 +368,9 @@ class ThroughputPanel:
                 grid.add_row("domain", _line((step.domain, "italic")))
         if state.rolling_online_acc is not None:
             source = state.rolling_source_acc
-            grid.add_row("truth", _line("online ", (format_percent(state.rolling_online_acc), "bold"),
-                                        *([" · source ", (format_percent(source), "bold")] if source is not None else []),
-                                        (f" (last {format_position(state.rolling_images)})", "dim")))
+            grid.add_row("truth", _line((f"rolling {format_position(state.rolling_images)}: ", "dim"), "online ",
+                                        (format_percent(state.rolling_online_acc), "bold"),
+                                        *([" · source ", (format_percent(source), "bold")] if source is not None else [])))
         elif state.info is not None and not state.info.has_labels:
             grid.add_row("truth", _line(("no labels: estimates only", "dim")))
         probe = state.last_probe
@@ -382,7 +400,7 @@ class EventsPanel:
             return
         for event in events:
             style = EVENT_STYLES.get(event.kind, "")
-            yield _line((_clock(event.wall_time), "dim"), f" {event.step:>7,} ", (f"{event.kind:<10}", style),
+            yield _line((_clock(event.wall_time), "dim"), f" {event.step:>7,} ", (f"{event.kind:<11}", style),
                         (event.origin, "bold"), ": ", event.message)
 
 

@@ -1,1 +1,1 @@
-"""Run metrics: explicit Arrow schemas and the single Parquet writer."""
+"""Run metrics: explicit Arrow schemas, the single Parquet writer, and the live Prometheus export."""

@@ -283,14 +283,8 @@ def start_ray_workers(config: RunConfig, run_id: str = "run", components: Compon
         shutdown()
         raise
     ex = DriverStreamExecutor(RayExecutor(actors), local) if local else RayExecutor(actors)
-
-    observers = []
-    try:
-        observers.append(RayMetrics(run_id))
-    except Exception as error:  # metrics are optional: never fail a run for them
-        logger.warning("Ray metrics are off: %s", error)
     stream_end = local["stream-0"].reached if local and description.stream.length is None else None
-    return Workers(ex, names, description, shutdown, observers, stream_end)
+    return Workers(ex, names, description, shutdown, stream_end=stream_end)
 
 
 def wait_started(actors: dict[str, Any], timeout_s: float, gpus: dict[str, float]) -> None:
@@ -353,54 +347,3 @@ def start_timeout_message(timeout_s: float, waiting: list[str], gpus: dict[str, 
         message += (f". They ask for GPUs ({shares}) and the cluster has {cluster.get('GPU', 0):g}: "
                     f"if it has none free, use --num-gpus 0 --device cpu to run on CPU")
     return message + "."
-
-
-class RayMetrics:
-    """Throughput and the label-free estimates as Ray metrics (`ray.util.metrics`), which Ray's
-    metrics agent exports to Prometheus (`ray.init(_metrics_export_port=...)`, or a cluster's
-    `ray start --metrics-export-port`). A driver-side observer, tagged with the run id."""
-
-    def __init__(self, run_id: str) -> None:
-        from ray.util.metrics import Counter, Gauge
-
-        keys = ("run",)
-        self.images = Counter("stream_monitor_images", "Stream images processed", tag_keys=keys)
-        self.rate = Gauge("stream_monitor_images_per_second", "End-to-end throughput", tag_keys=keys)
-        self.est_source = Gauge("stream_monitor_estimated_source_accuracy",
-                                "Label-free estimate of the frozen model's accuracy on the cycle (%)", tag_keys=keys)
-        self.est_online = Gauge("stream_monitor_estimated_online_accuracy",
-                                "Label-free estimate of the served predictions' accuracy (%)", tag_keys=keys)
-        self.warnings = Gauge("stream_monitor_collapse_warnings", "Collapse warnings active", tag_keys=keys)
-        for metric in (self.images, self.rate, self.est_source, self.est_online, self.warnings):
-            metric.set_default_tags({"run": run_id})
-        self._last: tuple[float, int] | None = None
-        self._active: set[str] = set()
-
-    def on_start(self, info) -> None:
-        pass
-
-    def on_step(self, row: dict[str, Any]) -> None:
-        images = row["stop"] - row["start"]
-        self.images.inc(images)
-        now = row["wall_time"]
-        if self._last is not None and now > self._last[0]:
-            self.rate.set(images / (now - self._last[0]))
-        self._last = (now, images)
-
-    def on_probe(self, row: dict[str, Any]) -> None:
-        if row.get("est_source_acc") is not None:
-            self.est_source.set(row["est_source_acc"])
-        if row.get("est_online_acc") is not None:
-            self.est_online.set(row["est_online_acc"])
-
-    def on_event(self, row: dict[str, Any]) -> None:
-        if row["kind"] == "warning":
-            self._active.add(row["origin"])
-        elif row["kind"] == "clear":
-            self._active.discard(row["origin"])
-        else:
-            return
-        self.warnings.set(len(self._active))
-
-    def close(self) -> None:
-        pass

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sources.base import StreamSource
+from stream_monitor.sources.base import StreamSource
 
 from ..config import RunConfig
 from ..models import SourceModel, load_model
@@ -55,7 +55,7 @@ def _read_in_driver(bundle: SourceModel) -> StreamSource:
 
 def config_components(config: RunConfig) -> Components:
     """Model, stream and adapter by the names in `config` (`stream-monitor run`)."""
-    from adapters import ADAPTERS
+    from stream_monitor.adapters import ADAPTERS
 
     return Components(_ConfigModel(config), _ConfigStream(config), _ConfigAdapter(config),
                       ADAPTERS.info(config.adapter.name).fisher_images)
@@ -74,7 +74,7 @@ class _ConfigStream:
         self.config = config
 
     def __call__(self, bundle: SourceModel) -> StreamSource:
-        from sources.factory import open_source
+        from stream_monitor.sources.factory import open_source
 
         src = self.config.source
         return open_source(src.kind, src.stream, src.data, bundle, crop=src.crop,

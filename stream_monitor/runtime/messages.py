@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from adapters.base import StepStats
-from sources.base import Batch
+from stream_monitor.adapters.base import StepStats
+from stream_monitor.sources.base import Batch
 
 from ..calibration.format import Provenance
 from ..config import RunConfig

@@ -32,11 +32,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from sources.factory import DEFAULT_STREAM
+from stream_monitor.sources.factory import DEFAULT_STREAM
 
 from ..calibration.resolve import resolve_context
 from ..config import RunConfig, dump_config
 from ..estimation.pipeline import EstimationPipeline
+from ..metrics.prometheus import metrics_observer
 from ..metrics.sink import ParquetSink, quarantine, recover, scan_parts
 from ..rundir import (CHECKPOINT_FILE, CONFIG_FILE, CONTEXT_FILE, INFO_FILE, LOCK_FILE, LOG_FILE, RunDirectory,
                       RunDirectoryError)
@@ -145,8 +146,9 @@ def _run(config: RunConfig, run_dir: Path, reporter: RunObserver | None, resume:
     (run_dir / INFO_FILE).write_text(json.dumps({"format": RUN_DIR_FORMAT, **asdict(info)}, indent=2, default=str))
     (run_dir / CONTEXT_FILE).write_text(json.dumps(context.to_dict()))
     sink = ParquetSink(run_dir, config.metrics.rows_per_part, config.metrics.seconds_per_part)
+    metrics = metrics_observer(config.metrics)  # on Ray (this process joined it) and/or metrics.port
     observers: list[RunObserver] = [sink, *extra_observers, *workers.observers] + \
-        ([reporter] if reporter is not None else [])
+        ([metrics] if metrics is not None else []) + ([reporter] if reporter is not None else [])
     for observer in observers:
         observer.on_start(info)
     for name in ["adapter", *workers.source_names] + (["probe"] if config.probe.enabled else []) + \

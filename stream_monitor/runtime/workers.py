@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapters.base import StepStats, use_batch_statistics
+from stream_monitor.adapters.base import StepStats, use_batch_statistics
 
 from ..config import RunConfig
 from ..estimation.aetta import DropoutDisagreement, stage_ends

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from adapters import ADAPTERS
+from stream_monitor.adapters import ADAPTERS
 
 
 def tiny_model(seed=0, dtype=torch.float32):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from adapters import ADAPTERS
-from adapters.augment import cotta_augment
-from adapters.base import use_batch_statistics
+from stream_monitor.adapters import ADAPTERS
+from stream_monitor.adapters.augment import cotta_augment
+from stream_monitor.adapters.base import use_batch_statistics
 
 from .test_equations import assert_close, confident_model, diverse_batches
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapters import ADAPTERS
-from adapters.em_inf import adaptive_temperature, minimise_logit_entropy
+from stream_monitor.adapters import ADAPTERS
+from stream_monitor.adapters.em_inf import adaptive_temperature, minimise_logit_entropy
 
 from .test_contract import batches, tiny_model
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from adapters import ADAPTERS
+from stream_monitor.adapters import ADAPTERS
 
 from .test_contract import batches, tiny_model
 

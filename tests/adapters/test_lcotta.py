@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapters import ADAPTERS
+from stream_monitor.adapters import ADAPTERS
 
 from .test_contract import tiny_model
 from .test_cotta import sgd_nesterov

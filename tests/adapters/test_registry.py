@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from adapters import ADAPTERS, Adapter, AdapterInfo
-from adapters.base import AdapterRegistry
+from stream_monitor.adapters import ADAPTERS, Adapter, AdapterInfo
+from stream_monitor.adapters.base import AdapterRegistry
 from stream_monitor.registry import Info, Registry, UnknownNameError
 
 

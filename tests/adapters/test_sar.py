@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from adapters import ADAPTERS
-from adapters.sar import sar_parameters
+from stream_monitor.adapters import ADAPTERS
+from stream_monitor.adapters.sar import sar_parameters
 
 from .test_contract import batches, tiny_model
 from .test_equations import H, assert_close, bn_params_of, confident_model, diverse_batches, functional_forward, sgd

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from sources.accuracy_matrix import compute_matrices, matrix_filename
-from sources.ccc_pickle import load_matrices_npz, save_matrices_npz
-from sources.glyphs import VAL, GlyphDomain
+from stream_monitor.sources.accuracy_matrix import compute_matrices, matrix_filename
+from stream_monitor.sources.ccc_pickle import load_matrices_npz, save_matrices_npz
+from stream_monitor.sources.glyphs import VAL, GlyphDomain
 from stream_monitor.models.embedded import CifarResNet
 
 

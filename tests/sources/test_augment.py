@@ -1,6 +1,6 @@
 import torch
 
-from sources.augment import crop_boxes, jpeg_roundtrip, random_resized_crop_flip
+from stream_monitor.sources.augment import crop_boxes, jpeg_roundtrip, random_resized_crop_flip
 
 
 def test_boxes_follow_torchvision_limits():

@@ -6,7 +6,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from sources.ccc import (
+from stream_monitor.sources.ccc import (
     CCCSpec, CCCWalk, GRID, NOISE_POOLS, all_stream_names, find_path, target_accuracy,
 )
 

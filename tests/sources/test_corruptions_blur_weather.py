@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sources.corruptions import PROFILES, CorruptionParams, get_corruption
-from sources.corruptions.blur import clipped_zoom, motion_blur_batch
-from sources.corruptions.weather import Frost, frost_texture
+from stream_monitor.sources.corruptions import PROFILES, CorruptionParams, get_corruption
+from stream_monitor.sources.corruptions.blur import clipped_zoom, motion_blur_batch
+from stream_monitor.sources.corruptions.weather import Frost, frost_texture
 
 NAMES = (
     "defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur",

@@ -13,8 +13,8 @@ import scipy.ndimage as ndi
 import torch
 from PIL import Image
 
-from sources.corruptions import get_corruption
-from sources.corruptions.digital import (
+from stream_monitor.sources.corruptions import get_corruption
+from stream_monitor.sources.corruptions.digital import (
     affine_from_points,
     displace,
     gaussian_blur_matrix,

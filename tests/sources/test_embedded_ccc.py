@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from sources.ccc import NOISE_POOLS, CCCSpec
-from sources.embedded_ccc import UNIT, EmbeddedCCCSource
-from sources.glyphs import STREAM, GlyphDomain
+from stream_monitor.sources.ccc import NOISE_POOLS, CCCSpec
+from stream_monitor.sources.embedded_ccc import UNIT, EmbeddedCCCSource
+from stream_monitor.sources.glyphs import STREAM, GlyphDomain
 
 
 def flat_matrices(noises, value=30.0):
@@ -73,9 +73,9 @@ def test_streams_of_different_seeds_differ():
 
 
 def test_a_held_out_stream_walks_only_the_held_out_corruptions_on_images_of_its_own():
-    from sources.ccc import HELD_OUT_NOISES
-    from sources.corruptions import STREAM_CORRUPTIONS
-    from sources.glyphs import CALIBRATION_STREAMS
+    from stream_monitor.sources.ccc import HELD_OUT_NOISES
+    from stream_monitor.sources.corruptions import STREAM_CORRUPTIONS
+    from stream_monitor.sources.glyphs import CALIBRATION_STREAMS
 
     spec = CCCSpec.parse("baseline_20_transition+speed_1000_seed_7", pool="heldout")
     source = EmbeddedCCCSource(spec, flat_matrices(HELD_OUT_NOISES))

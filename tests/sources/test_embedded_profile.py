@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from sources.corruptions import CORRUPTIONS, HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS, get_corruption
-from sources.corruptions.embedded_profile import EMBEDDED
-from sources.glyphs import GlyphDomain
+from stream_monitor.sources.corruptions import CORRUPTIONS, HELD_OUT_CORRUPTIONS, STREAM_CORRUPTIONS, get_corruption
+from stream_monitor.sources.corruptions.embedded_profile import EMBEDDED
+from stream_monitor.sources.glyphs import GlyphDomain
 
 
 def test_every_corruption_reads_its_table_from_the_profile():

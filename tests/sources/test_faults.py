@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from torchvision.io import encode_jpeg
 
-import sources.shards as shards
-from sources.base import Batch
-from sources.imagefolder import ImageFolderSource
-from sources.shards import CCCShardSource, count_shard_positions, count_shard_samples
+import stream_monitor.sources.shards as shards
+from stream_monitor.sources.base import Batch
+from stream_monitor.sources.imagefolder import ImageFolderSource
+from stream_monitor.sources.shards import CCCShardSource, count_shard_positions, count_shard_samples
 from stream_monitor.runtime.messages import split_batches
 
 STREAM = "baseline_20_transition+speed_1000_seed_43"
@@ -94,7 +94,7 @@ def _with(ext: str, data: bytes):
 
 
 def test_zero_byte_jpeg_is_skipped_not_fatal(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="sources.shards"):
+    with caplog.at_level(logging.WARNING, logger="stream_monitor.sources.shards"):
         _, whole = _read(_write(tmp_path, _edit_one(10, _with("input.jpg", b""))))
     assert whole.skipped == ["serial_00001.tar:sample_2: input.jpg is empty (0 bytes)"]
     assert "serial_00001.tar:sample_2 skipped: input.jpg is empty" in caplog.text
@@ -165,7 +165,7 @@ def test_a_foreign_member_name_never_stands_in_for_a_position(tmp_path, caplog, 
                 for name, data in files.items()}
     root = _write(tmp_path, _edit_one(3, replace))
     assert count_shard_positions(root / STREAM / "serial_00000.tar") == PER_SHARD
-    with caplog.at_level(logging.WARNING, logger="sources.shards"):
+    with caplog.at_level(logging.WARNING, logger="stream_monitor.sources.shards"):
         _, whole = _read(root)
     assert whole.skipped == ["serial_00000.tar:sample_3: not in the shard"]
     assert f"CCC shard serial_00000.tar: ignoring sample {alias!r} (keys are sample_0..sample_7)" in caplog.text
@@ -183,7 +183,7 @@ def test_an_alias_before_the_real_sample_is_ignored(tmp_path):
 def test_an_index_past_the_shard_neither_aliases_nor_ends_it(tmp_path, caplog):
     def extra(files):
         return {**files, **{f"sample_{PER_SHARD + 3}.{ext}": d for ext, d in _members(99).items()}}
-    with caplog.at_level(logging.WARNING, logger="sources.shards"):
+    with caplog.at_level(logging.WARNING, logger="stream_monitor.sources.shards"):
         _, whole = _read(_write(tmp_path, _edit_one(2, extra)))
     assert whole.skipped == []
     assert "ignoring sample 'sample_11' (keys are sample_0..sample_7)" in caplog.text
@@ -193,7 +193,7 @@ def test_an_index_past_the_shard_neither_aliases_nor_ends_it(tmp_path, caplog):
 def test_a_duplicate_key_is_logged_and_the_first_kept(tmp_path, caplog):
     def duplicate(files):  # sample_4 again after sample_5, with another image
         return {**files, **{f"sample_4.{ext}": d for ext, d in _members(99).items()}}
-    with caplog.at_level(logging.WARNING, logger="sources.shards"):
+    with caplog.at_level(logging.WARNING, logger="stream_monitor.sources.shards"):
         _, whole = _read(_write(tmp_path, _edit_one(5, duplicate)))
     assert whole.skipped == []
     assert "CCC shard serial_00000.tar: ignoring 'sample_4', a duplicate or out-of-order key" in caplog.text

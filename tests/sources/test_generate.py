@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sources.base import Batch
-from sources.ccc import Point
-from sources.ccc_pickle import load_ccc_pickle, load_matrices_npz, save_matrices_npz
-from sources.generate import ShardSample, generate_ccc_from_imagefolder, write_ccc_shards
-from sources.shards import CCCShardSource, count_shard_samples, parse_info
+from stream_monitor.sources.base import Batch
+from stream_monitor.sources.ccc import Point
+from stream_monitor.sources.ccc_pickle import load_ccc_pickle, load_matrices_npz, save_matrices_npz
+from stream_monitor.sources.generate import ShardSample, generate_ccc_from_imagefolder, write_ccc_shards
+from stream_monitor.sources.shards import CCCShardSource, count_shard_samples, parse_info
 
 SPEED = 4
 SHARD = 8

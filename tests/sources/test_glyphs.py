@@ -1,7 +1,7 @@
 import torch
 import pytest
 
-from sources.glyphs import BLOCK, CALIBRATION, STREAM, TRAIN, VAL, GlyphDomain, glyph_masks
+from stream_monitor.sources.glyphs import BLOCK, CALIBRATION, STREAM, TRAIN, VAL, GlyphDomain, glyph_masks
 
 
 def test_image_is_a_pure_function_of_seed_and_index():

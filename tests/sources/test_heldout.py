@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from sources.factory import open_source
-from sources.heldout import HeldOutDomainSource, parse_domain
+from stream_monitor.sources.factory import open_source
+from stream_monitor.sources.heldout import HeldOutDomainSource, parse_domain
 
 
 def test_domains_are_clean_or_a_held_out_corruption():
@@ -36,8 +36,8 @@ def test_the_factory_opens_a_domain_for_the_embedded_model_only():
 
 
 def test_an_image_folder_domain_is_sliceable_reshuffled_and_corrupted(tmp_path):
-    from sources.base import Batch
-    from sources.heldout import FOLDER_DOMAINS, HeldOutFolderSource
+    from stream_monitor.sources.base import Batch
+    from stream_monitor.sources.heldout import FOLDER_DOMAINS, HeldOutFolderSource
     from tests.conftest import write_glyph_folder
 
     root = write_glyph_folder(tmp_path / "val", images=30)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sources.base import Batch, StreamSource
-from sources.imagefolder import ImageFolderSource
+from stream_monitor.sources.base import Batch, StreamSource
+from stream_monitor.sources.imagefolder import ImageFolderSource
 
 CLASSES = ("zebra", "ant", "moth")  # sorted: ant, moth, zebra
 
@@ -62,7 +62,7 @@ def test_corrupt_file_is_skipped_counted_and_logged(tmp_path, caplog):
     src = ImageFolderSource(root, image_size=32, resize=36)
     assert src.length == 10
     bad = [i for i, (p, _) in enumerate(src.samples) if p.endswith("broken.jpg")][0]
-    with caplog.at_level(logging.WARNING, logger="sources.imagefolder"):
+    with caplog.at_level(logging.WARNING, logger="stream_monitor.sources.imagefolder"):
         whole = Batch.concat(list(src.read(0, src.length, batch_size=4)))
     assert whole.indices.tolist() == [i for i in range(10) if i != bad]
     assert whole.labels.tolist() == [src.samples[i][1] for i in whole.indices]

@@ -10,8 +10,8 @@ import torch
 import webdataset
 from torchvision.io import encode_jpeg
 
-from sources.base import Batch, StreamSource
-from sources.shards import (
+from stream_monitor.sources.base import Batch, StreamSource
+from stream_monitor.sources.shards import (
     OFFICIAL_CCC_URL,
     CCCInfo,
     CCCShardSource,
@@ -116,7 +116,7 @@ def test_info_is_parsed(tmp_path):
 
 def test_corrupt_jpeg_is_skipped_counted_and_aligned(tmp_path, caplog):
     src = _source(_write(tmp_path, corrupt={10}))
-    with caplog.at_level(logging.WARNING, logger="sources.shards"):
+    with caplog.at_level(logging.WARNING, logger="stream_monitor.sources.shards"):
         batches = list(src.read(8, 16, batch_size=4))
     whole = Batch.concat(batches)
     assert whole.indices.tolist() == [8, 9, 11, 12, 13, 14, 15]
@@ -135,7 +135,7 @@ def test_truncated_shard_is_reported_and_the_stream_continues(tmp_path, caplog):
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2 + 700])  # cut inside a member
     src = _source(root)
-    with caplog.at_level(logging.WARNING, logger="sources.shards"):
+    with caplog.at_level(logging.WARNING, logger="stream_monitor.sources.shards"):
         whole = Batch.concat(list(src.read(0, src.length, batch_size=6)))
     got = whole.indices.tolist()
     assert got[:8] == list(range(8)) and got[-8:] == list(range(16, 24))  # shard 2 still read
@@ -154,7 +154,7 @@ def test_truncation_at_a_header_boundary_is_detected(tmp_path, caplog):
     shard = tmp_path / STREAM / "serial_00000.tar"
     shard.write_bytes(shard.read_bytes()[: 512 * 3 * 3 + 512])  # whole members of few samples
     assert count_shard_samples(shard) < PER_SHARD
-    with caplog.at_level(logging.WARNING, logger="sources.shards"):
+    with caplog.at_level(logging.WARNING, logger="stream_monitor.sources.shards"):
         whole = Batch.concat(list(_source(root).read(0, 12, batch_size=4)))
     assert whole.indices.tolist()[-4:] == [8, 9, 10, 11]
     assert len(whole) + len(whole.skipped) == 12
@@ -210,7 +210,7 @@ def test_a_shard_that_breaks_off_is_reopened_before_giving_up(tmp_path, caplog):
     shard.write_bytes(shard.read_bytes()[:6000])
     src = _source(root)
     src.retries = 1  # local sources default to 0; exercise the remote path on a file
-    with caplog.at_level(logging.WARNING, logger="sources.shards"):
+    with caplog.at_level(logging.WARNING, logger="stream_monitor.sources.shards"):
         whole = Batch.concat(list(src.read(0, 10, batch_size=10)))
     assert "re-opening (attempt 1 of 1)" in caplog.text and "serial_00000.tar is truncated" in caplog.text
     assert len(whole) + len(whole.skipped) == 10 and whole.indices.tolist()[-2:] == [8, 9]

@@ -5,9 +5,9 @@ import re
 import pytest
 import torch
 
-from adapters import ADAPTERS
-from adapters.base import AdapterRegistry
-from adapters.tent import Tent
+from stream_monitor.adapters import ADAPTERS
+from stream_monitor.adapters.base import AdapterRegistry
+from stream_monitor.adapters.tent import Tent
 from stream_monitor import adaptation
 from stream_monitor.adaptation import make_adapter
 from stream_monitor.models import load_model

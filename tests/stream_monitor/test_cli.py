@@ -51,7 +51,7 @@ def test_short_run_on_the_embedded_default(tmp_path):
     assert "embedded glyphs (not ImageNet)" in result.output
     assert "online accuracy" in result.output and "img/s" in result.output
     assert "embedded_resnet20" in result.output and "Summary (finished)" in result.output
-    assert "probe step 2 at 128" in result.output  # the reference set (64 images) is full after step 1
+    assert "probe step 2 at 128, window" in result.output  # the reference set (64 images) is full after step 1
     run_dir = next((tmp_path / "runs").iterdir())
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "run.json", "steps", "probes", "events",
                                                    "checkpoint.pt"}
@@ -109,7 +109,7 @@ def test_resume_of_a_folder_that_is_no_run_says_what_to_pass(tmp_path):
 
 
 def test_list_adapters_shows_the_registry_descriptions():
-    from adapters import ADAPTERS
+    from stream_monitor.adapters import ADAPTERS
 
     result = runner.invoke(app, ["list", "adapters"])
     shown = " ".join(result.output.split())  # rich wraps long lines
@@ -119,7 +119,7 @@ def test_list_adapters_shows_the_registry_descriptions():
 
 
 def test_the_adapter_help_names_every_registered_adapter():
-    from adapters import ADAPTERS
+    from stream_monitor.adapters import ADAPTERS
 
     assert sorted(ADAPTER_NAMES) == ADAPTERS.names()
     assert all(name in ADAPTER_HELP for name in ADAPTERS.names())

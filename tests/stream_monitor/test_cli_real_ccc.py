@@ -9,8 +9,8 @@ from PIL import Image
 from torchvision.io import encode_jpeg
 from typer.testing import CliRunner
 
-from sources.generate import ShardSample, write_ccc_shards
-from sources.shards import CCCInfo, format_info
+from stream_monitor.sources.generate import ShardSample, write_ccc_shards
+from stream_monitor.sources.shards import CCCInfo, format_info
 from stream_monitor.cli import app
 from stream_monitor.metrics.sink import read_table
 
@@ -62,8 +62,8 @@ def test_run_on_an_image_folder(tmp_path):
 def test_generate_then_run_round_trip(tmp_path):
     import numpy as np
 
-    from sources.ccc import NOISE_POOLS
-    from sources.ccc_pickle import save_matrices_npz
+    from stream_monitor.sources.ccc import NOISE_POOLS
+    from stream_monitor.sources.ccc_pickle import save_matrices_npz
 
     for c in ("a", "b"):
         (tmp_path / "val" / c).mkdir(parents=True)

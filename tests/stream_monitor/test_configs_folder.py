@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters import ADAPTERS
-from sources.ccc import CCCSpec
+from stream_monitor.adapters import ADAPTERS
+from stream_monitor.sources.ccc import CCCSpec
 from stream_monitor.config import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))

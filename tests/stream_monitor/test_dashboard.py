@@ -23,6 +23,7 @@ from stream_monitor.dashboard import (
     summary_table,
 )
 from stream_monitor.dashboard.state import Series
+from stream_monitor.dashboard.panels import y_range
 from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from stream_monitor.runtime.observer import RunInfo
 
@@ -246,7 +247,28 @@ def test_chart_places_a_high_value_above_a_low_value():
     assert left and right and max(left) < min(right)
     fifty = next(row for row, line in enumerate(lines) if "50% ┤" in line)
     assert max(left) < fifty < min(right)
-    assert "est source 10.0%" in text and "100%" in text and "0%" in text
+    assert "est source 10.0%" in text and "95% ┤" in text and " 5% ┤" in text  # zoomed to 10-90, padded
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([], (0.0, 100.0)),
+    ([12.0, 30.0, 18.5], (10.0, 35.0)),       # the data's range, padded to multiples of 5
+    ([50.0, 51.0], (40.0, 65.0)),             # never narrower than 20 points: noise must not fill the chart
+    ([1.0, 3.0], (0.0, 20.0)),
+    ([99.0, 100.0], (80.0, 100.0)),
+    ([0.0, 100.0], (0.0, 100.0)),
+])
+def test_y_range_zooms_to_the_data(values, expected):
+    assert y_range(values) == expected
+
+
+def test_lines_a_few_points_apart_land_on_different_rows():
+    state = DashboardState().apply_start(make_info(stop=10_000))
+    for position in range(0, 10_001, 500):  # 12 % and 30 %: one text row apart on a 0-100 axis of 12 rows
+        state = state.apply_probe(probe_row(0, position=position, est_source=12.0, true_source=None,
+                                            est_online_acc=30.0, true_online_acc=None))
+    rows = {row for row, _ in _glyph_rows(render(AccuracyChart(state, height=14)))}
+    assert max(rows) - min(rows) >= 6
 
 
 def test_chart_fills_the_height_it_is_given_and_shows_truth_from_steps_without_probe_truth():
@@ -257,7 +279,7 @@ def test_chart_fills_the_height_it_is_given_and_shows_truth_from_steps_without_p
     for step in range(20):
         state = state.apply_step(step_row(step, 100.0 + step))
     text = render(AccuracyChart(state, height=10))
-    assert "true online (rolling) 75.0%" in text and BRAILLE.search(text)
+    assert "true online (rolling 5k) 75.0%" in text and BRAILLE.search(text)
     assert "waiting for probe reports" in render(AccuracyChart(DashboardState(), height=10))
 
 
@@ -265,7 +287,7 @@ def test_whole_layout_renders_every_panel():
     state = running_state().apply_event(event_row("warning")).apply_health("adapter", "ok")
     text = render(DashboardView(state))
     assert len(text.splitlines()) == 40
-    for expected in (STREAM, BASE, "tent", "%", "mean entropy 0.05", "accuracy vs stream position", "adapter",
+    for expected in (STREAM, BASE, "tent", "%", "mean entropy 0.05", "accuracy per probe window", "adapter",
                      "events"):
         assert expected in text
     assert BRAILLE.search(text)

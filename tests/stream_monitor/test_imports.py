@@ -12,15 +12,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("stream_monitor", "adapters", "sources")
+# folder -> the package name it installs as (setup.cfg's package_dir)
+PACKAGES = {"stream_monitor": "stream_monitor", "adapters": "stream_monitor.adapters",
+            "sources": "stream_monitor.sources"}
 
 
 def modules() -> dict[str, Path]:
     out = {}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for folder, name in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            out[".".join((name,) + parts)] = path
     return out
 
 
@@ -73,8 +76,8 @@ def test_no_module_imports_itself_back():
     ("stream_monitor.calibration", "stream_monitor.runtime"),
     ("stream_monitor.estimation", "stream_monitor.runtime"),
     ("stream_monitor.estimation", "stream_monitor.calibration"),
-    ("adapters", "stream_monitor.runtime"),
-    ("sources", "stream_monitor.runtime"),
+    ("stream_monitor.adapters", "stream_monitor.runtime"),
+    ("stream_monitor.sources", "stream_monitor.runtime"),
 ])
 def test_layers_point_one_way(lower, upper):
     wrong = sorted(f"{m} -> {t}" for m, targets in GRAPH.items() if m.startswith(lower)

@@ -68,8 +68,8 @@ def test_weights_are_never_unpickled(tmp_path):
 
 
 def test_top_level_packages_resolve_to_this_repository():
-    import adapters
-    import sources
+    from stream_monitor import adapters
+    from stream_monitor import sources
 
     root = models.ASSETS.parent.parent
     for package in (adapters, sources):

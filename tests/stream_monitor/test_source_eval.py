@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sources.base import Batch
+from stream_monitor.sources.base import Batch
 from stream_monitor.models import SourceModel
 from stream_monitor.source_eval import evaluate_source
 

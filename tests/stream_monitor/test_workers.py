@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sources.base import Batch
+from stream_monitor.sources.base import Batch
 from stream_monitor.config import load_config
 from stream_monitor.runtime.messages import Images, split_batches
 from stream_monitor.runtime.workers import ProbeWorker
