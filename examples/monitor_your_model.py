@@ -28,7 +28,8 @@ from stream_monitor import Monitor, MonitorResult, ProbeReport
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-def synthetic_batches(images: int = 4096, batch_size: int = 64, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def synthetic_batches(images: int = 4096, batch_size: int = 64,
+                      seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images, labels) batches: float [0, 1] (N, 3, 32, 32), a colour and stripe per class, noise rising to 0.5."""
     generator = torch.Generator().manual_seed(seed)
     colours = torch.rand(10, 3, 1, 1, generator=generator)
@@ -121,7 +122,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--out", default="runs/examples")
     args = parser.parse_args()
-    for label, monitor in (("registered adapter 'tent'", monitor_registered), ("custom adapter EntropyNorm", monitor_custom)):
+    runs = (("registered adapter 'tent'", monitor_registered), ("custom adapter EntropyNorm", monitor_custom))
+    for label, monitor in runs:
         print(f"{label}:")
         result = monitor(args.out, args.images, callbacks=[PrintProbes()])
         last = result.last

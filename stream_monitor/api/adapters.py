@@ -1,8 +1,8 @@
 """A user's adapter: a registered name, or an object with the adapter protocol.
 
-The protocol (`AdapterProtocol`) is the public part of `adapters.base.Adapter`: an object with
+The protocol (`AdapterProtocol`) is the public part of `stream_monitor.adapters.base.Adapter`: an object with
 `step(images)`, `snapshot()`, `reset()`, `state_dict()` (and `load_state_dict(state)` to resume).
-Any subclass of `adapters.base.Adapter` has it; so can a class of your own that subclasses nothing.
+Any subclass of `stream_monitor.adapters.base.Adapter` has it; so can a class of your own that subclasses nothing.
 `ProtocolAdapter` puts such an object behind what the adapter worker reads (step counter, reset
 period, statistics), so the runtime never branches on where an adapter came from.
 """
@@ -32,7 +32,7 @@ class AdapterProtocol(Protocol):
 
     - `step(images)`: images are normalised float (N, 3, H, W) on the monitor's device; adapt
       on them (no labels, ever) and return the logits that served the predictions, computed
-      before the update (a tensor (N, classes), or an `adapters.base.StepResult` with statistics).
+      before the update (a tensor (N, classes), or an `stream_monitor.adapters.base.StepResult` with statistics).
     - `snapshot()`: the weights the adaptation changes, {state-dict key of the model: array}; the
       probe loads them onto its own copy of the model to count label flips.
     - `reset()`: back to the source model.

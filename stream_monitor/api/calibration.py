@@ -49,11 +49,11 @@ SOURCE_STATISTICS_IMAGES = 2048
 
 
 class HeldOutImages(RenderedSource):
-    """Implements `sources.base.StreamSource`: labelled held-out images under one held-out corruption.
+    """Implements `stream_monitor.sources.base.StreamSource`: labelled held-out images under one held-out corruption.
 
     Image i is held-out image `order[i % n]` (a seeded permutation, fresh on every pass, so every
     window holds the whole set's class balance), corrupted on a generator seeded by the domain and
-    i, then stored as JPEG at quality 85 as CCC's shards are (`sources.heldout`, the same steps).
+    i, then stored as JPEG at quality 85 as CCC's shards are (`stream_monitor.sources.heldout`, the same steps).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, domain: str, length: int, num_classes: int,
@@ -172,9 +172,9 @@ def calibrate_model(model: nn.Module, heldout: Any, adapter: Any = "tent", *, ou
             raise RuntimeError(f"calibration run on {domain} {outcome.status}: {outcome.error}")
         mine = meta_points(run_dir, domain, fixed=True)
         points += mine
-        last = mine[-1] if mine else None
+        last = mine[-1] if mine else {}
         log(f"[{k + 1}/{len(domains)}] {domain:<18} step {steps}: source accuracy "
-            f"{(last or {}).get('true_source_acc') or 0:.1f}%, weighted flips {(last or {}).get('weighted_flips') or 0:.1f} "
+            f"{last.get('true_source_acc') or 0:.1f}%, weighted flips {last.get('weighted_flips') or 0:.1f} "
             f"({time.perf_counter() - started:.0f} s)")
     if work_dir is None:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -184,7 +184,8 @@ def calibrate_model(model: nn.Module, heldout: Any, adapter: Any = "tent", *, ou
                             adapter=config.adapter.name, hyperparameters=description.hyperparameters,
                             probe_size=config.probe.size, cycle=cycle)
     calibration = Calibration(**asdict(provenance), probe_every=config.probe.every, domains=list(domains),
-                              points=points, fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
+                              points=points, fits=fit_flips(points),
+                              spread_fits=fit_flips(points, "spread_weighted_flips"),
                               served_stats=asdict(stats), frozen_stats=asdict(frozen),
                               created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return calibration.save(Path(output))

@@ -123,7 +123,8 @@ class Monitor:
                                f"stream_monitor.calibrate_model(...) or leave calibration out (raw estimates).")
         self.factory = adapter_factory(adapter, self.adapter_options)  # an unknown adapter name fails here
         self._settings = [
-            f"source.kind={API_SOURCE_KIND}", f"source.batch_size={batch_size}", f"adapter.name={adapter_name(adapter)}",
+            f"source.kind={API_SOURCE_KIND}", f"source.batch_size={batch_size}",
+            f"adapter.name={adapter_name(adapter)}",
             f"probe.every={probe_every}", f"probe.size={probe_size}", f"probe.cycle={probe_cycle}",
             f"runtime.device={device}", f"runtime.use_ray={use_ray}", f"metrics.out={out}",
             f"dashboard.enabled={dashboard}", "runtime.max_images=None",

@@ -39,7 +39,7 @@ def _batch(start: int, images: np.ndarray, labels: np.ndarray | None, num_classe
 
 
 class IndexedStream(RenderedSource):
-    """Implements `sources.base.StreamSource` over a map-style dataset of single images."""
+    """Implements `stream_monitor.sources.base.StreamSource` over a map-style dataset of single images."""
 
     resume_refusal: str | None = None
 
@@ -82,7 +82,7 @@ class IndexedStream(RenderedSource):
 
 
 class IteratedStream:
-    """Implements `sources.base.StreamSource` over an iterable of batches, read once, in order."""
+    """Implements `stream_monitor.sources.base.StreamSource` over an iterable of batches, read once, in order."""
 
     def __init__(self, batches: Iterable[Any], num_classes: int | None, name: str | None = None,
                  resume_refusal: str | None = None) -> None:
@@ -155,12 +155,13 @@ class IteratedStream:
         self._images, self._labels, self._start = [images], [labels], max(start, self._start)
         for lo in range(start, stop, batch_size):
             hi = min(lo + batch_size, stop)
-            yield _batch(lo, images[lo - start:hi - start], labels[lo - start:hi - start] if labels is not None else None,
-                         self.num_classes)
+            part = slice(lo - start, hi - start)
+            yield _batch(lo, images[part], labels[part] if labels is not None else None, self.num_classes)
 
 
 def as_stream(data: Any, num_classes: int | None = None, name: str | None = None) -> StreamSource:
-    """The stream for `data` (labels are checked against `num_classes`, or later by `set_classes`): a StreamSource as it is (the shipped sources), a map-style dataset of
+    """The stream for `data` (labels are checked against `num_classes`, or later by `set_classes`): a
+    StreamSource as it is (the shipped sources), a map-style dataset of
     single images or a DataLoader over one without shuffling (indexable: resumable), else an
     iterable of batches (a list or tuple of them is read again on a resume; a generator is not).
 

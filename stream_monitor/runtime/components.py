@@ -32,7 +32,7 @@ class Components:
         model: device -> a fresh copy of the source model (each worker owns one).
         stream: the source model -> the stream (its image size and matrix can depend on the model).
         adapter: (source model, first images) -> an object with the adapter contract
-            (`adapters.base.Adapter`).
+            (`stream_monitor.adapters.base.Adapter`).
         fisher_images: how many of the stream's first images `adapter` needs (0: none).
         driver_stream: the stream is read in the driver, never in a Ray actor: a user's iterable
             need not pickle, and a generator cannot.
