@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from stream_monitor.sources.base import StreamSource
 from stream_monitor.sources.factory import open_source
 from stream_monitor.sources.heldout import FOLDER_DOMAINS
 from stream_monitor.sources.imagefolder import index_image_folder
@@ -39,6 +40,7 @@ from .estimation.duo import fit_duo_temperatures
 from .estimation.readings import Feed
 from .estimation.window import fit_feed_stats
 from .models import load_model
+from .runtime.components import Components
 from .runtime.messages import split_batches
 from .runtime.runner import run, with_overrides
 from .runtime.workers import AdapterWorker, SidekickWorker
@@ -125,20 +127,7 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
         outcome = run(cfg, run_dir, log=lambda message: None)
         if outcome.status != "finished":
             raise RuntimeError(f"calibration run on {member.label} {outcome.status}: {outcome.error}")
-        recorded = RunDirectory(run_dir).rows("estimates")
-        # the meta-set's points keep the nuclear norm's raw score x100 (calibration.fit.nuclear_line)
-        scores = {(r["step"], r["feed"]): 100.0 * r["score"] for r in recorded
-                  if r["estimator"] == "nuclear-norm" and r["score"] is not None}
-        features = {(r["step"], r["feed"]): r["features"] for r in recorded if r["estimator"] == "sentinel"}
-        mine = [{"domain": member.label if member.kind == "heldout" else f"{member.label}#cycle{row['cycle']}",
-                 "cycle_step": row["cycle_step"], "flips": row["flips"], "weighted_flips": row["weighted_flips"],
-                 "spread_flips": row["spread_flips"], "spread_weighted_flips": row["spread_weighted_flips"],
-                 "true_source_acc": row["true_source_acc"], "true_online_acc": row["true_online_acc"],
-                 "est_online_acc": row["est_online_acc"], "nuclear_norm_score": scores.get((row["step"], Feed.SERVED)),
-                 "frozen_nuclear_score": scores.get((row["step"], Feed.FROZEN)),
-                 "sentinel_features": features.get((row["step"], Feed.SERVED)),
-                 "frozen_sentinel_features": features.get((row["step"], Feed.FROZEN))}
-                for row in RunDirectory(run_dir).rows("probes")]
+        mine = meta_points(run_dir, member.label, fixed=member.kind == "heldout")
         points += mine
         last = [p for p in mine if p["cycle_step"] == steps]
         shown = ", ".join(f"acc {p['true_source_acc'] or 0:.1f}% WF {p['weighted_flips']:.1f} "
@@ -164,6 +153,25 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
+def meta_points(run_dir: Path, label: str, fixed: bool) -> list[dict[str, Any]]:
+    """The meta-set points of one calibration run: one per probe window, the flips and the estimators'
+    raw scores beside the labelled truth; `fixed`: a fixed domain (one label), else a stream (one per cycle)."""
+    recorded = RunDirectory(run_dir).rows("estimates")
+    # the meta-set's points keep the nuclear norm's raw score x100 (calibration.fit.nuclear_line)
+    scores = {(r["step"], r["feed"]): 100.0 * r["score"] for r in recorded
+              if r["estimator"] == "nuclear-norm" and r["score"] is not None}
+    features = {(r["step"], r["feed"]): r["features"] for r in recorded if r["estimator"] == "sentinel"}
+    return [{"domain": label if fixed else f"{label}#cycle{row['cycle']}",
+             "cycle_step": row["cycle_step"], "flips": row["flips"], "weighted_flips": row["weighted_flips"],
+             "spread_flips": row["spread_flips"], "spread_weighted_flips": row["spread_weighted_flips"],
+             "true_source_acc": row["true_source_acc"], "true_online_acc": row["true_online_acc"],
+             "est_online_acc": row["est_online_acc"], "nuclear_norm_score": scores.get((row["step"], Feed.SERVED)),
+             "frozen_nuclear_score": scores.get((row["step"], Feed.FROZEN)),
+             "sentinel_features": features.get((row["step"], Feed.SERVED)),
+             "frozen_sentinel_features": features.get((row["step"], Feed.FROZEN))}
+            for row in RunDirectory(run_dir).rows("probes")]
+
+
 def _check_folder(root: str, num_classes: int, model: str) -> None:
     """An image folder meta-set must hold the model's classes (one sub-folder each, sorted as the
     model's class indices)."""
@@ -174,17 +182,23 @@ def _check_folder(root: str, num_classes: int, model: str) -> None:
                          f"as its class indices (e.g. ImageNet validation in its 1,000 wnid folders).")
 
 
-def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: int = 2048):
+def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: int = 2048,
+                      components: Components | None = None, clean: StreamSource | None = None):
     """DoC/ATC's labelled source statistics, for both feeds, on the clean domain's first `images`
     images: the served outputs of a fresh adapter (as a run's first steps serve them) and the
     frozen model's outputs (eval-mode BatchNorm, as the evaluator scores the stream); with each
-    feed's nuclear-norm line and Sentinel training set over the meta-set's windows."""
+    feed's nuclear-norm line and Sentinel training set over the meta-set's windows.
 
-    worker = AdapterWorker(config)
-    model = load_model(config.model.name, config.model.weights, "cpu")  # not the adapter's (it adapts in place)
+    `components` and `clean` (the Python API's `calibrate_model`): the model and adapter, and the
+    clean labelled stream, in place of those the config names."""
+
+    worker = AdapterWorker(config, components=components)
+    # not the adapter's model (it adapts in place)
+    model = components.model("cpu") if components else load_model(config.model.name, config.model.weights, "cpu")
     sidekick = SidekickWorker(config) if config.estimation.duo_model else None
-    source = open_source("heldout", "clean", config.source.data, model)  # the glyphs, or the image folder
+    source = clean or open_source("heldout", "clean", config.source.data, model)  # the glyphs, or the image folder
     served, frozen, side, labels = [], [], [], []
+    images = min(images, source.length) if source.length is not None else images
     batches = list(source.read(0, images, config.source.batch_size))
     for batch, truth in split_batches(batches, 0, images, config.source.batch_size):
         served.append(worker.step(batch).probabilities)

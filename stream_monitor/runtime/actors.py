@@ -21,9 +21,8 @@ from typing import Any
 import ray
 from ray.exceptions import AuthenticationError, RayActorError, RayError, RayTaskError
 
-from stream_monitor.adapters import ADAPTERS
-
 from ..config import RunConfig
+from .components import Components, config_components
 from .messages import WorkersDescription
 from .ports import Workers
 from .workers import AdapterWorker, ProbeWorker, SidekickWorker, StreamWorker, resolve_device
@@ -96,6 +95,26 @@ class RayExecutor:
 
     def get(self, handle: Any) -> Any:
         return ray.get(handle)
+
+
+class DriverStreamExecutor:
+    """Ray actors, but the stream read in this process (`Components.driver_stream`): a read runs at
+    once and each batch is put into the object store, so the actors receive refs as from a stream actor."""
+
+    def __init__(self, ray_executor: RayExecutor, local: dict[str, Any]) -> None:
+        self.ray_executor, self.local = ray_executor, local
+
+    def call(self, worker: str, method: str, *args: Any, num_returns: int = 1) -> Any:
+        if worker not in self.local:
+            return self.ray_executor.call(worker, method, *args, num_returns=num_returns)
+        value = getattr(self.local[worker], method)(*args)
+        return ray.put(value) if num_returns == 1 else [ray.put(v) for v in value]
+
+    def ready(self, handle: Any, timeout: float) -> bool:
+        return self.ray_executor.ready(handle, timeout)
+
+    def get(self, handle: Any) -> Any:
+        return self.ray_executor.get(handle)
 
 
 def init_ray(config: RunConfig) -> bool:
@@ -195,8 +214,11 @@ def gpu_shares(config: RunConfig, cuda: bool) -> tuple[float, float]:
     return (1.0 - shares if shares < 1 else 1.0), source
 
 
-def start_ray_workers(config: RunConfig, run_id: str = "run"):
+def start_ray_workers(config: RunConfig, run_id: str = "run", components: Components | None = None):
     """The actors of one run, named `{run_id}/adapter`, `{run_id}/probe`, `{run_id}/stream-K`.
+
+    `components` (the Python API) travel to the actors with the config; with `driver_stream`
+    the stream is read by a worker in this process and its batches are put into Ray's object store.
 
     Raises:
         Exception: the error an actor's `__init__` raised, itself (e.g. FileNotFoundError).
@@ -224,34 +246,45 @@ def start_ray_workers(config: RunConfig, run_id: str = "run"):
         adapter_threads = rt.threads or max(1, cpus if not cuda else 2)
         gpus = {"adapter": num_gpus}
         names = []
-        for k in range(config.source.num_actors):
+        local: dict[str, StreamWorker] = {}
+        if components is not None and components.driver_stream:
+            local["stream-0"] = StreamWorker(config, None, components)
+            names.append("stream-0")
+        remote = components.for_actors() if components is not None else None
+        for k in range(0 if local else config.source.num_actors):
             name = f"stream-{k}"
             # Restarts only after a lost process (reads are idempotent); an error of __init__ is
             # no death (the shell keeps it), so it is never retried.
             actors[name] = StreamActor.options(num_cpus=0.25, num_gpus=source_gpus, name=f"{run_id}/{name}",
-                                               max_restarts=2, max_task_retries=2).remote(config, 1)
+                                               max_restarts=2, max_task_retries=2).remote(config, 1, remote)
             gpus[name] = source_gpus
             names.append(name)
-        fisher_images = ADAPTERS.info(config.adapter.name).fisher_images  # 0: the adapter needs none
-        fisher = actors["stream-0"].first_images.remote(fisher_images) if fisher_images else None
+        fisher_images = (components or config_components(config)).fisher_images  # 0: the adapter needs none
+        fisher = None
+        if fisher_images:
+            fisher = local["stream-0"].first_images(fisher_images) if local else \
+                actors["stream-0"].first_images.remote(fisher_images)
         actors["adapter"] = AdapterActor.options(num_cpus=1, num_gpus=num_gpus, max_restarts=0,
                                                  name=f"{run_id}/adapter").remote(
-            config, fisher, adapter_threads)
+            config, fisher, adapter_threads, remote)
         if config.probe.enabled:
             actors["probe"] = ProbeActor.options(num_cpus=0.25, num_gpus=config.probe.num_gpus, max_restarts=0,
-                                                 name=f"{run_id}/probe").remote(config, 1)
+                                                 name=f"{run_id}/probe").remote(config, 1, remote)
             gpus["probe"] = config.probe.num_gpus
         if config.estimation.duo_model:
             actors["sidekick"] = SidekickActor.options(num_cpus=0.25, max_restarts=0,
                                                        name=f"{run_id}/sidekick").remote(config, 1)
         wait_started(actors, rt.start_timeout_s, gpus)
         description = WorkersDescription(
-            ray.get(actors["stream-0"].describe.remote()), ray.get(actors["adapter"].describe.remote()),
+            local["stream-0"].describe() if local else ray.get(actors["stream-0"].describe.remote()),
+            ray.get(actors["adapter"].describe.remote()),
             ray.get(actors["sidekick"].describe.remote()) if "sidekick" in actors else None)
     except BaseException:
         shutdown()
         raise
-    return Workers(RayExecutor(actors), names, description, shutdown)
+    ex = DriverStreamExecutor(RayExecutor(actors), local) if local else RayExecutor(actors)
+    stream_end = local["stream-0"].reached if local and description.stream.length is None else None
+    return Workers(ex, names, description, shutdown, stream_end=stream_end)
 
 
 def wait_started(actors: dict[str, Any], timeout_s: float, gpus: dict[str, float]) -> None:

@@ -121,6 +121,7 @@ class RunLoop:
                  clock: Callable[[], float] = time.time) -> None:
         self.config, self.ex, self.observers = config, workers.executor, list(observers)
         self.stop, self.sources = stop, list(workers.source_names)
+        self.stream_end = workers.stream_end
         self.estimation, self.checkpoint_fn, self.clock = estimation, checkpoint, clock
         self.state = state or LoopState(position=config.runtime.start, window=_CycleWindow(start=config.runtime.start))
         setup = DetectorSetup.of(config, workers.description.stream.num_classes, estimation.context)
@@ -250,6 +251,11 @@ class RunLoop:
         chunk = self.config.source.chunk_batches * self.batch_size
         while len(self._chunks) < ahead and self._next_chunk < self.stop:
             lo, hi = self._next_chunk, min(self._next_chunk + chunk, self.stop)
+            if self.stream_end is not None:  # a generator: read no further than it reaches
+                hi = self.stream_end(hi)
+                if hi <= lo:
+                    self.stop = lo
+                    return
             # chunks stay aligned to the batch grid of the run's start, as batches of one read would
             spans = [(a, min(a + self.batch_size, hi)) for a in range(lo, hi, self.batch_size)]
             worker = self.sources[self._source_turn % len(self.sources)]

@@ -95,8 +95,11 @@ class StreamDescription:
     """What a stream worker reads: the dashboard header and run.json."""
 
     name: str
-    length: int
+    length: int | None  # None: not known until the stream ends (a generator)
     num_classes: int
+    has_labels: bool = True
+    # why a run of this stream cannot resume (e.g. a generator cannot be rewound); None: it can
+    resume_refusal: str | None = None
 
 
 @dataclass(frozen=True)

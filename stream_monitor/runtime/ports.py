@@ -32,3 +32,6 @@ class Workers:
     description: WorkersDescription
     shutdown: Callable[[], None]
     observers: list[RunObserver] = field(default_factory=list)  # what the workers add to the run's observers
+    # a stream of unknown length, read in the driver (a generator): position -> how far it reaches,
+    # up to that position; the loop reads no further than it reaches
+    stream_end: Callable[[int], int] | None = None

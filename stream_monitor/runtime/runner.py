@@ -43,6 +43,7 @@ from ..rundir import (CHECKPOINT_FILE, CONFIG_FILE, CONTEXT_FILE, INFO_FILE, LOC
                       RunDirectoryError)
 from ..rundir import FORMAT as RUN_DIR_FORMAT
 from .checkpoint import Checkpoint, find_checkpoints, save_checkpoint, unusable_message
+from .components import Components
 from .loop import LoopState, RunLoop, WorkerFailed
 from .messages import WorkersDescription
 from .observer import RunInfo, RunObserver, notify_health
@@ -66,11 +67,11 @@ class RunOutcome:
     error: str | None = None
 
 
-def new_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
-    """A fresh run directory under `out` (or `metrics.out`), named by time, adapter and stream, and
-    created here: `mkdir` is atomic, so runs started in the same second never share one."""
+def new_run_dir(config: RunConfig, out: str | Path | None = None, stream: str | None = None) -> Path:
+    """A fresh run directory under `out` (or `metrics.out`), named by time, adapter and stream (`stream`,
+    else the config's), and created here: `mkdir` is atomic, so runs started in the same second never share one."""
     src = config.source
-    stream = stream_label(src.kind, src.stream, src.data)
+    stream = stream or stream_label(src.kind, src.stream, src.data)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     parent = Path(out or config.metrics.out)
     parent.mkdir(parents=True, exist_ok=True)
@@ -87,29 +88,38 @@ def new_run_dir(config: RunConfig, out: str | Path | None = None) -> Path:
 def prepare_resume(run_dir: Path, overrides: list[str] = ()) -> RunConfig:
     """The config of an existing run directory (with `overrides`, e.g. a longer runtime.max_images)."""
     try:
-        return RunDirectory(run_dir).config(overrides)
+        config = RunDirectory(run_dir).config(overrides)
     except RunDirectoryError as error:
         raise RunError(str(error)) from None
+    if config.source.kind == API_SOURCE_KIND:
+        raise RunError(f"{run_dir} was made with the Python API (stream_monitor.Monitor), whose model and stream "
+                       f"live in your program; resume it there with Monitor.resume({str(run_dir)!r}, stream).")
+    return config
 
 
 def run(config: RunConfig, run_dir: Path, reporter: RunObserver | None = None, resume: bool = False,
-        extra_observers: list[RunObserver] = (), log: Callable[[str], None] = logger.info) -> RunOutcome:
+        extra_observers: list[RunObserver] = (), log: Callable[[str], None] = logger.info,
+        components: Components | None = None) -> RunOutcome:
     """Run (or resume) `config` in `run_dir` until the stream position `stop`, a Ctrl-C, a SIGTERM or a failure.
+
+    `components` gives the model, stream and adapter (the Python API); None builds them from the
+    names in `config` (`stream-monitor run`).
 
     Raises RunError at once when another process runs the same directory.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     with _locked(run_dir):
-        return _run(config, run_dir, reporter, resume, extra_observers, log)
+        return _run(config, run_dir, reporter, resume, extra_observers, log, components)
 
 
 def _run(config: RunConfig, run_dir: Path, reporter: RunObserver | None, resume: bool,
-         extra_observers: list[RunObserver], log: Callable[[str], None]) -> RunOutcome:
+         extra_observers: list[RunObserver], log: Callable[[str], None],
+         components: Components | None = None) -> RunOutcome:
     _file_logging(run_dir)
     checkpoint, repairs = _repair_for_resume(run_dir, log) if resume else (None, [])
     dump_config(config, run_dir / CONFIG_FILE)
 
-    workers = start_workers(config, checkpoint, run_dir.name)
+    workers = start_workers(config, checkpoint, run_dir.name, components)
     description = workers.description
     try:  # a calibration for another model or adapter fails here, before any row is written
         check_sidekick(config, description)
@@ -121,17 +131,16 @@ def _run(config: RunConfig, run_dir: Path, reporter: RunObserver | None, resume:
     except BaseException:
         workers.shutdown()
         raise
-    length = description.stream.length
-    stop = length if config.runtime.max_images is None else \
-        min(length, config.runtime.start + config.runtime.max_images)
+    stop = stream_stop(config, description.stream.length)
     state = checkpoint.state if checkpoint else None
     info = RunInfo(
         run_id=run_dir.name, run_dir=str(run_dir), stream=description.stream.name, base=description.adapter.base,
         model=description.adapter.model, adapter=config.adapter.name,
         hyperparameters=description.adapter.hyperparameters, device=description.adapter.device,
-        start=state.position if state else config.runtime.start, stop=stop, batch_size=config.source.batch_size,
+        start=state.position if state else config.runtime.start, stop=stop if stop < UNBOUNDED else 0,
+        batch_size=config.source.batch_size,
         probe_every=config.probe.every if config.probe.enabled else 0,
-        probe_size=config.probe.size if config.probe.enabled else 0, has_labels=True,
+        probe_size=config.probe.size if config.probe.enabled else 0, has_labels=description.stream.has_labels,
         num_classes=description.stream.num_classes, adapter_calibrated=context.adapter_calibrated,
     )
     (run_dir / INFO_FILE).write_text(json.dumps({"format": RUN_DIR_FORMAT, **asdict(info)}, indent=2, default=str))
@@ -187,6 +196,19 @@ def _run(config: RunConfig, run_dir: Path, reporter: RunObserver | None, resume:
         workers.shutdown()
     return RunOutcome(run_dir, loop.state, info, status, time.perf_counter() - started,
                       loop.state.position - first_position, error)
+
+
+#: `source.kind` of the Python API's runs (`stream_monitor.api.monitor`): no config can rebuild their stream.
+API_SOURCE_KIND = "python-api"
+
+#: The stop of a stream of unknown length without runtime.max_images: it ends where the stream does.
+UNBOUNDED = 1 << 62
+
+
+def stream_stop(config: RunConfig, length: int | None) -> int:
+    """The stream position a run ends at: the stream's end, or `runtime.max_images` after its start."""
+    length = UNBOUNDED if length is None else length
+    return length if config.runtime.max_images is None else min(length, config.runtime.start + config.runtime.max_images)
 
 
 def check_sidekick(config: RunConfig, description: WorkersDescription) -> None:

@@ -21,13 +21,12 @@ import numpy as np
 import torch
 
 from stream_monitor.adapters.base import StepStats, use_batch_statistics
-from stream_monitor.sources.factory import open_source
 
-from ..adaptation import make_adapter
 from ..config import RunConfig
 from ..estimation.aetta import DropoutDisagreement, stage_ends
 from ..estimation.flips import count_flips, position_hash
 from ..models import load_model
+from .components import Components, config_components
 from .messages import (AdapterDescription, Images, ProbeResult, SidekickDescription, StepSummary, StreamDescription,
                        Truth, split_batches)
 
@@ -42,13 +41,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _decode_device(device: str) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("source.decode_device is cuda but this source actor sees no CUDA device; give source "
-                         "actors a GPU share (source.num_gpus) on a GPU node, or use --set source.decode_device=cpu")
-    return device
-
-
 def _set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -57,19 +49,24 @@ def _set_threads(threads: int | None) -> None:
 class StreamWorker:
     """Reads slices of the stream; the frozen source model scores every `frozen_every`-th batch."""
 
-    def __init__(self, config: RunConfig, threads: int | None = None) -> None:
+    def __init__(self, config: RunConfig, threads: int | None = None, components: Components | None = None) -> None:
         _set_threads(threads)
         self.config = config
-        self.bundle = load_model(config.model.name, config.model.weights, "cpu")
-        src = config.source
-        run = config.runtime
-        self.source = open_source(src.kind, src.stream, src.data, self.bundle, crop=src.crop,
-                                  device=_decode_device(src.decode_device), seed=src.seed, class_map=src.class_map,
-                                  images=run.start + run.max_images if run.max_images else None)
+        components = components or config_components(config)
+        self.bundle = components.model("cpu")
+        self.source = components.stream(self.bundle)
         self.frozen_every = config.evaluator.frozen_every
+        self.has_labels = getattr(self.source, "has_labels", True)
 
     def describe(self) -> StreamDescription:
-        return StreamDescription(self.source.name, self.source.length, self.source.num_classes)
+        source = self.source
+        return StreamDescription(source.name, source.length, source.num_classes, self.has_labels,
+                                 getattr(source, "resume_refusal", None))
+
+    def reached(self, position: int) -> int:
+        """How far the stream reaches, up to `position` (its length, or `position` when it is longer)."""
+        reached = getattr(self.source, "reached", None)
+        return reached(position) if reached is not None else min(position, self.source.length)
 
     def read(self, start: int, stop: int) -> list[Images | Truth]:
         """Batches of [start, stop) as a flat list [images_0, truth_0, images_1, truth_1, ...]
@@ -78,6 +75,8 @@ class StreamWorker:
         batches = list(self.source.read(start, stop, batch_size))
         out: list[Images | Truth] = []
         for images, truth in split_batches(batches, start, stop, batch_size):
+            if not self.has_labels:  # an unlabelled stream (the Python API's): nothing to score
+                truth.labels = np.zeros(0, np.int64)
             if self.frozen_every and len(images) and (images.start // batch_size) % self.frozen_every == 0:
                 probs = self.bundle.probabilities(torch.from_numpy(images.images))
                 truth.frozen_predictions, truth.frozen_probabilities = probs.argmax(1), probs
@@ -86,7 +85,7 @@ class StreamWorker:
 
     def first_images(self, n: int) -> np.ndarray:
         """The stream's first `n` images (EATA's Fisher information, as CCC's eval does)."""
-        n = min(n, self.source.length)
+        n = self.reached(n)
         return np.concatenate([b.images for b in self.source.read(0, n, self.config.source.batch_size)])
 
     def ping(self) -> str:
@@ -101,15 +100,15 @@ class StreamWorker:
 class AdapterWorker:
     """Owns the adapter and its device: uint8 in, served predictions and statistics out."""
 
-    def __init__(self, config: RunConfig, fisher_images: np.ndarray | None = None, threads: int | None = None) -> None:
+    def __init__(self, config: RunConfig, fisher_images: np.ndarray | None = None, threads: int | None = None,
+                 components: Components | None = None) -> None:
         _set_threads(threads)
         self.device = resolve_device(config.runtime.device)
-        self.bundle = load_model(config.model.name, config.model.weights, self.device)
-        cfg = config.adapter
+        components = components or config_components(config)
+        self.bundle = components.model(self.device)
         first = (lambda n: torch.from_numpy(fisher_images[:n])) if fisher_images is not None else None
-        self.adapter = make_adapter(cfg.name, self.bundle, first, cfg.precision, lr=cfg.lr,
-                                    reset_every=cfg.reset_every, restore_prob=cfg.restore_prob, **cfg.options)
-        self.name = cfg.name
+        self.adapter = components.adapter(self.bundle, first)
+        self.name = config.adapter.name
         est = config.estimation
         self.pdd_every = est.aetta_every
         self.pdd = DropoutDisagreement(est.aetta_dropout, est.aetta_forwards) if est.aetta_every else None
@@ -167,7 +166,8 @@ class AdapterWorker:
     def describe(self) -> AdapterDescription:
         """Model, base, device and hyperparameters: the dashboard header, run.json and the provenance."""
         bundle = self.bundle
-        base = "embedded glyphs (not ImageNet)" if bundle.name == "embedded_resnet20" else "ImageNet-format images"
+        base = getattr(bundle, "base", None) or \
+            ("embedded glyphs (not ImageNet)" if bundle.name == "embedded_resnet20" else "ImageNet-format images")
         return AdapterDescription(base, f"{bundle.name} {bundle.sha256[:12]}", self.device, self.hyperparameters(),
                                   bundle.name, bundle.sha256)
 
@@ -232,10 +232,10 @@ class ProbeWorker:
     describe the cycle's first domain.
     """
 
-    def __init__(self, config: RunConfig, threads: int | None = None) -> None:
+    def __init__(self, config: RunConfig, threads: int | None = None, components: Components | None = None) -> None:
         _set_threads(threads)
         device = "cuda" if config.probe.num_gpus and torch.cuda.is_available() else "cpu"
-        self.bundle = load_model(config.model.name, config.model.weights, device)
+        self.bundle = (components or config_components(config)).model(device)
         self.model = copy.deepcopy(self.bundle.module)
         use_batch_statistics(self.model)
         self.model.eval()
