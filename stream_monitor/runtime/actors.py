@@ -339,7 +339,15 @@ class RayMetrics:
         self.est_online = Gauge("stream_monitor_estimated_online_accuracy",
                                 "Label-free estimate of the served predictions' accuracy (%)", tag_keys=keys)
         self.warnings = Gauge("stream_monitor_collapse_warnings", "Collapse warnings active", tag_keys=keys)
-        for metric in (self.images, self.rate, self.est_source, self.est_online, self.warnings):
+        # the headlines' 90% intervals and out-of-support flags (estimation/headline.py), one gauge per column
+        self.bounds = {column: Gauge(f"stream_monitor_{column}", description, tag_keys=keys) for column, description in (
+            ("est_source_lo", "Lower end of the source estimate's 90% interval (%)"),
+            ("est_source_hi", "Upper end of the source estimate's 90% interval (%)"),
+            ("est_online_lo", "Lower end of the online estimate's 90% interval (%)"),
+            ("est_online_hi", "Upper end of the online estimate's 90% interval (%)"),
+            ("est_source_out_of_support", "1 while the source window lies outside the calibration's support"),
+            ("est_online_out_of_support", "1 while the online window lies outside the calibration's support"))}
+        for metric in (self.images, self.rate, self.est_source, self.est_online, self.warnings, *self.bounds.values()):
             metric.set_default_tags({"run": run_id})
         self._last: tuple[float, int] | None = None
         self._active: set[str] = set()
@@ -360,6 +368,9 @@ class RayMetrics:
             self.est_source.set(row["est_source_acc"])
         if row.get("est_online_acc") is not None:
             self.est_online.set(row["est_online_acc"])
+        for column, gauge in self.bounds.items():
+            if row.get(column) is not None:
+                gauge.set(float(row[column]))
 
     def on_event(self, row: dict[str, Any]) -> None:
         if row["kind"] == "warning":

@@ -69,8 +69,11 @@ def test_missing_or_foreign_files_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         Calibration.load(tmp_path / "bad.json")
     (tmp_path / "old.json").write_text('{"format": 1}')
-    with pytest.raises(ValueError, match="has format 1; this version reads format 2. Make it again"):
+    with pytest.raises(ValueError, match=r"has format 1 \(it has no .*\); this version reads format 3. Make it again"):
         Calibration.load(tmp_path / "old.json")
+    (tmp_path / "v2.json").write_text('{"format": 2}')
+    with pytest.raises(ValueError, match="has format 2 .*learned headline rules.*refit_calibration.py"):
+        Calibration.load(tmp_path / "v2.json")
     data = json.loads(calibration().save(tmp_path / "extra.json").read_text())
     (tmp_path / "extra.json").write_text(json.dumps({**data, "colour": "blue"}))
     with pytest.raises(ValueError, match="unknown fields colour"):
