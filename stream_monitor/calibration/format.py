@@ -25,7 +25,7 @@ __all__ = ["FORMAT", "FROZEN_PROVENANCE_KEYS", "PROVENANCE_KEYS", "Calibration",
 
 FORMAT = 3  # 3: learned headline rules with intervals and support; 2: null provenance fields match any run
 #: What each older format lacks, for the message that refuses it.
-OLDER = {1: "the frozen model's statistics, learned headline rules and intervals",
+OLDER = {1: "the frozen model's statistics, the learned headline rules and their intervals",
          2: "the full-range meta-set, the learned headline rules, their intervals and the support"}
 #: What must match between a calibration and a run for f to mean anything.
 PROVENANCE_KEYS = ("model", "model_sha256", "adapter", "hyperparameters", "probe_size", "cycle")
@@ -121,7 +121,7 @@ class Calibration:
             raise ValueError(f"Calibration file {path} is not valid JSON ({error}).") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else None
-            lacks = f" (it has no {OLDER[found]})" if found in OLDER else ""
+            lacks = f" (it lacks {OLDER[found]})" if found in OLDER else ""
             raise ValueError(f"Calibration file {path} has format {found}{lacks}; this version reads format {FORMAT}. "
                              f"Make it again with `stream-monitor calibrate`, then add the full-range meta-set "
                              f"with `python benchmarks/refit_calibration.py`.")
