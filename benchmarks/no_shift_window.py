@@ -28,7 +28,8 @@ from stream_monitor.estimation.sentinel import EntropySentinel, SentinelRegresso
 from stream_monitor.estimation.support import Support
 from stream_monitor.estimation.window import stats_from_dict
 
-SHIPPED = Path(__file__).resolve().parent.parent / "stream_monitor/assets/calibrations/frozen/embedded_resnet20_frozen_heldout_streams.json"
+SHIPPED = (Path(__file__).resolve().parent.parent
+           / "stream_monitor/assets/calibrations/frozen/embedded_resnet20_frozen_heldout_streams.json")
 
 
 def main() -> int:

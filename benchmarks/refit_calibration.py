@@ -72,7 +72,8 @@ def main() -> int:
         return 2
     calibration, report = refit(json.loads(args.old.read_text()), windows, args.adapter)
     calibration.save(args.out)
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=ROOT).stdout.strip()
     command = "python " + " ".join(sys.argv)
     if args.report:
         args.report.write_text(json.dumps({"command": command, "git_sha": sha, "windows": len(windows),
@@ -81,16 +82,18 @@ def main() -> int:
     print("| target | family | windows | truth range | headline MAE | worst | 90% coverage | out of support |")
     print("|---|---|---|---|---|---|---|---|")
     for r in report:
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         print(f"| {r['target']} | {r['family']} | {r['windows']} | {r['truth_range'][0]:.0f}-{r['truth_range'][1]:.0f} "
               f"| {fmt(r['headline_mae'])} | {fmt(r['headline_worst'])} | {fmt(r['coverage'])} "
               f"| {r['out_of_support']:.2f} |")
     for target, rule in calibration.rules.items():
-        print(f"{target} rule, inside: " + ", ".join(f"{c['estimator']} {c['mae']:.2f} [{c['low']:+.1f}, {c['high']:+.1f}]"
-                                                  for c in rule["inside"]))
-        print(f"{target} rule, outside: " + ", ".join(f"{c['estimator']} {c['mae']:.2f} [{c['low']:+.1f}, {c['high']:+.1f}]"
-                                                   for c in rule["outside"]))
+        for region in ("inside", "outside"):
+            print(f"{target} rule, {region}: " + ", ".join(
+                f"{c['estimator']} {c['mae']:.2f} [{c['low']:+.1f}, {c['high']:+.1f}]" for c in rule[region]))
     return 0
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

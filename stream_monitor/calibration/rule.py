@@ -54,6 +54,11 @@ def _feed(window: dict[str, Any], target: Target, adapter: str | None) -> tuple[
     return served["readings"], served["true_online_acc"]
 
 
+def _score_x100(readings: dict[str, Any]) -> float | None:
+    score = readings.get("nuclear-norm", {}).get("score")
+    return None if score is None else 100.0 * score
+
+
 def window_points(windows: Sequence[dict[str, Any]], adapter: str | None) -> list[dict[str, Any]]:
     """The meta-set's windows as calibration points (`Calibration.points`), so the Sentinel's
     training set and the nuclear-norm lines are fitted on them too (scores x100 as there)."""
@@ -61,14 +66,13 @@ def window_points(windows: Sequence[dict[str, Any]], adapter: str | None) -> lis
     for w in windows:
         frozen = w["frozen"]
         served = w["served"].get(adapter) if adapter else None
-        score = lambda r: None if r.get("nuclear-norm", {}).get("score") is None else 100.0 * r["nuclear-norm"]["score"]  # noqa: E731
         out.append({"domain": f"metaset/{w['domain']}#window{w['window']}", "family": w["family"],
                     "cycle_step": None, "true_source_acc": w["true_source_acc"],
                     "true_online_acc": served and served["true_online_acc"],
                     "frozen_sentinel_features": frozen.get("sentinel", {}).get("features"),
-                    "frozen_nuclear_score": score(frozen),
+                    "frozen_nuclear_score": _score_x100(frozen),
                     "sentinel_features": served and served["readings"].get("sentinel", {}).get("features"),
-                    "nuclear_norm_score": served and score(served["readings"])})
+                    "nuclear_norm_score": served and _score_x100(served["readings"])})
     return out
 
 

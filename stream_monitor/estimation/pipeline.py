@@ -53,8 +53,8 @@ from .context import EstimationContext
 from .readings import Feed, Reading, Target, find, value_of
 from .window import WindowEstimator, scale
 
-__all__ = ["ANCHORED", "ADAPTER_CALIBRATED", "DERIVED", "HEADLINE_ORDER", "META_FITTED", "EstimationPipeline", "WindowEstimate",
-           "derive", "headline_order"]
+__all__ = ["ANCHORED", "ADAPTER_CALIBRATED", "DERIVED", "HEADLINE_ORDER", "META_FITTED", "EstimationPipeline",
+           "WindowEstimate", "derive", "headline_order"]
 
 #: The anchored online estimate's name (step 3 above).
 ANCHORED = "anchored-nuclear-norm"

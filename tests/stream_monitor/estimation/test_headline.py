@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from stream_monitor.calibration.format import Calibration
 from stream_monitor.calibration.rule import HeldOut, family_report, fit_rule
