@@ -271,6 +271,8 @@ def _summary(run: _Run) -> Summary:
         est, true, mae, pairs = _paired(run, f"est_{name}_acc", f"true_{name}_acc")
         out[f"est_{name}_acc"], out[f"true_{name}_acc"] = est, true
         out[f"{name}_acc_mae"], out[f"{name}_acc_pairs"] = mae, pairs
+        out[f"{name}_interval_width"], out[f"{name}_coverage"], out[f"{name}_out_of_support"] = \
+            _interval_summary(probes, name)
 
     kinds = _strings(events, "kind")
     out["events"] = events.num_rows
@@ -278,6 +280,17 @@ def _summary(run: _Run) -> Summary:
     out["resets"] = int(len(_reset_positions(run)))
     out["errors"] = kinds.count("error")
     return out
+
+
+def _interval_summary(probes: pa.Table, name: str) -> tuple[float | None, float | None, int]:
+    """The `name` headline's mean 90% interval width, the share of probes whose truth it covers
+    (over probes with both), and the probes whose window was outside the calibration's support."""
+    low, high, true = _num(probes, f"est_{name}_lo"), _num(probes, f"est_{name}_hi"), _num(probes, f"true_{name}_acc")
+    has = np.isfinite(low) & np.isfinite(high)
+    width = float(np.mean(high[has] - low[has])) if has.any() else None
+    both = has & np.isfinite(true)
+    coverage = float(np.mean((low[both] <= true[both]) & (true[both] <= high[both]))) if both.any() else None
+    return width, coverage, int(_flag(probes, f"est_{name}_out_of_support").sum()) if probes.num_rows else 0
 
 
 def summarise(run_dir: Path | str) -> Summary:
@@ -289,7 +302,9 @@ def summarise(run_dir: Path | str) -> Summary:
     and `true_source_acc_steps` (% over all labelled step rows); `probes`, `probe_cycles`; for
     `source` and `online`: `est_*_acc`, `true_*_acc`, `*_acc_mae` (means over probes where both
     exist; with no such probe the means are over whichever exists and the MAE is None) and
-    `*_acc_pairs`; `events`, `warnings`, `resets`, `errors`.
+    `*_acc_pairs`, `*_interval_width` (the headline's mean 90% interval width), `*_coverage` (the
+    share of probes whose truth lies in it) and `*_out_of_support` (probes outside the calibration's
+    support); `events`, `warnings`, `resets`, `errors`.
 
     Raises:
         RunDirectoryError: `run_dir` is not a run directory of this version, or has no run.json.
@@ -340,6 +355,8 @@ def _plot_accuracy(run: _Run, notes: list[str]) -> Figure | None:
             ok = np.isfinite(y)
             ax.plot(x[ok], y[ok], linestyle=style, marker=marker, markersize=3, color=colour, label=label)
             drawn = True
+            if column.startswith("est_"):
+                _plot_band(ax, run.probes, x, column.split("_")[1], colour)
     else:
         notes.append(NO_PROBES)
     if run.steps.num_rows:
@@ -366,6 +383,19 @@ def _plot_accuracy(run: _Run, notes: list[str]) -> Figure | None:
     ax.set_title("Estimated vs true accuracy")
     _legend(ax)
     return fig
+
+
+def _plot_band(ax: Axes, probes: pa.Table, x: np.ndarray, target: str, colour: str) -> None:
+    """The `target` headline's 90% interval as a band, and its out-of-support windows as crosses."""
+    low, high = _num(probes, f"est_{target}_lo"), _num(probes, f"est_{target}_hi")
+    ok = np.isfinite(low) & np.isfinite(high)
+    if ok.any():
+        ax.fill_between(x[ok], low[ok], high[ok], color=colour, alpha=0.15, linewidth=0,
+                        label=f"{target} estimate, 90% interval")
+    outside = _flag(probes, f"est_{target}_out_of_support")
+    if outside.any():
+        ax.plot(x[outside], _num(probes, f"est_{target}_acc")[outside], linestyle="none", marker="x",
+                color="tab:red", markersize=6, label=f"{target} window out of support")
 
 
 def _plot_entropy(run: _Run, notes: list[str]) -> Figure | None:
@@ -504,6 +534,12 @@ _SUMMARY_ROWS = [
     ("true_online_acc", "mean true online accuracy (%)", "{:.2f}"),
     ("online_acc_mae", "online accuracy MAE |est - true| (points)", "{:.2f}"),
     ("online_acc_pairs", "probes with both online values", "{:d}"),
+    ("source_interval_width", "source headline: mean 90% interval width (points)", "{:.2f}"),
+    ("source_coverage", "source headline: probes whose truth is in the interval", "{:.0%}"),
+    ("source_out_of_support", "source windows outside the calibration's support", "{:d}"),
+    ("online_interval_width", "online headline: mean 90% interval width (points)", "{:.2f}"),
+    ("online_coverage", "online headline: probes whose truth is in the interval", "{:.0%}"),
+    ("online_out_of_support", "online windows outside the calibration's support", "{:d}"),
     ("warnings", "collapse warnings", "{:d}"),
     ("resets", "resets", "{:d}"),
     ("errors", "errors", "{:d}"),

@@ -43,9 +43,9 @@ __all__ = ["CHECKPOINT_FILE", "CONFIG_FILE", "CONTEXT_FILE", "FORMAT", "INFO_FIL
            "TABLE_NAMES", "RunDirectory", "RunDirectoryError"]
 
 #: Version of the run directory layout, its tables and run.json's fields; the runner records it as
-#: run.json's `format` (3: run_id, UTC time and units in every table, open parts in .inflight; 2: estimates by
+#: run.json's `format` (4: the headlines' intervals and out-of-support flags in probes; 3: run_id, UTC time and units in every table, open parts in .inflight; 2: estimates by
 #: feed, with raw scores; checkpoints of the estimation pipeline).
-FORMAT = 3
+FORMAT = 4
 
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"

@@ -2,7 +2,9 @@
 
 A JSON file (format `FORMAT`) with its provenance (model and checksum, adapter and
 hyperparameters, probe size, cycle), the meta-set's windows (`points`), Entropy Enigma's f per
-snapshot step and both feeds' statistics (`estimation.window.FeedStats` as mappings). A run
+snapshot step and both feeds' statistics (`estimation.window.FeedStats` as mappings); since
+format 3 also the full-range meta-set's windows with every estimator's reading (`meta_windows`)
+and the headline rules learned on them (`rules`: target -> `estimation.headline.HeadlineRule`). A run
 refuses a file made for another model or adapter (`check`); a provenance field that is null in
 the file matches any run (the paper's ResNet-50 f holds for any weights file of that model).
 """
@@ -15,11 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from ..estimation.flips import FlipsCalibration
+from ..estimation.headline import HeadlineRule
+from ..estimation.readings import Target
 from ..estimation.window import FeedStats, stats_from_dict
 
 __all__ = ["FORMAT", "FROZEN_PROVENANCE_KEYS", "PROVENANCE_KEYS", "Calibration", "CalibrationMismatch", "Provenance"]
 
-FORMAT = 2  # 2: null provenance fields match any run
+FORMAT = 3  # 3: learned headline rules with intervals and support; 2: null provenance fields match any run
+#: What each older format lacks, for the message that refuses it.
+OLDER = {1: "the frozen model's statistics, the learned headline rules and their intervals",
+         2: "the full-range meta-set, the learned headline rules, their intervals and the support"}
 #: What must match between a calibration and a run for f to mean anything.
 PROVENANCE_KEYS = ("model", "model_sha256", "adapter", "hyperparameters", "probe_size", "cycle")
 #: What the frozen model's feed needs to match: its estimators never see the adapter.
@@ -62,6 +69,12 @@ class Calibration:
     frozen_stats: dict[str, Any] | None = None  # the frozen model's FeedStats
     spread_fits: dict[int, dict[str, Any]] = field(default_factory=dict)  # f of the spread reference set's flips
     origin: str = "stream-monitor calibrate"  # who fitted it (a paper, or this command)
+    meta_windows: list[dict[str, Any]] = field(default_factory=list)  # the full-range meta-set (stream_monitor.metaset)
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> HeadlineRule.to_dict()
+
+    def headline_rules(self) -> dict[Target, HeadlineRule]:
+        """target -> the headline rule learned on this file's meta-set (none: the fixed order)."""
+        return {Target(t): HeadlineRule.from_dict(r) for t, r in self.rules.items()}
 
     def flips_calibrations(self, spread: bool = False) -> dict[int, FlipsCalibration]:
         """cycle_step -> f of the first-images reference set, or (`spread`) of the spread one; a fit
@@ -108,8 +121,10 @@ class Calibration:
             raise ValueError(f"Calibration file {path} is not valid JSON ({error}).") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else None
-            raise ValueError(f"Calibration file {path} has format {found}; this version reads format {FORMAT}. "
-                             f"Make it again with `stream-monitor calibrate`.")
+            lacks = f" (it lacks {OLDER[found]})" if found in OLDER else ""
+            raise ValueError(f"Calibration file {path} has format {found}{lacks}; this version reads format {FORMAT}. "
+                             f"Make it again with `stream-monitor calibrate`, then add the full-range meta-set "
+                             f"with `python benchmarks/refit_calibration.py`.")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

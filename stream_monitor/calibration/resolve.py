@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..estimation.context import EstimationContext
+from ..estimation.readings import Target
 from ..estimation.window import calibrated_on_adapter, with_frozen_line
 from .format import FROZEN_PROVENANCE_KEYS, PROVENANCE_KEYS, Calibration, CalibrationMismatch, Provenance
 
@@ -90,9 +91,16 @@ def resolve_context(config: RunConfig, provenance: Provenance, *, calibration: C
     origins = {part: str(origin) for part, origin, present in (("served", served_origin, served is not None),
                                                                 ("frozen", frozen_origin, frozen is not None),
                                                                 ("flips", served_origin, bool(flips))) if present}
+    # the source target's rule comes with the frozen model's file; the online target's only with
+    # a calibration of the served adapter itself (another adapter's served feed is another feed)
+    rules = {}
+    if frozen_file is not None and Target.SOURCE in frozen_file.headline_rules():
+        rules[Target.SOURCE] = frozen_file.headline_rules()[Target.SOURCE]
+    if served_file is not None and Target.ONLINE in served_file.headline_rules():
+        rules[Target.ONLINE] = served_file.headline_rules()[Target.ONLINE]
     context = EstimationContext(
         served=with_frozen_line(served, frozen), frozen=frozen, flips=flips,
         spread_flips=served_file.flips_calibrations(spread=True) if served_file is not None else {},
-        adapter_calibrated=calibrated_on_adapter(served), origins=origins)
+        adapter_calibrated=calibrated_on_adapter(served), origins=origins, rules=rules)
     logger.info("estimation context: %s", context.describe())
     return context

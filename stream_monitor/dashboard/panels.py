@@ -42,6 +42,9 @@ SERIES = (
     (3, "est online", "bright_yellow", False),
 )
 
+#: The dim style of each estimate's interval band, by its series index.
+BAND_STYLES = {1: "dark_cyan", 3: "yellow4"}
+
 # Braille dot bits by (column, row) inside a 2 x 4 cell (Unicode block U+2800).
 _BRAILLE_BITS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 
@@ -182,6 +185,8 @@ class AccuracyChart:
             missing = "n/a" if dashed else "n/a (warming up)"
             entries.append(Text.assemble(("╌╌" if dashed else "──", style), f" {label} ",
                                          (format_percent(values[-1][1], missing), "bold")))
+        if any(p.source_interval or p.online_interval for p in self.state.accuracy.points):
+            entries.append(Text.assemble(("┃┃", BAND_STYLES[1]), " 90% interval"))
         lines = [Text(no_wrap=True, overflow="ellipsis")]
         for entry in entries:
             if lines[-1].cell_len and lines[-1].cell_len + 2 + entry.cell_len > width and len(lines) < 2:
@@ -219,6 +224,14 @@ class AccuracyChart:
             x = round((position - lo) / (hi - lo) * (dots_w - 1))
             y = round((y_hi - min(y_hi, max(y_lo, value))) / (y_hi - y_lo) * (dots_h - 1))
             return x, y
+
+        # the headlines' 90% intervals as a band under the lines (estimation/headline.py)
+        for index, style in ((5, BAND_STYLES[1]), (6, BAND_STYLES[3])):
+            for p in self.state.accuracy.points:
+                if p[index] is not None:
+                    (x, top), (_, bottom) = to_dot(p.position, p[index][1]), to_dot(p.position, p[index][0])
+                    for y in range(top, bottom + 1):
+                        plot(x, y, style)
 
         for _, _, style, dashed, values in series:
             previous: tuple[int, int] | None = None
@@ -378,10 +391,14 @@ class ThroughputPanel:
             grid.add_row("probe", _line(f"cycle {probe.cycle} · {probe.flips}/{probe.probe_size} flips"
                                         f" · weighted {probe.weighted_flips:.1f}",
                                         *([" · ", ("extrapolated", "yellow")] if probe.extrapolated else [])))
-            methods = [f"{target} by {method}" for target, method in
-                       (("source", probe.est_source_method), ("online", probe.est_online_method)) if method]
-            if methods:  # which estimator each headline comes from (estimation/pipeline.py)
-                grid.add_row("estimates", _line((" · ".join(methods), "dim")))
+            methods = [f"{target} by {method}" + (f" [{interval[0]:.0f}, {interval[1]:.0f}]" if interval else "")
+                       for target, method, interval in
+                       (("source", probe.est_source_method, probe.source_interval),
+                        ("online", probe.est_online_method, probe.online_interval)) if method]
+            if methods:  # which estimator each headline comes from, with its 90% interval (estimation/headline.py)
+                grid.add_row("estimates", _line((" · ".join(methods), "dim"),
+                                                *([" · ", (f"out of support: {', '.join(probe.out_of_support)}",
+                                                           "bold yellow")] if probe.out_of_support else [])))
         yield grid
 
 

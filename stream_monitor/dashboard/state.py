@@ -35,6 +35,8 @@ class AccuracyPoint(NamedTuple):
     true_source_acc: float | None
     est_online_acc: float | None
     true_online_acc: float | None
+    source_interval: tuple[float, float] | None = None  # the headline's 90% interval (the chart's band)
+    online_interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,9 @@ class ProbeSummary:
     est_source_method: str | None = None
     extrapolated: bool = False
     est_online_method: str | None = None
+    source_interval: tuple[float, float] | None = None
+    online_interval: tuple[float, float] | None = None
+    out_of_support: tuple[str, ...] = ()  # the targets whose window lies outside the calibration's support
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,9 +266,10 @@ class DashboardState:
 
     def apply_probe(self, row: dict[str, Any]) -> DashboardState:
         """Fold in one `probes` row."""
+        intervals = [_interval(row, target) for target in ("source", "online")]
         point = AccuracyPoint(int(row["position"]), _num(row.get("est_source_acc")), _num(row.get("true_source_acc")),
-                              _num(row.get("est_online_acc")), _num(row.get("true_online_acc")))
-        values = point[1:]
+                              _num(row.get("est_online_acc")), _num(row.get("true_online_acc")), *intervals)
+        values = point[1:5]
         sums = tuple(s + (v or 0.0) for s, v in zip(self.acc_sums, values))
         counts = tuple(c + (v is not None) for c, v in zip(self.acc_counts, values))
         summary = ProbeSummary(
@@ -273,7 +279,9 @@ class DashboardState:
             est_source_acc=point.est_source_acc, est_online_acc=point.est_online_acc,
             true_source_acc=point.true_source_acc, true_online_acc=point.true_online_acc,
             est_source_method=row.get("est_source_method"), extrapolated=bool(row.get("est_extrapolated")),
-            est_online_method=row.get("est_online_method"))
+            est_online_method=row.get("est_online_method"), source_interval=intervals[0],
+            online_interval=intervals[1],
+            out_of_support=tuple(t for t in ("source", "online") if row.get(f"est_{t}_out_of_support")))
         return replace(self, accuracy=self.accuracy.append(point), last_probe=summary,
                        probe_count=self.probe_count + 1, acc_sums=sums, acc_counts=counts)
 
@@ -388,3 +396,8 @@ class DashboardState:
     def resets(self) -> int:
         # The loop may record a reset both as a step flag and as an event; counting either, not both.
         return max(self.count("reset"), self.step_resets)
+
+
+def _interval(row: dict[str, Any], target: str) -> tuple[float, float] | None:
+    low, high = _num(row.get(f"est_{target}_lo")), _num(row.get(f"est_{target}_hi"))
+    return None if low is None or high is None else (low, high)

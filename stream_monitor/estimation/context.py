@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from .flips import FlipsCalibration
-from .readings import Feed
+from .headline import HeadlineRule
+from .readings import Feed, Target
 from .window import FeedStats, stats_from_dict
 
 __all__ = ["EstimationContext"]
@@ -31,6 +32,9 @@ class EstimationContext:
         adapter_calibrated: the served feed's line or regressor was fitted on the served adapter
             itself (not borrowed from the frozen model), which picks the online headline order.
         origins: part ("served", "frozen", "flips") -> where it came from, for people.
+        rules: target -> the headline rule learned on the meta-set (`headline.HeadlineRule`): the
+            source target's from the frozen feed's calibration, the online target's from the
+            served adapter's; a target without one takes the fixed order and has no interval.
     """
 
     served: FeedStats | None = None
@@ -39,6 +43,7 @@ class EstimationContext:
     spread_flips: Mapping[int, FlipsCalibration] = field(default_factory=dict)
     adapter_calibrated: bool = False
     origins: Mapping[str, str] = field(default_factory=dict)
+    rules: Mapping[Target, HeadlineRule] = field(default_factory=dict)
 
     def stats(self, feed: Feed) -> FeedStats | None:
         return self.served if feed == Feed.SERVED else self.frozen
@@ -56,7 +61,8 @@ class EstimationContext:
 
         return {"served": self.served and asdict(self.served), "frozen": self.frozen and asdict(self.frozen),
                 "flips": fits(self.flips), "spread_flips": fits(self.spread_flips),
-                "adapter_calibrated": self.adapter_calibrated, "origins": dict(self.origins)}
+                "adapter_calibrated": self.adapter_calibrated, "origins": dict(self.origins),
+                "rules": {str(target): rule.to_dict() for target, rule in self.rules.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EstimationContext":
@@ -67,7 +73,8 @@ class EstimationContext:
 
         return cls(served=stats_from_dict(data["served"]), frozen=stats_from_dict(data["frozen"]),
                    flips=fits(data["flips"]), spread_flips=fits(data["spread_flips"]),
-                   adapter_calibrated=bool(data["adapter_calibrated"]), origins=dict(data["origins"]))
+                   adapter_calibrated=bool(data["adapter_calibrated"]), origins=dict(data["origins"]),
+                   rules={Target(t): HeadlineRule.from_dict(r) for t, r in (data.get("rules") or {}).items()})
 
     def describe(self) -> str:
         """One line for people: where each part came from."""

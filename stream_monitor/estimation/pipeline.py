@@ -17,8 +17,13 @@
    Each feed's nuclear norm through its line is off by what the line gets wrong about the stream;
    through one line the two share that error, so their difference keeps the adapter's effect.
    This project's combination, not a published estimator (benchmarks/estimator_table.py).
-4. **Headlines** (`derive`). Per target, the first estimator of a fixed preference
-   (`headline_order`) with a value wins: the source target prefers the frozen feed's Sentinel,
+4. **Headlines** (`derive`). Per target, the headline rule learned on the full-range meta-set
+   (`headline.HeadlineRule`, in the calibration file) picks the estimator by its held-out error
+   in the window's region (inside or outside the calibration's support) and gives the 90%
+   interval; outside the support the window is flagged and only estimators that need no
+   meta-set map may headline. A target without a rule (a calibration with no meta-set, like the
+   paper's ResNet-50 f) takes the first estimator of a fixed preference (`headline_order`) with a
+   value, and no interval: the source target prefers the frozen feed's Sentinel,
    its nuclear norm, then the flips; the online target prefers the anchored estimate, unless the
    served feed was calibrated on the adapter itself (`EstimationContext.adapter_calibrated`):
    then the served feed's own Sentinel and nuclear norm lead, since their maps know what
@@ -48,8 +53,8 @@ from .context import EstimationContext
 from .readings import Feed, Reading, Target, find, value_of
 from .window import WindowEstimator, scale
 
-__all__ = ["ANCHORED", "ADAPTER_CALIBRATED", "DERIVED", "HEADLINE_ORDER", "EstimationPipeline", "WindowEstimate",
-           "derive", "headline_order"]
+__all__ = ["ANCHORED", "ADAPTER_CALIBRATED", "DERIVED", "HEADLINE_ORDER", "META_FITTED", "EstimationPipeline",
+           "WindowEstimate", "derive", "headline_order"]
 
 #: The anchored online estimate's name (step 3 above).
 ANCHORED = "anchored-nuclear-norm"
@@ -81,32 +86,46 @@ def headline_order(target: Target, adapter_calibrated: bool = False) -> tuple[st
     return ADAPTER_CALIBRATED if adapter_calibrated and target == Target.ONLINE else HEADLINE_ORDER[Target(target)]
 
 
+#: Estimators whose value goes through a map fitted on meta-set windows (a line, a regressor, f):
+#: outside the calibration's support they may not headline (`headline.HeadlineRule`).
+META_FITTED = frozenset({"sentinel", "nuclear-norm", ANCHORED, WEIGHTED_FLIPS, SPREAD_FLIPS})
+
+
 @dataclass(frozen=True)
 class WindowEstimate:
-    """A window's readings (the anchored one included), its two headlines and the gap between them."""
+    """A window's readings (the anchored one included), its two headlines (each with its interval
+    where a learned rule gave one), whether each target's window lies outside its calibration's
+    support (None: unknown), and the gap between the headlines."""
 
     readings: tuple[Reading, ...]
     source: Reading | None
     online: Reading | None
     source_paired: float | None
     gap: float | None
+    source_out_of_support: bool | None = None
+    online_out_of_support: bool | None = None
 
     def columns(self) -> dict[str, Any]:
         """The probe row's estimate columns (metrics.schema.PROBE_SCHEMA)."""
         source, online = self.source, self.online
+        (source_lo, source_hi), (online_lo, online_hi) = ((r.interval if r is not None and r.interval else (None, None))
+                                                          for r in (source, online))
         return {"est_source_acc": source and source.value, "est_source_method": source and source.estimator,
                 "est_extrapolated": source and source.extrapolated,
                 "est_online_acc": online and online.value, "est_online_method": online and online.estimator,
-                "est_source_paired": self.source_paired, "est_online_gap": self.gap}
+                "est_source_paired": self.source_paired, "est_online_gap": self.gap,
+                "est_source_lo": source_lo, "est_source_hi": source_hi, "est_online_lo": online_lo,
+                "est_online_hi": online_hi, "est_source_out_of_support": self.source_out_of_support,
+                "est_online_out_of_support": self.online_out_of_support}
 
 
 def derive(readings: Iterable[Reading], context: EstimationContext) -> WindowEstimate:
     """The anchored estimate, the headlines and the gap of one window (steps 3-5 above); pure."""
     readings = [r for r in readings if r.estimator != ANCHORED]
-    source = _pick(readings, Target.SOURCE, False)
+    source, source_out = _headline(readings, Target.SOURCE, context)
     anchored = _anchored(readings, source, context.anchor_slope)
     readings.append(anchored)
-    online = _pick(readings, Target.ONLINE, context.adapter_calibrated)
+    online, online_out = _headline(readings, Target.ONLINE, context)
     paired = None
     if online is not None and not (context.adapter_calibrated and online.estimator in SERVED_CALIBRATED):
         paired = value_of(readings, online.estimator, Feed.FROZEN)
@@ -115,11 +134,27 @@ def derive(readings: Iterable[Reading], context: EstimationContext) -> WindowEst
         gap = anchored.value - source.value
     elif online is not None and (paired is not None or source is not None):
         gap = online.value - (paired if paired is not None else source.value)
-    return WindowEstimate(tuple(readings), source, online, paired, gap)
+    return WindowEstimate(tuple(readings), source, online, paired, gap, source_out, online_out)
 
 
-def _pick(readings: Sequence[Reading], target: Target, adapter_calibrated: bool) -> Reading | None:
-    found = {r.estimator: r for r in readings if r.target == target and r.value is not None}
+def _headline(readings: Sequence[Reading], target: Target,
+              context: EstimationContext) -> tuple[Reading | None, bool | None]:
+    """The learned rule's pick with its interval and the support flag, else the fixed order's."""
+    rule = context.rules.get(target)
+    if rule is not None:
+        picked, outside = rule.pick(readings)
+        if picked is not None:
+            return picked, outside
+        # none of the rule's estimators has a value: the fixed order, still without a meta-set map outside
+        return _pick(readings, target, context.adapter_calibrated, META_FITTED if outside else ()), outside
+    return _pick(readings, target, context.adapter_calibrated), None
+
+
+def _pick(readings: Sequence[Reading], target: Target, adapter_calibrated: bool,
+          exclude: Iterable[str] = ()) -> Reading | None:
+    exclude = set(exclude)
+    found = {r.estimator: r for r in readings if r.target == target and r.value is not None
+             and r.estimator not in exclude}
     return next((found[name] for name in headline_order(target, adapter_calibrated) if name in found), None)
 
 

@@ -189,11 +189,25 @@ class SentinelRegressor:
 
         The floor is the least accurate meta-set window's accuracy (near chance on the embedded
         meta-set): below it the ridge line extrapolates where no window shows how accuracy goes on,
-        and read a CCC-Hard window at chance (10.8%) as 0%."""
+        and read a CCC-Hard window at chance (10.8%) as 0%.
+
+        The monotonicity guard: a window more confident than every training window (a lower mean
+        entropy and a lower mean NLL of the chosen class than any) reads at least as accurate as
+        the most confident training window; a line would otherwise carry a trend learned on
+        mid-range windows past the edge and read a clean window as less accurate than all of
+        them (issue 25: 10.2% on a window the frozen model gets 98% right)."""
         width = self.columns(features, sidekick)
         window = np.asarray(features[:width], dtype=np.float64)[None]
         value = np.mean([model.predict(window)[0] for model in self._models(width)])
-        return float(np.clip(value, self.floor, 100.0))
+        return float(np.clip(max(value, self.guard(features)), self.floor, 100.0))
+
+    def guard(self, features: Sequence[float]) -> float:
+        """The least the guard lets a window read (0 unless it is more confident than every training window)."""
+        x = np.asarray(self.training["features"], dtype=np.float64)
+        mean, nll = FEATURES.index("mean"), FEATURES.index("nll_avg")
+        if features[mean] < x[:, mean].min() and features[nll] < x[:, nll].min():
+            return float(self.training["accuracy"][int(np.argmin(x[:, mean]))])
+        return 0.0
 
     @property
     def floor(self) -> float:

@@ -5,7 +5,7 @@
 - `probes`: one row per probe evaluation of a weight snapshot (Entropy Enigma flips) with the
   label-free estimates beside the ground truth of the same window.
 - `events`: starts, resumes, resets, probe cycles, skipped images, collapse warnings, errors,
-  and repairs (a resume set a damaged checkpoint or part aside and writes its rows again; rows
+  windows leaving or re-entering the calibration's support (`support`), and repairs (a resume set a damaged checkpoint or part aside and writes its rows again; rows
   lost for good are an `error` whose value is the number of rows).
 - `estimates`: every label-free estimator's value at every probe, long format (one row per
   estimator), on the probe row's window; the truth to judge it by is in `probes`.
@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 5  # 5: run_id and UTC time on every table, units in field metadata; 4: an estimate's feed, ...
+SCHEMA_VERSION = 6  # 6: the headlines' 90% intervals and out-of-support flags; 5: run_id and UTC time on every table, units in field metadata; 4: an estimate's feed, ...
 
 #: Columns the sink fills on every row (the loop leaves them null), so a table read on its own, or
 #: several runs' tables read as one dataset, say which run a row is from and when, in a real timestamp.
@@ -95,6 +95,12 @@ PROBE_SCHEMA = pa.schema([
     pa.field("est_online_method", pa.string()),
     pa.field("est_source_paired", pa.float32(), metadata=_PCT),  # the online estimator's reading of the frozen feed
     pa.field("est_online_gap", pa.float32(), metadata=_PP),  # estimated online minus source accuracy (headline.py)
+    pa.field("est_source_lo", pa.float32(), metadata=_PCT),  # the source headline's 90% interval (estimation/headline.py)
+    pa.field("est_source_hi", pa.float32(), metadata=_PCT),
+    pa.field("est_online_lo", pa.float32(), metadata=_PCT),  # the online headline's 90% interval
+    pa.field("est_online_hi", pa.float32(), metadata=_PCT),
+    pa.field("est_source_out_of_support", pa.bool_()),      # the frozen feed's window lies outside its calibration's support
+    pa.field("est_online_out_of_support", pa.bool_()),      # the served feed's window lies outside its calibration's support
     pa.field("window_start", pa.int64()),                   # stream positions the ground truth covers
     pa.field("window_stop", pa.int64()),
     pa.field("true_online_acc", pa.float32(), metadata=_PCT),  # served predictions' accuracy on the window
@@ -104,7 +110,7 @@ PROBE_SCHEMA = pa.schema([
 ], metadata={"table": "probes", "schema_version": str(SCHEMA_VERSION)})
 
 EVENT_KINDS = ("start", "resume", "stop", "checkpoint", "reset", "cycle", "skipped", "warning", "clear", "error",
-               "repair")
+               "repair", "support")
 
 EVENT_SCHEMA = pa.schema([
     pa.field("step", pa.int64(), nullable=False),           # adapter steps done when it happened

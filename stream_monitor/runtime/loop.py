@@ -25,7 +25,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..estimation.detectors import CollapseDetector, DetectorSetup, build_detectors, parse_detectors, transitions
-from ..estimation.pipeline import EstimationPipeline, derive
+from ..estimation.pipeline import EstimationPipeline, WindowEstimate, derive
 from ..estimation.readings import Feed, Reading
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from ..schedule import ProbeSchedule
@@ -147,6 +147,7 @@ class RunLoop:
         self._checkpointed_at = self.state.step  # a fresh start or a resume needs no checkpoint yet
         self._last_result, self._slow = clock(), False
         self._diverged = False  # the dashboard was told; a reset (recovery) clears it
+        self._outside: dict[str, bool] = {}  # target -> its last window was out of support (an event was written)
 
     @property
     def probe_on(self) -> bool:
@@ -386,13 +387,28 @@ class RunLoop:
                                                result.spread_weighted_flips, result.spread_size)
         estimate = derive(flips + pending.readings, self.estimation.context)
         row.update(estimate.columns())
+        self._note_support(estimate)
         for detector in self.detectors:
             detector.update_probe(row)
         self._check_detectors()
         row["warning"] = bool(self.state.active_warnings)
         self._emit("on_probe", row)
-        for reading in estimate.readings:
-            self._emit("on_estimate", estimate_row(reading, row))
+        headlines = {(r.estimator, r.feed): r for r in (estimate.source, estimate.online) if r is not None}
+        for reading in estimate.readings:  # a headline's row carries the interval the rule gave it
+            self._emit("on_estimate", estimate_row(headlines.get((reading.estimator, reading.feed), reading), row))
+
+    def _note_support(self, estimate: WindowEstimate) -> None:
+        """An event when a target's window leaves its calibration's support, and when it comes back."""
+        for target, outside, headline in (("source", estimate.source_out_of_support, estimate.source),
+                                          ("online", estimate.online_out_of_support, estimate.online)):
+            if outside is None or outside == self._outside.get(target, False):
+                continue
+            self._outside[target] = outside
+            method = headline.estimator if headline is not None else "none"
+            self.event("support", "estimation", (
+                f"the {target} window lies outside the calibration's support: the headline falls back to {method}, "
+                f"whose interval is widened" if outside else
+                f"the {target} window is back inside the calibration's support (headline {method})"))
 
     def _check_detectors(self) -> None:
         for kind, detector, verdict in transitions(self.detectors, self.state.active_warnings):

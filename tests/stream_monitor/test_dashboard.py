@@ -367,3 +367,20 @@ def test_make_reporter_needs_a_terminal_and_enabled():
     assert isinstance(make_reporter(Console(file=io.StringIO()), enabled=True), PlainReporter)
     assert isinstance(make_reporter(capture_console(), enabled=False), PlainReporter)
     assert isinstance(make_reporter(capture_console(), enabled=True), Dashboard)
+
+
+def test_the_headline_interval_is_a_band_and_out_of_support_is_flagged():
+    state = DashboardState().apply_start(make_info(stop=10_000))
+    plain = state.apply_probe(probe_row(0, position=5000, est_source=50.0, true_source=None,
+                                        est_online_acc=None, true_online_acc=None))
+    banded = state.apply_probe(probe_row(0, position=5000, est_source=50.0, true_source=None, est_online_acc=None,
+                                         true_online_acc=None, est_source_lo=20.0, est_source_hi=80.0))
+    assert banded.accuracy.points[-1].source_interval == (20.0, 80.0)
+    plain_rows = {row for row, _ in _glyph_rows(render(AccuracyChart(plain, height=20)))}
+    band_text = render(AccuracyChart(banded, height=20))
+    assert len({row for row, _ in _glyph_rows(band_text)}) > len(plain_rows) + 3  # the band spans 20-80%
+    assert "90% interval" in band_text
+    flagged = running_state().apply_probe(probe_row(20, est_source_method="average-confidence", est_source_lo=40.0,
+                                                    est_source_hi=95.0, est_source_out_of_support=True))
+    text = render(ThroughputPanel(flagged))
+    assert "source by average-confidence [40, 95]" in text and "out of support: source" in text

@@ -572,3 +572,32 @@ def test_the_risk_test_reads_the_served_error_proxy_and_replays_as_it_ran(tmp_pa
     warnings = [e for e in rows(tmp_path / "run", "events") if e["kind"] == "warning"]
     assert warnings and warnings[0]["origin"] == "risk-test" and "false-alarm budget delta 0.05" in warnings[0]["message"]
     assert replay_warnings(tmp_path / "run", ["risk-test"])["risk-test"] == warning_intervals(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_window_outside_the_support_is_flagged_falls_back_and_writes_one_event(tmp_path):
+    """A source rule whose support no real window reaches (every feature near 1,000): every probe
+    window is outside, its headline is the rule's outside choice with an interval, and one
+    `support` event says so when the first window leaves the support."""
+    from stream_monitor.estimation.headline import Choice, HeadlineRule
+    from stream_monitor.estimation.readings import Target
+    from stream_monitor.estimation.support import SUPPORT_FEATURES, Support
+
+    far = Support(low=(1000.0,) * len(SUPPORT_FEATURES), high=(1001.0,) * len(SUPPORT_FEATURES),
+                  scale=(1.0,) * len(SUPPORT_FEATURES))
+    rule = HeadlineRule(Target.SOURCE, inside=(Choice("sentinel", 2.0, -5.0, 5.0, 50),),
+                        outside=(Choice("average-confidence", 10.0, -30.0, 5.0, 50),), support=far)
+    calibration = Calibration.load(CALIBRATION)
+    calibration.rules = {"source": rule.to_dict()}
+    path = calibration.save(tmp_path / "far.json")
+    run_dir = tmp_path / "run"
+    outcome = run(load_config(None, [*BASE, "runtime.max_images=640", f"estimation.frozen_calibration={path}"]),
+                  run_dir)
+    assert outcome.status == "finished", outcome.error
+    probes = [p for p in read_table(run_dir, "probes").to_pylist() if p["est_source_acc"] is not None]
+    assert probes and all(p["est_source_out_of_support"] for p in probes)
+    assert {p["est_source_method"] for p in probes} == {"average-confidence"}
+    assert all(p["est_source_lo"] < p["est_source_acc"] <= p["est_source_hi"] or p["est_source_hi"] == 100.0
+               for p in probes)
+    support = [e for e in read_table(run_dir, "events").to_pylist() if e["kind"] == "support"]
+    assert len(support) == 1 and "outside the calibration's support" in support[0]["message"]

@@ -71,7 +71,10 @@ def test_the_estimate_columns_keep_the_paired_frozen_reading_of_the_online_estim
     assert derive(window, NO_LINE).columns() == {
         "est_source_acc": 30.0, "est_source_method": "sentinel", "est_extrapolated": None,
         "est_online_acc": 33.0, "est_online_method": "nuclear-norm", "est_source_paired": 40.0,
-        "est_online_gap": -7.0}  # one estimator, one line: the paired difference
+        "est_online_gap": -7.0,  # one estimator, one line: the paired difference
+        # no learned rule in the context: no interval, and no support to be outside of
+        "est_source_lo": None, "est_source_hi": None, "est_online_lo": None, "est_online_hi": None,
+        "est_source_out_of_support": None, "est_online_out_of_support": None}
     # with both raw scores and the frozen line, the anchored estimate headlines; its gap is one line's
     scored = [window[0], read("nuclear-norm", FROZEN, 40.0, score=0.40), read("nuclear-norm", SERVED, 33.0, score=0.26)]
     columns = derive(scored, LINE).columns()

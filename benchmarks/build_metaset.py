@@ -1,0 +1,46 @@
+"""Build the full-range meta-set of the embedded model (issue 25): the frozen model and the shipped
+adapter calibrations' served feeds, on every domain of `stream_monitor.metaset.DEFAULT_DOMAINS`.
+
+    nohup nice -n 10 python benchmarks/build_metaset.py --out benchmarks/results/metaset_embedded.jsonl &
+
+Resumable: run the same command again and it goes on after the last window in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from stream_monitor.metaset import DEFAULT_DOMAINS, MetaSetBuild, build
+from stream_monitor.config import load_config
+from stream_monitor.estimation.window import stats_from_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+#: adapter -> the calibration whose served statistics (temperature, Acc_S, ATC thresholds) it reads with
+SERVED = {"rdumb": ROOT / "stream_monitor/assets/calibrations/embedded_resnet20_rdumb_probe1000_cycle1000.json",
+          "tent": ROOT / "benchmarks/results/calibration_embedded_tent_heldout_streams.json"}
+FROZEN = ROOT / "stream_monitor/assets/calibrations/frozen/embedded_resnet20_frozen_heldout_streams.json"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--window-images", type=int, default=512)
+    parser.add_argument("--adapters", default="rdumb,tent")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    adapters = {a: stats_from_dict(json.loads(SERVED[a].read_text())["served_stats"])
+                for a in args.adapters.split(",") if a}
+    frozen = stats_from_dict(json.loads(FROZEN.read_text())["frozen_stats"])
+    spec = MetaSetBuild(DEFAULT_DOMAINS, adapters, frozen, args.windows, args.window_images)
+    build(spec, load_config(None, ["runtime.threads=1"]), args.out, log=lambda m: print(m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Add the full-range meta-set to a calibration: refit its Sentinel and nuclear-norm lines on the
+held-out-stream windows plus the meta-set's, learn the headline rules with leave-one-family-out
+cross-validation, and write it in format 3 (issue 25).
+
+    python benchmarks/refit_calibration.py OLD.json --metaset benchmarks/results/metaset_embedded.jsonl \\
+        --out NEW.json [--adapter rdumb] [--report benchmarks/results/headline_rule_X.json]
+
+`--adapter` names the meta-set's served feed whose online rule the file gets (the file's own
+adapter); without it only the source rule (the frozen model's feed). Prints, per family and
+target, the held-out error of the headline and of each estimator and the interval coverage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from stream_monitor.calibration.fit import nuclear_line, sentinel_set
+from stream_monitor.calibration.format import FORMAT, Calibration
+from stream_monitor.metaset import read_windows
+from stream_monitor.calibration.rule import family_report, fit_rule, held_out_readings, window_points
+from stream_monitor.estimation.readings import Target
+from stream_monitor.estimation.support import Support
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def refit(old: dict, windows: list[dict], adapter: str | None) -> tuple[Calibration, list[dict]]:
+    points = [p for p in old["points"] if not str(p.get("domain", "")).startswith("metaset/")]
+    mine = window_points(windows, adapter)
+    everything = points + mine
+    data = {**old, "format": FORMAT, "points": everything}
+    data.setdefault("spread_fits", {})
+    data.setdefault("frozen_stats", None)
+    frozen = data["frozen_stats"] and {**data["frozen_stats"], "nuclear_fit": nuclear_line(everything, frozen=True),
+                                       "sentinel": sentinel_set(everything, frozen=True)}
+    served = data["served_stats"]
+    if adapter is not None and served is not None:
+        served = {**served, "nuclear_fit": nuclear_line(everything), "sentinel": sentinel_set(everything)}
+    data["frozen_stats"], data["served_stats"] = frozen, served
+    report, rules = [], {}
+    held_source = held_out_readings(windows, points, Target.SOURCE, frozen["sentinel"])
+    support = Support.of(frozen["sentinel"]["features"])
+    rules["source"] = fit_rule(held_source, Target.SOURCE, support).to_dict()
+    report += family_report(held_source, Target.SOURCE, support)
+    if adapter is not None:
+        held_online = held_out_readings(windows, points, Target.ONLINE, served["sentinel"], adapter, held_source)
+        support = Support.of(served["sentinel"]["features"])
+        rules["online"] = fit_rule(held_online, Target.ONLINE, support).to_dict()
+        report += family_report(held_online, Target.ONLINE, support)
+    data["meta_windows"] = [{**w, "served": {a: s for a, s in w["served"].items() if a == adapter}} for w in windows]
+    data["rules"] = rules
+    data["fits"] = {int(k): v for k, v in data["fits"].items()}
+    data["spread_fits"] = {int(k): v for k, v in data["spread_fits"].items()}
+    return Calibration(**data), report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("--metaset", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--adapter", default=None)
+    parser.add_argument("--report", type=Path, default=None)
+    args = parser.parse_args()
+    windows = read_windows(args.metaset)
+    if not windows:
+        print(f"{args.metaset} has no meta-set window; build it with benchmarks/build_metaset.py", file=sys.stderr)
+        return 2
+    calibration, report = refit(json.loads(args.old.read_text()), windows, args.adapter)
+    calibration.save(args.out)
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=ROOT).stdout.strip()
+    command = "python " + " ".join(sys.argv)
+    if args.report:
+        args.report.write_text(json.dumps({"command": command, "git_sha": sha, "windows": len(windows),
+                                           "rules": calibration.rules, "families": report}, indent=1))
+    print(f"{command}  (git {sha}, {len(windows)} meta-set windows)")
+    print("| target | family | windows | truth range | headline MAE | worst | 90% coverage | out of support |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in report:
+        print(f"| {r['target']} | {r['family']} | {r['windows']} | {r['truth_range'][0]:.0f}-{r['truth_range'][1]:.0f} "
+              f"| {fmt(r['headline_mae'])} | {fmt(r['headline_worst'])} | {fmt(r['coverage'])} "
+              f"| {r['out_of_support']:.2f} |")
+    for target, rule in calibration.rules.items():
+        for region in ("inside", "outside"):
+            print(f"{target} rule, {region}: " + ", ".join(
+                f"{c['estimator']} {c['mae']:.2f} [{c['low']:+.1f}, {c['high']:+.1f}]" for c in rule[region]))
+    return 0
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

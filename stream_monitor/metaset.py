@@ -1,0 +1,141 @@
+"""The full-range meta-set (issue 25): windows from the clean source domain down to chance, each
+with every registered estimator's reading on both feeds and the labelled truth, and the shift
+family it came from so fitting can hold whole families out.
+
+Every domain (`sources.shifts`) is read as `windows` consecutive windows of `window_images`
+images. The frozen model scores every image (the frozen feed); each adapter starts fresh at the
+domain's first image and adapts through its windows (the served feed), so its later windows are
+read from an adapted model. The readings come from the run's own `EstimationPipeline` with the
+shipped calibrations' labelled statistics, so a meta-set window is what a probe window of that
+size would record; the Sentinel's features and the nuclear norm's raw score are kept so the
+fitting (`calibration.trust`) can refit those maps with a family held out.
+
+Results go to a JSON-lines file, one window per line, as they are made: a build that stops
+resumes where it stopped (windows already in the file are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from stream_monitor.sources.shifts import ShiftedGlyphSource, parse_shift
+
+from .estimation.context import EstimationContext
+from .estimation.pipeline import EstimationPipeline
+from .estimation.readings import Feed
+from .estimation.window import FeedStats, with_frozen_line
+
+__all__ = ["DEFAULT_DOMAINS", "MetaSetBuild", "build", "family_of", "read_windows"]
+
+#: The default full-range meta-set of the embedded glyphs (accuracy of the frozen model from 98%,
+#: the source domain, to chance): 7 families, none of them the stream's 15 corruptions.
+DEFAULT_DOMAINS = (
+    "clean/whole", "clean",
+    "heldout:speckle_noise:1/whole", "heldout:speckle_noise:3", "heldout:speckle_noise:5",
+    "heldout:gaussian_blur:1/whole", "heldout:gaussian_blur:2/whole", "heldout:gaussian_blur:4",
+    "heldout:spatter:2/whole", "heldout:spatter:5", "heldout:saturate:3/whole",
+    "compose:spatter:3+gaussian_blur:2", "compose:gaussian_blur:1+speckle_noise:4",
+    "compose:spatter:5+speckle_noise:5",
+    "mix:0.25:gaussian_blur:5/whole", "mix:0.5:speckle_noise:5/whole", "mix:0.75:gaussian_blur:5",
+    "affine:1/whole", "affine:5/whole", "affine:3",
+    "invert:1/whole", "invert:1.5", "invert:2", "invert:5/whole",
+    "occlude:1/whole", "occlude:3/whole", "occlude:4",
+)
+
+
+def family_of(domain: str) -> str:
+    """A domain's shift family (what leave-one-family-out holds out)."""
+    return parse_shift(domain).family
+
+
+@dataclass(frozen=True)
+class MetaSetBuild:
+    """What one build reads: the domains, the window size, and per adapter the served feed's
+    labelled statistics (its calibration's; the frozen feed's are `frozen`)."""
+
+    domains: tuple[str, ...]
+    adapters: dict[str, FeedStats | None]
+    frozen: FeedStats
+    windows: int = 4
+    window_images: int = 512
+    batch_size: int = 64
+
+
+def read_windows(path: Path) -> list[dict[str, Any]]:
+    """The windows of a meta-set file (a line cut short by a stopped build is dropped)."""
+    out = []
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _reading_dict(readings: Iterable) -> dict[str, dict[str, Any]]:
+    return {r.estimator: {"value": r.value, "score": r.score,
+                          "features": None if r.features is None else list(r.features)} for r in readings}
+
+
+def build(spec: MetaSetBuild, config, out: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run the meta-set, appending each window to `out` (JSON lines); resumes a stopped build."""
+    from .models import load_model
+    from .runtime.runner import with_overrides
+    from .runtime.workers import AdapterWorker
+    from .runtime.messages import Images
+
+    for domain in spec.domains:
+        parse_shift(domain)  # every domain valid before anything runs
+    done = {(w["domain"], w["window"]) for w in read_windows(out)}
+    model = load_model(config.model.name, config.model.weights, "cpu")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for k, domain in enumerate(spec.domains):
+        if all((domain, i) in done for i in range(spec.windows)):
+            continue
+        started = time.perf_counter()
+        source = ShiftedGlyphSource(domain, spec.windows * spec.window_images, image_size=model.image_size)
+        workers = {name: AdapterWorker(with_overrides(config, adapter={"name": name})) for name in spec.adapters}
+        pipelines = {name: EstimationPipeline(EstimationContext(served=with_frozen_line(stats, spec.frozen),
+                                                                frozen=spec.frozen), model.num_classes)
+                     for name, stats in spec.adapters.items()}
+        frozen_only = EstimationPipeline(EstimationContext(frozen=spec.frozen), model.num_classes)
+        for i in range(spec.windows):
+            for pipeline in (*pipelines.values(), frozen_only):
+                pipeline.reset()
+            correct = {name: 0 for name in spec.adapters}
+            frozen_correct = 0
+            lo = i * spec.window_images
+            for start in range(lo, lo + spec.window_images, spec.batch_size):
+                batch = source.render(start, start + spec.batch_size)
+                frozen = model.probabilities(torch.from_numpy(batch.images))
+                frozen_correct += int((frozen.argmax(1) == batch.labels).sum())
+                frozen_only.observe(Feed.FROZEN, frozen)
+                images = Images(start, start + spec.batch_size, batch.indices, batch.images)
+                for name, worker in workers.items():
+                    served = worker.step(images).probabilities
+                    correct[name] += int((served.argmax(1) == batch.labels).sum())
+                    pipelines[name].observe(Feed.SERVED, served)
+            if (domain, i) in done:
+                continue  # the adapters had to pass through it to reach the next window
+            n = spec.window_images
+            window = {"family": family_of(domain), "domain": domain, "window": i, "images": n,
+                      "true_source_acc": 100.0 * frozen_correct / n,
+                      "frozen": _reading_dict(r for r in frozen_only.readings() if r.feed == Feed.FROZEN),
+                      "served": {name: {"true_online_acc": 100.0 * correct[name] / n,
+                                        "readings": _reading_dict(r for r in pipelines[name].readings()
+                                                                  if r.feed == Feed.SERVED)}
+                                 for name in spec.adapters}}
+            with out.open("a") as handle:
+                handle.write(json.dumps(window) + "\n")
+        log(f"[{k + 1}/{len(spec.domains)}] {domain}: frozen {window['true_source_acc']:.1f}%  "
+            + "  ".join(f"{a} {window['served'][a]['true_online_acc']:.1f}%" for a in spec.adapters)
+            + f"  ({time.perf_counter() - started:.0f} s)")
+    return read_windows(out)

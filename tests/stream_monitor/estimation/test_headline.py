@@ -1,0 +1,132 @@
+"""The learned headline rule: conformal intervals, the support and its fallback, the guard."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from stream_monitor.calibration.format import Calibration
+from stream_monitor.calibration.rule import HeldOut, family_report, fit_rule
+from stream_monitor.estimation.context import EstimationContext
+from stream_monitor.estimation.headline import Choice, HeadlineRule, conformal_offsets
+from stream_monitor.estimation.pipeline import derive
+from stream_monitor.estimation.readings import Feed, Reading, Target
+from stream_monitor.estimation.sentinel import SentinelRegressor, marginal_features, profile, window_features
+from stream_monitor.estimation.support import SUPPORT_FEATURES, Support
+
+
+def test_conformal_offsets_cover_new_residuals_at_the_level():
+    rng = np.random.default_rng(0)
+    residuals = rng.normal(-3.0, 5.0, 200)  # a biased estimator: truth 3 points under it on average
+    low, high = conformal_offsets(residuals)
+    assert low < -3.0 < high
+    fresh = rng.normal(-3.0, 5.0, 20000)
+    coverage = np.mean((fresh >= low) & (fresh <= high))
+    assert 0.87 <= coverage <= 0.95
+
+
+def test_conformal_offsets_need_enough_residuals():
+    assert conformal_offsets([1.0] * 18) == (-math.inf, math.inf)  # no finite 90% interval from 18
+    low, high = conformal_offsets(list(range(19)))
+    assert (low, high) == (0.0, 18.0)  # the extreme ranks: the widest interval there is
+
+
+def window(confidence: float, size: int = 256, k: int = 10) -> list[float]:
+    """Sentinel features of a window whose images put about `confidence` on their class."""
+    spread = np.clip(confidence + np.linspace(-0.05, 0.05, size), 1.0 / k, 0.999)
+    probs = np.repeat(((1 - spread) / (k - 1))[:, None], k, 1)
+    classes = np.arange(size) % k
+    probs[np.arange(size), classes] = spread
+    entropy, nll = profile(probs)
+    return list(window_features(entropy, nll)) + marginal_features(np.bincount(classes, minlength=k))
+
+
+def sentinel_reading(feed: Feed, features, value: float) -> Reading:
+    target = Target.SOURCE if feed == Feed.FROZEN else Target.ONLINE
+    return Reading("sentinel", feed, target, value, features=tuple(features))
+
+
+def rule(support: Support) -> HeadlineRule:
+    return HeadlineRule(Target.SOURCE, inside=(Choice("sentinel", 2.0, -3.0, 4.0, 100),
+                                               Choice("average-confidence", 9.0, -20.0, 2.0, 100)),
+                        outside=(Choice("average-confidence", 9.0, -20.0, 2.0, 100),),
+                        support=support)
+
+
+def test_support_flags_a_window_outside_the_meta_set_and_the_headline_falls_back():
+    support = Support.of([window(c) for c in np.linspace(0.2, 0.6, 9)])
+    assert support.contains(window(0.4))
+    assert not support.contains(window(0.99))  # the issue's clean window, against a mid-range meta-set
+    context = EstimationContext(rules={Target.SOURCE: rule(support)})
+
+    inside = derive([sentinel_reading(Feed.FROZEN, window(0.4), 40.0),
+                     Reading("average-confidence", Feed.FROZEN, Target.SOURCE, 45.0)], context)
+    assert inside.source.estimator == "sentinel" and inside.source.interval == (37.0, 44.0)
+    assert inside.source_out_of_support is False
+
+    clean = derive([sentinel_reading(Feed.FROZEN, window(0.99), 10.0),
+                    Reading("average-confidence", Feed.FROZEN, Target.SOURCE, 97.0)], context)
+    assert clean.source.estimator == "average-confidence"  # never the regressor outside its support
+    assert clean.source_out_of_support is True
+    low, high = clean.source.interval
+    assert low < 97.0 - 20.0 and high == 100.0  # widened beyond the rule's offsets, clipped to 100
+    columns = clean.columns()
+    assert columns["est_source_out_of_support"] is True and columns["est_source_lo"] == low
+
+
+def test_without_features_or_a_rule_the_flag_is_unknown():
+    support = Support.of([window(c) for c in np.linspace(0.2, 0.6, 9)])
+    context = EstimationContext(rules={Target.SOURCE: rule(support)})
+    estimate = derive([Reading("average-confidence", Feed.FROZEN, Target.SOURCE, 45.0)], context)
+    assert estimate.source_out_of_support is None and estimate.source.interval == (25.0, 47.0)
+    fixed = derive([Reading("nuclear-norm", Feed.FROZEN, Target.SOURCE, 45.0)], EstimationContext())
+    assert fixed.source.interval is None and fixed.columns()["est_source_lo"] is None
+
+
+def test_a_window_more_confident_than_the_training_set_never_reads_below_its_most_confident_window():
+    confidences = np.linspace(0.3, 0.7, 12)
+    # a mid-range meta-set where accuracy falls as confidence rises (confidently wrong windows),
+    # except its most confident window: a line carries the trend past the edge
+    accuracy = list(70.0 - 100.0 * (confidences - 0.3))
+    accuracy[-1] = 60.0
+    training = {"features": [window(c) for c in confidences], "accuracy": accuracy, "params": {},
+                "regressor": "ridge", "seed": 0, "sidekick": None}
+    regressor = SentinelRegressor(training)
+    assert regressor(window(0.5)) < 60.0  # inside, the line reads as fitted
+    assert regressor(window(0.99)) >= 60.0
+    assert regressor.guard(window(0.5)) == 0.0
+
+
+def held(family: str, truth: float, values: dict, distance: float = 0.0) -> HeldOut:
+    return HeldOut(family, family, truth, values, distance)
+
+
+def test_fit_rule_ranks_by_held_out_error_and_keeps_meta_fitted_estimators_out_of_the_outside_region():
+    rng = np.random.default_rng(1)
+    windows = []
+    for family in ("a", "b", "c"):
+        for _ in range(30):
+            truth = float(rng.uniform(10, 95))
+            windows.append(held(family, truth, {"sentinel": truth + rng.normal(0, 2),
+                                                "average-confidence": truth + rng.normal(8, 4)},
+                                distance=float(rng.choice([0.0, 2.0]))))
+    fitted = fit_rule(windows, Target.SOURCE, None)
+    assert [c.estimator for c in fitted.inside] == ["sentinel", "average-confidence"]
+    assert [c.estimator for c in fitted.outside] == ["average-confidence"]
+    report = family_report(windows, Target.SOURCE, None)
+    assert [r["family"] for r in report] == ["a", "b", "c"]
+    assert all(r["coverage"] >= 0.75 for r in report)
+
+
+def test_the_rule_round_trips_through_a_calibration_file(tmp_path):
+    support = Support.of([window(c) for c in np.linspace(0.2, 0.6, 9)])
+    written = Calibration(model="m", model_sha256=None, adapter=None, hyperparameters=None, probe_size=None,
+                          probe_every=100, cycle=None, domains=[], rules={"source": rule(support).to_dict()},
+                          meta_windows=[{"family": "affine", "domain": "affine:3", "window": 0}])
+    loaded = Calibration.load(written.save(tmp_path / "c.json"))
+    assert loaded.headline_rules() == {Target.SOURCE: rule(support)}
+    assert loaded.meta_windows == written.meta_windows
+    assert len(support.low) == len(SUPPORT_FEATURES)
+    context = EstimationContext(rules=loaded.headline_rules())
+    assert EstimationContext.from_dict(context.to_dict()).rules == context.rules
