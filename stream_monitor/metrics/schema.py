@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 5  # 5: run_id and UTC time on every table, units in field metadata; 4: an estimate's feed, ...
+SCHEMA_VERSION = 6  # 6: an event's detectors and the risk test's bounds; 5: 5: run_id and UTC time on every table, units in field metadata; 4: an estimate's feed, ...
 
 #: Columns the sink fills on every row (the loop leaves them null), so a table read on its own, or
 #: several runs' tables read as one dataset, say which run a row is from and when, in a real timestamp.
@@ -113,6 +113,10 @@ EVENT_SCHEMA = pa.schema([
     pa.field("origin", pa.string(), nullable=False),        # driver, adapter, probe, stream-N, or a detector name
     pa.field("message", pa.string(), nullable=False),       # for people: what happened and the evidence
     pa.field("value", pa.float64()),                        # the number behind it, when there is one
+    pa.field("detectors", pa.string()),                     # a warning's or clear's detectors, comma-separated
+    pa.field("lower_bound", pa.float64()),                  # the risk test's: the running error's lower bound (rate)
+    pa.field("upper_bound", pa.float64()),                  # its alarm level: the clean error's upper bound + tolerance
+    pa.field("delta", pa.float64()),                        # its false-alarm budget
     *_run_fields(),
 ], metadata={"table": "events", "schema_version": str(SCHEMA_VERSION)})
 
