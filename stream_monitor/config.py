@@ -158,8 +158,8 @@ class EstimationConfig:
     # the detectors a run watches, comma-separated (`stream-monitor list detectors`)
     detectors: str = field(default_factory=_default_detectors)
     # those of them that form the (fused) collapse warning, which reset_on_warning acts on; the
-    # others are advisory: their events are recorded and shown, but they raise no warning
-    # (docs/warnings.md: the rule and the benchmark behind it)
+    # others are advisory: their events are recorded and shown, but they raise no warning; each must
+    # be one of estimation.detectors (docs/warnings.md: the rule and the benchmark behind it)
     warning: str = field(default_factory=_default_warning)
 
     def __post_init__(self) -> None:
@@ -172,8 +172,12 @@ class EstimationConfig:
             raise ConfigError(f"estimation.detectors: {error} Separate several with commas; an empty value "
                               f"turns the warnings off.") from None
         watched = parse_detectors(self.detectors)
-        unwatched = [name for name in parse_detectors(self.warning) if name not in watched]
-        if unwatched:
+        try:
+            fused = parse_detectors(self.warning)
+        except UnknownNameError as error:
+            raise ConfigError(f"estimation.warning: {error} Separate several with commas.") from None
+        unwatched = [name for name in fused if name not in watched]
+        if unwatched and watched:  # no detector at all: every warning off, whatever estimation.warning says
             raise ConfigError(f"estimation.warning names {', '.join(unwatched)}, which estimation.detectors does not "
                               f"run ({', '.join(watched) or 'none'}); add them to estimation.detectors or drop them "
                               f"from estimation.warning.")

@@ -170,3 +170,13 @@ def test_a_nested_override_below_a_plain_value_is_a_config_error(tmp_path):
         load_config(path, ["adapter.options.steps=1"])
     with pytest.raises(ConfigError, match=r"source.batch_size is 32, not a mapping"):
         load_config(path, ["source.batch_size.x=1"])
+
+
+def test_the_fused_warnings_detectors_must_be_watched():
+    assert load_config(None, []).estimation.warning == "divergence,risk-test"
+    with pytest.raises(ConfigError, match=r"estimation\.warning names asr, which estimation\.detectors does not run "
+                                          r"\(divergence, risk-test\); add them to estimation\.detectors"):
+        load_config(None, ["estimation.detectors=divergence,risk-test", "estimation.warning=divergence,asr"])
+    with pytest.raises(ConfigError, match=r"estimation\.warning: .*Did you mean 'flip-rate'"):
+        load_config(None, ["estimation.warning=flip-rat"])
+    assert load_config(None, ["estimation.detectors="]).estimation.warning  # no detector: every warning off
