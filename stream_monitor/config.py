@@ -158,8 +158,8 @@ class EstimationConfig:
     # the detectors a run watches, comma-separated (`stream-monitor list detectors`)
     detectors: str = field(default_factory=_default_detectors)
     # those of them that form the (fused) collapse warning, which reset_on_warning acts on; the
-    # others are advisory: their events are recorded and shown, but they raise no warning; each must
-    # be one of estimation.detectors (docs/warnings.md: the rule and the benchmark behind it)
+    # others are advisory: their events are recorded and shown, but they raise no warning; those not
+    # in estimation.detectors are left out (docs/warnings.md: the rule and the benchmark behind it)
     warning: str = field(default_factory=_default_warning)
 
     def __post_init__(self) -> None:
@@ -176,11 +176,10 @@ class EstimationConfig:
             fused = parse_detectors(self.warning)
         except UnknownNameError as error:
             raise ConfigError(f"estimation.warning: {error} Separate several with commas.") from None
-        unwatched = [name for name in fused if name not in watched]
-        if unwatched and watched:  # no detector at all: every warning off, whatever estimation.warning says
-            raise ConfigError(f"estimation.warning names {', '.join(unwatched)}, which estimation.detectors does not "
-                              f"run ({', '.join(watched) or 'none'}); add them to estimation.detectors or drop them "
-                              f"from estimation.warning.")
+        if watched and not set(fused) & set(watched):  # no detector at all: every warning off, as asked
+            raise ConfigError(f"estimation.warning ({', '.join(fused) or 'empty'}) names none of the detectors "
+                              f"estimation.detectors runs ({', '.join(watched)}), so the run could never warn; "
+                              f"name one of them in estimation.warning, or add its detectors to estimation.detectors.")
         if not 0.0 < self.risk_delta < 1.0:
             raise ConfigError(f"estimation.risk_delta is the risk test's false-alarm probability, in (0, 1); got "
                               f"{self.risk_delta}. 0.05 allows one false alarm in 20 runs at most.")
