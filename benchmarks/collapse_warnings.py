@@ -1,7 +1,7 @@
 """The collapse benchmark (issue 26): every detector and the fused warning on runs that collapse and
 runs that do not, with and without label-free recovery.
 
-    OMP_WAIT_POLICY=PASSIVE nice -n 10 python benchmarks/collapse_warnings.py [--images 12800] [--jobs 1]
+    OMP_WAIT_POLICY=PASSIVE nice -n 10 python benchmarks/collapse_warnings.py [--images 3840] [--jobs 1]
         [--reset] [--score-only] [--work runs/collapse_warnings] [--stem benchmarks/results/collapse_warnings]
 
 1. Runs (`CASES`; embedded model, runtime.use_ray=false): each adapter and learning rate gets a
@@ -12,7 +12,8 @@ runs that do not, with and without label-free recovery.
    (`evaluation.replay_warnings`, the live loop's rule) and scored against two event definitions:
    the labelled collapse (DESIGN.md 6: online accuracy below the frozen model's by `--margin`
    points on `--sustain` consecutive windows of `--window` images) and the probe drop (the first
-   probe interval whose online accuracy is `--margin` points below the interval before). Per
+   interval of `--probe-every` steps whose online accuracy is `--margin` points below the
+   interval before; the runs have no probe, whose snapshots would take half their time). Per
    detector and for the fused warning (the union of `estimation.warning`'s detectors): recall,
    lead time (median, worst; positive = before the event), false alarms per million images on the
    non-collapsing runs, and for the sequential test the share of non-collapsing runs on which it
@@ -45,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import git_sha  # noqa: E402
 
-BASELINES = {0: "baseline_0", 20: "baseline_20", 40: "baseline_40"}
+#: clean images behind each statistics-only calibration (the clean error's and precision's bounds)
+CLEAN_IMAGES = 1024
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,12 @@ class Case:
 
 
 CASES = (
-    Case("tent-lr0.1-b0", "tent", 0.1, 0, True),
-    Case("tent-lr0.1-b20", "tent", 0.1, 20, True),
-    Case("tent-lr0.1-b40", "tent", 0.1, 40, True),
+    Case("tent-lr0.3-b0", "tent", 0.3, 0, True),
+    Case("tent-lr0.3-b20", "tent", 0.3, 20, True),
+    Case("tent-lr0.3-b40", "tent", 0.3, 40, True),
     Case("tent-lr10-b40", "tent", 10.0, 40, True),       # sudden: chance within a few steps
     Case("tent-lr1e30-b20", "tent", 1e30, 20, True),     # NaN logits within a few steps
-    Case("eta-lr0.1-b0", "eta", 0.1, 0, True),
+    Case("eta-lr1-b0", "eta", 1.0, 0, True),
     Case("rdumb-b0", "rdumb", None, 0, False),
     Case("rdumb-b20", "rdumb", None, 20, False),
     Case("rdumb-b40", "rdumb", None, 40, False),
@@ -108,8 +110,8 @@ def score(intervals: Sequence[tuple[int, float]], events: Sequence[tuple[int, in
 
 def probe_drop(steps: Sequence[dict[str, Any]], probe_steps: Sequence[int], margin: float) -> int | None:
     """The stream position where the first probe interval ends whose online accuracy (the step
-    rows' correct / images between two probes) is more than `margin` points below the interval
-    before; None when none is."""
+    rows' correct / images between two probe steps) is more than `margin` points below the
+    interval before; None when none is."""
     bounds = sorted(set(probe_steps))
     previous = None
     lo = 0
@@ -178,7 +180,10 @@ def _overrides(case: Case, images: int, calibration: Path | None, reset: bool) -
     if case.lr is not None:
         adapter["lr"] = case.lr
     return {"source": {"kind": "ccc", "stream": case.stream}, "model": {"name": "embedded"}, "adapter": adapter,
-            "probe": {"every": 50}, "runtime": {"max_images": images, "use_ray": False},
+            # no probe: on a shared 2-core machine it would take half the time, and the probe drop is
+            # measured over step windows of the same cadence instead (`probe_drop`)
+            "probe": {"enabled": False}, "evaluator": {"frozen_every": 2},
+            "runtime": {"max_images": images, "use_ray": False},
             "dashboard": {"enabled": False},
             "estimation": {"calibration": str(calibration) if calibration else None, "reset_on_warning": reset}}
 
@@ -196,7 +201,8 @@ def _calibration(case: Case, work: Path, images: int) -> Path:
 
     path = work / "calibrations" / f"{case.adapter}-lr{case.lr}.json"
     if not path.exists():
-        calibration = calibrate(_config(case, images, None, False), cycles=0, log=lambda message: None)
+        calibration = calibrate(_config(case, images, None, False), cycles=0, log=lambda message: None,
+                              clean_images=CLEAN_IMAGES)
         tmp = calibration.save(path.with_suffix(f".{os.getpid()}.tmp"))
         tmp.replace(path)
     return path
@@ -233,7 +239,7 @@ def run_all(cases: Sequence[Case], work: Path, images: int, jobs: int, reset: bo
 # ---- scoring a finished set of runs --------------------------------------------------------------
 
 def case_rows(case: Case, run_dir: Path, window: int, margin: float, sustain: int, horizon: int,
-              fused: Sequence[str]) -> tuple[dict[str, Score], dict[str, Score], dict[str, list]]:
+              fused: Sequence[str], probe_every: int) -> tuple[dict[str, Score], dict[str, Score], dict[str, list]]:
     """Per detector (and "fused"): its score against the labelled events and against the probe drop."""
     from stream_monitor.estimation.detectors import DETECTORS
     from stream_monitor.evaluation import collapse_events, replay_warnings
@@ -243,7 +249,8 @@ def case_rows(case: Case, run_dir: Path, window: int, margin: float, sustain: in
     steps = directory.rows("steps")
     images = sum(r["images"] + (r["skipped"] or 0) for r in steps)
     labelled = [(e.start, e.stop) for e in collapse_events(run_dir, window, margin, sustain)]
-    drop = probe_drop(steps, [p["step"] for p in directory.rows("probes")], margin)
+    last = max(r["step"] for r in steps)
+    drop = probe_drop(steps, list(range(probe_every, last + 1, probe_every)), margin)
     drops = [(drop, images)] if drop is not None else []
     names = [name for name in DETECTORS.names()]
     intervals = replay_warnings(run_dir, names)
@@ -287,7 +294,7 @@ def report(cases: Sequence[Case], work: Path, stem: Path, args: argparse.Namespa
             print(f"{case.name}: not run yet, left out")
             continue
         by_event, by_drop, intervals = case_rows(case, run_dir, args.window, args.margin, args.sustain,
-                                                 args.horizon, fused)
+                                                 args.horizon, fused, args.probe_every)
         fired_at[case.name] = {n: (int(i[0][0]) if i else None) for n, i in intervals.items()}
         for name in by_event:
             (labelled if case.collapsing else quiet).setdefault(name, []).append(by_event[name])
@@ -299,7 +306,7 @@ def report(cases: Sequence[Case], work: Path, stem: Path, args: argparse.Namespa
                          "images": e.images, "drop_events": d.events, "drop_detected": d.detected,
                          "drop_leads": ",".join(map(str, d.leads)), "first_warning": fired_at[case.name][name],
                          "window": args.window, "margin": args.margin, "sustain": args.sustain,
-                         "horizon": args.horizon, "git_sha": sha})
+                         "horizon": args.horizon, "probe_every": args.probe_every, "git_sha": sha})
     if not rows:
         print("no finished run to score")
         return
@@ -356,17 +363,18 @@ def report(cases: Sequence[Case], work: Path, stem: Path, args: argparse.Namespa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=12_800, help="images per run")
+    parser.add_argument("--images", type=int, default=3_840, help="images per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, in processes")
     parser.add_argument("--reset", action="store_true", help="also the runs with estimation.reset_on_warning")
     parser.add_argument("--score-only", action="store_true", help="score the finished runs, run nothing")
     parser.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     parser.add_argument("--work", type=Path, default=Path("runs/collapse_warnings"))
     parser.add_argument("--stem", type=Path, default=Path("benchmarks/results/collapse_warnings"))
-    parser.add_argument("--window", type=int, default=2000, help="images per labelled-collapse window")
+    parser.add_argument("--window", type=int, default=640, help="images per labelled-collapse window")
+    parser.add_argument("--probe-every", type=int, default=10, help="steps between the probe drop's windows")
     parser.add_argument("--margin", type=float, default=5.0, help="accuracy points")
     parser.add_argument("--sustain", type=int, default=2, help="consecutive collapsed windows per event")
-    parser.add_argument("--horizon", type=int, default=20_000, help="images a warning may precede its event by")
+    parser.add_argument("--horizon", type=int, default=2_560, help="images a warning may precede its event by")
     parser.add_argument("--fused", default=None, help="the fused warning's detectors (default estimation.warning's)")
     args = parser.parse_args()
     from stream_monitor.estimation.detectors import DEFAULT_WARNING, parse_detectors

@@ -76,10 +76,11 @@ def meta_runs(domains: tuple[str, ...] = (), streams: tuple[str, ...] = (), cycl
 
 def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path | None = None,
               log: Callable[[str], None] = print, streams: tuple[str, ...] | None = None,
-              cycles: int = 2) -> Calibration:
+              cycles: int = 2, clean_images: int = 2048) -> Calibration:
     """Run the probe protocol on the meta-set and fit f per snapshot step (`cycles` 0: only the
     labelled statistics of the clean domain, in seconds; f and the nuclear-norm lines stay empty,
-    and `stream-monitor eval --calibration` can add them to a run made with it).
+    and `stream-monitor eval --calibration` can add them to a run made with it). `clean_images`: how
+    many clean images the labelled statistics (and the risk test's clean error and precision) read.
 
     Two kinds of meta-set members, freely mixed:
     - held-out CCC streams (the default): the stream protocol itself, walked over the four held-out
@@ -147,7 +148,7 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
             f"({time.perf_counter() - started:.0f} s)")
     if work_dir is None:
         shutil.rmtree(scratch, ignore_errors=True)
-    stats, frozen = source_statistics(config, points)
+    stats, frozen = source_statistics(config, points, clean_images)
     for who, st in (("served adapter", stats), ("frozen model", frozen)):
         sentinel = st.sentinel or {}
         maes = ", ".join(f"{k} {v:.2f}" for k, v in (sentinel.get("cv_maes") or {}).items()) or "none"
