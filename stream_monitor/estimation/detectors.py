@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..metrics.schema import FUSED_ORIGIN
 from ..registry import Registry
 from .base import NotComputableError
 from .sequential import Restarted, clopper_pearson_lower, clopper_pearson_upper
@@ -40,7 +41,7 @@ DEFAULT_DETECTORS = ("divergence", "risk-test", "entropy-ema", "top-class-share"
 #: and the benchmark that chose it: docs/warnings.md (benchmarks/collapse_warnings.py).
 DEFAULT_WARNING = ("divergence", "risk-test")
 #: The origin of the fused warning's events (its `detectors` column names those firing).
-FUSED = "warning"
+FUSED = FUSED_ORIGIN
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..config import RunConfig
-from ..estimation.detectors import (FUSED, CollapseDetector, DetectorSetup, RiskBounds, build_detectors,
-                                    parse_detectors, transitions)
+from ..estimation.detectors import (FUSED, CollapseDetector, DetectorSetup, RiskBounds, SequentialRiskTest,
+                                    build_detectors, parse_detectors, transitions)
 from ..estimation.pipeline import EstimationPipeline, derive
 from ..estimation.readings import Feed, Reading
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
@@ -323,6 +323,11 @@ class RunLoop:
                 window.frozen_correct += frozen_correct
                 window.frozen_seen += n
         state.step, state.position = pending.step, pending.stop
+        for detector in self.detectors:  # before the row goes out: it carries the risk test's bounds
+            detector.update_step(row)
+            bounds = detector.bounds() if isinstance(detector, SequentialRiskTest) else None
+            if bounds is not None:
+                row["risk_lower"], row["risk_upper"] = bounds.lower, bounds.upper
         self._emit("on_step", row)
         if summary.diverged and not self._diverged:
             self._diverged = True
@@ -340,8 +345,6 @@ class RunLoop:
         sidekick = self._get(pending.sidekick, "sidekick") if pending.sidekick is not None else None
         self.estimation.observe(Feed.SERVED, summary.probabilities, sidekick)
         self.estimation.observe(Feed.FROZEN, truth.frozen_probabilities, sidekick)
-        for detector in self.detectors:
-            detector.update_step(row)
         self._check_detectors()
         for probe in self._probes:
             if probe.step == pending.step and probe.row is None:

@@ -23,7 +23,7 @@ from stream_monitor.dashboard import (
     summary_table,
 )
 from stream_monitor.dashboard.state import Series
-from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
+from stream_monitor.metrics.schema import EVENT_SCHEMA, FUSED_ORIGIN, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from stream_monitor.runtime.observer import RunInfo
 
 BRAILLE = re.compile("[\u2801-\u28ff]")
@@ -345,3 +345,26 @@ def test_make_reporter_needs_a_terminal_and_enabled():
     assert isinstance(make_reporter(Console(file=io.StringIO()), enabled=True), PlainReporter)
     assert isinstance(make_reporter(capture_console(), enabled=False), PlainReporter)
     assert isinstance(make_reporter(capture_console(), enabled=True), Dashboard)
+
+
+def test_the_fused_warning_titles_the_panel_and_names_its_detectors_advisories_alone_do_not():
+    advisory = running_state().apply_event(event_row("warning", origin="asr", message="advisory: entropy low"))
+    text = render(WarningsPanel(advisory))
+    assert "no collapse warning; advisories (1)" in text and "asr" in text and "advisory: entropy low" in text
+    fused = advisory.apply_event(event_row("warning", origin=FUSED_ORIGIN, message="collapse warning (risk-test): ...")
+                                 | {"detectors": "risk-test"})
+    assert "COLLAPSE WARNING (risk-test)" in render(WarningsPanel(fused))
+    diverged = fused.apply_event(event_row("clear", origin=FUSED_ORIGIN)).apply_event(
+        event_row("warning", origin=FUSED_ORIGIN, message="diverged (divergence,risk-test): ...")
+        | {"detectors": "divergence,risk-test"})
+    assert "DIVERGED (divergence,risk-test)" in render(WarningsPanel(diverged), width=120)
+
+
+def test_the_accuracy_chart_draws_the_risk_tests_two_bounds_as_accuracies():
+    state = running_state()
+    assert not len(state.risk_series)
+    for step in range(50, 60):
+        state = state.apply_step(step_row(step, 130.0 + step, risk_lower=0.2 + 0.05 * (step - 50), risk_upper=0.4))
+    assert state.risk_series.points[-1] == (60 * 64, pytest.approx(0.65), 0.4)
+    text = render(AccuracyChart(state, height=20), width=120)
+    assert "risk test: online acc. upper bound 35.0%" in text and "risk test: alarm level 60.0%" in text
