@@ -159,7 +159,8 @@ class EstimationConfig:
     detectors: str = field(default_factory=_default_detectors)
     # those of them that form the (fused) collapse warning, which reset_on_warning acts on; the
     # others are advisory: their events are recorded and shown, but they raise no warning; those not
-    # in estimation.detectors are left out (docs/warnings.md: the rule and the benchmark behind it)
+    # in estimation.detectors are left out, and with none of them there the run only gives advisories
+    # (docs/warnings.md: the rule and the benchmark behind it)
     warning: str = field(default_factory=_default_warning)
 
     def __post_init__(self) -> None:
@@ -171,15 +172,10 @@ class EstimationConfig:
         except UnknownNameError as error:
             raise ConfigError(f"estimation.detectors: {error} Separate several with commas; an empty value "
                               f"turns the warnings off.") from None
-        watched = parse_detectors(self.detectors)
         try:
-            fused = parse_detectors(self.warning)
+            parse_detectors(self.warning)
         except UnknownNameError as error:
             raise ConfigError(f"estimation.warning: {error} Separate several with commas.") from None
-        if watched and not set(fused) & set(watched):  # no detector at all: every warning off, as asked
-            raise ConfigError(f"estimation.warning ({', '.join(fused) or 'empty'}) names none of the detectors "
-                              f"estimation.detectors runs ({', '.join(watched)}), so the run could never warn; "
-                              f"name one of them in estimation.warning, or add its detectors to estimation.detectors.")
         if not 0.0 < self.risk_delta < 1.0:
             raise ConfigError(f"estimation.risk_delta is the risk test's false-alarm probability, in (0, 1); got "
                               f"{self.risk_delta}. 0.05 allows one false alarm in 20 runs at most.")

@@ -15,6 +15,7 @@ uninterrupted run writes.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from .observer import RunObserver, notify_health
 from .ports import Workers
 
 
+logger = logging.getLogger(__name__)
 SLOW_AFTER_S = 30.0  # an adapter step result this late marks the adapter "slow" on the dashboard
 
 
@@ -127,6 +129,10 @@ class RunLoop:
         setup = DetectorSetup.of(config, workers.description.stream.num_classes, estimation.context)
         self.detectors: list[CollapseDetector] = build_detectors(parse_detectors(config.estimation.detectors), setup)
         self.warning_names = parse_detectors(config.estimation.warning)
+        if self.detectors and not {d.name for d in self.detectors} & set(self.warning_names):
+            logger.warning("none of the fused warning's detectors (estimation.warning: %s) is among those the run "
+                           "watches (estimation.detectors): it gives advisories only, never a collapse warning",
+                           ", ".join(self.warning_names) or "none")
         for detector in self.detectors:
             if detector.name in self.state.detectors:
                 detector.load_state_dict(self.state.detectors[detector.name])
