@@ -175,7 +175,10 @@ def fuse(intervals: dict[str, list[tuple[int, float]]], names: Sequence[str]) ->
 
 # ---- runs ----------------------------------------------------------------------------------------
 
-def _overrides(case: Case, images: int, calibration: Path | None, reset: bool) -> dict[str, dict[str, Any]]:
+def _overrides(case: Case, images: int, calibration: Path | None, reset: bool,
+               fused: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    from stream_monitor.estimation.detectors import DEFAULT_DETECTORS
+
     adapter: dict[str, Any] = {"name": case.adapter}
     if case.lr is not None:
         adapter["lr"] = case.lr
@@ -188,14 +191,17 @@ def _overrides(case: Case, images: int, calibration: Path | None, reset: bool) -
             "probe": {"enabled": False}, "evaluator": {"frozen_every": 2},
             "runtime": {"max_images": images, "use_ray": False},
             "dashboard": {"enabled": False},
-            "estimation": {"calibration": str(calibration) if calibration else None, "reset_on_warning": reset}}
+            "estimation": {"calibration": str(calibration) if calibration else None, "reset_on_warning": reset,
+                           # the fused warning under test resets the adapter (`--fused`)
+                           **({"warning": ",".join(fused),
+                               "detectors": ",".join(dict.fromkeys([*DEFAULT_DETECTORS, *fused]))} if fused else {})}}
 
 
-def _config(case: Case, images: int, calibration: Path | None, reset: bool):
+def _config(case: Case, images: int, calibration: Path | None, reset: bool, fused: Sequence[str] = ()):
     from stream_monitor.config import load_config
     from stream_monitor.runtime.runner import with_overrides
 
-    return with_overrides(load_config(None), **_overrides(case, images, calibration, reset))
+    return with_overrides(load_config(None), **_overrides(case, images, calibration, reset, fused))
 
 
 def _calibration(case: Case, work: Path, images: int) -> Path:
@@ -211,7 +217,7 @@ def _calibration(case: Case, work: Path, images: int) -> Path:
     return path
 
 
-def run_case(case: Case, work: Path, images: int, reset: bool) -> str:
+def run_case(case: Case, work: Path, images: int, reset: bool, fused: Sequence[str] = ()) -> str:
     from stream_monitor.runtime.runner import run
 
     run_dir = work / "runs" / (case.name + ("-reset" if reset else ""))
@@ -221,7 +227,7 @@ def run_case(case: Case, work: Path, images: int, reset: bool) -> str:
         shutil.rmtree(run_dir)
     started = time.perf_counter()
     calibration = _calibration(case, work, images)
-    outcome = run(_config(case, images, calibration, reset), run_dir, log=lambda message: None)
+    outcome = run(_config(case, images, calibration, reset, fused if reset else ()), run_dir, log=lambda message: None)
     if outcome.status != "finished":
         return f"{run_dir.name}: {outcome.status} ({outcome.error})"
     seconds = time.perf_counter() - started
@@ -229,13 +235,14 @@ def run_case(case: Case, work: Path, images: int, reset: bool) -> str:
     return f"{run_dir.name}: {outcome.images:,} images in {seconds:.0f} s ({outcome.images / seconds:.0f} img/s)"
 
 
-def run_all(cases: Sequence[Case], work: Path, images: int, jobs: int, reset: bool) -> None:
+def run_all(cases: Sequence[Case], work: Path, images: int, jobs: int, reset: bool, fused: Sequence[str] = ()) -> None:
     if jobs <= 1:
         for case in cases:
-            print(run_case(case, work, images, reset), flush=True)
+            print(run_case(case, work, images, reset, fused), flush=True)
         return
+    n = len(cases)
     with ProcessPoolExecutor(jobs) as pool:
-        for message in pool.map(run_case, cases, [work] * len(cases), [images] * len(cases), [reset] * len(cases)):
+        for message in pool.map(run_case, cases, [work] * n, [images] * n, [reset] * n, [fused] * n):
             print(message, flush=True)
 
 
@@ -388,7 +395,7 @@ def main() -> None:
         run_all(cases, args.work, args.images, args.jobs, reset=False)
         if args.reset:
             run_all([c for c in cases if _fused_fired(c, args.work, fused)], args.work, args.images, args.jobs,
-                    reset=True)
+                    reset=True, fused=fused)
     report(cases, args.work, args.stem, args, fused)
 
 
