@@ -570,7 +570,8 @@ def test_the_risk_test_reads_the_served_error_proxy_and_replays_as_it_ran(tmp_pa
 
     from .golden import make_golden
 
-    cfg = load_config(None, [*make_golden.overrides("calibration"), "estimation.detectors=risk-test"])
+    cfg = load_config(None, [*make_golden.overrides("calibration"), "estimation.detectors=risk-test",
+                             "estimation.warning=risk-test"])
     assert run(cfg, tmp_path / "run").status == "finished"
     steps = read_table(tmp_path / "run", "steps").to_pylist()
     assert all(0 <= r["proxy_flagged"] <= r["proxy_seen"] == r["images"] for r in steps)
