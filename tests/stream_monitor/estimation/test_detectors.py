@@ -177,7 +177,7 @@ def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_on
     assert set(DEFAULT_WARNING) <= set(DEFAULT_DETECTORS)
     built = build_detectors(DEFAULT_DETECTORS, DetectorSetup(10))
     assert [d.name for d in built] == list(DEFAULT_DETECTORS)
-    assert built[2].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
+    assert built[1].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
     with pytest.raises(KeyError, match="Did you mean 'flip-rate'"):
         build_detectors(["flip-rat"], DetectorSetup(10))
     assert load_config(None, []).estimation.detectors == ",".join(DEFAULT_DETECTORS)  # one default, two spellings
