@@ -18,6 +18,7 @@ size, cadence, domains); a run refuses a calibration made for another model or a
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -161,8 +162,14 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
                             probe_size=config.probe.size, cycle=cycle)
     return Calibration(**asdict(provenance), probe_every=config.probe.every, domains=[m.label for m in members],
                        points=points, fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
-                       served_stats=asdict(stats), frozen_stats=asdict(frozen),
+                       served_stats=_as_json(asdict(stats)), frozen_stats=_as_json(asdict(frozen)),
                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _as_json(stats: dict[str, Any]) -> dict[str, Any]:
+    """The statistics as the file holds them (tuples as lists), so a calibration compares equal to
+    itself saved and loaded again."""
+    return json.loads(json.dumps(stats))
 
 
 def _check_folder(root: str, num_classes: int, model: str) -> None:
