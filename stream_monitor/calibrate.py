@@ -18,6 +18,7 @@ size, cadence, domains); a run refuses a calibration made for another model or a
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -78,10 +79,11 @@ def meta_runs(domains: tuple[str, ...] = (), streams: tuple[str, ...] = (), cycl
 
 def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path | None = None,
               log: Callable[[str], None] = print, streams: tuple[str, ...] | None = None,
-              cycles: int = 2) -> Calibration:
+              cycles: int = 2, clean_images: int = 2048) -> Calibration:
     """Run the probe protocol on the meta-set and fit f per snapshot step (`cycles` 0: only the
     labelled statistics of the clean domain, in seconds; f and the nuclear-norm lines stay empty,
-    and `stream-monitor eval --calibration` can add them to a run made with it).
+    and `stream-monitor eval --calibration` can add them to a run made with it). `clean_images`: how
+    many clean images the labelled statistics (and the risk test's clean error and precision) read.
 
     Two kinds of meta-set members, freely mixed:
     - held-out CCC streams (the default): the stream protocol itself, walked over the four held-out
@@ -136,7 +138,7 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
             f"({time.perf_counter() - started:.0f} s)")
     if work_dir is None:
         shutil.rmtree(scratch, ignore_errors=True)
-    stats, frozen = source_statistics(config, points)
+    stats, frozen = source_statistics(config, points, clean_images)
     for who, st in (("served adapter", stats), ("frozen model", frozen)):
         sentinel = st.sentinel or {}
         maes = ", ".join(f"{k} {v:.2f}" for k, v in (sentinel.get("cv_maes") or {}).items()) or "none"
@@ -149,7 +151,7 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
                             probe_size=config.probe.size, cycle=cycle)
     return Calibration(**asdict(provenance), probe_every=config.probe.every, domains=[m.label for m in members],
                        points=points, fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
-                       served_stats=asdict(stats), frozen_stats=asdict(frozen),
+                       served_stats=_as_json(asdict(stats)), frozen_stats=_as_json(asdict(frozen)),
                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
@@ -170,6 +172,12 @@ def meta_points(run_dir: Path, label: str, fixed: bool) -> list[dict[str, Any]]:
              "sentinel_features": features.get((row["step"], Feed.SERVED)),
              "frozen_sentinel_features": features.get((row["step"], Feed.FROZEN))}
             for row in RunDirectory(run_dir).rows("probes")]
+
+
+def _as_json(stats: dict[str, Any]) -> dict[str, Any]:
+    """The statistics as the file holds them (tuples as lists), so a calibration compares equal to
+    itself saved and loaded again."""
+    return json.loads(json.dumps(stats))
 
 
 def _check_folder(root: str, num_classes: int, model: str) -> None:

@@ -124,6 +124,13 @@ def _default_detectors() -> str:
     return ",".join(DEFAULT_DETECTORS)
 
 
+def _default_warning() -> str:
+    """detectors.DEFAULT_WARNING, spelt as `estimation.warning`."""
+    from .estimation.detectors import DEFAULT_WARNING
+
+    return ",".join(DEFAULT_WARNING)
+
+
 @dataclass(frozen=True)
 class EstimationConfig:
     """Label-free estimates. `calibration`: a file from `stream-monitor calibrate`; None uses the
@@ -146,14 +153,19 @@ class EstimationConfig:
     # batch (e.g. embedded-small beside embedded, resnet18 beside resnet50); None: off
     duo_model: Optional[str] = None
     duo_weights: Optional[str] = None
-    # the risk-test detector's false-alarm budget (split evenly between the clean error's upper bound and
-    # the flagged-error rate's confidence sequence), its tolerance over the clean error (a rate), and
+    # the risk-test detector's false-alarm budget (split evenly between the clean error's upper bound,
+    # the flag rate's confidence sequence and the flags' precision bound), its tolerance over the clean error (a rate), and
     # the images between restarts of its confidence sequence
     risk_delta: float = 0.05
     risk_tolerance: float = 0.05
     risk_restart_every: int = 512
-    # the fused collapse warning's detectors, comma-separated (`stream-monitor list detectors`)
+    # the detectors a run watches, comma-separated (`stream-monitor list detectors`)
     detectors: str = field(default_factory=_default_detectors)
+    # those of them that form the (fused) collapse warning, which reset_on_warning acts on; the
+    # others are advisory: their events are recorded and shown, but they raise no warning; those not
+    # in estimation.detectors are left out, and with none of them there the run only gives advisories
+    # (docs/warnings.md: the rule and the benchmark behind it)
+    warning: str = field(default_factory=_default_warning)
 
     def __post_init__(self) -> None:
         from .estimation.detectors import parse_detectors
@@ -164,6 +176,10 @@ class EstimationConfig:
         except UnknownNameError as error:
             raise ConfigError(f"estimation.detectors: {error} Separate several with commas; an empty value "
                               f"turns the warnings off.") from None
+        try:
+            parse_detectors(self.warning)
+        except UnknownNameError as error:
+            raise ConfigError(f"estimation.warning: {error} Separate several with commas.") from None
         if not 0.0 < self.risk_delta < 1.0:
             raise ConfigError(f"estimation.risk_delta is the risk test's false-alarm probability, in (0, 1); got "
                               f"{self.risk_delta}. 0.05 allows one false alarm in 20 runs at most.")

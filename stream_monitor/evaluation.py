@@ -24,7 +24,7 @@ import numpy as np
 
 from .calibration.format import Calibration
 from .calibration.resolve import resolve_context
-from .estimation.detectors import DetectorSetup, build_detectors, transitions
+from .estimation.detectors import FUSED, DetectorSetup, build_detectors, transitions
 from .estimation.pipeline import SPREAD_FLIPS, WEIGHTED_FLIPS, EstimationPipeline, WindowEstimate, derive
 from .estimation.readings import Feed, Reading, Target
 from .rundir import RunDirectory
@@ -168,14 +168,16 @@ def collapse_events(run_dir: Path, window: int = 5000, margin: float = 5.0, sust
 
 
 def warning_intervals(run_dir: Path) -> list[tuple[int, float]]:
-    """(fired, cleared) stream positions of every warning, per detector; a warning never cleared
-    stays active to the end of the run (inf)."""
+    """(fired, cleared) stream positions of every detector's warning (not the fused warning's own
+    events, which repeat them); a warning never cleared stays active to the end of the run (inf)."""
     run = RunDirectory(run_dir)
     steps = run.table("steps").select(["step", "stop"])
     stop_of = dict(zip(steps.column("step").to_pylist(), steps.column("stop").to_pylist()))
     active: dict[str, int] = {}
     intervals: list[tuple[int, float]] = []
     for e in run.rows("events"):
+        if e["origin"] == FUSED:
+            continue
         position = stop_of.get(e["step"], 0)
         if e["kind"] == "warning" and e["origin"] not in active:
             active[e["origin"]] = position

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .metrics.schema import FUSED_ORIGIN
 from .rundir import RunDirectory
 from .runtime.observer import RunInfo
 
@@ -372,9 +373,19 @@ def _plot_accuracy(run: _Run, notes: list[str]) -> Figure | None:
             notes.append("steps: `correct` is null in every row (a stream without labels), no per-window truth")
     else:
         notes.append(NO_STEPS)
+    if run.steps.num_rows and "risk_lower" in run.steps.column_names and _has(_num(run.steps, "risk_lower")):
+        # the risk test's two bounds as accuracies: it alarms when the first falls under the second
+        x, lower, upper = _num(run.steps, "stop"), _num(run.steps, "risk_lower"), _num(run.steps, "risk_upper")
+        ok = np.isfinite(lower) & np.isfinite(upper)
+        ax.plot(x[ok], 100 * (1 - lower[ok]), color="tab:purple", linewidth=1,
+                label="risk test: online accuracy's upper bound")
+        ax.plot(x[ok], 100 * (1 - upper[ok]), color="tab:red", linestyle="--", linewidth=1,
+                label="risk test: alarm level (clean accuracy's lower bound - tolerance)")
     if not drawn:
         return None
-    for i, (origin, a, b) in enumerate(_warning_spans(run)):
+    spans = _warning_spans(run)
+    fused = [span for span in spans if span[0] == FUSED_ORIGIN]
+    for i, (origin, a, b) in enumerate(fused or spans):  # runs of schema 6 have the fused warning's own events
         ax.axvspan(a, b, color="tab:red", alpha=0.15, label="collapse warning" if i == 0 else None)
     for i, pos in enumerate(_reset_positions(run)):
         ax.axvline(pos, color="tab:gray", linestyle=":", linewidth=1, label="reset" if i == 0 else None)

@@ -17,6 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from ..metrics.schema import FUSED_ORIGIN as FUSED
 from .state import DashboardState
 
 __all__ = [
@@ -159,6 +160,12 @@ class AccuracyChart:
                 label = f"true online (rolling {format_position(self.state.rolling_images)})"
             if any(v is not None for _, v in values):
                 out.append((index, label, style, dashed, values))
+        # the risk test's two bounds as accuracies: it alarms when the first falls under the second
+        risk = self.state.risk_series.points
+        if risk:
+            out.append((5, "risk test: online acc. upper bound", "magenta", False,
+                        [(x, 100.0 * (1.0 - lower)) for x, lower, _ in risk]))
+            out.append((6, "risk test: alarm level", "red", True, [(x, 100.0 * (1.0 - upper)) for x, _, upper in risk]))
         return out
 
     def _x_range(self, series: Sequence[tuple[Any, ...]]) -> tuple[float, float]:
@@ -334,11 +341,25 @@ class WarningsPanel:
             return
         room = max(1, (options.height or len(warnings) + 2) - 2)
         shown = warnings if len(warnings) <= room else warnings[-(room - 1):] if room > 1 else ()
-        lines = [_line(("! ", "bold red"), (w.origin, "bold"), f" (step {w.step:,}): ", w.message) for w in shown]
+        lines = [_warning_line(w) for w in shown]
         if len(shown) < len(warnings):
             lines.insert(0, _line((f"... {len(warnings) - len(shown)} earlier warnings", "dim red")))
-        yield Panel(Group(*lines), title=f"collapse warnings ({len(warnings)})", title_align="left",
-                    border_style="bold red", height=options.height)
+        fused = next((w for w in warnings if w.origin == FUSED), None)
+        if fused is None:  # only advisory detectors fire
+            title, border = f"no collapse warning; advisories ({len(warnings)})", "yellow"
+        else:
+            fired = fused.detectors or ""
+            title = ("DIVERGED" if "divergence" in fired.split(",") else "COLLAPSE WARNING") + f" ({fired})"
+            border = "bold red"
+        yield Panel(Group(*lines), title=title, title_align="left", border_style=border, height=options.height)
+
+
+def _warning_line(w: Any) -> Text:
+    """The fused warning's line names its detectors; an advisory detector's line is dimmer."""
+    if w.origin == FUSED:
+        return _line(("! ", "bold red"), (w.detectors or "warning", "bold red"), f" (step {w.step:,}): ", w.message)
+    style = "bold red" if w.message.startswith("collapse warning") else "yellow"
+    return _line(("! " if style == "bold red" else "· ", style), (w.origin, "bold"), f" (step {w.step:,}): ", w.message)
 
 
 class ThroughputPanel:

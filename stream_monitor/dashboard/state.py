@@ -122,6 +122,7 @@ class ActiveWarning:
     step: int
     wall_time: float
     value: float | None = None
+    detectors: str | None = None  # the fused warning's: the detectors firing, comma-separated
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,7 @@ class DashboardState:
     source_seen_total: int = 0
     source_correct_total: int = 0
     online_series: Series = field(default_factory=Series)  # (position, rolling true online acc %)
+    risk_series: Series = field(default_factory=Series)  # (position, risk test's lower bound, alarm level), rates
 
     # probe reports
     accuracy: Series = field(default_factory=Series)       # AccuracyPoint per probe row
@@ -213,7 +215,7 @@ class DashboardState:
     health: tuple[ActorHealth, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("online_series", "accuracy"):
+        for name in ("online_series", "accuracy", "risk_series"):
             series = getattr(self, name)
             if series.capacity != self.max_points and not len(series):
                 object.__setattr__(self, name, Series(capacity=self.max_points))
@@ -247,6 +249,8 @@ class DashboardState:
                 loss=_num(row.get("loss")), step_ms=_num(row.get("step_ms")),
                 update_skipped=row.get("update_skipped"), domain=_domain(row)),
         }
+        if row.get("risk_lower") is not None and row.get("risk_upper") is not None:
+            changes["risk_series"] = self.risk_series.append((stop, float(row["risk_lower"]), float(row["risk_upper"])))
         correct = row.get("correct")
         if correct is not None and served > 0:
             seen = int(row.get("frozen_seen") or 0)
@@ -297,7 +301,8 @@ class DashboardState:
             # A detector that warns again updates its evidence rather than stacking a second line.
             warnings = tuple(w for w in warnings if w.origin != record.origin)
             if record.kind == "warning":
-                warnings += (ActiveWarning(record.origin, record.message, record.step, record.wall_time, record.value),)
+                warnings += (ActiveWarning(record.origin, record.message, record.step, record.wall_time, record.value,
+                                           row.get("detectors")),)
         return replace(self, events=(self.events + (record,))[-self.max_events:],
                        event_counts=tuple(counts.items()), warnings=warnings)
 

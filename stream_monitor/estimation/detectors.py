@@ -13,6 +13,7 @@ which replays them on a finished run's rows.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import statistics
 from abc import ABC, abstractmethod
@@ -20,18 +21,28 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..metrics.schema import FUSED_ORIGIN
 from ..registry import Registry
 from .base import NotComputableError
-from .sequential import Restarted, clopper_pearson_upper
+from .sequential import Restarted, clopper_pearson_lower, clopper_pearson_upper
 
 if TYPE_CHECKING:  # building a config checks detector names; that must not load torch (context -> window)
     from .context import EstimationContext
+
+logger = logging.getLogger(__name__)
 
 #: name -> detector class; `for_model(setup)` builds the detector as a warning uses it.
 DETECTORS: Registry[type["CollapseDetector"]] = Registry("detector")
 #: The fused warning's detectors unless estimation.detectors says otherwise
 #: (benchmarks/estimator_table.py --detectors scores any set on recorded runs).
-DEFAULT_DETECTORS = ("divergence", "entropy-ema", "top-class-share", "online-below-source", "aetta-drop")
+DEFAULT_DETECTORS = ("divergence", "entropy-ema", "top-class-share", "marginal-entropy", "risk-test",
+                     "online-below-source", "aetta-drop")
+#: Those of them that form the fused warning (`estimation.warning`); the rest are advisory. Chosen by
+#: the rule of docs/warnings.md on benchmarks/collapse_warnings.py: no false alarm on the runs that do
+#: not collapse and half the labelled collapses detected (the risk test detected none).
+DEFAULT_WARNING = ("divergence", "entropy-ema", "top-class-share", "marginal-entropy")
+#: The origin of the fused warning's events (its `detectors` column names those firing).
+FUSED = FUSED_ORIGIN
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,23 @@ class DetectorSetup:
 
 
 @dataclass(frozen=True)
+class RiskBounds:
+    """The sequential test's two bounds: the running error's lower bound and the alarm level (the
+    clean error's upper bound plus the tolerance), its false-alarm budget and the precision
+    bound applied (None: uncorrected, a flag-rate test)."""
+
+    lower: float
+    upper: float
+    delta: float
+    precision: float | None = None
+
+
+@dataclass(frozen=True)
 class Verdict:
     firing: bool
     evidence: str
     value: float
+    bounds: RiskBounds | None = None  # the sequential test's, which its events carry
 
 
 class CollapseDetector(ABC):
@@ -165,24 +189,28 @@ class Divergence(CollapseDetector):
 
 
 @DETECTORS.register("risk-test", description=(
-    "A sequential test (Podkopaev & Ramdas; Schirmer et al.): the flagged-error rate's lower confidence "
-    "sequence above the clean error's upper bound plus a tolerance, with false alarms at most delta"))
+    "A sequential test (Podkopaev & Ramdas; Schirmer et al.): a lower confidence sequence on the running error "
+    "above the clean error's upper bound plus a tolerance, with false alarms at most delta"))
 class SequentialRiskTest(CollapseDetector):
     """The label-free risk-monitoring alarm (Podkopaev & Ramdas, ICLR 2022; Schirmer et al.,
-    NeurIPS 2025): fires when a time-uniform lower bound on the running share of served predictions
-    the error proxy flags exceeds an upper bound on the adapter's clean error plus `tolerance`.
+    NeurIPS 2025): fires when a time-uniform lower bound on the running error of the served
+    predictions exceeds an upper bound on the adapter's clean error plus `tolerance`.
 
     - The proxy flags a prediction whose temperature-scaled max-softmax is under the served feed's
       ATC threshold: on the calibration's clean images it flags exactly the clean error's share.
-    - The source bound is Clopper-Pearson at delta/2 on the calibration's clean error (its
-      `images`); the lower bound is a restarted conjugate-mixture empirical-Bernstein confidence
-      sequence at delta/2 (`sequential.Restarted`): one every `restart_every` images, so a late
-      collapse is not averaged away by a long healthy stretch.
-    - Guarantee: on a stream whose running flag rate stays within `tolerance` of the clean error
-      rate, the alarm fires with probability at most delta, however long it runs. It speaks of the
-      flag rate; reading it as the error rate assumes the proxy's precision on the stream is no
-      lower than on the clean images (Schirmer et al.'s precision transfer), which labels alone
-      could check.
+    - The source bound is Clopper-Pearson on the calibration's clean error (its `images`); the
+      flag rate's lower bound is a restarted conjugate-mixture empirical-Bernstein confidence
+      sequence (`sequential.Restarted`): one every `restart_every` images, so a late collapse is
+      not averaged away by a long healthy stretch.
+    - Precision correction (research/risk_monitoring.md 1.4): P(error) >= pi * P(flag), so with
+      pi_L, a Clopper-Pearson lower bound on the flags' precision on the clean images
+      (`FeedStats.flag_precision`), pi_L times the flag rate's lower bound is a lower bound on the
+      running error. delta is split in three (source bound, sequence, precision). Guarantee: on a
+      stream whose running error stays within `tolerance` of the clean error, the alarm fires with
+      probability at most delta, however long it runs, provided the flags' precision on the stream
+      is no lower than on the clean images (assumption A1, which only labels could check).
+    - Without a precision (a calibration made before it was recorded) the test is the uncorrected
+      one, at delta/2 + delta/2: its guarantee speaks of the flag rate, not of the error rate.
     Not computable without the served feed's calibration (its ATC threshold, clean accuracy and
     image count)."""
 
@@ -190,12 +218,16 @@ class SequentialRiskTest(CollapseDetector):
     _state_dict_all_req_keys = ("sequences", "observed", "flagged")
 
     def __init__(self, source_error: int | None = None, images: int | None = None, delta: float = 0.05,
-                 tolerance: float = 0.05, restart_every: int = 512) -> None:
+                 tolerance: float = 0.05, restart_every: int = 512,
+                 precision: tuple[int, int] | None = None) -> None:
         if not 0.0 < delta < 1.0 or not 0.0 <= tolerance < 1.0 or restart_every < 1:
             raise ValueError(f"the risk test needs 0 < delta < 1, 0 <= tolerance < 1 and restart_every >= 1, got "
                              f"delta={delta}, tolerance={tolerance}, restart_every={restart_every}")
         self.delta, self.tolerance, self.restart_every = delta, tolerance, restart_every
-        self.source_upper = None if images is None else clopper_pearson_upper(source_error, images, delta / 2)
+        corrected = precision is not None and precision[1] > 0
+        self.share = delta / 3 if corrected else delta / 2  # each bound's part of the false-alarm budget
+        self.precision_lower = clopper_pearson_lower(*precision, self.share) if corrected else None
+        self.source_upper = None if images is None else clopper_pearson_upper(source_error, images, self.share)
         super().__init__()
 
     @classmethod
@@ -203,8 +235,12 @@ class SequentialRiskTest(CollapseDetector):
         stats = setup.context.served if setup.context is not None else None
         known = stats is not None and None not in (stats.accuracy, stats.images, stats.atc_mc_threshold)
         errors = round((1.0 - stats.accuracy / 100.0) * stats.images) if known else None
+        if known and stats.flag_precision is None:
+            logger.warning("risk-test: the served calibration records no precision of the error proxy (made before "
+                           "it was recorded), so the test bounds the flag rate, not the error rate; make the "
+                           "calibration again with `stream-monitor calibrate` for the corrected test")
         return cls(errors, stats.images if known else None, setup.risk_delta, setup.risk_tolerance,
-                   setup.risk_restart_every)
+                   setup.risk_restart_every, stats.flag_precision if known else None)
 
     def reset(self) -> None:
         self.sequences: Restarted | None = None  # started with the first served image
@@ -215,21 +251,32 @@ class SequentialRiskTest(CollapseDetector):
         if self.source_upper is None or flagged is None or not seen:
             return
         if self.sequences is None:
-            self.sequences = Restarted(self.delta / 2, every=self.restart_every)
+            self.sequences = Restarted(self.share, every=self.restart_every)
         self.sequences.update([1.0] * flagged + [0.0] * (seen - flagged))
         self.observed += seen
         self.flagged += flagged
+
+    def bounds(self) -> RiskBounds | None:
+        """The test's two bounds now (None while not computable)."""
+        if self.source_upper is None or self.sequences is None:
+            return None
+        lower = self.sequences.lower * (self.precision_lower if self.precision_lower is not None else 1.0)
+        return RiskBounds(lower, self.source_upper + self.tolerance, self.delta, self.precision_lower)
 
     def compute(self) -> Verdict:
         if self.source_upper is None:
             raise NotComputableError(f"{self.name} needs the served feed's calibration (ATC threshold, clean "
                                      f"accuracy and image count)")
-        if self.sequences is None:
+        bounds = self.bounds()
+        if bounds is None:
             raise NotComputableError(f"{self.name} has seen no served image yet")
-        lower, bound = self.sequences.lower, self.source_upper + self.tolerance
-        return Verdict(lower > bound, f"flagged-error rate at least {100 * lower:.1f}% (lower bound) against the "
-                       f"clean error's {100 * self.source_upper:.1f}% (upper bound) + {100 * self.tolerance:.0f} "
-                       f"points; false-alarm budget delta {self.delta:g}", lower)
+        what = ("running error at least" if bounds.precision is not None else
+                "flagged rate (no precision in the calibration) at least")
+        precision = f", precision >= {bounds.precision:.2f}" if bounds.precision is not None else ""
+        return Verdict(bounds.lower > bounds.upper,
+                       f"{what} {100 * bounds.lower:.1f}% (lower bound{precision}) against the clean error's "
+                       f"{100 * self.source_upper:.1f}% (upper bound) + {100 * self.tolerance:.0f} points; false-alarm "
+                       f"budget delta {self.delta:g}", bounds.lower, bounds)
 
     def state_dict(self) -> dict[str, Any]:
         sequences = None if self.sequences is None else self.sequences.state_dict()
@@ -241,7 +288,7 @@ class SequentialRiskTest(CollapseDetector):
             raise ValueError(f"The {self.name} detector's state lacks {', '.join(map(repr, missing))}")
         self.sequences = None
         if state["sequences"] is not None:
-            self.sequences = Restarted(self.delta / 2, every=self.restart_every)
+            self.sequences = Restarted(self.share, every=self.restart_every)
             self.sequences.load_state_dict(state["sequences"])
         self.observed, self.flagged = int(state["observed"]), int(state["flagged"])
 

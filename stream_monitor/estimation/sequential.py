@@ -33,7 +33,7 @@ from scipy.special import zeta
 from scipy.stats import beta
 
 __all__ = ["ConjugateMixtureEB", "LowerConfidenceSequence", "PredictablePlugInEB", "Restarted",
-           "clopper_pearson_upper", "poly_stitching_bound"]
+           "clopper_pearson_lower", "clopper_pearson_upper", "poly_stitching_bound"]
 
 
 def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
@@ -41,6 +41,11 @@ def clopper_pearson_upper(errors: int, n: int, delta: float) -> float:
     if not 0 <= errors <= n or n < 1:
         raise ValueError(f"need 0 <= errors <= n and n >= 1, got errors={errors}, n={n}")
     return 1.0 if errors == n else float(beta.ppf(1.0 - delta, errors + 1, n - errors))
+
+
+def clopper_pearson_lower(successes: int, n: int, delta: float) -> float:
+    """The exact lower confidence bound at level `delta` on a Bernoulli rate from `successes` in `n`."""
+    return 1.0 - clopper_pearson_upper(n - successes, n, delta)
 
 
 def poly_stitching_bound(v: float, alpha: float, m: float = 100.0, c: float = 1.0, s: float = 1.4,

@@ -54,6 +54,9 @@ class FeedStats:
     sentinel: dict[str, Any] | None = None  # the Sentinel forest's meta-set training set (sentinel.fit_sentinel)
     duo: dict[str, Any] | None = None  # Asymmetric Duos: the sidekick's name and the joint (T_L, T_S)
     images: int | None = None  # clean images behind accuracy and the ATC thresholds (the source error's bound)
+    # (errors, flagged): of the clean images the max-softmax ATC threshold flags, how many are wrong;
+    # the risk test's precision lower bound pi_L (research/risk_monitoring.md 1.4). None: an older file
+    flag_precision: tuple[int, int] | None = None
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -93,9 +96,11 @@ def fit_feed_stats(probs: np.ndarray, labels: np.ndarray) -> FeedStats:
     temperature = float(log_t.detach().exp())
     scaled = scale(probs, temperature)
     correct = scaled.argmax(1) == labels
+    mc_threshold = atc_threshold(scaled.max(1), correct)
+    flagged = scaled.max(1) < mc_threshold  # the risk test's error proxy (pipeline.flag_errors)
     return FeedStats(temperature, float(100.0 * correct.mean()), float(100.0 * scaled.max(1).mean()),
-                       atc_threshold(scaled.max(1), correct), atc_threshold(negative_entropy(scaled), correct),
-                       images=len(labels))
+                     mc_threshold, atc_threshold(negative_entropy(scaled), correct), images=len(labels),
+                     flag_precision=(int((flagged & ~correct).sum()), int(flagged.sum())))
 
 
 class WindowEstimator(ABC):
@@ -392,6 +397,7 @@ def stats_from_dict(data: dict[str, Any] | None) -> FeedStats | None:
     if not data:
         return None
     data = dict(data)
-    if data.get("nuclear_fit") is not None:
-        data["nuclear_fit"] = tuple(data["nuclear_fit"])
+    for key in ("nuclear_fit", "flag_precision"):  # JSON lists
+        if data.get(key) is not None:
+            data[key] = tuple(data[key])
     return FeedStats(**data)

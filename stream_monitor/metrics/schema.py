@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 6  # 6: the headlines' 90% intervals and out-of-support flags; 5: run_id and UTC time on every table, units in field metadata; 4: an estimate's feed, ...
+SCHEMA_VERSION = 7  # 7: the headlines' 90% intervals and out-of-support flags (probes), an event's detectors and the risk test's bounds (events, steps); 5: run_id and UTC time on every table, units in field metadata; 4: an estimate's feed, ...
 
 #: Columns the sink fills on every row (the loop leaves them null), so a table read on its own, or
 #: several runs' tables read as one dataset, say which run a row is from and when, in a real timestamp.
@@ -62,6 +62,8 @@ STEP_SCHEMA = pa.schema([
     pa.field("update_skipped", pa.bool_()),                 # no weight update this step
     pa.field("reset", pa.bool_()),                          # the adapter was reset after this step
     pa.field("diverged", pa.bool_()),                       # a non-finite loss, gradient norm or served logits
+    pa.field("risk_lower", pa.float64()),                   # the risk test's lower bound on the running error (rate)
+    pa.field("risk_upper", pa.float64()),                   # its alarm level: clean error's upper bound + tolerance
     pa.field("proxy_flagged", pa.int32(), metadata=_IMG),   # served images the label-free error proxy flags
     pa.field("proxy_seen", pa.int32(), metadata=_IMG),      # served images it read (finite outputs)
     pa.field("aetta_acc", pa.float32(), metadata=_PCT),     # AETTA's smoothed accuracy estimate, on its PDD batches
@@ -109,6 +111,9 @@ PROBE_SCHEMA = pa.schema([
     *_run_fields(),
 ], metadata={"table": "probes", "schema_version": str(SCHEMA_VERSION)})
 
+#: The origin of the fused collapse warning's events (their `detectors` name those firing); the
+#: detectors' own events have the detector's name as origin.
+FUSED_ORIGIN = "warning"
 EVENT_KINDS = ("start", "resume", "stop", "checkpoint", "reset", "cycle", "skipped", "warning", "clear", "error",
                "repair", "support")
 
@@ -119,6 +124,10 @@ EVENT_SCHEMA = pa.schema([
     pa.field("origin", pa.string(), nullable=False),        # driver, adapter, probe, stream-N, or a detector name
     pa.field("message", pa.string(), nullable=False),       # for people: what happened and the evidence
     pa.field("value", pa.float64()),                        # the number behind it, when there is one
+    pa.field("detectors", pa.string()),                     # a warning's or clear's detectors, comma-separated
+    pa.field("lower_bound", pa.float64()),                  # the risk test's: the running error's lower bound (rate)
+    pa.field("upper_bound", pa.float64()),                  # its alarm level: the clean error's upper bound + tolerance
+    pa.field("delta", pa.float64()),                        # its false-alarm budget
     *_run_fields(),
 ], metadata={"table": "events", "schema_version": str(SCHEMA_VERSION)})
 

@@ -15,6 +15,7 @@ uninterrupted run writes.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -24,7 +25,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..config import RunConfig
-from ..estimation.detectors import CollapseDetector, DetectorSetup, build_detectors, parse_detectors, transitions
+from ..estimation.detectors import (FUSED, CollapseDetector, DetectorSetup, RiskBounds, SequentialRiskTest,
+                                    build_detectors, parse_detectors, transitions)
 from ..estimation.pipeline import EstimationPipeline, WindowEstimate, derive
 from ..estimation.readings import Feed, Reading
 from ..metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
@@ -34,6 +36,7 @@ from .observer import RunObserver, notify_health
 from .ports import Workers
 
 
+logger = logging.getLogger(__name__)
 SLOW_AFTER_S = 30.0  # an adapter step result this late marks the adapter "slow" on the dashboard
 
 
@@ -126,6 +129,11 @@ class RunLoop:
         self.state = state or LoopState(position=config.runtime.start, window=_CycleWindow(start=config.runtime.start))
         setup = DetectorSetup.of(config, workers.description.stream.num_classes, estimation.context)
         self.detectors: list[CollapseDetector] = build_detectors(parse_detectors(config.estimation.detectors), setup)
+        self.warning_names = parse_detectors(config.estimation.warning)
+        if self.detectors and not {d.name for d in self.detectors} & set(self.warning_names):
+            logger.warning("none of the fused warning's detectors (estimation.warning: %s) is among those the run "
+                           "watches (estimation.detectors): it gives advisories only, never a collapse warning",
+                           ", ".join(self.warning_names) or "none")
         for detector in self.detectors:
             if detector.name in self.state.detectors:
                 detector.load_state_dict(self.state.detectors[detector.name])
@@ -328,6 +336,11 @@ class RunLoop:
                 window.frozen_correct += frozen_correct
                 window.frozen_seen += n
         state.step, state.position = pending.step, pending.stop
+        for detector in self.detectors:  # before the row goes out: it carries the risk test's bounds
+            detector.update_step(row)
+            bounds = detector.bounds() if isinstance(detector, SequentialRiskTest) else None
+            if bounds is not None:
+                row["risk_lower"], row["risk_upper"] = bounds.lower, bounds.upper
         self._emit("on_step", row)
         if summary.diverged and not self._diverged:
             self._diverged = True
@@ -345,8 +358,6 @@ class RunLoop:
         sidekick = self._get(pending.sidekick, "sidekick") if pending.sidekick is not None else None
         self.estimation.observe(Feed.SERVED, summary.probabilities, sidekick)
         self.estimation.observe(Feed.FROZEN, truth.frozen_probabilities, sidekick)
-        for detector in self.detectors:
-            detector.update_step(row)
         self._check_detectors()
         for probe in self._probes:
             if probe.step == pending.step and probe.row is None:
@@ -411,12 +422,31 @@ class RunLoop:
                 f"the {target} window is back inside the calibration's support (headline {method})"))
 
     def _check_detectors(self) -> None:
-        for kind, detector, verdict in transitions(self.detectors, self.state.active_warnings):
-            prefix = "collapse warning" if kind == "warning" else "warning cleared"
-            self.event(kind, detector.name, f"{prefix}: {verdict.evidence}", verdict.value)
-            if kind == "warning" and self.config.estimation.reset_on_warning:
-                self._recover(detector.name)
-                return
+        """Each detector's warning and clear events, then the fused warning's: on when the first of
+        `estimation.warning`'s detectors fires, naming those firing, off when none is left; only
+        the fused warning resets the adapter (estimation.reset_on_warning)."""
+        active = self.state.active_warnings
+        was_on = self._fused(active)
+        for kind, detector, verdict in transitions(self.detectors, active):
+            prefix = ("collapse warning" if detector.name in self.warning_names else "advisory") \
+                if kind == "warning" else "warning cleared"
+            self.event(kind, detector.name, f"{prefix}: {verdict.evidence}", verdict.value,
+                       detectors=detector.name, bounds=verdict.bounds)
+        now_on = self._fused(active)
+        if now_on and not was_on:
+            evidence = {d.name: d.compute() for d in self.detectors if d.name in now_on}
+            bounds = next((v.bounds for v in evidence.values() if v.bounds is not None), None)
+            verb = "diverged" if "divergence" in now_on else "collapse warning"
+            self.event("warning", FUSED, f"{verb} ({', '.join(now_on)}): "
+                       + "; ".join(f"{name}: {v.evidence}" for name, v in evidence.items()),
+                       None, detectors=",".join(now_on), bounds=bounds)
+            if self.config.estimation.reset_on_warning:
+                self._recover(",".join(now_on))
+        elif was_on and not now_on:
+            self.event("clear", FUSED, "collapse warning cleared", None, detectors=",".join(was_on))
+
+    def _fused(self, active: list[str]) -> list[str]:
+        return [name for name in active if name in self.warning_names]
 
     def _recover(self, warned_by: str) -> None:
         """Reset the adapter to the source model and re-arm every detector. The reset queues behind
@@ -429,16 +459,20 @@ class RunLoop:
         self.event("reset", "driver", f"label-free recovery: adapter reset to the source model after the "
                    f"{warned_by} warning (estimation.reset_on_warning)")
         for name in list(self.state.active_warnings):
-            self.event("clear", name, "warning cleared: the adapter was reset")
+            self.event("clear", name, "warning cleared: the adapter was reset", detectors=name)
+        self.event("clear", FUSED, "collapse warning cleared: the adapter was reset", detectors=warned_by)
         self.state.active_warnings.clear()
         for detector in self.detectors:
             detector.reset()
 
     # ---- rows ------------------------------------------------------------------------------------
-    def event(self, kind: str, origin: str, message: str, value: float | None = None) -> None:
+    def event(self, kind: str, origin: str, message: str, value: float | None = None,
+              detectors: str | None = None, bounds: RiskBounds | None = None) -> None:
         row = empty_row(EVENT_SCHEMA)
         row.update(step=self.state.step, wall_time=self.clock(), kind=kind, origin=origin, message=message,
-                   value=value)
+                   value=value, detectors=detectors)
+        if bounds is not None:
+            row.update(lower_bound=bounds.lower, upper_bound=bounds.upper, delta=bounds.delta)
         self._emit("on_event", row)
 
     def _emit(self, hook: str, row: dict[str, Any]) -> None:

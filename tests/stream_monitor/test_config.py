@@ -170,3 +170,10 @@ def test_a_nested_override_below_a_plain_value_is_a_config_error(tmp_path):
         load_config(path, ["adapter.options.steps=1"])
     with pytest.raises(ConfigError, match=r"source.batch_size is 32, not a mapping"):
         load_config(path, ["source.batch_size.x=1"])
+
+
+def test_the_fused_warnings_detectors_are_checked_by_name():
+    assert load_config(None, []).estimation.warning == "divergence,entropy-ema,top-class-share,marginal-entropy"
+    load_config(None, ["estimation.detectors=entropy-ema"])  # advisories only: the loop says so in the log
+    with pytest.raises(ConfigError, match=r"estimation\.warning: .*Did you mean 'flip-rate'"):
+        load_config(None, ["estimation.warning=flip-rat"])

@@ -24,7 +24,7 @@ from stream_monitor.dashboard import (
 )
 from stream_monitor.dashboard.state import Series
 from stream_monitor.dashboard.panels import y_range
-from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
+from stream_monitor.metrics.schema import EVENT_SCHEMA, FUSED_ORIGIN, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from stream_monitor.runtime.observer import RunInfo
 
 BRAILLE = re.compile("[\u2801-\u28ff]")
@@ -384,3 +384,26 @@ def test_the_headline_interval_is_a_band_and_out_of_support_is_flagged():
                                                     est_source_hi=95.0, est_source_out_of_support=True))
     text = render(ThroughputPanel(flagged))
     assert "source by average-confidence [40, 95]" in text and "out of support: source" in text
+
+
+def test_the_fused_warning_titles_the_panel_and_names_its_detectors_advisories_alone_do_not():
+    advisory = running_state().apply_event(event_row("warning", origin="asr", message="advisory: entropy low"))
+    text = render(WarningsPanel(advisory))
+    assert "no collapse warning; advisories (1)" in text and "asr" in text and "advisory: entropy low" in text
+    fused = advisory.apply_event(event_row("warning", origin=FUSED_ORIGIN, message="collapse warning (risk-test): ...")
+                                 | {"detectors": "risk-test"})
+    assert "COLLAPSE WARNING (risk-test)" in render(WarningsPanel(fused))
+    diverged = fused.apply_event(event_row("clear", origin=FUSED_ORIGIN)).apply_event(
+        event_row("warning", origin=FUSED_ORIGIN, message="diverged (divergence,risk-test): ...")
+        | {"detectors": "divergence,risk-test"})
+    assert "DIVERGED (divergence,risk-test)" in render(WarningsPanel(diverged), width=120)
+
+
+def test_the_accuracy_chart_draws_the_risk_tests_two_bounds_as_accuracies():
+    state = running_state()
+    assert not len(state.risk_series)
+    for step in range(50, 60):
+        state = state.apply_step(step_row(step, 130.0 + step, risk_lower=0.2 + 0.05 * (step - 50), risk_upper=0.4))
+    assert state.risk_series.points[-1] == (60 * 64, pytest.approx(0.65), 0.4)
+    text = render(AccuracyChart(state, height=20), width=120)
+    assert "risk test: online acc. upper bound 35.0%" in text and "risk test: alarm level 60.0%" in text

@@ -23,6 +23,7 @@ import pytest
 
 from stream_monitor.calibration import Calibration
 from stream_monitor.config import load_config
+from stream_monitor.estimation.detectors import FUSED
 from stream_monitor.estimation.pipeline import HEADLINE_ORDER
 from stream_monitor.estimation.window import scale
 from stream_monitor.metrics.sink import INFLIGHT, read_table
@@ -521,7 +522,10 @@ def test_nan_loss_does_not_stop_the_loop(tmp_path):
     assert all(r["loss"] is not None for r in steps if r["step"] < first)
     warnings = [e for e in read_table(run_dir, "events").to_pylist() if e["kind"] == "warning"]
     assert warnings[0]["origin"] == "divergence" and warnings[0]["step"] == first
-    assert f"diverged at step {first}" in warnings[0]["message"]
+    assert f"diverged at step {first}" in warnings[0]["message"] and warnings[0]["detectors"] == "divergence"
+    fused = next(e for e in warnings if e["origin"] == FUSED)  # the warning itself names what fired
+    assert fused["step"] == first and fused["detectors"] == "divergence"
+    assert fused["message"].startswith("diverged (divergence): divergence: the adapter diverged at step")
 
 
 def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, monkeypatch):
@@ -529,7 +533,7 @@ def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, 
     from stream_monitor.runtime import loop as loop_module
 
     class FiresAfterEight(CollapseDetector):
-        name = "after-eight"
+        name = "divergence"  # stands in for one of the fused warning's detectors: only those reset
 
         def reset(self):
             self.seen = 0
@@ -544,7 +548,8 @@ def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, 
     monkeypatch.setattr(start, "LocalExecutor", RecordingExecutor)
     assert run(config(N, "estimation.reset_on_warning=true"), tmp_path / "run").status == "finished"
     events = rows(tmp_path / "run", "events")
-    warned = [e["step"] for e in events if e["kind"] == "warning"]
+    warned = [e["step"] for e in events if e["kind"] == "warning" and e["origin"] == FUSED]
+    assert warned == [e["step"] for e in events if e["kind"] == "warning" and e["origin"] == "divergence"]
     recovered = [e["step"] for e in events if e["kind"] == "reset" and e["origin"] == "driver"]
     assert warned == recovered == [8, 16, 24, 32, 40]  # re-armed after each reset: 8 more steps each time
     resets = [method for name, method, _, _ in RecordingExecutor.last.log if name == "adapter" and method == "reset"]
@@ -565,12 +570,17 @@ def test_the_risk_test_reads_the_served_error_proxy_and_replays_as_it_ran(tmp_pa
 
     from .golden import make_golden
 
-    cfg = load_config(None, [*make_golden.overrides("calibration"), "estimation.detectors=risk-test"])
+    cfg = load_config(None, [*make_golden.overrides("calibration"), "estimation.detectors=risk-test",
+                             "estimation.warning=risk-test"])
     assert run(cfg, tmp_path / "run").status == "finished"
     steps = read_table(tmp_path / "run", "steps").to_pylist()
     assert all(0 <= r["proxy_flagged"] <= r["proxy_seen"] == r["images"] for r in steps)
     warnings = [e for e in rows(tmp_path / "run", "events") if e["kind"] == "warning"]
     assert warnings and warnings[0]["origin"] == "risk-test" and "false-alarm budget delta 0.05" in warnings[0]["message"]
+    for event in warnings:  # the detector's and the fused warning's events carry the test's bounds and budget
+        assert event["delta"] == 0.05 and event["lower_bound"] > event["upper_bound"] > 0
+        assert event["detectors"] == "risk-test"
+    assert [e["origin"] for e in warnings[:2]] == ["risk-test", FUSED]
     assert replay_warnings(tmp_path / "run", ["risk-test"])["risk-test"] == warning_intervals(tmp_path / "run")
 
 

@@ -251,3 +251,19 @@ def test_a_damaged_part_names_itself_and_the_way_out(tmp_path):
     (run_dir / "steps" / "part-00009.parquet").write_bytes(b"not parquet")
     with pytest.raises(RunDirectoryError, match=r"part-00009\.parquet: unreadable part.*quarantine/"):
         write_report(run_dir)
+
+
+def test_the_accuracy_plot_draws_the_risk_tests_two_bounds(tmp_path):
+    from stream_monitor import report
+
+    run_dir = _make_run(tmp_path / "run")
+    rows = [_step(i) | {"risk_lower": 0.3 + i / 100, "risk_upper": 0.45} for i in range(N_STEPS)]
+    for part in (run_dir / "steps").glob("*"):
+        part.unlink()
+    _write(run_dir, "steps", rows)
+    figure = report._plot_accuracy(report._load(run_dir), [])
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    upper = lines["risk test: online accuracy's upper bound"].get_ydata()
+    assert upper[0] == pytest.approx(70.0) and upper[-1] == pytest.approx(100 * (0.7 - (N_STEPS - 1) / 100))
+    assert lines["risk test: alarm level (clean accuracy's lower bound - tolerance)"].get_ydata() == \
+        pytest.approx([55.0] * N_STEPS)

@@ -138,6 +138,13 @@ def test_fit_source_stats_recovers_over_confidence():
                   stats.atc_ne_threshold):
         assert type(value) is float
     assert stats_from_dict(json.loads(json.dumps(asdict(stats)))) == stats
+    # the risk test's precision: of the images under the ATC threshold, how many are wrong
+    flagged = scaled.max(1) < stats.atc_mc_threshold
+    wrong = scaled.argmax(1) != labels
+    assert stats.flag_precision == (int((flagged & wrong).sum()), int(flagged.sum()))
+    assert 0 < stats.flag_precision[0] < stats.flag_precision[1]
+    older = {k: v for k, v in json.loads(json.dumps(asdict(stats))).items() if k != "flag_precision"}
+    assert stats_from_dict(older).flag_precision is None  # a file made before it was recorded still loads
     # calibrated on S, ATC-MC reproduces Acc_S on S itself
     atc = ATCMaxConfidence(stats)
     atc.update(probs)

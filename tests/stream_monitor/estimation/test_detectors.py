@@ -13,7 +13,7 @@ from stream_monitor.config import load_config
 from stream_monitor.estimation.base import NotComputableError
 from stream_monitor.estimation.context import EstimationContext
 from stream_monitor.estimation.window import FeedStats
-from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DETECTORS, ASRTrigger, CollapseDetector,
+from stream_monitor.estimation.detectors import (DEFAULT_DETECTORS, DEFAULT_WARNING, DETECTORS, ASRTrigger, CollapseDetector,
                                                  EntropyCollapse, EstimateBelowSource, FlipRateRise,
                                                  MarginalEntropyCollapse, DetectorSetup, PredictionConcentration,
                                                  SequentialRiskTest, Verdict, build_detectors, transitions)
@@ -174,6 +174,7 @@ def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_on
     assert set(DETECTORS.names()) == {"divergence", "entropy-ema", "top-class-share", "marginal-entropy",
                                       "online-below-source", "aetta-drop", "flip-rate", "risk-test", "asr"}
     assert "asr" not in DEFAULT_DETECTORS  # a benchmark decides
+    assert set(DEFAULT_WARNING) <= set(DEFAULT_DETECTORS)
     built = build_detectors(DEFAULT_DETECTORS, DetectorSetup(10))
     assert [d.name for d in built] == list(DEFAULT_DETECTORS)
     assert built[1].threshold == pytest.approx(0.2 / 3) and (built[-1].drop, built[-1].span) == (10.0, 10)
@@ -374,8 +375,48 @@ def test_the_risk_test_fires_when_the_flag_rate_is_certified_above_the_clean_err
             break
     assert fired_at is not None and fired_at - 300 <= 20  # within 1,280 images, despite the long history
     verdict = test.compute()
-    assert verdict.evidence.startswith("flagged-error rate at least") and "false-alarm budget delta 0.05" in verdict.evidence
+    assert verdict.evidence.startswith("flagged rate (no precision in the calibration) at least")
+    assert "false-alarm budget delta 0.05" in verdict.evidence
     assert verdict.value > test.source_upper + test.tolerance
+    assert verdict.bounds.upper == test.source_upper + test.tolerance and verdict.bounds.delta == 0.05
+    assert verdict.bounds.precision is None and verdict.bounds.lower == verdict.value
+
+
+#: the clean images' flags: 400 flagged, 300 of them wrong (precision 0.75)
+PRECISE = DetectorSetup(10, EstimationContext(served=FeedStats(accuracy=80.0, atc_mc_threshold=0.5, images=2000,
+                                                               flag_precision=(300, 400))))
+
+
+def test_the_precision_correction_scales_the_flag_rates_bound_by_pi_l_and_splits_delta_in_three():
+    """research/risk_monitoring.md 1.4: P(error) >= pi_L P(flag); pi_L is Clopper-Pearson's lower
+    bound on 300 wrong of 400 flagged at delta/3, the source bound also at delta/3."""
+    from scipy.stats import beta
+
+    corrected, plain = SequentialRiskTest.for_model(PRECISE), SequentialRiskTest.for_model(SETUP)
+    assert corrected.precision_lower == pytest.approx(beta.ppf(0.05 / 3, 300, 101), rel=1e-9)
+    assert 0.70 < corrected.precision_lower < 0.75
+    assert corrected.source_upper == pytest.approx(beta.ppf(1 - 0.05 / 3, 401, 1600), rel=1e-9)
+    rng = np.random.default_rng(3)
+    for row in rows(0.9, 100, rng):
+        corrected.update_step(row)
+        plain.update_step(row)
+    bounds = corrected.compute().bounds
+    assert bounds.precision == corrected.precision_lower
+    assert bounds.lower == pytest.approx(corrected.precision_lower * corrected.sequences.lower)
+    assert bounds.lower < plain.compute().bounds.lower  # the price of speaking of the error rate
+    verdict = corrected.compute()
+    assert verdict.firing and verdict.evidence.startswith("running error at least") and "precision >= 0.7" in verdict.evidence
+
+
+def test_a_calibration_without_the_precision_gives_the_flag_rate_test_and_says_so(caplog):
+    with caplog.at_level("WARNING", logger="stream_monitor.estimation.detectors"):
+        test = SequentialRiskTest.for_model(SETUP)
+    assert test.precision_lower is None and test.share == 0.025
+    assert "records no precision of the error proxy" in caplog.text and "stream-monitor calibrate" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stream_monitor.estimation.detectors"):
+        SequentialRiskTest.for_model(PRECISE)
+    assert not caplog.text
 
 
 def test_the_risk_test_needs_the_served_feeds_calibration_and_valid_settings():
