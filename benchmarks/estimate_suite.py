@@ -145,6 +145,43 @@ def finished(stem: Path) -> set[tuple[str, str, int]]:
     return set(zip(data["case"], data["adapter"], data["images"]))
 
 
+def _fmt(value, digits: int = 1) -> str:
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def table(stem: Path) -> str:
+    """Markdown of a suite's CSV: per case and adapter, each headline's MAE / worst window /
+    coverage / out-of-support rate; then each estimator's MAE averaged over the cases it read."""
+    import pyarrow.csv as pa_csv
+
+    rows = pa_csv.read_csv(stem.with_suffix(".csv")).to_pylist()
+    head = {(r["case"], r["adapter"], r["target"]): r for r in rows if r["estimator"] == "headline"}
+    out = ["| case | adapter | images | source: MAE / worst / cov. / OOS (method) | online: MAE / worst / cov. / OOS (method) |",
+           "|---|---|---|---|---|"]
+    for case in CASES:
+        for adapter in ADAPTERS:
+            cells = []
+            for target in TARGETS:
+                r = head.get((case.name, adapter, target))
+                cells.append("not run" if r is None else
+                             f"{_fmt(r['mae'])} / {_fmt(r['worst'])} / {_fmt(r['coverage'], 2)} / "
+                             f"{_fmt(r['out_of_support'], 2)} ({r['methods'] or '-'})")
+            if any(c != "not run" for c in cells):
+                images = next(r["images"] for r in rows if r["case"] == case.name and r["adapter"] == adapter)
+                out.append(f"| {case.name} | {adapter} | {images:,} | {cells[0]} | {cells[1]} |")
+    out += ["", "| estimator (target) | " + " | ".join(f"{a}: mean MAE (cases)" for a in ADAPTERS) + " |",
+            "|---|" + "---|" * len(ADAPTERS)]
+    keys = sorted({(r["estimator"], r["target"]) for r in rows if r["estimator"] not in ("headline", "no probe window")})
+    for estimator, target in [("headline", t) for t in TARGETS] + keys:
+        cells = []
+        for adapter in ADAPTERS:
+            maes = [r["mae"] for r in rows if r["estimator"] == estimator and r["target"] == target
+                    and r["adapter"] == adapter and r["mae"] is not None]
+            cells.append(f"{sum(maes) / len(maes):.1f} ({len(maes)})" if maes else "n/a")
+        out.append(f"| {estimator} ({target}) | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=HERE.parent, help="the checkout to run (default: this one)")
@@ -156,8 +193,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench-out/estimate_suite"),
                         help="rendered streams and run directories")
     parser.add_argument("--keep-runs", action="store_true", help="keep each run's directory")
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of the results so far; run nothing")
     args = parser.parse_args()
     repo = args.repo.resolve()
+    if args.table:
+        print(table((args.out or HERE / "results" / f"estimate_suite_{git_sha(repo)}").with_suffix("")))
+        return
     by_name = {c.name: c for c in CASES}
     unknown = [n for n in args.cases.split(",") if n not in by_name]
     if unknown:
