@@ -30,6 +30,7 @@ P = 4
 THRESHOLD = 5.0
 SWITCH_IMAGES = 1_000
 SOFTMAX, TAYLOR = "softmax", "taylor"
+BRANCHES = (SOFTMAX, TAYLOR)
 
 
 def centred_logits(probs: np.ndarray) -> np.ndarray:
@@ -67,12 +68,15 @@ class MaNo(WindowEstimator):
     """MaNo (Xie et al., NeurIPS 2024), p = 4, the normalisation frozen on the run's first images."""
 
     name = "mano"
-    state_keys = ("total", "count", "branch", "pending")
+    #: switch: -1 while undecided, else an index into BRANCHES; pending: the logits the switch is
+    #: decided on, the last `pending_here` of them this window's
+    state_keys = ("total", "count", "switch", "pending", "pending_here")
 
     def __init__(self, stats: FeedStats | None = None, feed: Feed = Feed.SERVED,
                  lines: dict[str, tuple[float, float]] | None = None) -> None:
-        self.branch: str | None = None
-        self.pending = np.zeros((0, 0))  # logits seen before the branch is decided
+        self.switch = -1
+        self.pending = np.zeros((0, 0))
+        self.pending_here = 0
         self.lines = lines or {}
         super().__init__(stats, feed)
 
@@ -81,9 +85,15 @@ class MaNo(WindowEstimator):
         maps = maps_for(num_classes)
         return cls(stats, feed, maps.mano_lines if maps else None)
 
-    def reset(self) -> None:  # a new window; the branch stays
+    @property
+    def branch(self) -> str | None:
+        """The normalisation, once decided."""
+        return None if self.switch < 0 else BRANCHES[self.switch]
+
+    def reset(self) -> None:  # a new window; the switch and what decides it stay
         self.total = 0.0
         self.count = 0
+        self.pending_here = 0
 
     def update(self, probs: np.ndarray) -> None:
         if not len(probs):
@@ -91,31 +101,28 @@ class MaNo(WindowEstimator):
         logits = centred_logits(probs)
         if self.branch is None:
             self.pending = logits if not self.pending.size else np.concatenate([self.pending, logits])
+            self.pending_here += len(logits)
             if len(self.pending) < SWITCH_IMAGES:
                 return
-            self.branch = SOFTMAX if uniform_cross_entropy(self.pending) > THRESHOLD else TAYLOR
-            logits, self.pending = self.pending, np.zeros((0, 0))
+            self.switch = BRANCHES.index(SOFTMAX if uniform_cross_entropy(self.pending) > THRESHOLD else TAYLOR)
+            logits = self.pending[len(self.pending) - self.pending_here:]
+            self.pending, self.pending_here = np.zeros((0, 0)), 0
         self.total += float((normalise(logits, self.branch) ** P).sum())
         self.count += logits.size
 
     def score(self) -> float:
         if self.branch is None:
-            if not len(self.pending):
-                raise NotComputableError("mano has seen no image yet")
-            q = normalise(self.pending, self._branch_of(self.pending))
-            return float((q ** P).mean() ** (1.0 / P))
+            raise NotComputableError(f"mano decides its normalisation on the run's first {SWITCH_IMAGES} images")
         if not self.count:
             raise NotComputableError("mano has seen no image of this window yet")
         return (self.total / self.count) ** (1.0 / P)
 
-    def _branch_of(self, logits: np.ndarray) -> str:
-        return SOFTMAX if uniform_cross_entropy(logits) > THRESHOLD else TAYLOR
-
     def compute(self) -> float:
-        line = self.lines.get(self.branch or self._branch_of(self.pending))
+        score = self.score()
+        line = self.lines.get(self.branch)
         if line is None:
             raise NotComputableError("mano needs a line fitted on the calibration's domains (baseline_maps.py)")
-        return float(np.clip(line[0] * self.score() + line[1], 0.0, 100.0))
+        return float(np.clip(line[0] * score + line[1], 0.0, 100.0))
 
     def reading(self) -> Reading:
         try:

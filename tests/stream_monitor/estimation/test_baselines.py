@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from stream_monitor.estimation import ESTIMATORS
 from stream_monitor.estimation.base import NotComputableError
@@ -41,7 +42,7 @@ def test_mano_freezes_the_branch_chosen_on_the_first_images():
     mano = MaNo(feed=Feed.FROZEN, lines={TAYLOR: (100.0, -20.0), SOFTMAX: (10.0, 0.0)})
     unsure = np.tile(softmax(UNSURE), (SWITCH_IMAGES // 2, 1))  # the two rows by turns
     mano.update(unsure[:10])
-    assert mano.branch is None and mano.score() == pytest.approx(TAYLOR_SCORE)  # read before the switch is set
+    assert mano.branch is None and mano.reading().value is None  # no value before the switch is set
     mano.update(unsure[10:])
     assert mano.branch == TAYLOR
     reading = mano.reading()
@@ -55,19 +56,31 @@ def test_mano_freezes_the_branch_chosen_on_the_first_images():
     assert mano.score() == pytest.approx(mano_score(confident, TAYLOR))
 
 
-def test_mano_picks_softmax_on_confident_first_images_and_restores_from_state():
+def test_a_window_before_the_switch_counts_only_its_own_images():
+    mano = MaNo(lines={TAYLOR: (100.0, 0.0)})
+    mano.update(softmax([[3.0, -3.0]] * 600))  # the first window's
+    mano.reset()
+    assert mano.reading().value is None
+    mano.update(softmax(UNSURE * 200))  # the switch falls here, on all 1,000 images
+    assert mano.branch == TAYLOR and mano.count == 400 * 2
+    assert mano.score() == pytest.approx(TAYLOR_SCORE)
+
+
+def test_mano_picks_softmax_on_confident_first_images_and_restores_from_a_checkpoint(tmp_path):
     mano = MaNo(lines={SOFTMAX: (100.0, 0.0)})
-    mano.update(softmax([[20.0, -20.0]] * SWITCH_IMAGES))
-    assert mano.branch == SOFTMAX
+    mano.update(softmax([[20.0, -20.0]] * (SWITCH_IMAGES - 1)))
+    torch.save(mano.state_dict(), tmp_path / "mano.pt")  # undecided: the pending images go too
     again = MaNo(lines={SOFTMAX: (100.0, 0.0)})
-    again.load_state_dict(mano.state_dict())
-    assert again.branch == SOFTMAX and again.compute() == pytest.approx(mano.compute())
+    again.load_state_dict(torch.load(tmp_path / "mano.pt", weights_only=True))
+    for estimator in (mano, again):
+        estimator.update(softmax([[20.0, -20.0]]))
+    assert again.branch == mano.branch == SOFTMAX and again.compute() == pytest.approx(mano.compute())
 
 
 def test_mano_without_a_line_has_a_score_but_no_value():
     mano = MaNo(lines={})
     assert mano.reading().value is None and mano.reading().score is None  # nothing seen
-    mano.update(softmax(UNSURE))
+    mano.update(softmax(UNSURE * (SWITCH_IMAGES // 2)))
     reading = mano.reading()
     assert reading.value is None and reading.score == pytest.approx(TAYLOR_SCORE)
     with pytest.raises(NotComputableError, match="line"):
