@@ -10,11 +10,11 @@ Estimation Under Distribution Shifts"; repo Renchunzi-Xie/MaNo, src/mano/mano.py
   labelled held-out domains, one per normalisation (`baseline_maps.py`).
 
 Two choices of this project: the normalisation is decided once per run, on the feed's first
-`SWITCH_IMAGES` images (served before any adaptation step changed the model) and then frozen,
-since under entropy minimisation Phi rises and would move the switch exactly where the model is
-over-confident (research/risk_monitoring.md 3); and estimators see softmax outputs, not logits,
-so the logits are the row-centred log-probabilities (the logits up to a per-image constant,
-which the softmax ignores but the Taylor expansion does not).
+`SWITCH_IMAGES` images (the frozen feed: the source model; the served feed: the first 10 batches,
+while adaptation has barely begun) and then frozen, since under entropy minimisation Phi rises and
+would move the switch exactly where the model is over-confident (research/risk_monitoring.md 3);
+and estimators see softmax outputs, not logits, so the logits are the row-centred log-probabilities
+(the logits up to a per-image constant, which the softmax ignores but the Taylor expansion does not).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .window import FeedStats, WindowEstimator
 
 P = 4
 THRESHOLD = 5.0
-SWITCH_IMAGES = 1_000
+SWITCH_IMAGES = 640  # the official code's 5 batches of 128 (its slip aside); the frozen feed sees them by step 80
 SOFTMAX, TAYLOR = "softmax", "taylor"
 BRANCHES = (SOFTMAX, TAYLOR)
 

@@ -234,7 +234,7 @@ FULL = FeedStats(temperature=1.5, accuracy=80.0, mean_confidence=85.0, atc_mc_th
 
 
 #: The softmax estimators that need nothing but a calibration's statistics (the Sentinel: test_sentinel.py;
-#: MaNo, which needs its line and 1,000 images first: estimation/test_baselines.py).
+#: MaNo, which needs its line and 640 images first: estimation/test_baselines.py).
 SOFTMAX = [ESTIMATORS.get(n) for n in ESTIMATORS.names()
            if ESTIMATORS.get(n).requires is None and n not in ("sentinel", "mano")]
 

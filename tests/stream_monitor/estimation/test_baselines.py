@@ -58,11 +58,11 @@ def test_mano_freezes_the_branch_chosen_on_the_first_images():
 
 def test_a_window_before_the_switch_counts_only_its_own_images():
     mano = MaNo(lines={TAYLOR: (100.0, 0.0)})
-    mano.update(softmax([[3.0, -3.0]] * 600))  # the first window's
+    mano.update(softmax([[3.0, -3.0]] * (SWITCH_IMAGES - 240)))  # the first window's
     mano.reset()
     assert mano.reading().value is None
-    mano.update(softmax(UNSURE * 200))  # the switch falls here, on all 1,000 images
-    assert mano.branch == TAYLOR and mano.count == 400 * 2
+    mano.update(softmax(UNSURE * 120))  # the switch falls here, on all the images so far
+    assert mano.branch == TAYLOR and mano.count == 240 * 2
     assert mano.score() == pytest.approx(TAYLOR_SCORE)
 
 
@@ -111,9 +111,9 @@ def test_expected_calibration_error_over_equal_mass_bins():
 def test_isotonic_map_is_kept_only_where_it_lowers_held_out_ece():
     rng = np.random.default_rng(0)
     n = 2000
-    # over-confident: max-softmax about 0.95 but right half the time
-    probs = np.column_stack([rng.uniform(0.9, 1.0, n), np.zeros(n)])
-    probs[:, 1] = 1 - probs[:, 0]
+    # over-confident: max-softmax 0.6-1.0 (a band per window) but right half the time
+    top = np.concatenate([rng.uniform(lo, lo + 0.1, 500) for lo in (0.6, 0.7, 0.8, 0.9)])
+    probs = np.column_stack([top, 1 - top])
     labels = np.where(rng.random(n) < 0.5, 0, 1)
     windows = [(probs[i:i + 500], labels[i:i + 500]) for i in range(0, n, 500)]
     maps = fit_baseline_maps(windows, {})
