@@ -113,7 +113,7 @@ def test_isotonic_map_is_kept_only_where_it_lowers_held_out_ece():
     n = 2000
     # over-confident: max-softmax 0.6-1.0 (a band per window) but right half the time
     top = np.concatenate([rng.uniform(lo, lo + 0.1, 500) for lo in (0.6, 0.7, 0.8, 0.9)])
-    probs = np.column_stack([top, 1 - top])
+    probs = np.column_stack([top, 0.7 * (1 - top), 0.3 * (1 - top)])  # unequal runners-up: else the Taylor score is constant
     labels = np.where(rng.random(n) < 0.5, 0, 1)
     windows = [(probs[i:i + 500], labels[i:i + 500]) for i in range(0, n, 500)]
     maps = fit_baseline_maps(windows, {})
