@@ -13,7 +13,7 @@ skips the (case, adapter, images) already there, so an interrupted suite resumes
 
 Cases (`CASES`): unseen CCC streams (seeds 44 and 45, speeds 2000 and 5000, none used while the
 estimators were developed, which watched seed 43 at speed 1000), and the suite's own streams
-(`suite_streams.py`, rendered once into --streams and served to any checkout by `_suite_run.py`):
+(`suite_streams.py`, rendered once under --work and served to any checkout by `_suite_run.py`):
 no shift, clean drifting into contrast, clean and corrupted blocks by turns, and two shift
 families neither CCC nor the calibration uses (occlusion, solarize).
 """
