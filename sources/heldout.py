@@ -23,7 +23,7 @@ import torch
 from collections.abc import Iterator
 from pathlib import Path
 
-from .augment import jpeg_roundtrip, random_resized_crop_flip, to_uint8
+from .augment import jpeg_roundtrip, random_resized_crop_flip
 from .base import Batch, RenderedSource
 from .corruptions import HELD_OUT_CORRUPTIONS, get_corruption
 from .glyphs import CALIBRATION, NUM_CLASSES, GlyphDomain

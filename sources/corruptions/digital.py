@@ -9,7 +9,6 @@ which runs on the CPU so that a stream is the same whichever device renders it.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.io import decode_jpeg, encode_jpeg

@@ -10,9 +10,6 @@ noise pattern at every severity (only its strength changes).
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 
 from .base import Corruption, level_table
