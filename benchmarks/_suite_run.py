@@ -49,19 +49,43 @@ class ArrayStream:
                         severity_b=np.zeros(n, np.float32))
 
 
+def _serve_arrays(folder: Path) -> None:
+    """Make the checkout under test open `folder` as the rendered arrays. Releases differ in where the
+    stream is opened: before the Python API the stream worker imported `open_source` itself
+    (`runtime.workers`), since then `runtime.components` reads it from the factory module at call time,
+    and the CLI checks an image folder's classes (`check_folder_classes`) before the run."""
+    import importlib
+
+    try:
+        factory = importlib.import_module("stream_monitor.sources.factory")
+    except ImportError:  # releases before the stream_monitor.sources namespace
+        factory = importlib.import_module("sources.factory")
+    from stream_monitor.runtime import workers
+
+    opened = factory.open_source
+
+    def open_source(kind, stream=None, data=None, *rest, **kwargs):
+        if data is not None and Path(data).resolve() == folder:
+            return ArrayStream(folder)
+        return opened(kind, stream, data, *rest, **kwargs)
+
+    factory.open_source = open_source
+    if hasattr(workers, "open_source"):
+        workers.open_source = open_source
+    checked = getattr(factory, "check_folder_classes", None)
+    if checked is not None:
+        def check_folder_classes(data, *rest, **kwargs):
+            if data is not None and Path(data).resolve() == folder:
+                return None  # the arrays carry the model's own class indices
+            return checked(data, *rest, **kwargs)
+
+        factory.check_folder_classes = check_folder_classes
+
+
 def main() -> None:
     args = sys.argv[sys.argv.index("--") + 1:]
     if sys.argv[1] != "-":  # "-": a stream the CLI opens itself
-        from stream_monitor.runtime import workers
-
-        folder, opened = Path(sys.argv[1]).resolve(), workers.open_source
-
-        def open_source(kind, stream=None, data=None, *rest, **kwargs):
-            if data is not None and Path(data).resolve() == folder:
-                return ArrayStream(folder)
-            return opened(kind, stream, data, *rest, **kwargs)
-
-        workers.open_source = open_source
+        _serve_arrays(Path(sys.argv[1]).resolve())
     import stream_monitor
 
     print(f"stream_monitor from {Path(stream_monitor.__file__).parent}", file=sys.stderr)
