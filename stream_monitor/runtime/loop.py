@@ -155,6 +155,9 @@ class RunLoop:
         self._checkpointed_at = self.state.step  # a fresh start or a resume needs no checkpoint yet
         self._last_result, self._slow = clock(), False
         self._diverged = False  # the dashboard was told; a reset (recovery) clears it
+        # steps up to this one were submitted before the last recovery's reset, so they ran on the weights
+        # that warned: the re-armed detectors must not see them (one divergence would reset again and again)
+        self._stale_until = 0
         self._outside: dict[str, bool] = {}  # target -> its last window was out of support (an event was written)
 
     @property
@@ -336,7 +339,8 @@ class RunLoop:
                 window.frozen_correct += frozen_correct
                 window.frozen_seen += n
         state.step, state.position = pending.step, pending.stop
-        for detector in self.detectors:  # before the row goes out: it carries the risk test's bounds
+        stale = pending.step <= self._stale_until
+        for detector in () if stale else self.detectors:  # before the row goes out: it carries the risk test's bounds
             detector.update_step(row)
             bounds = detector.bounds() if isinstance(detector, SequentialRiskTest) else None
             if bounds is not None:
@@ -358,7 +362,8 @@ class RunLoop:
         sidekick = self._get(pending.sidekick, "sidekick") if pending.sidekick is not None else None
         self.estimation.observe(Feed.SERVED, summary.probabilities, sidekick)
         self.estimation.observe(Feed.FROZEN, truth.frozen_probabilities, sidekick)
-        self._check_detectors()
+        if not stale:
+            self._check_detectors()
         for probe in self._probes:
             if probe.step == pending.step and probe.row is None:
                 probe.readings = self.estimation.readings()
@@ -452,6 +457,7 @@ class RunLoop:
         """Reset the adapter to the source model and re-arm every detector. The reset queues behind
         the steps already submitted, so it takes effect `max_in_flight` steps after the warning."""
         self.ex.call("adapter", "reset")
+        self._stale_until = self._submitted
         self.state.resets += 1
         if self._diverged:
             self._diverged = False

@@ -528,6 +528,18 @@ def test_nan_loss_does_not_stop_the_loop(tmp_path):
     assert fused["message"].startswith("diverged (divergence): divergence: the adapter diverged at step")
 
 
+def test_one_divergence_resets_once_though_steps_in_flight_diverged_too(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run(config(640, "adapter.lr=1e30", "estimation.reset_on_warning=true"), run_dir).status == "finished"
+    steps = read_table(run_dir, "steps").to_pylist()
+    resets = [e["step"] for e in read_table(run_dir, "events").to_pylist()
+              if e["kind"] == "reset" and e["origin"] == "driver"]
+    first = next(r["step"] for r in steps if r["diverged"])
+    assert resets and resets[0] == first
+    # each later reset needs a divergence of the reset model, never a stale step of the old one
+    assert all(later - earlier > 4 for earlier, later in zip(resets, resets[1:])), resets
+
+
 def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, monkeypatch):
     from stream_monitor.estimation.detectors import CollapseDetector, Verdict
     from stream_monitor.runtime import loop as loop_module
@@ -551,7 +563,9 @@ def test_reset_on_warning_resets_the_adapter_and_rearms_the_detectors(tmp_path, 
     warned = [e["step"] for e in events if e["kind"] == "warning" and e["origin"] == FUSED]
     assert warned == [e["step"] for e in events if e["kind"] == "warning" and e["origin"] == "divergence"]
     recovered = [e["step"] for e in events if e["kind"] == "reset" and e["origin"] == "driver"]
-    assert warned == recovered == [8, 16, 24, 32, 40]  # re-armed after each reset: 8 more steps each time
+    # re-armed after each reset, and counting only steps run after it: the two steps already in flight
+    # when the warning came ran on the weights that warned, so each warning needs 8 fresh steps
+    assert warned == recovered == [8, 18, 28, 38]
     resets = [method for name, method, _, _ in RecordingExecutor.last.log if name == "adapter" and method == "reset"]
     assert len(resets) == len(warned)
 
