@@ -339,12 +339,14 @@ class WarningsPanel:
             yield Panel(_line(("no collapse warnings", "green")), title="collapse warnings", title_align="left",
                         border_style="green", height=options.height)
             return
-        room = max(1, (options.height or len(warnings) + 2) - 2)
-        shown = warnings if len(warnings) <= room else warnings[-(room - 1):] if room > 1 else ()
-        lines = [_warning_line(w) for w in shown]
-        if len(shown) < len(warnings):
-            lines.insert(0, _line((f"... {len(warnings) - len(shown)} earlier warnings", "dim red")))
         fused = next((w for w in warnings if w.origin == FUSED), None)
+        # the title names the fused warning's detectors; the lines give each detector's own evidence once
+        listed = [w for w in warnings if w.origin != FUSED] or list(warnings)
+        room = max(1, (options.height or len(listed) + 2) - 2)
+        shown = listed if len(listed) <= room else listed[-(room - 1):] if room > 1 else ()
+        lines = [_warning_line(w) for w in shown]
+        if len(shown) < len(listed):
+            lines.insert(0, _line((f"... {len(listed) - len(shown)} earlier warnings", "dim red")))
         if fused is None:  # only advisory detectors fire
             title, border = f"no collapse warning; advisories ({len(warnings)})", "yellow"
         else:

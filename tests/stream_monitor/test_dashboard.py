@@ -407,3 +407,12 @@ def test_the_accuracy_chart_draws_the_risk_tests_two_bounds_as_accuracies():
     assert state.risk_series.points[-1] == (60 * 64, pytest.approx(0.65), 0.4)
     text = render(AccuracyChart(state, height=20), width=120)
     assert "risk test: online acc. upper bound 35.0%" in text and "risk test: alarm level 60.0%" in text
+
+
+def test_the_fused_warning_is_the_title_and_each_detectors_evidence_one_line():
+    state = running_state().apply_event(event_row("warning", origin="entropy-ema", message="collapse warning: low"))
+    state = state.apply_event(event_row("warning", origin=FUSED_ORIGIN, message="collapse warning (entropy-ema): low")
+                              | {"detectors": "entropy-ema"})
+    text = render(WarningsPanel(state), width=120)
+    assert "COLLAPSE WARNING (entropy-ema)" in text
+    assert text.count("low") == 1  # the detector's line; the fused warning's own text would repeat it
