@@ -217,7 +217,11 @@ class AccuracyChart:
         if cols < 4 or rows < 2:
             return legend
         lo, hi = self._x_range(series)
-        y_lo, y_hi = y_range([v for *_, values in series for _, v in values if v is not None])
+        # the axis follows the accuracies and their intervals; the risk test's bounds (often near 100%)
+        # would flatten them, so they are drawn only where they fall inside it (the legend has their values)
+        bands = [end for p in self.state.accuracy.points for band in (p[5], p[6]) if band is not None for end in band]
+        y_lo, y_hi = y_range([v for index, *_, values in series if index <= 4 for _, v in values if v is not None]
+                             + bands)
         dots_w, dots_h = cols * 2, rows * 4
         bits = [[0] * cols for _ in range(rows)]
         owner: list[list[str | None]] = [[None] * cols for _ in range(rows)]
@@ -240,11 +244,11 @@ class AccuracyChart:
                     for y in range(top, bottom + 1):
                         plot(x, y, style)
 
-        for _, _, style, dashed, values in series:
+        for index, _, style, dashed, values in series:
             previous: tuple[int, int] | None = None
             counter = 0
             for position, value in values:
-                if value is None:
+                if value is None or (index > 4 and not y_lo <= value <= y_hi):
                     previous = None  # a gap (estimator warming up), not a line through it
                     continue
                 current = to_dot(position, value)
