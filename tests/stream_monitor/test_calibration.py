@@ -133,10 +133,14 @@ def test_the_shipped_embedded_calibration_matches_the_default_run():
     # the frozen model's feed: the shipped held-out-stream calibration of the model, Sentinel forest included
     assert context.origins["frozen"].startswith("shipped frozen/embedded_resnet20_frozen")
     assert context.frozen.sentinel is not None
-    # another adapter gets no shipped f, and the same frozen feed: that feed never sees the adapter
+    # an adapter without a shipped file gets no f, and the same frozen feed: that feed never sees the adapter
+    eta = context_of("adapter.name=eta")
+    assert not eta.flips and eta.served.nuclear_fit == eta.frozen.nuclear_fit and not eta.adapter_calibrated
+    assert eta.frozen == context.frozen and "served" not in eta.origins
+    # tent ships its own (the full-range meta-set's rule included)
     tent = context_of("adapter.name=tent")
-    assert not tent.flips and tent.served.nuclear_fit == tent.frozen.nuclear_fit and not tent.adapter_calibrated
-    assert tent.frozen == context.frozen and "served" not in tent.origins
+    assert tent.origins["served"].startswith("shipped embedded_resnet20_tent") and tent.adapter_calibrated
+    assert tent.frozen == context.frozen and set(tent.rules) == {"source", "online"}
 
 
 def test_a_configured_calibration_serves_the_frozen_feed_too():
