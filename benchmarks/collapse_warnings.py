@@ -7,7 +7,8 @@ runs that do not, with and without label-free recovery.
 1. Runs (`CASES`; embedded model, runtime.use_ray=false): each adapter and learning rate gets a
    statistics-only calibration first (`stream-monitor calibrate --cycles 0`: the clean domain's
    ATC threshold, clean error and the proxy's precision, what the risk test needs). A run whose
-   folder has `done.json` is skipped (resumable); `--jobs N` runs N at once in processes.
+   folder has `done.json` is skipped, one stopped half-way resumes from its checkpoint (exactly);
+   `--jobs N` runs N at once in processes.
 2. Scoring: every registered detector is replayed on each plain run's rows
    (`evaluation.replay_warnings`, the live loop's rule) and scored against two event definitions:
    the labelled collapse (DESIGN.md 6: online accuracy below the frozen model's by `--margin`
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -222,11 +222,12 @@ def run_case(case: Case, work: Path, images: int, reset: bool, fused: Sequence[s
     run_dir = work / "runs" / (case.name + ("-reset" if reset else ""))
     if (run_dir / "done.json").exists():
         return f"{run_dir.name}: done before"
-    if run_dir.exists():  # a run stopped half-way: a short run is cheaper to repeat than to resume
-        shutil.rmtree(run_dir)
+    # a run stopped half-way resumes where its last checkpoint left it (a resume is exact)
+    resume = (run_dir / "run.json").exists()
     started = time.perf_counter()
     calibration = _calibration(case, work, images)
-    outcome = run(_config(case, images, calibration, reset, fused if reset else ()), run_dir, log=lambda message: None)
+    outcome = run(_config(case, images, calibration, reset, fused if reset else ()), run_dir, resume=resume,
+                  log=lambda message: None)
     if outcome.status != "finished":
         return f"{run_dir.name}: {outcome.status} ({outcome.error})"
     seconds = time.perf_counter() - started

@@ -30,7 +30,7 @@ def feed(detector, column: str, values) -> None:
 ])
 def test_step_detectors_fire_on_collapse_and_stay_quiet_when_stable(make, column, stable, collapsed):
     detector = make()
-    feed(detector, column, [stable] * 49)
+    feed(detector, column, [stable] * (detector.warmup - 1))
     with pytest.raises(NotComputableError):
         detector.compute()
     feed(detector, column, [stable, None, math.nan])  # missing values do not count
@@ -47,6 +47,12 @@ def test_step_detectors_fire_on_collapse_and_stay_quiet_when_stable(make, column
     detector.reset()
     with pytest.raises(NotComputableError):
         detector.compute()
+
+
+def test_the_default_warmup_is_the_averages_memory():
+    # 1 / (1 - decay) steps: judged as soon as the first value weighs no more than e^-1
+    assert EntropyCollapse(10).warmup == 10  # decay 0.9
+    assert PredictionConcentration().warmup == 20 and MarginalEntropyCollapse(10).warmup == 20  # 0.95
 
 
 def test_entropy_threshold_scales_with_the_number_of_classes():
