@@ -33,10 +33,14 @@ class AdapterInfo(Info[type["Adapter"]]):
             the stream's own start, because a monitored run has no clean source data.
         input_normalisation: Whether the constructor gets the model's input normalisation as
             `input_mean` / `input_std` (for methods that augment in pixel space).
+        adapts: Whether the adapter changes the model at all. One that does not (`source`)
+            serves the frozen model's predictions, so its online accuracy is the source accuracy
+            and the estimates say so (`estimation.pipeline.derive`).
     """
 
     fisher_images: int = 0
     input_normalisation: bool = False
+    adapts: bool = True
 
     def __post_init__(self) -> None:
         if not self.description:

@@ -8,7 +8,8 @@ from torch import nn
 from .base import ADAPTERS, Adapter, StepResult, no_update
 
 
-@ADAPTERS.register("source", description="No adaptation: the frozen model with its running BatchNorm statistics")
+@ADAPTERS.register("source", description="No adaptation: the frozen model with its running BatchNorm statistics",
+                   adapts=False)
 class Source(Adapter):
     def configure_model(self, model: nn.Module) -> nn.Module:
         return model.eval().requires_grad_(False)

@@ -2,6 +2,13 @@
 adapter calibrations' served feeds, on every domain of `stream_monitor.metaset.DEFAULT_DOMAINS`.
 
     nohup nice -n 10 python benchmarks/build_metaset.py --out benchmarks/results/metaset_embedded.jsonl &
+    nohup nice -n 10 python benchmarks/build_metaset.py --adapters norm,eta,sar \
+        --out benchmarks/results/metaset_embedded_uncalibrated.jsonl &
+
+An adapter without a calibration (`SERVED`) reads its served feed as a run would without one: no
+clean-domain statistics of its own, the frozen model's nuclear-norm line. Such files measure the
+online rule of adapters without a calibration on adapters that rule was not fitted on
+(`benchmarks/refit_calibration.py` merges the files window by window).
 
 Resumable: run the same command again and it goes on after the last window in the file.
 """
@@ -17,7 +24,7 @@ import torch
 
 from stream_monitor.metaset import DEFAULT_DOMAINS, MetaSetBuild, build
 from stream_monitor.config import load_config
-from stream_monitor.estimation.window import stats_from_dict
+from stream_monitor.estimation.window import stats_from_dict, with_frozen_line
 
 ROOT = Path(__file__).resolve().parent.parent
 #: adapter -> the calibration whose served statistics (temperature, Acc_S, ATC thresholds) it reads with
@@ -34,9 +41,9 @@ def main() -> int:
     parser.add_argument("--adapters", default="rdumb,tent")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    adapters = {a: stats_from_dict(json.loads(SERVED[a].read_text())["served_stats"])
-                for a in args.adapters.split(",") if a}
     frozen = stats_from_dict(json.loads(FROZEN.read_text())["frozen_stats"])
+    adapters = {a: stats_from_dict(json.loads(SERVED[a].read_text())["served_stats"]) if a in SERVED
+                else with_frozen_line(None, frozen) for a in args.adapters.split(",") if a}
     spec = MetaSetBuild(DEFAULT_DOMAINS, adapters, frozen, args.windows, args.window_images)
     build(spec, load_config(None, ["runtime.threads=1"]), args.out, log=lambda m: print(m, flush=True))
     return 0

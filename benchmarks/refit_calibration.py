@@ -3,11 +3,16 @@ held-out-stream windows plus the meta-set's, learn the headline rules with leave
 cross-validation, and write it in format 3 (issue 25).
 
     python benchmarks/refit_calibration.py OLD.json --metaset benchmarks/results/metaset_embedded.jsonl \\
+        [benchmarks/results/metaset_embedded_uncalibrated.jsonl] [--long-streams RDUMB.json TENT.json] \\
         --out NEW.json [--adapter rdumb] [--report benchmarks/results/headline_rule_X.json]
 
 `--adapter` names the meta-set's served feed whose online rule the file gets (the file's own
-adapter); without it only the source rule (the frozen model's feed). Prints, per family and
-target, the held-out error of the headline and of each estimator and the interval coverage.
+adapter); without it (the frozen model's file) the source rule and the online rule of adapters
+without a calibration of their own (the anchored estimate, measured leave-one-adapter-out). Every
+file gets the anchored estimate's line (`anchor_fit`): over all the meta-set's adapters and the
+probe windows of long held-out streams in the `--long-streams` calibrations (their adapter's). Prints,
+per family (and per held-out adapter) and target, the held-out error of the headline and of each
+estimator and the interval coverage.
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ from pathlib import Path
 
 from stream_monitor.calibration.fit import nuclear_line, sentinel_set
 from stream_monitor.calibration.format import FORMAT, Calibration
-from stream_monitor.metaset import read_windows
-from stream_monitor.calibration.rule import family_report, fit_rule, held_out_readings, window_points
+from stream_monitor.metaset import merge_windows, read_windows
+from stream_monitor.calibration.rule import (Gap, adapter_report, anchor_line, family_report, fit_rule,
+                                             fit_unseen_adapter_rule, held_out_readings, point_gaps,
+                                             unseen_adapter_readings, window_gaps, window_points)
 from stream_monitor.estimation.readings import Target
 from stream_monitor.estimation.support import Support
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def refit(old: dict, windows: list[dict], adapter: str | None) -> tuple[Calibration, list[dict]]:
+def refit(old: dict, windows: list[dict], adapter: str | None, gaps: list[Gap] = ()) -> tuple[Calibration, list[dict]]:
     points = [p for p in old["points"] if not str(p.get("domain", "")).startswith("metaset/")]
     mine = window_points(windows, adapter)
     everything = points + mine
@@ -36,7 +43,8 @@ def refit(old: dict, windows: list[dict], adapter: str | None) -> tuple[Calibrat
     data.setdefault("spread_fits", {})
     data.setdefault("frozen_stats", None)
     frozen = data["frozen_stats"] and {**data["frozen_stats"], "nuclear_fit": nuclear_line(everything, frozen=True),
-                                       "sentinel": sentinel_set(everything, frozen=True)}
+                                       "sentinel": sentinel_set(everything, frozen=True),
+                                       "anchor_fit": anchor_line([*window_gaps(windows), *gaps])}
     served = data["served_stats"]
     if adapter is not None and served is not None:
         served = {**served, "nuclear_fit": nuclear_line(everything), "sentinel": sentinel_set(everything)}
@@ -46,8 +54,13 @@ def refit(old: dict, windows: list[dict], adapter: str | None) -> tuple[Calibrat
     support = Support.of(frozen["sentinel"]["features"])
     rules["source"] = fit_rule(held_source, Target.SOURCE, support).to_dict()
     report += family_report(held_source, Target.SOURCE, support)
-    if adapter is not None:
-        held_online = held_out_readings(windows, points, Target.ONLINE, served["sentinel"], adapter, held_source)
+    if adapter is None:
+        held_unseen = unseen_adapter_readings(windows, held_source, gaps, support)
+        if held_unseen:
+            rules["online"] = fit_unseen_adapter_rule(held_unseen, support).to_dict()
+            report += adapter_report(held_unseen, support)
+    else:
+        held_online = held_out_readings(windows, points, Target.ONLINE, served["sentinel"], adapter, held_source, gaps)
         support = Support.of(served["sentinel"]["features"])
         rules["online"] = fit_rule(held_online, Target.ONLINE, support).to_dict()
         report += family_report(held_online, Target.ONLINE, support)
@@ -61,16 +74,23 @@ def refit(old: dict, windows: list[dict], adapter: str | None) -> tuple[Calibrat
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old", type=Path)
-    parser.add_argument("--metaset", type=Path, required=True)
+    parser.add_argument("--metaset", type=Path, nargs="+", required=True,
+                        help="meta-set files over the same domains (their served feeds are merged)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--adapter", default=None)
+    parser.add_argument("--long-streams", type=Path, nargs="*", default=[],
+                        help="adapter calibrations whose held-out-stream windows join the anchor line")
     parser.add_argument("--report", type=Path, default=None)
     args = parser.parse_args()
-    windows = read_windows(args.metaset)
+    windows = merge_windows(*(read_windows(path) for path in args.metaset))
     if not windows:
-        print(f"{args.metaset} has no meta-set window; build it with benchmarks/build_metaset.py", file=sys.stderr)
+        print(f"{', '.join(map(str, args.metaset))} has no meta-set window; build it with benchmarks/build_metaset.py", file=sys.stderr)
         return 2
-    calibration, report = refit(json.loads(args.old.read_text()), windows, args.adapter)
+    gaps = []
+    for path in args.long_streams:
+        data = json.loads(path.read_text())
+        gaps += point_gaps(data["points"], data["adapter"])
+    calibration, report = refit(json.loads(args.old.read_text()), windows, args.adapter, gaps)
     calibration.save(args.out)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          cwd=ROOT).stdout.strip()

@@ -13,10 +13,14 @@ Kinds:
 - `drift`: clean for the first 30%, then contrast (one of CCC's 15) rising linearly to severity 5.
 - `mixed`: blocks of 2,500 images, clean and corrupted by turns (a CCC corruption at severity 3-5
   drawn per block), so a 5,000-image window is half clean.
-- `occlusion`: cutout squares of grey, covering about 8% of the image per severity step.
-- `solarize`: every pixel value above a threshold inverted (threshold 1 - 0.17 x severity).
-The last two are shift families neither CCC (ImageNet-C's 15) nor the calibration (ImageNet-C's
-4 held-out corruptions) uses; their severity walks over 1-5 in blocks of 2,500 images.
+- `posterize`: every channel quantised to 6 - severity bits (PIL's ImageOps.posterize).
+- `sharpen`: an unsharp mask of amount 3 x severity (the image plus that much of its difference
+  from a 3x3 box blur).
+The last two are shift families that neither CCC (ImageNet-C's 15), nor the calibration (ImageNet-C's
+4 held-out corruptions), nor the full-range meta-set (`sources/shifts.py`: affine, invert, occlude,
+compositions and mixtures of clean and corrupted images) uses; their severity walks over 1-5 in
+blocks of 2,500 images. (An earlier suite had `occlusion` and `solarize`, too close to the
+meta-set's `occlude` and `invert` once that was built.)
 """
 
 from __future__ import annotations
@@ -32,34 +36,28 @@ from stream_monitor.sources.corruptions import STREAM_CORRUPTIONS, get_corruptio
 from stream_monitor.sources.glyphs import STREAM, GlyphDomain
 from stream_monitor.sources.seeding import mix_seed
 
-KINDS = ("clean", "drift", "mixed", "occlusion", "solarize")
-NOVEL_FAMILIES = ("occlusion", "solarize")
+KINDS = ("clean", "drift", "mixed", "posterize", "sharpen")
+NOVEL_FAMILIES = ("posterize", "sharpen")
 UNIT = 64
 BLOCK = 2_500
 #: Where the suite's glyphs start: CCC seed s reads from STREAM.start + s * 2**36.
 SUITE_OFFSET = STREAM.start + 5_000 * (1 << 36)
 
 
-def occlusion(x: torch.Tensor, severity: float, g: torch.Generator) -> torch.Tensor:
-    """Grey squares at random places (cutout, DeVries & Taylor 2017) over about 8% x severity of each image."""
-    n, _, h, w = x.shape
-    side = max(1, round(h * np.sqrt(0.04 * severity)))  # two squares of this side per image
-    out = x.clone()
-    for _ in range(2):
-        top = torch.randint(0, h - side + 1, (n,), generator=g)
-        left = torch.randint(0, w - side + 1, (n,), generator=g)
-        for i in range(n):
-            out[i, :, top[i]:top[i] + side, left[i]:left[i] + side] = 0.5
-    return out
+def posterize(x: torch.Tensor, severity: float, g: torch.Generator) -> torch.Tensor:
+    """Each channel value kept to its 6 - severity high bits (PIL's ImageOps.posterize)."""
+    drop = 8 - max(1, 6 - round(severity))
+    levels = torch.floor(x * 255.0).to(torch.int64)
+    return ((levels >> drop) << drop).to(x.dtype) / 255.0
 
 
-def solarize(x: torch.Tensor, severity: float, g: torch.Generator) -> torch.Tensor:
-    """Pixel values above 1 - 0.17 x severity inverted (PIL's ImageOps.solarize)."""
-    threshold = 1.0 - 0.17 * severity
-    return torch.where(x >= threshold, 1.0 - x, x)
+def sharpen(x: torch.Tensor, severity: float, g: torch.Generator) -> torch.Tensor:
+    """An unsharp mask: the image plus 3 x severity times its difference from a 3x3 box blur."""
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    return (x + 3.0 * severity * (x - blurred)).clamp(0.0, 1.0)
 
 
-NOVEL = {"occlusion": occlusion, "solarize": solarize}
+NOVEL = {"posterize": posterize, "sharpen": sharpen}
 
 
 def plan(kind: str, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -77,6 +77,27 @@ def read_windows(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return out
+
+
+def merge_windows(*files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The windows of several builds over the same domains, each window's served feeds merged (the
+    first file's order and frozen readings). A window missing from a later file keeps what it has.
+
+    Raises:
+        ValueError: two files disagree on a window's true source accuracy (not the same images).
+    """
+    merged = {(w["domain"], w["window"]): {**w, "served": dict(w["served"])} for w in files[0]} if files else {}
+    for windows in files[1:]:
+        for w in windows:
+            mine = merged.get((w["domain"], w["window"]))
+            if mine is None:
+                continue
+            if abs(mine["true_source_acc"] - w["true_source_acc"]) > 1e-9:
+                raise ValueError(f"meta-set window {w['domain']}#{w['window']}: the files disagree on the frozen "
+                                 f"model's accuracy ({mine['true_source_acc']} against {w['true_source_acc']}); "
+                                 f"they were built on other images or another model: rebuild one of them")
+            mine["served"].update(w["served"])
+    return list(merged.values())
 
 
 def _reading_dict(readings: Iterable) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..adapters import ADAPTERS
 from ..config import RunConfig
 from ..estimation.context import EstimationContext
 from ..estimation.readings import Target
@@ -91,16 +92,24 @@ def resolve_context(config: RunConfig, provenance: Provenance, *, calibration: C
     origins = {part: str(origin) for part, origin, present in (("served", served_origin, served is not None),
                                                                 ("frozen", frozen_origin, frozen is not None),
                                                                 ("flips", served_origin, bool(flips))) if present}
-    # the source target's rule comes with the frozen model's file; the online target's only with
-    # a calibration of the served adapter itself (another adapter's served feed is another feed)
+    # the source target's rule comes with the frozen model's file; the online target's with a
+    # calibration of the served adapter itself (another adapter's served feed is another feed),
+    # else the frozen file's rule for adapters without one (the anchored estimate, its interval
+    # measured on adapters that rule was not fitted on: docs/headline-rule.md)
     rules = {}
-    if frozen_file is not None and Target.SOURCE in frozen_file.headline_rules():
-        rules[Target.SOURCE] = frozen_file.headline_rules()[Target.SOURCE]
-    if served_file is not None and Target.ONLINE in served_file.headline_rules():
-        rules[Target.ONLINE] = served_file.headline_rules()[Target.ONLINE]
+    frozen_rules = frozen_file.headline_rules() if frozen_file is not None else {}
+    served_rules = served_file.headline_rules() if served_file is not None else {}
+    if Target.SOURCE in frozen_rules:
+        rules[Target.SOURCE] = frozen_rules[Target.SOURCE]
+    if Target.ONLINE in served_rules:
+        rules[Target.ONLINE] = served_rules[Target.ONLINE]
+    elif Target.ONLINE in frozen_rules and not calibrated_on_adapter(served):
+        rules[Target.ONLINE] = frozen_rules[Target.ONLINE]
+        origins["online rule"] = f"{frozen_origin} (for adapters without a calibration of their own)"
     context = EstimationContext(
         served=with_frozen_line(served, frozen), frozen=frozen, flips=flips,
         spread_flips=served_file.flips_calibrations(spread=True) if served_file is not None else {},
-        adapter_calibrated=calibrated_on_adapter(served), origins=origins, rules=rules)
+        adapter_calibrated=calibrated_on_adapter(served), origins=origins, rules=rules,
+        served_is_frozen=provenance.adapter in ADAPTERS and not ADAPTERS.info(provenance.adapter).adapts)
     logger.info("estimation context: %s", context.describe())
     return context

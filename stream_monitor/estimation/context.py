@@ -34,7 +34,10 @@ class EstimationContext:
         origins: part ("served", "frozen", "flips") -> where it came from, for people.
         rules: target -> the headline rule learned on the meta-set (`headline.HeadlineRule`): the
             source target's from the frozen feed's calibration, the online target's from the
-            served adapter's; a target without one takes the fixed order and has no interval.
+            served adapter's, else the frozen file's rule for adapters it was not calibrated on;
+            a target without one takes the fixed order and has no interval.
+        served_is_frozen: the served model is the frozen model (the `source` adapter): the online
+            headline is the source headline, interval and support flag included.
     """
 
     served: FeedStats | None = None
@@ -44,15 +47,21 @@ class EstimationContext:
     adapter_calibrated: bool = False
     origins: Mapping[str, str] = field(default_factory=dict)
     rules: Mapping[Target, HeadlineRule] = field(default_factory=dict)
+    served_is_frozen: bool = False
 
     def stats(self, feed: Feed) -> FeedStats | None:
         return self.served if feed == Feed.SERVED else self.frozen
 
     @property
-    def anchor_slope(self) -> float | None:
-        """The slope of the frozen model's nuclear-norm line: the anchored estimate reads both
-        feeds' scores through it (`pipeline.derive`)."""
-        return self.frozen.nuclear_fit[0] if self.frozen is not None and self.frozen.nuclear_fit else None
+    def anchor_line(self) -> tuple[float, float] | None:
+        """(slope, intercept) that turn the feeds' nuclear-norm score gap into the accuracy gap
+        (`pipeline.derive`): the frozen file's `anchor_fit`, else (an older file) the slope of the
+        frozen model's nuclear-norm line with no intercept."""
+        if self.frozen is None:
+            return None
+        if self.frozen.anchor_fit is not None:
+            return self.frozen.anchor_fit
+        return (self.frozen.nuclear_fit[0], 0.0) if self.frozen.nuclear_fit else None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping: a run directory keeps the context it ran with (`from_dict`)."""
@@ -62,7 +71,8 @@ class EstimationContext:
         return {"served": self.served and asdict(self.served), "frozen": self.frozen and asdict(self.frozen),
                 "flips": fits(self.flips), "spread_flips": fits(self.spread_flips),
                 "adapter_calibrated": self.adapter_calibrated, "origins": dict(self.origins),
-                "rules": {str(target): rule.to_dict() for target, rule in self.rules.items()}}
+                "rules": {str(target): rule.to_dict() for target, rule in self.rules.items()},
+                "served_is_frozen": self.served_is_frozen}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EstimationContext":
@@ -74,7 +84,8 @@ class EstimationContext:
         return cls(served=stats_from_dict(data["served"]), frozen=stats_from_dict(data["frozen"]),
                    flips=fits(data["flips"]), spread_flips=fits(data["spread_flips"]),
                    adapter_calibrated=bool(data["adapter_calibrated"]), origins=dict(data["origins"]),
-                   rules={Target(t): HeadlineRule.from_dict(r) for t, r in (data.get("rules") or {}).items()})
+                   rules={Target(t): HeadlineRule.from_dict(r) for t, r in (data.get("rules") or {}).items()},
+                   served_is_frozen=bool(data.get("served_is_frozen", False)))
 
     def describe(self) -> str:
         """One line for people: where each part came from."""

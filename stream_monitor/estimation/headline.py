@@ -82,10 +82,13 @@ class HeadlineRule:
     support: Support | None
     coverage: float = COVERAGE
     widen: float = WIDEN
+    #: the feed whose Sentinel features are placed against the support (None: the target's own,
+    #: FEED_OF); the frozen file's rule for adapters without a calibration places the frozen feed
+    feed: Feed | None = None
 
     def distance(self, readings: Sequence[Reading]) -> float | None:
         """How far the window lies outside the support (None: no support or no features to tell)."""
-        sentinel = find(readings, "sentinel", FEED_OF[self.target])
+        sentinel = find(readings, "sentinel", self.feed or FEED_OF[self.target])
         if self.support is None or sentinel is None or sentinel.features is None:
             return None
         return self.support.distance(sentinel.features)
@@ -112,11 +115,12 @@ class HeadlineRule:
     def to_dict(self) -> dict[str, Any]:
         return {"target": str(self.target), "coverage": self.coverage, "widen": self.widen,
                 "support": self.support and self.support.to_dict(),
-                "inside": [c.__dict__ for c in self.inside], "outside": [c.__dict__ for c in self.outside]}
+                "inside": [c.__dict__ for c in self.inside], "outside": [c.__dict__ for c in self.outside],
+                **({"feed": str(self.feed)} if self.feed else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HeadlineRule":
         return cls(Target(data["target"]), tuple(Choice(**c) for c in data["inside"]),
                    tuple(Choice(**c) for c in data["outside"]),
                    Support.from_dict(data["support"]) if data.get("support") else None,
-                   float(data["coverage"]), float(data["widen"]))
+                   float(data["coverage"]), float(data["widen"]), Feed(data["feed"]) if data.get("feed") else None)

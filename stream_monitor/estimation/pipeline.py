@@ -9,14 +9,17 @@
    pipeline reads each one (`readings`): a `Reading` of the feed's accuracy, None where it is not
    computable. When the probe's flips arrive, Entropy Enigma's f turns them into two more readings
    of the source accuracy (`flips_readings`).
-3. **Anchored estimate** (`derive`). The online accuracy as the source headline plus the nuclear
-   norm's served-minus-frozen gap, both raw scores through the frozen model's line:
+3. **Anchored estimate** (`derive`). The online accuracy as the source headline plus the accuracy
+   gap that the nuclear norms' served-minus-frozen score gap maps to:
 
-       online = source headline + slope * (NN(served) - NN(frozen)).
+       online = source headline + slope * (NN(served) - NN(frozen)) + intercept,
 
-   Each feed's nuclear norm through its line is off by what the line gets wrong about the stream;
-   through one line the two share that error, so their difference keeps the adapter's effect.
-   This project's combination, not a published estimator (benchmarks/estimator_table.py).
+   (slope, intercept) fitted on the full-range meta-set's windows of every calibrated adapter
+   (the frozen file's `anchor_fit`; an older file: the frozen nuclear-norm line's slope, no
+   intercept). A straight line of accuracy against one feed's score is wrong by what the stream
+   does to that score; the gap of two feeds on the same images cancels most of it. This
+   project's combination, not a published estimator (docs/headline-rule.md measures it on
+   adapters the fit never saw).
 4. **Headlines** (`derive`). Per target, the headline rule learned on the full-range meta-set
    (`headline.HeadlineRule`, in the calibration file) picks the estimator by its held-out error
    in the window's region (inside or outside the calibration's support) and gives the 90%
@@ -33,6 +36,9 @@
    where there is one (both feeds through one line), else the online headline minus the frozen
    feed's reading of the same estimator where both go through one calibration (`source_paired`:
    the bias they share cancels), else the difference of the two headlines.
+6. **No adaptation** (the `source` adapter, `EstimationContext.served_is_frozen`): the served
+   model is the frozen one, so the online headline is the source headline (its interval and
+   support flag too) and the gap is zero.
 
 A live run and `stream-monitor eval`'s replay both end in `derive`; the replay starts from the
 recorded readings (`reread` makes the calibrated ones again when eval is given another
@@ -42,7 +48,7 @@ benchmarks/estimator_table.py measure them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -123,8 +129,12 @@ def derive(readings: Iterable[Reading], context: EstimationContext) -> WindowEst
     """The anchored estimate, the headlines and the gap of one window (steps 3-5 above); pure."""
     readings = [r for r in readings if r.estimator != ANCHORED]
     source, source_out = _headline(readings, Target.SOURCE, context)
-    anchored = _anchored(readings, source, context.anchor_slope)
+    anchored = _anchored(readings, source, context.anchor_line)
     readings.append(anchored)
+    if context.served_is_frozen:
+        online = None if source is None else replace(source, feed=Feed.SERVED, target=Target.ONLINE)
+        return WindowEstimate(tuple(readings), source, online, source and source.value,
+                              None if source is None else 0.0, source_out, source_out)
     online, online_out = _headline(readings, Target.ONLINE, context)
     paired = None
     if online is not None and not (context.adapter_calibrated and online.estimator in SERVED_CALIBRATED):
@@ -158,12 +168,12 @@ def _pick(readings: Sequence[Reading], target: Target, adapter_calibrated: bool,
     return next((found[name] for name in headline_order(target, adapter_calibrated) if name in found), None)
 
 
-def _anchored(readings: Sequence[Reading], source: Reading | None, slope: float | None) -> Reading:
+def _anchored(readings: Sequence[Reading], source: Reading | None, line: tuple[float, float] | None) -> Reading:
     served, frozen = (find(readings, "nuclear-norm", feed) for feed in (Feed.SERVED, Feed.FROZEN))
     value = None
-    if slope is not None and source is not None and served is not None and frozen is not None \
+    if line is not None and source is not None and served is not None and frozen is not None \
             and served.score is not None and frozen.score is not None:
-        value = float(np.clip(source.value + slope * (served.score - frozen.score), 0.0, 100.0))
+        value = float(np.clip(source.value + line[0] * (served.score - frozen.score) + line[1], 0.0, 100.0))
     return Reading(ANCHORED, Feed.SERVED, Target.ONLINE, value)
 
 

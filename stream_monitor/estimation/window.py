@@ -57,6 +57,10 @@ class FeedStats:
     # (errors, flagged): of the clean images the max-softmax ATC threshold flags, how many are wrong;
     # the risk test's precision lower bound pi_L (research/risk_monitoring.md 1.4). None: an older file
     flag_precision: tuple[int, int] | None = None
+    # the frozen feed's only: online minus source accuracy = slope * (NN served - NN frozen) + intercept,
+    # fitted on the meta-set windows of every calibrated adapter (the anchored estimate's map; None:
+    # an older file, whose anchored estimate uses the nuclear-norm line's slope)
+    anchor_fit: tuple[float, float] | None = None
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -397,7 +401,7 @@ def stats_from_dict(data: dict[str, Any] | None) -> FeedStats | None:
     if not data:
         return None
     data = dict(data)
-    for key in ("nuclear_fit", "flag_precision"):  # JSON lists
+    for key in ("nuclear_fit", "flag_precision", "anchor_fit"):  # JSON lists
         if data.get(key) is not None:
             data[key] = tuple(data[key])
     return FeedStats(**data)

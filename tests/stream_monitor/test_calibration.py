@@ -137,6 +137,12 @@ def test_the_shipped_embedded_calibration_matches_the_default_run():
     eta = context_of("adapter.name=eta")
     assert not eta.flips and eta.served.nuclear_fit == eta.frozen.nuclear_fit and not eta.adapter_calibrated
     assert eta.frozen == context.frozen and "served" not in eta.origins
+    # ... and the frozen file's online rule for adapters without their own: the anchored estimate,
+    # placed by the frozen feed's features, with the line fitted on the meta-set's adapters
+    assert eta.rules["online"].feed == "frozen" and eta.rules["online"].inside[0].estimator == "anchored-nuclear-norm"
+    assert "online rule" in eta.origins and eta.frozen.anchor_fit is not None and not eta.served_is_frozen
+    # the source adapter serves the frozen model itself
+    assert context_of("adapter.name=source").served_is_frozen and not context.served_is_frozen
     # tent ships its own (the full-range meta-set's rule included)
     tent = context_of("adapter.name=tent")
     assert tent.origins["served"].startswith("shipped embedded_resnet20_tent") and tent.adapter_calibrated

@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from stream_monitor.calibration.format import Calibration
-from stream_monitor.calibration.rule import HeldOut, family_report, fit_rule
+from stream_monitor.calibration.rule import (HeldOut, adapter_report, anchor_line, family_report, fit_rule,
+                                             fit_unseen_adapter_rule, point_gaps, unseen_adapter_readings,
+                                             window_gaps)
 from stream_monitor.estimation.context import EstimationContext
 from stream_monitor.estimation.headline import Choice, HeadlineRule, conformal_offsets
-from stream_monitor.estimation.pipeline import derive
+from stream_monitor.estimation.pipeline import ANCHORED, derive
+from stream_monitor.metaset import merge_windows
 from stream_monitor.estimation.readings import Feed, Reading, Target
 from stream_monitor.estimation.sentinel import SentinelRegressor, marginal_features, profile, window_features
 from stream_monitor.estimation.support import SUPPORT_FEATURES, Support
@@ -130,3 +134,75 @@ def test_the_rule_round_trips_through_a_calibration_file(tmp_path):
     assert len(support.low) == len(SUPPORT_FEATURES)
     context = EstimationContext(rules=loaded.headline_rules())
     assert EstimationContext.from_dict(context.to_dict()).rules == context.rules
+
+
+def metaset(rng: np.random.Generator, adapters: dict[str, float], families=("a", "b", "c", "d")) -> list[dict]:
+    """Meta-set windows whose served accuracy gap is `slope` x the nuclear-norm score gap (+ noise)."""
+    out = []
+    for family in families:
+        for k in range(12):
+            source, frozen_score = float(rng.uniform(20, 90)), float(rng.uniform(0.3, 0.9))
+            served = {}
+            for name, slope in adapters.items():
+                gap = float(rng.uniform(-0.1, 0.2))
+                served[name] = {"true_online_acc": source + slope * gap + rng.normal(0, 1.0),
+                                "readings": {"nuclear-norm": {"value": None, "score": frozen_score + gap}}}
+            out.append({"family": family, "domain": f"{family}:{k}", "window": 0, "true_source_acc": source,
+                        "frozen": {"nuclear-norm": {"value": None, "score": frozen_score}}, "served": served})
+    return out
+
+
+def source_held(windows: list[dict]) -> list[HeldOut]:
+    """A perfect held-out source Sentinel, inside the support."""
+    return [HeldOut(w["family"], w["domain"], w["true_source_acc"], {"sentinel": w["true_source_acc"]}, 0.0,
+                    extra={"window": w["window"]}) for w in windows]
+
+
+def test_the_anchor_line_is_fitted_on_every_adapters_gap():
+    windows = metaset(np.random.default_rng(0), {"x": 60.0, "y": 60.0})
+    gaps = window_gaps(windows)
+    assert len(gaps) == 2 * len(windows) and {g.adapter for g in gaps} == {"x", "y"}
+    slope, intercept = anchor_line(gaps)
+    assert slope == pytest.approx(60.0, abs=3.0) and intercept == pytest.approx(0.0, abs=1.0)
+    assert anchor_line(gaps[:2]) is None  # fewer than 3 gaps
+
+
+def long_stream_points(rng: np.random.Generator, slope: float, n: int = 30) -> list[dict]:
+    """An adapter calibration's points of long held-out streams (scores x100, as the files keep them)."""
+    out = []
+    for k in range(n):
+        source, frozen, gap = float(rng.uniform(20, 60)), float(rng.uniform(30, 90)), float(rng.uniform(0, 10))
+        out.append({"domain": f"heldout-ccc/s#{k}", "true_source_acc": source, "frozen_nuclear_score": frozen,
+                    "nuclear_norm_score": frozen + gap, "true_online_acc": source + slope * gap / 100.0,
+                    "frozen_sentinel_features": None})
+    return out + [{"domain": "metaset/a:0#window0", "true_source_acc": 50.0}]  # a meta-set point: not a stream's
+
+
+def test_unseen_adapter_readings_read_each_adapters_long_streams_through_a_line_that_never_saw_them():
+    rng = np.random.default_rng(2)
+    windows = metaset(rng, {"fresh": 60.0})
+    gaps = point_gaps(long_stream_points(rng, 60.0), "alike") + point_gaps(long_stream_points(rng, -200.0), "odd")
+    assert {g.family for g in gaps} == {"streams"} and len(gaps) == 60
+    held = unseen_adapter_readings(windows, source_held(windows), gaps, None)
+    assert {h.extra["adapter"] for h in held} == {"meta-set", "alike", "odd"}
+    error = {a: np.mean([abs(h.truth - h.values[ANCHORED]) for h in held if h.extra["adapter"] == a])
+             for a in ("alike", "odd")}
+    # "odd" loses accuracy as its score gap grows: a line that never saw it cannot know, and it shows
+    assert error["odd"] > 2 * error["alike"], error
+    rule = fit_unseen_adapter_rule(held, None)
+    assert rule.feed == Feed.FROZEN and [c.estimator for c in rule.inside] == [ANCHORED]
+    assert HeadlineRule.from_dict(rule.to_dict()) == rule
+    report = adapter_report(held, None)
+    assert [r["family"] for r in report][:2] == ["adapter alike (long streams)", "adapter odd (long streams)"]
+    assert {r["family"] for r in report[2:]} == {"meta-set a", "meta-set b", "meta-set c", "meta-set d"}
+
+
+def test_meta_set_files_merge_window_by_window():
+    rng = np.random.default_rng(3)
+    first = metaset(rng, {"x": 60.0})
+    second = [{**w, "served": {"y": w["served"]["x"]}} for w in first[:5]]
+    merged = merge_windows(first, second)
+    assert len(merged) == len(first) and set(merged[0]["served"]) == {"x", "y"} and set(merged[-1]["served"]) == {"x"}
+    assert set(first[0]["served"]) == {"x"}  # the inputs are not changed
+    with pytest.raises(ValueError, match="rebuild one of them"):
+        merge_windows(first, [{**first[0], "true_source_acc": first[0]["true_source_acc"] + 5}])

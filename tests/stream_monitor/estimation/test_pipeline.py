@@ -172,3 +172,26 @@ def test_flips_readings_and_reread_use_the_contexts_calibration():
     assert pipeline.flips_readings(5, 20.0, 200) == []  # no f at this cycle step
     recorded = [read("nuclear-norm", SERVED, None, score=0.5), read("average-confidence", FROZEN, 70.0)]
     assert [r.value for r in pipeline.reread(recorded)] == [pytest.approx(40.0), 70.0]
+
+
+def test_the_anchored_estimate_reads_the_gap_through_the_frozen_files_anchor_line():
+    anchored = EstimationContext(frozen=FeedStats(nuclear_fit=(1000.0, 0.0), anchor_fit=(60.0, -2.0)))
+    readings = [Reading("sentinel", Feed.FROZEN, Target.SOURCE, 40.0),
+                Reading("nuclear-norm", Feed.SERVED, Target.ONLINE, 0.0, score=0.6),
+                Reading("nuclear-norm", Feed.FROZEN, Target.SOURCE, 0.0, score=0.5)]
+    # the anchor line, not the (steep) nuclear-norm line: 40 + 60 * 0.1 - 2
+    assert derive(readings, anchored).online.value == pytest.approx(44.0)
+    assert anchored.anchor_line == (60.0, -2.0) and LINE.anchor_line == (50.0, 0.0)  # an older file: slope only
+    assert EstimationContext.from_dict(anchored.to_dict()).anchor_line == (60.0, -2.0)
+
+
+def test_a_model_that_does_not_adapt_reads_its_online_accuracy_as_its_source_accuracy():
+    context = EstimationContext(frozen=FeedStats(nuclear_fit=(50.0, 0.0)), served_is_frozen=True)
+    source = Reading("sentinel", Feed.FROZEN, Target.SOURCE, 62.0, interval=(55.0, 70.0))
+    estimate = derive([source, Reading("average-confidence", Feed.SERVED, Target.ONLINE, 90.0)], context)
+    assert estimate.online.value == 62.0 and estimate.online.interval == (55.0, 70.0)
+    assert estimate.online.target == Target.ONLINE and estimate.gap == 0.0
+    assert estimate.online_out_of_support == estimate.source_out_of_support
+    assert EstimationContext.from_dict(context.to_dict()).served_is_frozen
+    nothing = derive([Reading("average-confidence", Feed.SERVED, Target.ONLINE, 90.0)], context)
+    assert nothing.online is None and nothing.gap is None  # no source headline: no online one either
