@@ -18,11 +18,16 @@ crop, the shift, JPEG at quality 85) and image i is a pure function of (domain, 
 
 A domain ending in `/whole` skips the random resized crop: the whole glyph, as the embedded model
 was trained on it (the source domain itself, where the frozen model is most accurate).
+
+`ShiftedGlyphSource` renders the embedded glyphs; `ShiftedSource` shifts the images of any other
+source (a user's image folder, `stream-monitor calibrate --data`), one generator per image so image
+i is a pure function of (domain, i) whatever the slicing. Both go through `shift_images`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import jpeg_roundtrip, random_resized_crop_flip
-from .base import Batch, RenderedSource
+from .base import Batch, RenderedSource, StreamSource
 from .corruptions import HELD_OUT_CORRUPTIONS, get_corruption
 from .glyphs import CALIBRATION, NUM_CLASSES, GlyphDomain
 from .seeding import mix_seed
@@ -137,6 +142,69 @@ def _occlude(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tens
     return out
 
 
+def shift_images(images: torch.Tensor, shift: Shift, g: torch.Generator, profile: str, size: int) -> torch.Tensor:
+    """The stream's pipeline on uint8 (N, 3, H, W) images: flip + random resized crop to `size`
+    (unless the domain is `/whole`), the shift, JPEG at quality 85; uint8 (N, 3, size, size) out.
+    Every random draw comes from `g`, in that order."""
+    x = random_resized_crop_flip(images, g, size) if shift.crop else images.float() / 255.0
+    return jpeg_roundtrip(shift.apply(x, g, profile).clamp(0, 1))[0]
+
+
+class ShiftedSource:
+    """Implements `sources.base.StreamSource`: one meta-set domain (`parse_shift`) over the images
+    of any base source (e.g. `sources.imagefolder.ImageFolderSource`), labels kept.
+
+    Args:
+        base: the source whose images are shifted; its labels are the truth.
+        domain: `FAMILY:ARGS`, optionally ending in `/whole` (no random resized crop).
+        length: images of the domain; base positions [offset, offset + length) must exist.
+        profile: the corruption constants (`sources.factory.corruption_profile`): ``imagenet`` for
+            224 px images, ``embedded`` for 32 px.
+        seed: with the domain and the position, seeds each image's own generator.
+        offset: the base position of the domain's first image (domains can read different images).
+
+    Raises:
+        ValueError: the domain does not parse, or the base holds fewer than offset + length images.
+    """
+
+    def __init__(self, base: StreamSource, domain: str, length: int, profile: str = "imagenet", seed: int = 0,
+                 offset: int = 0) -> None:
+        self.shift = parse_shift(domain)
+        if base.length is not None and offset + length > base.length:
+            raise ValueError(f"{base.name!r} has {base.length} images; the domain {domain!r} needs positions "
+                             f"{offset} to {offset + length}: give the base source more passes or a shorter domain")
+        self.base, self.profile, self._offset, self._length = base, profile, offset, length
+        self.num_classes, self.image_size = base.num_classes, base.image_size
+        self._seed = mix_seed(seed, *domain.encode())
+
+    @property
+    def name(self) -> str:
+        return f"metaset/{self.base.name}/{self.shift.text}{'' if self.shift.crop else WHOLE}"
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def read(self, start: int, stop: int, batch_size: int = 64) -> Iterator[Batch]:
+        """Batches of [start, stop) in stream order; images the base could not read stay skipped."""
+        if not 0 <= start <= stop <= self._length:
+            raise ValueError(f"slice [{start}, {stop}) is outside {self.name!r} of {self._length} images")
+        for batch in self.base.read(self._offset + start, self._offset + stop, batch_size):
+            indices = batch.indices - self._offset
+            images = torch.from_numpy(batch.images)
+            # one generator per image: the same image whatever slice or batch size reads it
+            shifted = [shift_images(images[k:k + 1], self.shift, torch.Generator().manual_seed(mix_seed(self._seed, i)),
+                                    self.profile, self.image_size) for k, i in enumerate(indices.tolist())]
+            n = len(indices)
+            yield Batch(indices=indices, labels=batch.labels,
+                        images=torch.cat(shifted).numpy() if shifted else batch.images,
+                        noise_a=np.full(n, self.shift.family), severity_a=np.zeros(n, np.float32),
+                        noise_b=np.full(n, ""), severity_b=np.zeros(n, np.float32), skipped=batch.skipped)
+
+    def __repr__(self) -> str:
+        return f"ShiftedSource({self.base.name!r}, {self.shift.text!r}, {self._length} images)"
+
+
 class ShiftedGlyphSource(RenderedSource):
     """Implements `sources.base.StreamSource` for one meta-set domain (`parse_shift`)."""
 
@@ -167,8 +235,7 @@ class ShiftedGlyphSource(RenderedSource):
         for lo in range(first, last, UNIT):
             g = torch.Generator().manual_seed(mix_seed(self.domain.seed, self._offset, lo))
             unit = glyphs[lo - first:lo - first + UNIT]
-            x = random_resized_crop_flip(unit, g, self.image_size) if self.shift.crop else unit.float() / 255.0
-            units.append(jpeg_roundtrip(self.shift.apply(x, g, self.profile).clamp(0, 1))[0])
+            units.append(shift_images(unit, self.shift, g, self.profile, self.image_size))
         keep = slice(start - first, stop - first)
         n = stop - start
         return Batch(indices=np.arange(start, stop, dtype=np.int64), images=torch.cat(units)[keep].numpy(),

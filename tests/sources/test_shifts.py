@@ -33,3 +33,54 @@ def test_images_are_a_pure_function_of_domain_and_position():
     assert a.images.dtype == np.uint8 and a.images.shape == (32, 3, 32, 32)
     clean = ShiftedGlyphSource("clean", 256).render(64, 96)
     assert not np.array_equal(a.images, clean.images)  # the same glyph offsets differ by domain
+
+
+@pytest.mark.parametrize("domain, digest", [  # sha256 prefixes of images + labels before ShiftedSource existed
+    ("clean/whole", "4ddef738ce531e60"), ("mix:0.5:speckle_noise:5/whole", "5763801c30ccfacf"),
+    ("occlude:3", "9f38f3c9e9bf79a6"), ("compose:spatter:3+gaussian_blur:2", "e0812fba7a502b67"),
+    ("affine:3", "109dc1f51c74e86b"),
+])
+def test_the_embedded_meta_set_renders_the_same_images_as_before(domain, digest):
+    import hashlib
+
+    batch = ShiftedGlyphSource(domain, 512).render(64, 160)
+    assert hashlib.sha256(batch.images.tobytes() + batch.labels.tobytes()).hexdigest()[:16] == digest
+
+
+def folder_source(tmp_path, images: int = 24):
+    from stream_monitor.sources.imagefolder import ImageFolderSource
+    from tests.conftest import write_glyph_folder
+
+    return ImageFolderSource(write_glyph_folder(tmp_path / "val", images=images), image_size=32, resize=32,
+                             shuffle_seed=0)
+
+
+@pytest.mark.parametrize("domain", ["clean/whole", "occlude:3", "mix:0.5:speckle_noise:5/whole", "invert:5/whole"])
+def test_a_shift_of_any_source_keeps_its_labels_and_is_a_pure_function_of_domain_and_position(tmp_path, domain):
+    from stream_monitor.sources.shifts import ShiftedSource
+
+    base = folder_source(tmp_path)
+    source = ShiftedSource(base, domain, 20, profile="embedded", offset=2)
+    whole = list(source.read(0, 20, batch_size=8))
+    again = list(ShiftedSource(base, domain, 20, profile="embedded", offset=2).read(5, 13, batch_size=3))
+    images = np.concatenate([b.images for b in whole])
+    assert images.dtype == np.uint8 and images.shape == (20, 3, 32, 32)
+    assert np.concatenate([b.indices for b in whole]).tolist() == list(range(20))
+    np.testing.assert_array_equal(np.concatenate([b.images for b in again]), images[5:13])
+    labels = np.concatenate([b.labels for b in base.read(2, 22, 20)])
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in whole]), labels)  # the base's truth
+    assert set(np.concatenate([b.noise_a for b in whole])) == {parse_shift(domain).family}
+    original = np.concatenate([b.images for b in base.read(2, 22, 20)])
+    if domain == "invert:5/whole":  # a photographic negative, up to the JPEG round trip
+        assert np.abs(images.astype(int) - (255 - original.astype(int))).mean() < 10
+    elif domain != "clean/whole":
+        assert not np.array_equal(images, original)
+
+
+def test_a_shifted_source_refuses_a_domain_its_base_cannot_fill(tmp_path):
+    from stream_monitor.sources.shifts import ShiftedSource
+
+    with pytest.raises(ValueError, match="has 24 images; the domain 'clean' needs positions 10 to 40"):
+        ShiftedSource(folder_source(tmp_path), "clean", 30, offset=10)
+    with pytest.raises(ValueError, match="family must be one of"):
+        ShiftedSource(folder_source(tmp_path), "blur:3", 10)
