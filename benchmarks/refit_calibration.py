@@ -23,52 +23,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stream_monitor.calibration.fit import nuclear_line, sentinel_set
-from stream_monitor.calibration.format import FORMAT, Calibration
+from stream_monitor.calibration.format import Calibration
+from stream_monitor.calibration.fullrange import fit_full_range
+from stream_monitor.calibration.rule import Gap, point_gaps
 from stream_monitor.metaset import merge_windows, read_windows
-from stream_monitor.calibration.rule import (Gap, adapter_report, anchor_line, family_report, fit_rule,
-                                             fit_unseen_adapter_rule, held_out_readings, point_gaps,
-                                             unseen_adapter_readings, window_gaps, window_points)
-from stream_monitor.estimation.readings import Target
-from stream_monitor.estimation.support import Support
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def refit(old: dict, windows: list[dict], adapter: str | None, gaps: list[Gap] = ()) -> tuple[Calibration, list[dict]]:
-    points = [p for p in old["points"] if not str(p.get("domain", "")).startswith("metaset/")]
-    mine = window_points(windows, adapter)
-    everything = points + mine
-    data = {**old, "format": FORMAT, "points": everything}
-    data.setdefault("spread_fits", {})
-    data.setdefault("frozen_stats", None)
-    frozen = data["frozen_stats"] and {**data["frozen_stats"], "nuclear_fit": nuclear_line(everything, frozen=True),
-                                       "sentinel": sentinel_set(everything, frozen=True),
-                                       "anchor_fit": anchor_line([*window_gaps(windows), *gaps])}
-    served = data["served_stats"]
-    if adapter is not None and served is not None:
-        served = {**served, "nuclear_fit": nuclear_line(everything), "sentinel": sentinel_set(everything)}
-    data["frozen_stats"], data["served_stats"] = frozen, served
-    report, rules = [], {}
-    held_source = held_out_readings(windows, points, Target.SOURCE, frozen["sentinel"])
-    support = Support.of(frozen["sentinel"]["features"])
-    rules["source"] = fit_rule(held_source, Target.SOURCE, support).to_dict()
-    report += family_report(held_source, Target.SOURCE, support)
-    if adapter is None:
-        held_unseen = unseen_adapter_readings(windows, held_source, gaps, support)
-        if held_unseen:
-            rules["online"] = fit_unseen_adapter_rule(held_unseen, support).to_dict()
-            report += adapter_report(held_unseen, support)
-    else:
-        held_online = held_out_readings(windows, points, Target.ONLINE, served["sentinel"], adapter, held_source, gaps)
-        support = Support.of(served["sentinel"]["features"])
-        rules["online"] = fit_rule(held_online, Target.ONLINE, support).to_dict()
-        report += family_report(held_online, Target.ONLINE, support)
-    data["meta_windows"] = [{**w, "served": {a: s for a, s in w["served"].items() if a == adapter}} for w in windows]
-    data["rules"] = rules
-    data["fits"] = {int(k): v for k, v in data["fits"].items()}
-    data["spread_fits"] = {int(k): v for k, v in data["spread_fits"].items()}
-    return Calibration(**data), report
+    """`OLD.json`'s mapping with the meta-set and the rules (`calibration.fullrange.fit_full_range`)."""
+    fitted = fit_full_range(old, windows, adapter, gaps)
+    return fitted.calibration, fitted.report
 
 
 def main() -> int:
