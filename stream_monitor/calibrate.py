@@ -12,6 +12,9 @@ point: the weighted flips at a snapshot step and the frozen source model's accur
 window's images (labels of the meta-set, used only here). Per snapshot step a quadratic f is
 fitted (the paper's form), so any cadence of the cycle has its own f.
 
+With a meta-set (`calibrate_metaset.MetaSetOptions`) the file then gets the full-range meta-set
+and the learned headline rules (`calibrate_metaset.add_full_range`, docs/headline-rule.md).
+
 The calibration file records its provenance (model checksum, adapter and hyperparameters, probe
 size, cadence, domains); a run refuses a calibration made for another model or adapter.
 """
@@ -24,7 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -47,6 +50,9 @@ from .runtime.runner import run, with_overrides
 from .runtime.workers import AdapterWorker, SidekickWorker
 from .rundir import RunDirectory
 from .schedule import cycle_length, last_probe_step
+
+if TYPE_CHECKING:
+    from .calibrate_metaset import MetaSetOptions
 
 #: The meta-set: held-out corruptions at severities that span the embedded model's accuracy
 #: (speckle noise and gaussian blur fall from ~97% to ~13%; spatter and saturate stay high).
@@ -79,11 +85,13 @@ def meta_runs(domains: tuple[str, ...] = (), streams: tuple[str, ...] = (), cycl
 
 def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path | None = None,
               log: Callable[[str], None] = print, streams: tuple[str, ...] | None = None,
-              cycles: int = 2, clean_images: int = 2048) -> Calibration:
+              cycles: int = 2, clean_images: int = 2048, metaset: MetaSetOptions | None = None) -> Calibration:
     """Run the probe protocol on the meta-set and fit f per snapshot step (`cycles` 0: only the
     labelled statistics of the clean domain, in seconds; f and the nuclear-norm lines stay empty,
     and `stream-monitor eval --calibration` can add them to a run made with it). `clean_images`: how
     many clean images the labelled statistics (and the risk test's clean error and precision) read.
+    `metaset`: then the full-range meta-set and the headline rules (`calibrate_metaset`; not with
+    `cycles` 0); None: the file has no rules (a run headlines in the fixed order, without intervals).
 
     Two kinds of meta-set members, freely mixed:
     - held-out CCC streams (the default): the stream protocol itself, walked over the four held-out
@@ -112,7 +120,22 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
     steps = last_probe_step(cycle, config.probe.every)  # up to the cycle's last snapshot (the paper's 990 of 1,000)
     if steps == 0:
         raise ValueError(f"probe.every ({config.probe.every}) leaves no snapshot inside a cycle of {cycle} steps")
+    if metaset is not None and cycles:
+        metaset.resolved(folder)  # every meta-set option valid before anything runs
+        if metaset.too_few(folder):
+            log(f"note: {metaset.too_few(folder)}")
     scratch = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="sm-calibrate-"))
+    try:
+        return _calibrate(config, members, description, cycle, steps, scratch, log, clean_images,
+                          metaset if cycles else None)
+    finally:
+        if work_dir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _calibrate(config: RunConfig, members: list[MetaRun], description, cycle: int, steps: int, scratch: Path,
+               log: Callable[[str], None], clean_images: int, metaset: MetaSetOptions | None) -> Calibration:
+    """The probe runs, the clean statistics, and (`metaset`) the full-range meta-set, in `scratch`."""
     points: list[dict[str, Any]] = []
     for k, member in enumerate(members):
         started = time.perf_counter()
@@ -136,8 +159,6 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
                           f"spread {p['spread_weighted_flips'] or 0:.1f}" for p in last)
         log(f"[{k + 1}/{len(members)}] {member.label:<18} at step {steps}: {shown}  "
             f"({time.perf_counter() - started:.0f} s)")
-    if work_dir is None:
-        shutil.rmtree(scratch, ignore_errors=True)
     stats, frozen = source_statistics(config, points, clean_images)
     for who, st in (("served adapter", stats), ("frozen model", frozen)):
         sentinel = st.sentinel or {}
@@ -149,10 +170,16 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
     provenance = Provenance(model=description.model_name, model_sha256=description.model_sha256,
                             adapter=config.adapter.name, hyperparameters=description.hyperparameters,
                             probe_size=config.probe.size, cycle=cycle)
-    return Calibration(**asdict(provenance), probe_every=config.probe.every, domains=[m.label for m in members],
-                       points=points, fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
-                       served_stats=_as_json(asdict(stats)), frozen_stats=_as_json(asdict(frozen)),
-                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    calibration = Calibration(
+        **asdict(provenance), probe_every=config.probe.every, domains=[m.label for m in members], points=points,
+        fits=fit_flips(points), spread_fits=fit_flips(points, "spread_weighted_flips"),
+        served_stats=_as_json(asdict(stats)), frozen_stats=_as_json(asdict(frozen)),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if metaset is None:
+        return calibration
+    from .calibrate_metaset import add_full_range
+
+    return add_full_range(calibration, config, metaset, scratch, log).calibration
 
 
 def meta_points(run_dir: Path, label: str, fixed: bool) -> list[dict[str, Any]]:

@@ -376,14 +376,25 @@ def calibrate(
                                                         "(e.g. in parallel) into --out instead of running.")] = None,
     data: Annotated[Optional[str], typer.Option(help="An ImageFolder of the model's classes (e.g. ImageNet val) "
                                                 "as the meta-set's images instead of the embedded glyphs.")] = None,
+    metaset_domains: Annotated[Optional[str], typer.Option(
+        help="Comma-separated domains of the full-range meta-set, FAMILY:ARGS (clean, heldout:speckle_noise:3, "
+             "compose:spatter:3+gaussian_blur:2, mix:0.5:speckle_noise:5, affine:3, invert:2, occlude:3; /whole: "
+             "no random crop); default: 27 domains of the glyphs, 25 of an image folder.")] = None,
+    metaset_windows: Annotated[int, typer.Option(help="Windows per meta-set domain.")] = 3,
+    metaset_window_images: Annotated[int, typer.Option(help="Images per meta-set window.")] = 512,
+    no_metaset: Annotated[bool, typer.Option("--no-metaset", help="Skip the full-range meta-set: no headline "
+                                             "rules, no intervals (runs headline in the fixed order).")] = False,
 ) -> None:
-    """Fit weighted flips -> source accuracy (Entropy Enigma's f) on the held-out meta-set.
+    """Fit weighted flips -> source accuracy (Entropy Enigma's f) on the held-out meta-set, then the
+    headline rules and their 90% intervals on the full-range meta-set.
 
     Runs the run's probe protocol with its model, adapter and cadence on held-out CCC streams
-    and/or fixed domains (never the stream's 15 corruptions); use the file with
-    --set estimation.calibration=FILE.
+    and/or fixed domains (never the stream's 15 corruptions), then reads the full-range meta-set
+    (shifted glyphs, or shifted images of --data) with the frozen model and the adapter and learns
+    the headline rules (docs/headline-rule.md); use the file with --set estimation.calibration=FILE.
     """
     from .calibrate import calibrate as fit, default_streams
+    from .calibrate_metaset import MetaSetOptions
     from .calibration import Calibration, CalibrationMismatch, merge as merge_all
     from .config import ConfigError, load_config
     from .models import WeightsError
@@ -412,8 +423,13 @@ def calibrate(
                 CCCSpec.parse(stream, pool="heldout")
             if cycles < 0:
                 raise ValueError(f"--cycles must be 0 (statistics only) or more, got {cycles}")
+            metaset = None if no_metaset or cycles == 0 else MetaSetOptions(
+                tuple(d.strip() for d in metaset_domains.split(",") if d.strip()) if metaset_domains else (),
+                metaset_windows, metaset_window_images)
+            if metaset is not None:
+                metaset.resolved(cfg.source.data)
             result = fit(cfg, fixed, keep, log=lambda m: console.print(m, highlight=False), streams=walked,
-                         cycles=cycles)
+                         cycles=cycles, metaset=metaset)
     except (ConfigError, ValueError, FileNotFoundError, WeightsError, CalibrationMismatch) as error:
         _fail(str(error))
     chosen = result.domains
@@ -427,6 +443,8 @@ def calibrate(
                       f"{fit_['range'][0]:.1f}-{fit_['range'][1]:.1f}",
                       f"{fit_['rmse']:.2f}")
     console.print(table)
+    rules = ", ".join(result.rules) or "none (no full-range meta-set: the fixed order headlines, without intervals)"
+    console.print(f"headline rules: {rules}; {len(result.meta_windows)} meta-set windows", highlight=False)
     console.print(f"calibration: {path}  (use with --set estimation.calibration={path})", highlight=False)
 
 

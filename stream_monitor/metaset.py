@@ -3,7 +3,8 @@ with every registered estimator's reading on both feeds and the labelled truth, 
 family it came from so fitting can hold whole families out.
 
 Every domain (`sources.shifts`) is read as `windows` consecutive windows of `window_images`
-images. The frozen model scores every image (the frozen feed); each adapter starts fresh at the
+images, of the embedded glyphs' calibration range or (`MetaSetBuild.data`) of a user's labelled
+image folder, each domain from its own stretch of the shuffled folder (`FOLDER_DOMAINS`). The frozen model scores every image (the frozen feed); each adapter starts fresh at the
 domain's first image and adapts through its windows (the served feed), so its later windows are
 read from an adapted model. The readings come from the run's own `EstimationPipeline` with the
 shipped calibrations' labelled statistics, so a meta-set window is what a probe window of that
@@ -24,14 +25,17 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from stream_monitor.sources.shifts import ShiftedGlyphSource, parse_shift
+from stream_monitor.sources.base import StreamSource
+from stream_monitor.sources.seeding import mix_seed
+from stream_monitor.sources.shifts import ShiftedGlyphSource, ShiftedSource, parse_shift
 
 from .estimation.context import EstimationContext
 from .estimation.pipeline import EstimationPipeline
 from .estimation.readings import Feed
 from .estimation.window import FeedStats, with_frozen_line
 
-__all__ = ["DEFAULT_DOMAINS", "MetaSetBuild", "build", "family_of", "read_windows"]
+__all__ = ["DEFAULT_DOMAINS", "FOLDER_DOMAINS", "MetaSetBuild", "build", "default_domains", "domain_source",
+           "family_of", "read_windows"]
 
 #: The default full-range meta-set of the embedded glyphs (accuracy of the frozen model from 98%,
 #: the source domain, to chance): 7 families, none of them the stream's 15 corruptions.
@@ -48,6 +52,43 @@ DEFAULT_DOMAINS = (
     "occlude:1/whole", "occlude:3/whole", "occlude:4",
 )
 
+#: The full-range meta-set of a user's image folder (`stream-monitor calibrate --data`): the same
+#: seven families, mostly on the whole evaluation-transformed image (`/whole`, as the model is
+#: evaluated; a random resized crop of an already centre-cropped photo is a far harder domain).
+FOLDER_DOMAINS = (
+    "clean/whole", "clean",
+    "heldout:speckle_noise:1/whole", "heldout:speckle_noise:3/whole", "heldout:speckle_noise:5/whole",
+    "heldout:gaussian_blur:1/whole", "heldout:gaussian_blur:3/whole", "heldout:gaussian_blur:5/whole",
+    "heldout:spatter:2/whole", "heldout:spatter:5/whole", "heldout:saturate:3/whole",
+    "compose:spatter:3+gaussian_blur:2/whole", "compose:gaussian_blur:1+speckle_noise:4/whole",
+    "mix:0.25:gaussian_blur:5/whole", "mix:0.5:speckle_noise:5/whole", "mix:0.75:gaussian_blur:5/whole",
+    "affine:1/whole", "affine:3/whole", "affine:5/whole",
+    "invert:1/whole", "invert:2/whole", "invert:5/whole",
+    "occlude:1/whole", "occlude:3/whole", "occlude:4/whole",
+)
+
+
+def default_domains(data: str | Path | None) -> tuple[str, ...]:
+    """The default meta-set for the embedded glyphs (`data` None) or an image folder."""
+    return DEFAULT_DOMAINS if data is None else FOLDER_DOMAINS
+
+
+def domain_source(domain: str, length: int, model, data: str | Path | None = None, seed: int = 0) -> StreamSource:
+    """One meta-set domain of `length` images: rendered glyphs, or `data`'s images (an ImageFolder of
+    the model's classes, labelled by sorted class folder as `sources.heldout.HeldOutFolderSource`
+    labels them), resized and centre-cropped as `model` is evaluated, with the model's corruption
+    constants. Each domain reads the shuffled folder from its own offset, so the domains of a small
+    folder do not all start with the same images."""
+    if data is None:
+        return ShiftedGlyphSource(domain, length, image_size=model.image_size)
+    from stream_monitor.sources.factory import corruption_profile
+    from stream_monitor.sources.imagefolder import ImageFolderSource
+
+    base = ImageFolderSource(data, image_size=model.image_size, resize=model.resize_size, shuffle_seed=seed)
+    offset = mix_seed(7, *domain.encode()) % len(base.samples)
+    base.passes = -(-(offset + length) // len(base.samples))  # as many passes as the domain reaches
+    return ShiftedSource(base, domain, length, profile=corruption_profile(model), seed=seed, offset=offset)
+
 
 def family_of(domain: str) -> str:
     """A domain's shift family (what leave-one-family-out holds out)."""
@@ -57,7 +98,8 @@ def family_of(domain: str) -> str:
 @dataclass(frozen=True)
 class MetaSetBuild:
     """What one build reads: the domains, the window size, and per adapter the served feed's
-    labelled statistics (its calibration's; the frozen feed's are `frozen`)."""
+    labelled statistics (its calibration's; the frozen feed's are `frozen`); `data`: an image
+    folder whose images the domains shift (None: the embedded glyphs)."""
 
     domains: tuple[str, ...]
     adapters: dict[str, FeedStats | None]
@@ -65,6 +107,7 @@ class MetaSetBuild:
     windows: int = 4
     window_images: int = 512
     batch_size: int = 64
+    data: str | None = None
 
 
 def read_windows(path: Path) -> list[dict[str, Any]]:
@@ -122,7 +165,7 @@ def build(spec: MetaSetBuild, config, out: Path, log: Callable[[str], None] = pr
         if all((domain, i) in done for i in range(spec.windows)):
             continue
         started = time.perf_counter()
-        source = ShiftedGlyphSource(domain, spec.windows * spec.window_images, image_size=model.image_size)
+        source = domain_source(domain, spec.windows * spec.window_images, model, spec.data)
         workers = {name: AdapterWorker(with_overrides(config, adapter={"name": name})) for name in spec.adapters}
         pipelines = {name: EstimationPipeline(EstimationContext(served=with_frozen_line(stats, spec.frozen),
                                                                 frozen=spec.frozen), model.num_classes)
@@ -132,21 +175,22 @@ def build(spec: MetaSetBuild, config, out: Path, log: Callable[[str], None] = pr
             for pipeline in (*pipelines.values(), frozen_only):
                 pipeline.reset()
             correct = {name: 0 for name in spec.adapters}
-            frozen_correct = 0
+            frozen_correct = n = 0
             lo = i * spec.window_images
-            for start in range(lo, lo + spec.window_images, spec.batch_size):
-                batch = source.render(start, start + spec.batch_size)
+            for batch in source.read(lo, lo + spec.window_images, spec.batch_size):
+                if not len(batch):
+                    continue  # every image of the slice unreadable (an image folder's bad files)
+                n += len(batch)
                 frozen = model.probabilities(torch.from_numpy(batch.images))
                 frozen_correct += int((frozen.argmax(1) == batch.labels).sum())
                 frozen_only.observe(Feed.FROZEN, frozen)
-                images = Images(start, start + spec.batch_size, batch.indices, batch.images)
+                images = Images(int(batch.indices[0]), int(batch.indices[-1]) + 1, batch.indices, batch.images)
                 for name, worker in workers.items():
                     served = worker.step(images).probabilities
                     correct[name] += int((served.argmax(1) == batch.labels).sum())
                     pipelines[name].observe(Feed.SERVED, served)
-            if (domain, i) in done:
-                continue  # the adapters had to pass through it to reach the next window
-            n = spec.window_images
+            if (domain, i) in done or not n:
+                continue  # done: the adapters had to pass through it to reach the next window
             window = {"family": family_of(domain), "domain": domain, "window": i, "images": n,
                       "true_source_acc": 100.0 * frozen_correct / n,
                       "frozen": _reading_dict(r for r in frozen_only.readings() if r.feed == Feed.FROZEN),

@@ -317,3 +317,47 @@ def test_the_shipped_rules_read_the_models_own_clean_glyphs_as_accurate():
     low, high = estimate.source.interval
     assert low <= truth <= high
     assert abs(estimate.online.value - truth) < 8.0
+
+
+@pytest.mark.slow
+def test_calibrate_on_an_image_folder_learns_the_headline_rules_on_its_full_range_meta_set(tmp_path):
+    from stream_monitor.calibrate_metaset import MetaSetOptions
+    from stream_monitor.estimation.readings import Feed, Target
+    from tests.conftest import write_glyph_folder
+
+    root = write_glyph_folder(tmp_path / "val", images=48)
+    cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01", f"source.data={root}"])
+    metaset = MetaSetOptions(("clean/whole", "heldout:speckle_noise:5/whole", "occlude:4/whole"), windows=7,
+                             window_images=32)
+    cal = calibrate(cfg, ("clean", "speckle_noise:5", "gaussian_blur:5", "saturate:3"), tmp_path / "work",
+                    log=lambda m: None, metaset=metaset)
+    assert set(cal.rules) == {"source", "online"} and len(cal.meta_windows) == 21
+    assert {w["family"] for w in cal.meta_windows} == {"clean", "heldout", "occlude"}
+    assert all(set(w["served"]) == {"tent"} for w in cal.meta_windows)
+    by = {w["domain"]: w["true_source_acc"] for w in cal.meta_windows}
+    assert by["clean/whole"] > 80 and by["heldout:speckle_noise:5/whole"] < by["clean/whole"] - 30
+    source = cal.headline_rules()[Target.SOURCE]
+    assert cal.frozen_stats["anchor_fit"] is not None and (source.inside or source.outside)  # 21 windows: ranked
+    assert len((tmp_path / "work" / "metaset.jsonl").read_text().splitlines()) == 21  # what a rerun resumes from
+    path = cal.save(tmp_path / "cal.json")
+    provenance = Provenance(**{k: getattr(cal, k) for k in ("model", "model_sha256", "adapter", "hyperparameters",
+                                                             "probe_size", "cycle")})
+    context = resolve_context(load_config(None, [*TINY, "adapter.name=tent", f"estimation.calibration={path}"]),
+                              provenance)
+    assert context.rules == Calibration.load(path).headline_rules()
+    assert context.rules[Target.ONLINE].feed != Feed.FROZEN  # tent's own rule, not the frozen file's
+
+
+def test_calibrate_refuses_a_bad_meta_set_domain_before_it_writes_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from stream_monitor.cli import app
+
+    out = tmp_path / "cal.json"
+    result = CliRunner().invoke(app, ["calibrate", "--metaset-domains", "clean,blur:3", "--out", str(out),
+                                      "--domains", "clean"])
+    assert result.exit_code == 2 and not out.exists()
+    assert "family must be one of clean, heldout, compose, mix, affine, invert, occlude" in result.output
+    assert "heldout:speckle_noise:3" in result.output  # an example of the valid forms
+    result = CliRunner().invoke(app, ["calibrate", "--metaset-window-images", "8", "--out", str(out)])
+    assert result.exit_code == 2 and "at least 32" in result.output and not out.exists()
