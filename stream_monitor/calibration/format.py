@@ -123,8 +123,8 @@ class Calibration:
             found = data.get("format") if isinstance(data, dict) else None
             lacks = f" (it lacks {OLDER[found]})" if found in OLDER else ""
             raise ValueError(f"Calibration file {path} has format {found}{lacks}; this version reads format {FORMAT}. "
-                             f"Make it again with `stream-monitor calibrate`, then add the full-range meta-set "
-                             f"with `python benchmarks/refit_calibration.py`.")
+                             f"Make it again with `stream-monitor calibrate` (which adds the full-range meta-set and the "
+                             f"rules), or add them to it with `python benchmarks/refit_calibration.py`.")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
