@@ -371,7 +371,9 @@ def _warning_line(w: Any) -> Text:
 class ThroughputPanel:
     """Progress over the run's stream span, img/s, ETA, and the latest step and probe readouts."""
 
-    rows = 9
+    #: the progress bar and at most nine readouts (the last: which estimator each headline comes
+    #: from, its interval and the out-of-support flag, which a shorter panel cut off)
+    rows = 10
 
     def __init__(self, state: DashboardState) -> None:
         self.state = state
@@ -385,7 +387,7 @@ class ThroughputPanel:
                     Text(f"{100 * fraction:5.1f}%" if fraction is not None else "  ...", style="bold"))
         yield bar
         grid = Table.grid(padding=(0, 1))
-        grid.add_column(style="dim", no_wrap=True, min_width=7)
+        grid.add_column(style="dim", no_wrap=True, min_width=9)
         grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
         grid.add_row("images", _line((f"{state.done:,}", "bold"), f" / {total:,}" if total else "",
                                      f" · {state.skipped:,} skipped"))
@@ -422,10 +424,11 @@ class ThroughputPanel:
                        for target, method, interval in
                        (("source", probe.est_source_method, probe.source_interval),
                         ("online", probe.est_online_method, probe.online_interval)) if method]
-            if methods:  # which estimator each headline comes from, with its 90% interval (estimation/headline.py)
-                grid.add_row("estimates", _line((" · ".join(methods), "dim"),
-                                                *([" · ", (f"out of support: {', '.join(probe.out_of_support)}",
-                                                           "bold yellow")] if probe.out_of_support else [])))
+            if methods:  # which estimator each headline comes from, with its 90% interval (estimation/headline.py);
+                # the support flag first, so a narrow panel cuts the method names, not the warning
+                grid.add_row("estimates", _line(*([(f"out of support: {', '.join(probe.out_of_support)}", "bold yellow"),
+                                                   " · "] if probe.out_of_support else []),
+                                                (" · ".join(methods), "dim")))
         yield grid
 
 

@@ -416,3 +416,13 @@ def test_the_fused_warning_is_the_title_and_each_detectors_evidence_one_line():
     text = render(WarningsPanel(state), width=120)
     assert "COLLAPSE WARNING (entropy-ema)" in text
     assert text.count("low") == 1  # the detector's line; the fused warning's own text would repeat it
+
+
+def test_the_whole_dashboard_keeps_the_estimates_row_of_a_labelled_stream():
+    # every readout of the throughput panel (a labelled stream's truth and domain included) fits
+    # the size the layout gives it: the headline methods and the support flag are its last row
+    stepped = running_state().apply_step(step_row(50, 125.0) | {"noise_a": "fog", "severity_a": 3.0})
+    flagged = stepped.apply_probe(probe_row(60, est_online_method="atc-ne", est_online_lo=51.0,
+                                            est_online_hi=95.0, est_online_out_of_support=True))
+    text = render(DashboardView(flagged), width=160, height=42)
+    assert "fog 3" in text and "online by atc-ne [51, 95]" in text and "out of support: online" in text
