@@ -5,16 +5,16 @@ windows is fitted again without F's windows (the Sentinel's regressor, with the 
 regressor kind of the full fit; the nuclear-norm line; the support), and F's windows are read
 through them: their held-out readings (`HeldOut`). Estimators that need no meta-set map keep the
 values they recorded. The anchored online estimate is measured with the held-out frozen-feed
-Sentinel as its source headline and the anchor line (`anchor_line`) fitted without the family. The rule (`estimation.headline.HeadlineRule`) is then fitted on
-the held-out readings of all families; `family_report` fits it again without each family and
+Sentinel as its source headline and the anchor line (`anchor_line`) fitted without the family.
+The rule (`estimation.headline.HeadlineRule`) is then fitted on the held-out readings of all families; `family_report` fits it again without each family and
 measures its headline error and interval coverage on that family, so the reported figures are on
 shifts neither the maps nor the rule saw.
 
 Adapters without a calibration of their own get the frozen file's online rule
-(`fit_unseen_adapter_rule`): the anchored estimate, its residuals measured on each calibrated
-adapter's windows with the anchor line fitted on the other adapters' windows of the other families
-(`unseen_adapter_readings`), so its interval is measured on adapters and shifts the fit never saw;
-`adapter_report` fits the rule without each adapter and scores it on that adapter.
+(`fit_unseen_adapter_rule`): the anchored estimate, its residuals from meta-set windows read
+through a line fitted without their family and from each adapter's long held-out streams read
+through a line fitted without that adapter's (`unseen_adapter_readings`); `adapter_report` fits
+the rule again without each part and scores it there.
 """
 
 from __future__ import annotations
@@ -180,6 +180,7 @@ def held_out_readings(windows: Sequence[dict[str, Any]], points: Sequence[dict[s
     """
     frozen = target == Target.SOURCE
     all_points = list(points) + window_points(windows, adapter)
+    all_gaps = [] if frozen else [*window_gaps(windows), *gaps]
     source_by = {(h.domain, h.extra["window"]): h for h in source or ()}
     out = []
     for family in sorted({w["family"] for w in windows}):
@@ -192,7 +193,7 @@ def held_out_readings(windows: Sequence[dict[str, Any]], points: Sequence[dict[s
                                            "sidekick": None})
         support = Support.of(x) if x else None
         line = _line(train, frozen)
-        anchor = None if frozen else anchor_line([g for g in [*window_gaps(windows), *gaps] if g.family != family])
+        anchor = None if frozen else anchor_line([g for g in all_gaps if g.family != family])
         for w in (w for w in windows if w["family"] == family):
             readings, truth = _feed(w, target, adapter)
             values = {name: r["value"] for name, r in readings.items()

@@ -14,9 +14,9 @@
 
        online = source headline + slope * (NN(served) - NN(frozen)) + intercept,
 
-   (slope, intercept) fitted on the full-range meta-set's windows of every calibrated adapter
-   (the frozen file's `anchor_fit`; an older file: the frozen nuclear-norm line's slope, no
-   intercept). A straight line of accuracy against one feed's score is wrong by what the stream
+   (slope, intercept) fitted on the full-range meta-set's windows of every adapter it holds and
+   on the long held-out streams of the shipped adapter calibrations (the frozen file's
+   `anchor_fit`; an older file: the frozen nuclear-norm line's slope, no intercept). A straight line of accuracy against one feed's score is wrong by what the stream
    does to that score; the gap of two feeds on the same images cancels most of it. This
    project's combination, not a published estimator (docs/headline-rule.md measures it on
    adapters the fit never saw).
