@@ -143,6 +143,22 @@ def merge_windows(*files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
+def union_windows(*files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every window of several builds, once: a window in more than one file (the same domain and
+    window number) has the served feeds of all of them (`merge_windows`' check); the others are
+    kept as they are, in the order first seen.
+
+    Raises:
+        ValueError: two files disagree on a window's true source accuracy (not the same images).
+    """
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    for windows in files:
+        for w in windows:
+            key = (w["domain"], w["window"])
+            seen[key] = merge_windows([seen[key]], [w])[0] if key in seen else {**w, "served": dict(w["served"])}
+    return list(seen.values())
+
+
 def _reading_dict(readings: Iterable) -> dict[str, dict[str, Any]]:
     return {r.estimator: {"value": r.value, "score": r.score,
                           "features": None if r.features is None else list(r.features)} for r in readings}

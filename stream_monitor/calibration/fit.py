@@ -20,7 +20,36 @@ __all__ = ["fit_flips", "merge", "nuclear_line", "sentinel_set"]
 
 def merge(calibrations: list[Calibration]) -> Calibration:
     """One calibration from several made on disjoint domains with the same provenance (e.g. in
-    parallel processes): the points together, f and the nuclear-norm line fitted again."""
+    parallel processes): the points together, f and the nuclear-norm line fitted again, and where
+    the files have a full-range meta-set, its windows together and the headline rules learned again
+    on everything (`fullrange.fit_full_range`), so that no rule of one file outlives the merge.
+
+    Raises:
+        CalibrationMismatch: the files differ in model, adapter or hyperparameters.
+        ValueError: two files disagree on a meta-set window's images, or they are the frozen
+            model's files with rules: the rule of adapters without a calibration is measured on
+            other adapters' readings, which the file does not keep, so it cannot be learned again.
+    """
+    merged = _merge_points(calibrations)
+    if not any(c.rules or c.meta_windows for c in calibrations):
+        return merged
+    # a cycle otherwise: fullrange fits its lines with this module's functions
+    from ..metaset import union_windows
+    from .fullrange import fit_full_range
+    from .rule import point_gaps
+
+    windows = union_windows(*(c.meta_windows for c in calibrations))
+    adapter = merged.adapter
+    if not windows or any(adapter not in w["served"] for w in windows):
+        raise ValueError("These calibration files are the frozen model's (their meta-set keeps no served readings): "
+                         "the rule for adapters without a calibration cannot be learned again from them. Make "
+                         "one file with `stream-monitor calibrate --set adapter.name=source` instead of merging.")
+    return fit_full_range(merged, windows, adapter, point_gaps(merged.points, adapter)).calibration
+
+
+def _merge_points(calibrations: list[Calibration]) -> Calibration:
+    """The files' points together, with f, the nuclear-norm lines and the Sentinels fitted again;
+    the rest (statistics, rules) from the first file."""
     first = calibrations[0]
     provenance = Provenance(**{k: getattr(first, k) for k in PROVENANCE_KEYS})
     for other in calibrations[1:]:

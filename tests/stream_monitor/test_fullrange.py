@@ -125,3 +125,43 @@ def test_a_meta_set_without_the_files_adapter_or_without_windows_is_refused():
         fit_full_range(calibration(), windows, "tent")
     with pytest.raises(ValueError, match="has no window: build it first"):
         fit_full_range(calibration(), [], "x")
+
+
+def rounded(value):
+    """`value` with every float rounded to 6 decimals, for comparing fits made in another order."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    return value
+
+
+def test_a_merge_learns_the_rules_again_on_every_files_meta_set_windows():
+    from dataclasses import replace
+
+    from stream_monitor.calibration import merge
+
+    rng = np.random.default_rng(3)
+    windows, streams = metaset(rng, adapters=("x",)), long_streams(rng)
+    halves = windows[::2], windows[1::2]
+    files = [fit_full_range(replace(calibration(), points=part), half, "x", point_gaps(part, "x")).calibration
+             for part, half in zip((streams[:10], streams[10:]), halves)]
+    merged = merge(files)
+    whole = fit_full_range(replace(calibration(), points=streams), windows, "x", point_gaps(streams, "x")).calibration
+    assert len(merged.meta_windows) == len(windows)
+    # learned again on every window (equal to float rounding: the points come in another order)
+    assert rounded(merged.rules) == rounded(whole.rules) and rounded(merged.rules) != rounded(files[0].rules)
+    assert merged.frozen_stats["anchor_fit"] == pytest.approx(whole.frozen_stats["anchor_fit"])
+    # a window both files have is read once
+    assert len(merge([files[0], files[0]]).meta_windows) == len(halves[0])
+
+
+def test_the_frozen_models_files_with_rules_are_not_merged():
+    from stream_monitor.calibration import merge
+
+    rng = np.random.default_rng(4)
+    frozen = fit_full_range(calibration("source"), metaset(rng), None).calibration
+    with pytest.raises(ValueError, match="cannot be learned again"):
+        merge([frozen, frozen])
