@@ -56,10 +56,11 @@ class Case:
     lr: float | None      # None: the method's default (the paper's)
     baseline: int
     collapsing: bool      # expected to collapse (events are still labelled from the truth, not from this)
+    seed: int = 43
 
     @property
     def stream(self) -> str:
-        return f"baseline_{self.baseline}_transition+speed_1000_seed_43"
+        return f"baseline_{self.baseline}_transition+speed_1000_seed_{self.seed}"
 
 
 CASES = (
@@ -76,6 +77,22 @@ CASES = (
     Case("source-b40", "source", None, 40, False),
     Case("tent-b0", "tent", None, 0, False),              # the paper's lr
 )
+
+#: The development set (`--set dev`): other CCC seeds, learning rates and adapters than `CASES`, for
+#: designing a detector before it is scored once on `CASES`. Nothing here is in the benchmark's table.
+DEV_CASES = (
+    Case("tent-lr1-b20-s44", "tent", 1.0, 20, True, 44),
+    Case("tent-lr3-b40-s44", "tent", 3.0, 40, True, 44),
+    Case("eta-lr3-b40-s44", "eta", 3.0, 40, True, 44),
+    Case("tent-lr0.1-b40-s44", "tent", 0.1, 40, True, 44),
+    Case("rdumb-b20-s44", "rdumb", None, 20, False, 44),
+    Case("norm-b40-s44", "norm", None, 40, False, 44),
+    Case("tent-b40-s44", "tent", None, 40, False, 44),
+    Case("eta-b20-s44", "eta", None, 20, False, 44),
+    Case("eata-b40-s44", "eata", None, 40, False, 44),
+    Case("source-b20-s44", "source", None, 20, False, 44),
+)
+CASE_SETS = {"benchmark": CASES, "dev": DEV_CASES}
 
 
 # ---- scoring (pure functions over rows and intervals; tests/benchmarks/test_collapse_warnings.py) ----
@@ -377,7 +394,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, in processes")
     parser.add_argument("--reset", action="store_true", help="also the runs with estimation.reset_on_warning")
     parser.add_argument("--score-only", action="store_true", help="score the finished runs, run nothing")
-    parser.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    parser.add_argument("--set", choices=sorted(CASE_SETS), default="benchmark", dest="case_set",
+                        help="the benchmark's cases, or the development set a new detector is designed on")
+    parser.add_argument("--cases", default=None, help="comma-separated case names (default: all of the set)")
     parser.add_argument("--work", type=Path, default=Path("runs/collapse_warnings"))
     parser.add_argument("--stem", type=Path, default=Path("benchmarks/results/collapse_warnings"))
     parser.add_argument("--window", type=int, default=640, help="images per labelled-collapse window")
@@ -390,7 +409,7 @@ def main() -> None:
     from stream_monitor.estimation.detectors import DEFAULT_WARNING, parse_detectors
 
     fused = parse_detectors(args.fused) if args.fused else DEFAULT_WARNING
-    cases = [c for c in CASES if args.cases is None or c.name in args.cases.split(",")]
+    cases = [c for c in CASE_SETS[args.case_set] if args.cases is None or c.name in args.cases.split(",")]
     if not args.score_only:
         run_all(cases, args.work, args.images, args.jobs, reset=False)
         if args.reset:

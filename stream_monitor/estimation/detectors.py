@@ -515,6 +515,69 @@ class FlipRateRise(CollapseDetector):
                        share - baseline)
 
 
+@DETECTORS.register("chance-agreement", description=(
+    "Served predictions agreeing with the frozen model's no more than chance, and piling onto more of one class "
+    "than its: no warm-up"))
+class ChanceAgreement(CollapseDetector):
+    """A collapsed model's predictions no longer depend on the image: on the batches the frozen
+    model scores, they agree with the frozen model's no more than two predictors that ignore the
+    image would, and they pile onto one class more than the frozen model's do.
+
+    Two predictors that ignore the image, with class shares p and q, agree on a share sum_c p_c q_c
+    of a batch, at most min(max p, max q) (the chance ceiling, from the step rows' top-class shares;
+    the full histograms are not kept). A scored batch looks collapsed when its agreement
+    1 - `frozen_flip_rate` is at most that ceiling and the served top-class share is above the
+    frozen model's: the second condition keeps a healthy adapter quiet where the frozen model is
+    itself near chance (harsh noise piles its predictions onto one class, and anything agrees with
+    it only by chance), and a model that does not adapt agrees with itself on every image. The
+    warning fires after `patience` consecutive collapsed-looking scored batches and clears after as
+    many others: one batch of 64 images can cross the ceiling by chance.
+
+    No warm-up and no learned threshold: the frozen model is the reference from its first scored
+    batch on, so a collapse within the first steps (Tent at a large learning rate) is seen as soon
+    as the frozen model has scored `patience` batches of it (`evaluator.frozen_every` sets how
+    often). The label-flip view of Entropy Enigma (Press et al., ICML 2024) applied per batch, with
+    Cohen's chance agreement (kappa = 0) as the line instead of a fitted one.
+    """
+
+    name = "chance-agreement"
+    _state_dict_all_req_keys = ("latest", "streak", "on")
+
+    def __init__(self, patience: int = 2) -> None:
+        if patience < 1:
+            raise ValueError(f"the chance-agreement detector needs patience >= 1 scored batches, got {patience}")
+        self.patience = patience
+        super().__init__()
+
+    def reset(self) -> None:
+        self.latest: list[float] | None = None  # [agreement, ceiling, served share, frozen share]
+        self.streak = 0  # consecutive scored batches that looked collapsed (> 0) or did not (< 0)
+        self.on = False
+
+    def update_step(self, row: dict[str, Any]) -> None:
+        values = [row.get(k) for k in ("frozen_flip_rate", "top_class_share", "frozen_top_class_share")]
+        if any(v is None or not math.isfinite(v) for v in values):
+            return  # a batch the frozen model did not score
+        flips, served, frozen = (float(v) for v in values)
+        agreement, ceiling = 1.0 - flips, min(served, frozen)
+        self.latest = [agreement, ceiling, served, frozen]
+        collapsed = agreement <= ceiling and served > frozen
+        self.streak = max(self.streak, 0) + 1 if collapsed else min(self.streak, 0) - 1
+        if self.streak >= self.patience:
+            self.on = True
+        elif -self.streak >= self.patience:
+            self.on = False
+
+    def compute(self) -> Verdict:
+        if self.latest is None:
+            raise NotComputableError(f"{self.name} needs a batch the frozen model scored (evaluator.frozen_every > 0)")
+        agreement, ceiling, served, frozen = self.latest
+        return Verdict(self.on, f"served predictions agree with the frozen model's on {100 * agreement:.0f}% of the "
+                       f"batch, chance at most {100 * ceiling:.0f}%; top class {100 * served:.0f}% of them against the "
+                       f"frozen model's {100 * frozen:.0f}% ({abs(self.streak)} scored batches in a row "
+                       f"{'looked collapsed' if self.streak > 0 else 'did not look collapsed'})", agreement - ceiling)
+
+
 @DETECTORS.register("asr", description=(
     "ASR's reset trigger (Lim et al., ICLR 2026): the marginal entropy below a baseline that rises toward it "
     "more slowly the more served predictions differ from the frozen model's"))

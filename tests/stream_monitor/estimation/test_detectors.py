@@ -178,7 +178,8 @@ def test_small_flip_counts_need_an_absolute_rise_too():
 
 def test_detectors_are_registered_by_name_and_the_default_set_is_the_measured_one():
     assert set(DETECTORS.names()) == {"divergence", "entropy-ema", "top-class-share", "marginal-entropy",
-                                      "online-below-source", "aetta-drop", "flip-rate", "risk-test", "asr"}
+                                      "online-below-source", "aetta-drop", "flip-rate", "risk-test", "asr",
+                                      "chance-agreement"}
     assert "asr" not in DEFAULT_DETECTORS  # a benchmark decides
     assert set(DEFAULT_WARNING) <= set(DEFAULT_DETECTORS)
     built = build_detectors(DEFAULT_DETECTORS, DetectorSetup(10))
@@ -449,3 +450,42 @@ def test_the_risk_tests_false_alarm_rate_stays_under_delta_on_simulated_healthy_
                 alarms += 1
                 break
     assert alarms / 60 <= 0.1
+
+
+def scored(flips: float, served: float, frozen: float) -> dict:
+    """A step row of a batch the frozen model scored."""
+    return {"frozen_flip_rate": flips, "top_class_share": served, "frozen_top_class_share": frozen}
+
+
+def test_chance_agreement_fires_on_the_second_collapsed_looking_scored_batch_and_skips_the_others():
+    detector = DETECTORS.get("chance-agreement").for_model(SETUP)
+    with pytest.raises(NotComputableError, match="frozen_every"):
+        detector.compute()
+    detector.update_step(scored(0.85, 0.40, 0.25))  # agrees on 15% <= chance's 25%, piles onto one class
+    assert not detector.compute().firing  # one batch of 64 can look so by chance
+    detector.update_step({"top_class_share": 0.9, "frozen_flip_rate": None})  # not scored: no say
+    detector.update_step(scored(0.80, 0.45, 0.20))
+    verdict = detector.compute()
+    assert verdict.firing and "agree with the frozen model's on 20%" in verdict.evidence
+    assert verdict.value == pytest.approx(0.0)  # agreement - chance ceiling
+    detector.update_step(scored(0.40, 0.20, 0.25))  # agrees on 60%: a model that reads the image
+    assert detector.compute().firing
+    detector.update_step(scored(0.45, 0.20, 0.25))
+    assert not detector.compute().firing
+
+
+def test_chance_agreement_stays_quiet_where_the_frozen_model_is_near_chance_and_on_a_model_that_does_not_adapt():
+    detector = DETECTORS.get("chance-agreement").for_model(SETUP)
+    # harsh noise: the frozen model calls 70% of the batch one class; a healthy adapter spreads its
+    # predictions and agrees with that junk only by chance
+    for _ in range(10):
+        detector.update_step(scored(0.90, 0.15, 0.70))
+    assert not detector.compute().firing
+    for _ in range(10):
+        detector.update_step(scored(0.0, 0.95, 0.95))  # the served model is the frozen model
+    assert not detector.compute().firing
+
+
+def test_chance_agreement_refuses_a_patience_under_one():
+    with pytest.raises(ValueError, match="patience >= 1"):
+        DETECTORS.get("chance-agreement")(patience=0)
