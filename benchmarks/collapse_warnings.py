@@ -266,7 +266,7 @@ def run_all(cases: Sequence[Case], work: Path, images: int, jobs: int, reset: bo
 # ---- scoring a finished set of runs --------------------------------------------------------------
 
 def case_rows(case: Case, run_dir: Path, window: int, margin: float, sustain: int, horizon: int,
-              fused: Sequence[str], probe_every: int) -> tuple[dict[str, Score], dict[str, Score], dict[str, list]]:
+              fused: Sequence[str], probe_every: int, frozen_every: int | None = None) -> tuple[dict[str, Score], dict[str, Score], dict[str, list]]:
     """Per detector (and "fused"): its score against the labelled events and against the probe drop."""
     from stream_monitor.estimation.detectors import DETECTORS
     from stream_monitor.evaluation import collapse_events, replay_warnings
@@ -280,7 +280,7 @@ def case_rows(case: Case, run_dir: Path, window: int, margin: float, sustain: in
     drop = probe_drop(steps, list(range(probe_every, last + 1, probe_every)), margin)
     drops = [(drop, images)] if drop is not None else []
     names = [name for name in DETECTORS.names()]
-    intervals = replay_warnings(run_dir, names)
+    intervals = replay_warnings(run_dir, names, frozen_every=frozen_every)
     intervals["fused"] = fuse(intervals, fused)
     return ({n: score(i, labelled, images, horizon) for n, i in intervals.items()},
             {n: score(i, drops, images, horizon) for n, i in intervals.items()}, intervals)
@@ -321,7 +321,7 @@ def report(cases: Sequence[Case], work: Path, stem: Path, args: argparse.Namespa
             print(f"{case.name}: not run yet, left out")
             continue
         by_event, by_drop, intervals = case_rows(case, run_dir, args.window, args.margin, args.sustain,
-                                                 args.horizon, fused, args.probe_every)
+                                                 args.horizon, fused, args.probe_every, args.replay_frozen_every)
         fired_at[case.name] = {n: (int(i[0][0]) if i else None) for n, i in intervals.items()}
         for name in by_event:
             (labelled if case.collapsing else quiet).setdefault(name, []).append(by_event[name])
@@ -333,7 +333,8 @@ def report(cases: Sequence[Case], work: Path, stem: Path, args: argparse.Namespa
                          "images": e.images, "drop_events": d.events, "drop_detected": d.detected,
                          "drop_leads": ",".join(map(str, d.leads)), "first_warning": fired_at[case.name][name],
                          "window": args.window, "margin": args.margin, "sustain": args.sustain,
-                         "horizon": args.horizon, "probe_every": args.probe_every, "git_sha": sha})
+                         "horizon": args.horizon, "probe_every": args.probe_every,
+                         "replay_frozen_every": args.replay_frozen_every, "git_sha": sha})
     if not rows:
         print("no finished run to score")
         return
@@ -345,7 +346,9 @@ def report(cases: Sequence[Case], work: Path, stem: Path, args: argparse.Namespa
     names = sorted(set(labelled) | set(quiet), key=lambda n: (n != "fused", n))
     print(f"\n### collapse warnings (git {sha}; {args.images:,} images per run; events: windows of "
           f"{args.window:,} images, margin {args.margin:g} points, sustain {args.sustain}; fused = "
-          f"{' + '.join(fused)})\n")
+          f"{' + '.join(fused)}"
+          + (f"; replayed as if the frozen model scored every {args.replay_frozen_every}th batch"
+             if args.replay_frozen_every else "") + ")\n")
     print("| detector | labelled events | recall | median lead | worst lead | probe drops | recall | median lead "
           "| worst lead | false alarms (quiet runs) | per million images | quiet runs fired |")
     print("|---" * 12 + "|")
@@ -405,6 +408,9 @@ def main() -> None:
     parser.add_argument("--sustain", type=int, default=2, help="consecutive collapsed windows per event")
     parser.add_argument("--horizon", type=int, default=2_560, help="images a warning may precede its event by")
     parser.add_argument("--fused", default=None, help="the fused warning's detectors (default estimation.warning's)")
+    parser.add_argument("--replay-frozen-every", type=int, default=None, metavar="N",
+                        help="score as if the frozen model had scored every N-th batch only (a multiple of the "
+                             "runs' 2; the default run's cadence is 8)")
     args = parser.parse_args()
     from stream_monitor.estimation.detectors import DEFAULT_WARNING, parse_detectors
 

@@ -188,16 +188,28 @@ def warning_intervals(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...], calibration: Calibration | None = None,
-                    frozen_calibration: Calibration | None = None) -> dict[str, list[tuple[int, float]]]:
+                    frozen_calibration: Calibration | None = None,
+                    frozen_every: int | None = None) -> dict[str, list[tuple[int, float]]]:
     """Per named detector, the (fired, cleared) stream positions of the warnings it would have
     raised on a finished run, replayed on the run's recorded step and probe rows with the live
     loop's rule (`detectors.transitions`). The probe rows' estimate columns are derived again
     (`replay`, with the calibrations given). A probe row is replayed right after its step's row;
     live, its result reaches the detectors a few steps later, so a probe-fed warning can come a few
     steps early here. A run with estimation.reset_on_warning reset its adapter on its own warnings,
-    so no replay of other detectors is what that run would have done."""
+    so no replay of other detectors is what that run would have done.
+
+    `frozen_every`: replay as if the frozen model had scored only every N-th batch (the detectors see
+    its columns on those batches only), for a run made with a cadence that divides N; the default
+    (`evaluator.frozen_every=8`) on a run that scored more often, say.
+    """
     run = RunDirectory(run_dir)
-    detectors = build_detectors(names, DetectorSetup.of(run.config(), run.num_classes, run.context()))
+    config = run.config()
+    if frozen_every is not None:
+        own = config.evaluator.frozen_every
+        if not own or frozen_every % own:
+            raise ValueError(f"the run's frozen model scored every {own} batches (0: none); a replay can only keep "
+                             f"fewer of them: pass a multiple of {own} as frozen_every, got {frozen_every}")
+    detectors = build_detectors(names, DetectorSetup.of(config, run.num_classes, run.context()))
     probes: dict[int, list[dict[str, Any]]] = {}
     for row in replayed_probes(run_dir, calibration, frozen_calibration):
         probes.setdefault(row["step"], []).append(row)
@@ -213,6 +225,8 @@ def replay_warnings(run_dir: Path, names: list[str] | tuple[str, ...], calibrati
                 intervals[detector.name].append((fired.pop(detector.name), position))
 
     for step in run.rows("steps"):
+        if frozen_every is not None and (step["start"] // config.source.batch_size) % frozen_every:
+            step = {k: (None if k.startswith("frozen_") else v) for k, v in step.items()}
         for detector in detectors:
             detector.update_step(step)
         record(step["stop"])

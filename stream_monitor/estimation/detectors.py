@@ -35,12 +35,12 @@ logger = logging.getLogger(__name__)
 DETECTORS: Registry[type["CollapseDetector"]] = Registry("detector")
 #: The fused warning's detectors unless estimation.detectors says otherwise
 #: (benchmarks/estimator_table.py --detectors scores any set on recorded runs).
-DEFAULT_DETECTORS = ("divergence", "entropy-ema", "top-class-share", "marginal-entropy", "risk-test",
-                     "online-below-source", "aetta-drop")
+DEFAULT_DETECTORS = ("divergence", "entropy-ema", "top-class-share", "marginal-entropy", "chance-agreement",
+                     "risk-test", "online-below-source", "aetta-drop")
 #: Those of them that form the fused warning (`estimation.warning`); the rest are advisory. Chosen by
 #: the rule of docs/warnings.md on benchmarks/collapse_warnings.py: no false alarm on the runs that do
 #: not collapse and half the labelled collapses detected (the risk test detected none).
-DEFAULT_WARNING = ("divergence", "entropy-ema", "top-class-share", "marginal-entropy")
+DEFAULT_WARNING = ("divergence", "entropy-ema", "top-class-share", "marginal-entropy", "chance-agreement")
 #: The origin of the fused warning's events (its `detectors` column names those firing).
 FUSED = FUSED_ORIGIN
 

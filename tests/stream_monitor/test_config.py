@@ -173,7 +173,7 @@ def test_a_nested_override_below_a_plain_value_is_a_config_error(tmp_path):
 
 
 def test_the_fused_warnings_detectors_are_checked_by_name():
-    assert load_config(None, []).estimation.warning == "divergence,entropy-ema,top-class-share,marginal-entropy"
+    assert load_config(None, []).estimation.warning == "divergence,entropy-ema,top-class-share,marginal-entropy,chance-agreement"
     load_config(None, ["estimation.detectors=entropy-ema"])  # advisories only: the loop says so in the log
     with pytest.raises(ConfigError, match=r"estimation\.warning: .*Did you mean 'flip-rate'"):
         load_config(None, ["estimation.warning=flip-rat"])

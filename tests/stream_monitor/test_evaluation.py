@@ -134,6 +134,14 @@ def test_replayed_detectors_give_the_live_runs_own_warnings(tmp_path):
     assert sorted(i for intervals in replayed.values() for i in intervals) == own
     result = evaluate(tmp_path / "run", detectors=["top-class-share", "flip-rate"])
     assert set(result["per_detector"]) == {"top-class-share", "flip-rate"}
+    # replayed as if the frozen model had scored every 16th batch, not every 8th: the agreement
+    # check sees half its batches and warns no earlier; a cadence the run's does not divide is refused
+    every8 = replay_warnings(tmp_path / "run", ["chance-agreement"])["chance-agreement"]
+    assert every8 and replay_warnings(tmp_path / "run", ["chance-agreement"], frozen_every=8)["chance-agreement"] == every8
+    every16 = replay_warnings(tmp_path / "run", ["chance-agreement"], frozen_every=16)["chance-agreement"]
+    assert every16 != every8 and (not every16 or every16[0][0] > every8[0][0])
+    with pytest.raises(ValueError, match="multiple of 8"):
+        replay_warnings(tmp_path / "run", ["chance-agreement"], frozen_every=12)
 
 
 def test_replay_scores_a_detector_the_run_did_not_have(tmp_path):
