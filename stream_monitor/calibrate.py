@@ -112,7 +112,7 @@ def calibrate(config: RunConfig, domains: tuple[str, ...] = (), work_dir: Path |
     members = meta_runs(domains, streams, cycles) if cycles else []
     if not members and cycles:
         raise ValueError("calibrate needs a meta-set: held-out streams (--streams) or fixed domains (--domains).")
-    worker = AdapterWorker(config)
+    worker = AdapterWorker(config, clean_fisher_images(config))
     description = worker.describe()
     if folder is not None:
         _check_folder(folder, worker.bundle.num_classes, config.model.name)
@@ -217,6 +217,22 @@ def _check_folder(root: str, num_classes: int, model: str) -> None:
                          f"as its class indices (e.g. ImageNet validation in its 1,000 wnid folders).")
 
 
+def clean_fisher_images(config: RunConfig) -> np.ndarray | None:
+    """The Fisher images of an adapter that needs them outside a run (EATA's anti-forgetting
+    penalty): the clean domain's first images, the in-distribution images EATA computes its Fisher
+    information on (Niu et al., ICML 2022), instead of a stream's first images; None for an
+    adapter that needs none. A run (the held-out streams' meta-runs) takes its stream's own."""
+    from .adapters import ADAPTERS
+
+    needed = ADAPTERS.info(config.adapter.name).fisher_images
+    if not needed:
+        return None
+    model = load_model(config.model.name, config.model.weights, "cpu")
+    source = open_source("heldout", "clean", config.source.data, model)
+    batches = [b.images for b in source.read(0, needed, config.source.batch_size) if len(b)]
+    return np.concatenate(batches)
+
+
 def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: int = 2048,
                       components: Components | None = None, clean: StreamSource | None = None):
     """DoC/ATC's labelled source statistics, for both feeds, on the clean domain's first `images`
@@ -227,7 +243,7 @@ def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: i
     `components` and `clean` (the Python API's `calibrate_model`): the model and adapter, and the
     clean labelled stream, in place of those the config names."""
 
-    worker = AdapterWorker(config, components=components)
+    worker = AdapterWorker(config, None if components else clean_fisher_images(config), components=components)
     # not the adapter's model (it adapts in place)
     model = components.model("cpu") if components else load_model(config.model.name, config.model.weights, "cpu")
     sidekick = SidekickWorker(config) if config.estimation.duo_model else None

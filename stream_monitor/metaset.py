@@ -168,6 +168,7 @@ def build(spec: MetaSetBuild, config, out: Path, log: Callable[[str], None] = pr
     """Run the meta-set, appending each window to `out` (JSON lines); resumes a stopped build."""
     from .models import load_model
     from .runtime.runner import with_overrides
+    from .calibrate import clean_fisher_images
     from .runtime.workers import AdapterWorker
     from .runtime.messages import Images
 
@@ -182,7 +183,8 @@ def build(spec: MetaSetBuild, config, out: Path, log: Callable[[str], None] = pr
             continue
         started = time.perf_counter()
         source = domain_source(domain, spec.windows * spec.window_images, model, spec.data)
-        workers = {name: AdapterWorker(with_overrides(config, adapter={"name": name})) for name in spec.adapters}
+        workers = {name: AdapterWorker(named, clean_fisher_images(named))
+                   for name in spec.adapters for named in [with_overrides(config, adapter={"name": name})]}
         pipelines = {name: EstimationPipeline(EstimationContext(served=with_frozen_line(stats, spec.frozen),
                                                                 frozen=spec.frozen), model.num_classes)
                      for name, stats in spec.adapters.items()}

@@ -259,6 +259,17 @@ def test_statistics_only_calibration_takes_no_meta_set(tmp_path):
     assert again.frozen_stats == cal.frozen_stats and again.flips_calibrations() == {}
 
 
+def test_an_adapter_with_a_fisher_penalty_is_calibrated_with_the_clean_domains_images():
+    from stream_monitor.calibrate import clean_fisher_images
+
+    cfg = load_config(None, [*TINY, "adapter.name=eata"])
+    fisher = clean_fisher_images(cfg)
+    assert fisher is not None and fisher.dtype == np.uint8 and len(fisher) == 2000  # EATA's 2,000 images
+    assert clean_fisher_images(load_config(None, [*TINY, "adapter.name=tent"])) is None
+    cal = calibrate(cfg, cycles=0, log=lambda m: None)  # failed: "pass first_images"
+    assert cal.adapter == "eata" and cal.served_stats["atc_mc_threshold"] is not None
+
+
 @pytest.mark.slow
 def test_calibrate_on_an_image_folder_fits_its_fixed_domains(tmp_path):
     from tests.conftest import write_glyph_folder
