@@ -19,13 +19,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from ..estimation.headline import HeadlineRule
 from ..estimation.readings import Target
 from ..estimation.support import Support
 from .fit import nuclear_line, sentinel_set
 from .format import FORMAT, Calibration
-from .rule import (Gap, HeldOut, adapter_report, anchor_line, family_report, fit_rule, fit_unseen_adapter_rule,
-                   held_out_readings, support_of, unseen_adapter_readings, window_gaps, window_points)
+from .rule import (Gap, adapter_report, anchor_line, family_report, fit_rule, fit_unseen_adapter_rule,
+                   held_out_readings, unseen_adapter_readings, window_gaps, window_points)
 
 __all__ = ["FullRangeFit", "fit_full_range"]
 
@@ -81,9 +80,9 @@ def fit_full_range(calibration: Calibration | dict[str, Any], windows: Sequence[
     data["frozen_stats"], data["served_stats"] = frozen, served
     report, rules = [], {}
     held_source = held_out_readings(windows, points, Target.SOURCE, frozen["sentinel"])
-    support = support_of(everything, frozen=True) if frozen["sentinel"] else None
-    rule, rows = _fit_with_or_without_novelty(held_source, Target.SOURCE, support)
-    rules["source"], report = rule.to_dict(), report + rows
+    support = _support(frozen["sentinel"])
+    rules["source"] = fit_rule(held_source, Target.SOURCE, support).to_dict()
+    report += family_report(held_source, Target.SOURCE, support)
     if adapter is None:
         held_unseen = unseen_adapter_readings(windows, held_source, gaps, support)
         if held_unseen:
@@ -91,9 +90,9 @@ def fit_full_range(calibration: Calibration | dict[str, Any], windows: Sequence[
             report += adapter_report(held_unseen, support)
     elif served is not None:
         held_online = held_out_readings(windows, points, Target.ONLINE, served["sentinel"], adapter, held_source, gaps)
-        support = support_of(everything, frozen=False) if served["sentinel"] else None
-        rule, rows = _fit_with_or_without_novelty(held_online, Target.ONLINE, support)
-        rules["online"], report = rule.to_dict(), report + rows
+        support = _support(served["sentinel"])
+        rules["online"] = fit_rule(held_online, Target.ONLINE, support).to_dict()
+        report += family_report(held_online, Target.ONLINE, support)
     data["meta_windows"] = [{**w, "served": {a: s for a, s in w["served"].items() if a == adapter}} for w in windows]
     data["rules"] = rules
     data["fits"] = {int(k): v for k, v in data["fits"].items()}
@@ -101,19 +100,6 @@ def fit_full_range(calibration: Calibration | dict[str, Any], windows: Sequence[
     return FullRangeFit(Calibration(**data), report)
 
 
-def _fit_with_or_without_novelty(held: Sequence[HeldOut], target: Target,
-                                 support: Support | None) -> tuple[HeadlineRule, list[dict[str, Any]]]:
-    """The target's rule, reading novel windows as outside (`Support.novel`) only where that lowers
-    the headline's held-out error: the mean absolute error over every family's windows, each read
-    by a rule fitted without that family (`family_report`). Ties keep the box alone. Returns the
-    rule and the report of the variant kept (each row says which)."""
-    best = None
-    for novelty in (False, True):
-        rows = family_report(held, target, support,
-                             fit=lambda h, s, c, novelty=novelty: fit_rule(h, target, s, c, novelty))
-        scored = [(r["headline_mae"], r["windows"]) for r in rows if r["headline_mae"] is not None]
-        mae = sum(m * n for m, n in scored) / sum(n for _, n in scored) if scored else float("inf")
-        if best is None or mae < best[0]:
-            best = (mae, novelty, [{**r, "novelty": novelty} for r in rows])
-    _, novelty, rows = best
-    return fit_rule(held, target, support, novelty=novelty), rows
+def _support(sentinel: dict[str, Any] | None) -> Support | None:
+    """The support of a Sentinel training set (none: too few windows to fit one)."""
+    return Support.of(sentinel["features"]) if sentinel else None

@@ -31,8 +31,8 @@ from ..estimation.sentinel import SentinelRegressor
 from ..estimation.support import Support
 
 __all__ = ["MIN_WINDOWS", "Gap", "HeldOut", "adapter_report", "anchor_line", "family_report", "fit_rule",
-           "fit_unseen_adapter_rule", "held_out_readings", "point_gaps", "support_of", "unseen_adapter_readings",
-           "window_gaps", "window_points"]
+           "fit_unseen_adapter_rule", "held_out_readings", "point_gaps", "unseen_adapter_readings", "window_gaps",
+           "window_points"]
 
 #: The fewest residuals a 90% interval can stand on (ceil((n + 1) 0.95) <= n).
 MIN_WINDOWS = 19
@@ -49,15 +49,10 @@ class HeldOut:
     distance: float | None
     margin: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)
-    novel: bool = False  # the novelty test of a support fitted without its family (`Support.novel`)
 
     @property
     def outside(self) -> bool:
         return self.distance is not None and self.distance > self.margin
-
-    def read_outside(self, novelty: bool) -> bool:
-        """Whether a rule with (or without) `novelty` reads this window in its outside region."""
-        return self.outside or (novelty and self.novel)
 
 
 def _feed(window: dict[str, Any], target: Target, adapter: str | None) -> tuple[dict[str, Any], float]:
@@ -93,17 +88,6 @@ def _sentinel_rows(points: Sequence[dict[str, Any]], frozen: bool) -> tuple[list
     key, truth = ("frozen_sentinel_features", "true_source_acc") if frozen else ("sentinel_features", "true_online_acc")
     rows = [(p[key], p[truth]) for p in points if p.get(key) is not None and p.get(truth) is not None]
     return [r[0] for r in rows], [r[1] for r in rows]
-
-
-def support_of(points: Sequence[dict[str, Any]], frozen: bool) -> Support | None:
-    """The support of the points' Sentinel features, with the novelty test over their groups: a
-    meta-set window's shift family, another point's run (its domain up to '#')."""
-    key, truth = ("frozen_sentinel_features", "true_source_acc") if frozen else ("sentinel_features", "true_online_acc")
-    rows = [p for p in points if p.get(key) is not None and p.get(truth) is not None]
-    if not rows:
-        return None
-    groups = [p.get("family") or str(p["domain"]).split("#")[0] for p in rows]
-    return Support.of([p[key] for p in rows], groups=groups)
 
 
 def _line(points: Sequence[dict[str, Any]], frozen: bool) -> tuple[float, float] | None:
@@ -207,7 +191,7 @@ def held_out_readings(windows: Sequence[dict[str, Any]], points: Sequence[dict[s
         if sentinel is not None and len(y) >= 4:
             regressor = SentinelRegressor({**sentinel, "features": [list(f)[:width] for f in x], "accuracy": y,
                                            "sidekick": None})
-        support = support_of(train, frozen)
+        support = Support.of(x) if x else None
         line = _line(train, frozen)
         anchor = None if frozen else anchor_line([g for g in all_gaps if g.family != family])
         for w in (w for w in windows if w["family"] == family):
@@ -224,9 +208,8 @@ def held_out_readings(windows: Sequence[dict[str, Any]], points: Sequence[dict[s
             if anchored is not None:
                 values[ANCHORED] = anchored
             distance = None if support is None or features is None else support.distance(features)
-            novel = support is not None and features is not None and support.novel(features)
             out.append(HeldOut(family, w["domain"], truth, values, distance, support.margin if support else 0.25,
-                               {"window": w["window"]}, novel))
+                               {"window": w["window"]}))
     return out
 
 
@@ -242,28 +225,27 @@ def _choices(held: Sequence[HeldOut], names: Sequence[str], coverage: float) -> 
 
 
 def fit_rule(held: Sequence[HeldOut], target: Target, support: Support | None,
-             coverage: float = COVERAGE, novelty: bool = False) -> HeadlineRule:
+             coverage: float = COVERAGE) -> HeadlineRule:
     """The headline rule from held-out readings: inside the support every estimator ranked by its
     held-out MAE on the windows that were inside; outside, only estimators with no meta-set map,
-    ranked on the windows that were outside (on all windows where fewer than MIN_WINDOWS were).
-    With `novelty`, windows the novelty test called novel count as outside (`HeldOut.read_outside`)."""
+    ranked on the windows that were outside (on all windows where fewer than MIN_WINDOWS were)."""
     names = sorted({name for h in held for name in h.values})
-    inside = _choices([h for h in held if not h.read_outside(novelty)], names, coverage)
+    inside = _choices([h for h in held if not h.outside], names, coverage)
     free = [n for n in names if n not in META_FITTED]
-    outside_windows = [h for h in held if h.read_outside(novelty)]
+    outside_windows = [h for h in held if h.outside]
     outside = _choices(outside_windows, free, coverage)
     ranked = {c.estimator for c in outside}
     # too few windows fell outside to rank an estimator there: its error over every window
     outside += [c for c in _choices(held, free, coverage) if c.estimator not in ranked]
     outside.sort(key=lambda c: c.mae)
-    return HeadlineRule(target, tuple(inside), tuple(outside), support, coverage, novelty=novelty)
+    return HeadlineRule(target, tuple(inside), tuple(outside), support, coverage)
 
 
 def _scores(rule: HeadlineRule, mine: Sequence[HeldOut]) -> dict[str, Any]:
     """The rule's headline read on held-out windows: MAE, worst error, coverage, out-of-support share."""
     errors, covered = [], []
     for h in mine:
-        ranked = rule.outside if h.read_outside(rule.novelty) else rule.inside
+        ranked = rule.outside if h.outside else rule.inside
         choice = next((c for c in ranked if c.estimator in h.values), None)
         if choice is None:
             continue
@@ -276,7 +258,7 @@ def _scores(rule: HeadlineRule, mine: Sequence[HeldOut]) -> dict[str, Any]:
             "headline_mae": float(np.mean(errors)) if errors else None,
             "headline_worst": float(np.max(errors)) if errors else None,
             "coverage": float(np.mean(covered)) if covered else None,
-            "out_of_support": float(np.mean([h.read_outside(rule.novelty) for h in mine])),
+            "out_of_support": float(np.mean([h.outside for h in mine])),
             "estimator_mae": {n: float(np.mean([abs(h.truth - h.values[n]) for h in mine if n in h.values]))
                               for n in names}}
 

@@ -14,9 +14,7 @@ estimate) in that region (split conformal prediction, Vovk et al. 2005; per regi
 Mondrian conformal prediction). The headline of a window is the first ranked estimator with a
 value; its interval is the value plus those quantiles; outside the support its half-width grows
 by `widen` per standard deviation the window lies beyond the margin (about its centre); it is
-clipped to [0, 100]. With `novelty` (learned per target: calibration.fullrange keeps it where it
-lowers the held-out error), a window the support's novelty test calls novel is read in the outside
-region too, at its box distance's stretch.
+clipped to [0, 100].
 
 The rule and its inputs (the meta-set's readings) are stored in the calibration file; a run
 without a rule for a target uses the fixed order (`pipeline.HEADLINE_ORDER`) and gives no interval.
@@ -87,26 +85,13 @@ class HeadlineRule:
     #: the feed whose Sentinel features are placed against the support (None: the target's own,
     #: FEED_OF); the frozen file's rule for adapters without a calibration places the frozen feed
     feed: Feed | None = None
-    #: whether a window the support's novelty test calls novel counts as outside (`Support.novel`)
-    novelty: bool = False
-
-    def _features(self, readings: Sequence[Reading]) -> Sequence[float] | None:
-        sentinel = find(readings, "sentinel", self.feed or FEED_OF[self.target])
-        return None if self.support is None or sentinel is None else sentinel.features
 
     def distance(self, readings: Sequence[Reading]) -> float | None:
         """How far the window lies outside the support (None: no support or no features to tell)."""
-        features = self._features(readings)
-        return None if features is None else self.support.distance(features)
-
-    def out_of_support(self, readings: Sequence[Reading]) -> bool | None:
-        """Whether the window is out of support: beyond the box's margin, or (with `novelty`) novel
-        (None: no support or no features to tell)."""
-        features = self._features(readings)
-        if features is None:
+        sentinel = find(readings, "sentinel", self.feed or FEED_OF[self.target])
+        if self.support is None or sentinel is None or sentinel.features is None:
             return None
-        beyond = self.support.distance(features) > self.support.margin
-        return beyond or (self.novelty and self.support.novel(features))
+        return self.support.distance(sentinel.features)
 
     def stretch(self, distance: float | None) -> float:
         """How much the interval widens at `distance` (1 inside the support)."""
@@ -116,25 +101,26 @@ class HeadlineRule:
 
     def pick(self, readings: Sequence[Reading]) -> tuple[Reading | None, bool | None]:
         """The headline reading with its interval, and whether the window is out of support."""
-        distance, outside = self.distance(readings), self.out_of_support(readings)
+        distance = self.distance(readings)
+        outside = distance is not None and distance > self.support.margin
         found = {r.estimator: r for r in readings if r.target == self.target and r.value is not None}
         for choice in (self.outside if outside else self.inside):
             reading = found.get(choice.estimator)
             if reading is None:
                 continue
-            return replace(reading, interval=choice.interval(reading.value, self.stretch(distance))), outside
-        return None, outside
+            return (replace(reading, interval=choice.interval(reading.value, self.stretch(distance))),
+                    None if distance is None else outside)
+        return None, (None if distance is None else outside)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": str(self.target), "coverage": self.coverage, "widen": self.widen,
                 "support": self.support and self.support.to_dict(),
                 "inside": [c.__dict__ for c in self.inside], "outside": [c.__dict__ for c in self.outside],
-                **({"feed": str(self.feed)} if self.feed else {}), **({"novelty": True} if self.novelty else {})}
+                **({"feed": str(self.feed)} if self.feed else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HeadlineRule":
         return cls(Target(data["target"]), tuple(Choice(**c) for c in data["inside"]),
                    tuple(Choice(**c) for c in data["outside"]),
                    Support.from_dict(data["support"]) if data.get("support") else None,
-                   float(data["coverage"]), float(data["widen"]), Feed(data["feed"]) if data.get("feed") else None,
-                   bool(data.get("novelty", False)))
+                   float(data["coverage"]), float(data["widen"]), Feed(data["feed"]) if data.get("feed") else None)

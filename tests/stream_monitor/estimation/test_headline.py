@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -207,48 +206,3 @@ def test_meta_set_files_merge_window_by_window():
     assert set(first[0]["served"]) == {"x"}  # the inputs are not changed
     with pytest.raises(ValueError, match="rebuild one of them"):
         merge_windows(first, [{**first[0], "true_source_acc": first[0]["true_source_acc"] + 5}])
-
-
-def mixed_window(low: float, high: float, size: int = 256, k: int = 10) -> list[float]:
-    """Sentinel features of a window whose first half puts about `low` on its class, the rest `high`."""
-    spread = np.clip(np.r_[np.full(size // 2, low), np.full(size - size // 2, high)], 1.0 / k, 0.999)
-    probs = np.repeat(((1 - spread) / (k - 1))[:, None], k, 1)
-    classes = np.arange(size) % k
-    probs[np.arange(size), classes] = spread
-    entropy, nll = profile(probs)
-    return list(window_features(entropy, nll)) + marginal_features(np.bincount(classes, minlength=k))
-
-
-def novelty_support() -> Support:
-    """Homogeneous windows of three groups over the whole range of confidence, dense enough that
-    each has neighbours of the other groups close by."""
-    confidences = np.linspace(0.15, 0.95, 60)
-    return Support.of([window(c) for c in confidences], groups=[f"g{i % 3}" for i in range(len(confidences))])
-
-
-def test_the_novelty_test_flags_a_window_whose_features_combine_as_no_meta_set_windows_do():
-    support = novelty_support()
-    mixed = mixed_window(0.15, 0.95)
-    assert support.contains(mixed)  # each feature within the meta-set's range: the box sees nothing
-    assert support.novel(mixed) and not support.novel(window(0.5))
-    assert not Support.of([window(c) for c in np.linspace(0.15, 0.95, 60)]).novel(mixed)  # no groups: no test
-    # the test and its threshold travel with the file; a file from before it has none
-    assert Support.from_dict(support.to_dict()) == support
-    old = {k: v for k, v in support.to_dict().items() if k in ("low", "high", "scale", "margin")}
-    assert not Support.from_dict(old).novel(mixed)
-    with pytest.raises(ValueError, match="3 groups for 18 windows"):
-        Support.of([window(c) for c in np.linspace(0.15, 0.95, 18)], groups=["a", "b", "c"])
-
-
-def test_a_rule_with_novelty_reads_a_novel_window_in_its_outside_region():
-    support = novelty_support()
-    readings = [sentinel_reading(Feed.FROZEN, mixed_window(0.15, 0.95), 70.0),
-                Reading("average-confidence", Feed.FROZEN, Target.SOURCE, 55.0)]
-    plain = derive(readings, EstimationContext(rules={Target.SOURCE: rule(support)}))
-    assert plain.source.estimator == "sentinel" and plain.source_out_of_support is False
-    novel_rule = replace(rule(support), novelty=True)
-    flagged = derive(readings, EstimationContext(rules={Target.SOURCE: novel_rule}))
-    assert flagged.source.estimator == "average-confidence" and flagged.source_out_of_support is True
-    assert flagged.source.interval == (35.0, 57.0)  # inside the box: the outside offsets, not widened
-    assert HeadlineRule.from_dict(novel_rule.to_dict()) == novel_rule
-    assert "novelty" not in rule(support).to_dict()  # a rule without it writes what older versions read
