@@ -8,6 +8,12 @@ adapter: one probe cycle per domain, the same points and fits as `stream-monitor
 (`stream_monitor.calibrate.meta_points`, `source_statistics`, `calibration.fit`), saved as a
 calibration file that `Monitor(..., calibration=PATH)` reads, and that refuses any other weights,
 adapter, hyperparameters, probe size or cycle.
+
+Then the full-range meta-set (issue 25, docs/headline-rule.md): the held-out images under seven
+shift families, read by the frozen model and the adapter, on which
+`stream_monitor.calibrate_metaset.add_full_range` learns the headline rules, their 90% intervals
+and the support, with the same code as `stream-monitor calibrate` (`heldout_readers` gives it the
+user's model, adapter and images in place of the config's names).
 """
 
 from __future__ import annotations
