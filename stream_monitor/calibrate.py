@@ -234,16 +234,17 @@ def clean_fisher_images(config: RunConfig) -> np.ndarray | None:
 
 
 def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: int = 2048,
-                      components: Components | None = None, clean: StreamSource | None = None):
+                      components: Components | None = None, clean: StreamSource | None = None,
+                      fisher: np.ndarray | None = None):
     """DoC/ATC's labelled source statistics, for both feeds, on the clean domain's first `images`
     images: the served outputs of a fresh adapter (as a run's first steps serve them) and the
     frozen model's outputs (eval-mode BatchNorm, as the evaluator scores the stream); with each
     feed's nuclear-norm line and Sentinel training set over the meta-set's windows.
 
-    `components` and `clean` (the Python API's `calibrate_model`): the model and adapter, and the
-    clean labelled stream, in place of those the config names."""
+    `components`, `clean` and `fisher` (the Python API's `calibrate_model`): the model and adapter,
+    the clean labelled stream and the adapter's Fisher images, in place of those the config names."""
 
-    worker = AdapterWorker(config, None if components else clean_fisher_images(config), components=components)
+    worker = AdapterWorker(config, fisher if components else clean_fisher_images(config), components=components)
     # not the adapter's model (it adapts in place)
     model = components.model("cpu") if components else load_model(config.model.name, config.model.weights, "cpu")
     sidekick = SidekickWorker(config) if config.estimation.duo_model else None

@@ -22,7 +22,8 @@ a file made with anything else is started again).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,23 +36,29 @@ from .calibration.rule import MIN_WINDOWS, point_gaps
 from .config import RunConfig
 from .estimation.sentinel import MIN_IMAGES
 from .estimation.window import with_frozen_line
-from .metaset import MetaSetBuild, build, default_domains
+from .metaset import MetaSetBuild, MetaSetReaders, build, default_domains
 
-__all__ = ["UNCALIBRATED_ADAPTERS", "MetaSetOptions", "add_full_range"]
+__all__ = ["UNCALIBRATED_ADAPTERS", "MetaSetOptions", "adapts_by_name", "add_full_range"]
 
 #: The adapters whose served feeds measure the frozen file's rule for adapters without a calibration:
 #: BatchNorm statistics alone and Tent (the meta-set's fresh adapters differ little: docs/headline-rule.md 4b).
 UNCALIBRATED_ADAPTERS = ("norm", "tent")
 
 
+#: How `stream-monitor calibrate` spells the options in its messages.
+CLI_NAMES = {"domains": "--metaset-domains", "windows": "--metaset-windows", "window_images": "--metaset-window-images"}
+
+
 @dataclass(frozen=True)
 class MetaSetOptions:
     """The meta-set `calibrate` reads: its domains (`sources.shifts`; empty: `metaset.default_domains`
-    for the data), windows per domain and images per window."""
+    for the data), windows per domain and images per window. `names`: the options as the messages
+    call them (the CLI's flags, or the Python API's arguments)."""
 
     domains: tuple[str, ...] = ()
     windows: int = 3
     window_images: int = 512
+    names: Mapping[str, str] = field(default_factory=lambda: CLI_NAMES, compare=False)
 
     def resolved(self, data: str | None) -> tuple[str, ...]:
         """The domains, after checking every option (before anything runs).
@@ -62,12 +69,16 @@ class MetaSetOptions:
         """
         domains = self.domains or default_domains(data)
         for domain in domains:
-            parse_shift(domain)
+            try:
+                parse_shift(domain)
+            except ValueError as error:
+                raise ValueError(f"{self.names['domains']}: {error}; or leave it out for the default "
+                                 f"domains") from None
         if self.windows < 1:
-            raise ValueError(f"--metaset-windows must be 1 or more, got {self.windows}")
+            raise ValueError(f"{self.names['windows']} must be 1 or more, got {self.windows}")
         if self.window_images < MIN_IMAGES:
-            raise ValueError(f"--metaset-window-images must be at least {MIN_IMAGES} (the Sentinel's window features "
-                             f"need that many images), got {self.window_images}; 512 is the default")
+            raise ValueError(f"{self.names['window_images']} must be at least {MIN_IMAGES} (the Sentinel's window "
+                             f"features need that many images), got {self.window_images}; 512 is the default")
         return tuple(domains)
 
     def too_few(self, data: str | None) -> str | None:
@@ -76,24 +87,27 @@ class MetaSetOptions:
         if total >= MIN_WINDOWS:
             return None
         return (f"the meta-set has {total} windows and a 90% interval needs {MIN_WINDOWS}: its rules will rank no "
-                f"estimator (the fixed order headlines, without an interval); raise --metaset-windows or add domains")
+                f"estimator (the fixed order headlines, without an interval); raise {self.names['windows']} or add "
+                f"domains")
 
 
 def add_full_range(calibration: Calibration, config: RunConfig, options: MetaSetOptions, work_dir: Path,
-                   log: Callable[[str], None] = print) -> FullRangeFit:
+                   log: Callable[[str], None] = print, readers: MetaSetReaders | None = None) -> FullRangeFit:
     """`calibration` with the full-range meta-set and its rules (see the module docstring).
 
     Args:
         calibration: what the probe runs and the clean statistics gave (with its frozen statistics).
-        config: the run's config (model, adapter, image folder in `source.data`).
+        config: the run's config (model, adapter, image folder in `source.data`, batch size).
         options: the meta-set to read.
         work_dir: where `metaset.jsonl` goes (and resumes from).
+        readers: the model, adapters and labelled images that read the meta-set (the Python API's
+            `calibrate_model`: the user's); None: those `config` names.
     """
-    data = config.source.data
+    data = config.source.data if readers is None else readers.data
     domains = options.resolved(data)
     frozen = calibration.window_stats(frozen=True)
     adapter = config.adapter.name
-    adapts = ADAPTERS.info(adapter).adapts
+    adapts = adapts_by_name(adapter)
     if adapts:
         served, gaps = {adapter: calibration.window_stats()}, point_gaps(calibration.points, adapter)
     else:  # the served feed is the frozen one: the file is the frozen model's
@@ -108,7 +122,8 @@ def add_full_range(calibration: Calibration, config: RunConfig, options: MetaSet
     log(f"full-range meta-set: {len(domains)} domains x {options.windows} windows of {options.window_images} images, "
         f"frozen model and {', '.join(served)} ({path})")
     wanted = set(domains)
-    windows = [w for w in build(spec, config, path, log) if w["domain"] in wanted and w["window"] < options.windows]
+    windows = [w for w in build(spec, config, path, log, readers)
+               if w["domain"] in wanted and w["window"] < options.windows]
     fitted = fit_full_range(calibration, windows, adapter if adapts else None, gaps)
     for target, rule in fitted.calibration.rules.items():
         for region in ("inside", "outside"):
@@ -116,6 +131,12 @@ def add_full_range(calibration: Calibration, config: RunConfig, options: MetaSet
                                for c in rule[region]) or "none (too few windows)"
             log(f"{target} rule, {region} the support: {ranked}")
     return fitted
+
+
+def adapts_by_name(adapter: str) -> bool:
+    """Whether the adapter a calibration is named for adapts: a registered adapter says so
+    (`source` does not); a user's own adapter object (any other name) is taken to adapt."""
+    return adapter not in ADAPTERS or ADAPTERS.info(adapter).adapts
 
 
 def _start_again_if_changed(path: Path, made_with: dict, log: Callable[[str], None]) -> None:

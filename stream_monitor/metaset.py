@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -34,8 +34,12 @@ from .estimation.pipeline import EstimationPipeline
 from .estimation.readings import Feed
 from .estimation.window import FeedStats, with_frozen_line
 
-__all__ = ["DEFAULT_DOMAINS", "FOLDER_DOMAINS", "MetaSetBuild", "build", "default_domains", "domain_source",
-           "family_of", "read_windows"]
+if TYPE_CHECKING:
+    from .models import SourceModel
+    from .runtime.workers import AdapterWorker
+
+__all__ = ["DEFAULT_DOMAINS", "FOLDER_DOMAINS", "MetaSetBuild", "MetaSetReaders", "build", "default_domains",
+           "domain_offset", "domain_source", "family_of", "read_windows"]
 
 #: The default full-range meta-set of the embedded glyphs (accuracy of the frozen model from 98%,
 #: the source domain, to chance): 7 families, none of them the stream's 15 corruptions.
@@ -85,9 +89,15 @@ def domain_source(domain: str, length: int, model, data: str | Path | None = Non
     from stream_monitor.sources.imagefolder import ImageFolderSource
 
     base = ImageFolderSource(data, image_size=model.image_size, resize=model.resize_size, shuffle_seed=seed)
-    offset = mix_seed(7, *domain.encode()) % len(base.samples)
+    offset = domain_offset(domain, len(base.samples))
     base.passes = -(-(offset + length) // len(base.samples))  # as many passes as the domain reaches
     return ShiftedSource(base, domain, length, profile=corruption_profile(model), seed=seed, offset=offset)
+
+
+def domain_offset(domain: str, images: int) -> int:
+    """Where a domain starts reading a set of `images` labelled images: its own position, so the
+    domains of a small set do not all start with the same images."""
+    return mix_seed(7, *domain.encode()) % images
 
 
 def family_of(domain: str) -> str:
@@ -99,7 +109,8 @@ def family_of(domain: str) -> str:
 class MetaSetBuild:
     """What one build reads: the domains, the window size, and per adapter the served feed's
     labelled statistics (its calibration's; the frozen feed's are `frozen`); `data`: an image
-    folder whose images the domains shift (None: the embedded glyphs)."""
+    folder whose images the domains shift (None: the embedded glyphs), or the name of the images
+    that `MetaSetReaders.domain` shifts."""
 
     domains: tuple[str, ...]
     adapters: dict[str, FeedStats | None]
@@ -108,6 +119,42 @@ class MetaSetBuild:
     window_images: int = 512
     batch_size: int = 64
     data: str | None = None
+
+
+@dataclass(frozen=True)
+class MetaSetReaders:
+    """Who reads a meta-set: the frozen model (`model`, which scores every image), a fresh served
+    adapter per adapter name (`adapter`: name -> an `AdapterWorker` at the source model), and the
+    labelled images of each domain (`domain`: (domain, images) -> a source); `data` names those
+    images in the meta-set's record (`MetaSetBuild.data`; None: the embedded glyphs).
+
+    `config_readers` gives `stream-monitor calibrate`'s (the model and adapters the config names,
+    the glyphs or the image folder); the Python API's `calibrate_model` gives the user's model,
+    adapter and held-out images.
+    """
+
+    model: SourceModel
+    adapter: Callable[[str], AdapterWorker]
+    domain: Callable[[str, int], StreamSource]
+    data: str | None = None
+
+
+def config_readers(spec: MetaSetBuild, config) -> MetaSetReaders:
+    """The readers the config names: its model from the registry, each adapter built by name (with
+    the clean domain's Fisher images where it needs them), `spec.data`'s images or the glyphs."""
+    from .calibrate import clean_fisher_images
+    from .models import load_model
+    from .runtime.runner import with_overrides
+    from .runtime.workers import AdapterWorker
+
+    model = load_model(config.model.name, config.model.weights, "cpu")
+
+    def adapter(name: str) -> AdapterWorker:
+        named = with_overrides(config, adapter={"name": name})
+        return AdapterWorker(named, clean_fisher_images(named))
+
+    return MetaSetReaders(model, adapter, lambda domain, images: domain_source(domain, images, model, spec.data),
+                          spec.data)
 
 
 def read_windows(path: Path) -> list[dict[str, Any]]:
@@ -164,27 +211,26 @@ def _reading_dict(readings: Iterable) -> dict[str, dict[str, Any]]:
                           "features": None if r.features is None else list(r.features)} for r in readings}
 
 
-def build(spec: MetaSetBuild, config, out: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run the meta-set, appending each window to `out` (JSON lines); resumes a stopped build."""
-    from .models import load_model
-    from .runtime.runner import with_overrides
-    from .calibrate import clean_fisher_images
-    from .runtime.workers import AdapterWorker
+def build(spec: MetaSetBuild, config, out: Path, log: Callable[[str], None] = print,
+          readers: MetaSetReaders | None = None) -> list[dict[str, Any]]:
+    """Run the meta-set, appending each window to `out` (JSON lines); resumes a stopped build.
+
+    `readers`: the model, adapters and images to read it with (None: those `config` names)."""
     from .runtime.messages import Images
 
     for domain in spec.domains:
         parse_shift(domain)  # every domain valid before anything runs
     done = {(w["domain"], w["window"]) for w in read_windows(out)}
-    model = load_model(config.model.name, config.model.weights, "cpu")
+    readers = readers or config_readers(spec, config)
+    model = readers.model
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for k, domain in enumerate(spec.domains):
         if all((domain, i) in done for i in range(spec.windows)):
             continue
         started = time.perf_counter()
-        source = domain_source(domain, spec.windows * spec.window_images, model, spec.data)
-        workers = {name: AdapterWorker(named, clean_fisher_images(named))
-                   for name in spec.adapters for named in [with_overrides(config, adapter={"name": name})]}
+        source = readers.domain(domain, spec.windows * spec.window_images)
+        workers = {name: readers.adapter(name) for name in spec.adapters}
         pipelines = {name: EstimationPipeline(EstimationContext(served=with_frozen_line(stats, spec.frozen),
                                                                 frozen=spec.frozen), model.num_classes)
                      for name, stats in spec.adapters.items()}

@@ -198,7 +198,8 @@ def test_calibration_from_labelled_heldout_data_gives_a_headline(tmp_path):
 
     settings = dict(mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=16, probe_every=2, probe_size=32, probe_cycle=8)
     path = calibrate_model(_tiny_model(), Glyphs(96), "tent", output=tmp_path / "cal.json", log=lambda m: None,
-                           domains=("clean", "speckle_noise:3", "gaussian_blur:3", "spatter:3"), **settings)
+                           domains=("clean", "speckle_noise:3", "gaussian_blur:3", "spatter:3"), metaset=False,
+                           **settings)  # the meta-set: test_calibrate_metaset.py
     result = Monitor(_tiny_model(), "tent", calibration=path, out=tmp_path / "runs", **settings).run(_batches(8))
     assert result.probes and all(p.calibrated for p in result.probes)
     assert result.last.source_accuracy is not None and result.last.online_accuracy is not None
