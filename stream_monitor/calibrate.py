@@ -43,6 +43,7 @@ from .config import RunConfig
 from .estimation.duo import fit_duo_temperatures
 from .estimation.readings import Feed
 from .estimation.window import fit_feed_stats
+from .fisher import clean_fisher_images
 from .models import load_model
 from .runtime.components import Components
 from .runtime.messages import split_batches
@@ -215,22 +216,6 @@ def _check_folder(root: str, num_classes: int, model: str) -> None:
         raise ValueError(f"The image folder {root} has {len(classes)} class folders and the model {model} predicts "
                          f"{num_classes} classes; the meta-set needs one sub-folder per class of the model, sorted "
                          f"as its class indices (e.g. ImageNet validation in its 1,000 wnid folders).")
-
-
-def clean_fisher_images(config: RunConfig) -> np.ndarray | None:
-    """The Fisher images of an adapter that needs them outside a run (EATA's anti-forgetting
-    penalty): the clean domain's first images, the in-distribution images EATA computes its Fisher
-    information on (Niu et al., ICML 2022), instead of a stream's first images; None for an
-    adapter that needs none. A run (the held-out streams' meta-runs) takes its stream's own."""
-    from .adapters import ADAPTERS
-
-    needed = ADAPTERS.info(config.adapter.name).fisher_images
-    if not needed:
-        return None
-    model = load_model(config.model.name, config.model.weights, "cpu")
-    source = open_source("heldout", "clean", config.source.data, model)
-    batches = [b.images for b in source.read(0, needed, config.source.batch_size) if len(b)]
-    return np.concatenate(batches)
 
 
 def source_statistics(config: RunConfig, points: list[dict[str, Any]], images: int = 2048,

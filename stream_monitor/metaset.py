@@ -142,7 +142,7 @@ class MetaSetReaders:
 def config_readers(spec: MetaSetBuild, config) -> MetaSetReaders:
     """The readers the config names: its model from the registry, each adapter built by name (with
     the clean domain's Fisher images where it needs them), `spec.data`'s images or the glyphs."""
-    from .calibrate import clean_fisher_images
+    from .fisher import clean_fisher_images
     from .models import load_model
     from .runtime.runner import with_overrides
     from .runtime.workers import AdapterWorker

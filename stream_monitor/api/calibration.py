@@ -315,7 +315,7 @@ def _check_metaset(options: MetaSetOptions, adapter: str, model: UserModel, imag
 def clean_images(images: np.ndarray, labels: np.ndarray, num_classes: int, count: int) -> np.ndarray | None:
     """The clean held-out domain's first `count` images (None for 0): the in-distribution images an
     EATA-style adapter computes its Fisher information on (Niu et al., ICML 2022), as
-    `stream_monitor.calibrate.clean_fisher_images` gives them to `stream-monitor calibrate`."""
+    `stream_monitor.fisher.clean_fisher_images` gives them to `stream-monitor calibrate`."""
     if not count:
         return None
     return HeldOutImages(images, labels, "clean", count, num_classes).render(0, count).images

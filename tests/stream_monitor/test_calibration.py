@@ -260,7 +260,7 @@ def test_statistics_only_calibration_takes_no_meta_set(tmp_path):
 
 
 def test_an_adapter_with_a_fisher_penalty_is_calibrated_with_the_clean_domains_images():
-    from stream_monitor.calibrate import clean_fisher_images
+    from stream_monitor.fisher import clean_fisher_images
 
     cfg = load_config(None, [*TINY, "adapter.name=eata"])
     fisher = clean_fisher_images(cfg)
