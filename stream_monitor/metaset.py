@@ -235,6 +235,7 @@ def build(spec: MetaSetBuild, config, out: Path, log: Callable[[str], None] = pr
                                                                 frozen=spec.frozen), model.num_classes)
                      for name, stats in spec.adapters.items()}
         frozen_only = EstimationPipeline(EstimationContext(frozen=spec.frozen), model.num_classes)
+        written: dict[str, Any] | None = None  # the domain's last window written now
         for i in range(spec.windows):
             for pipeline in (*pipelines.values(), frozen_only):
                 pipeline.reset()
@@ -264,7 +265,11 @@ def build(spec: MetaSetBuild, config, out: Path, log: Callable[[str], None] = pr
                                  for name in spec.adapters}}
             with out.open("a") as handle:
                 handle.write(json.dumps(window) + "\n")
-        log(f"[{k + 1}/{len(spec.domains)}] {domain}: frozen {window['true_source_acc']:.1f}%  "
-            + "  ".join(f"{a} {window['served'][a]['true_online_acc']:.1f}%" for a in spec.adapters)
+            written = window
+        if written is None:  # its remaining windows were done before, or had no readable image
+            log(f"[{k + 1}/{len(spec.domains)}] {domain}: no new window ({time.perf_counter() - started:.0f} s)")
+            continue
+        log(f"[{k + 1}/{len(spec.domains)}] {domain}: frozen {written['true_source_acc']:.1f}%  "
+            + "  ".join(f"{a} {written['served'][a]['true_online_acc']:.1f}%" for a in spec.adapters)
             + f"  ({time.perf_counter() - started:.0f} s)")
     return read_windows(out)

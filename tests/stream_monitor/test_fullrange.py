@@ -165,3 +165,22 @@ def test_the_frozen_models_files_with_rules_are_not_merged():
     frozen = fit_full_range(calibration("source"), metaset(rng), None).calibration
     with pytest.raises(ValueError, match="cannot be learned again"):
         merge([frozen, frozen])
+
+
+def test_a_meta_set_domain_without_a_readable_image_is_logged_not_a_crash(tmp_path):
+    from stream_monitor.estimation.window import FeedStats
+    from stream_monitor.metaset import MetaSetBuild, MetaSetReaders, build
+    from stream_monitor.models import load_model
+
+    class Unreadable:
+        """A domain whose every image failed to decode: each slice reads as nothing."""
+
+        def read(self, start, stop, batch_size):
+            return iter(())
+
+    logged = []
+    readers = MetaSetReaders(load_model("embedded", None, "cpu"), adapter=lambda name: None,
+                             domain=lambda domain, images: Unreadable())
+    spec = MetaSetBuild(("clean",), {}, FeedStats(), windows=2, window_images=64)
+    assert build(spec, None, tmp_path / "metaset.jsonl", logged.append, readers) == []
+    assert len(logged) == 1 and "clean: no new window" in logged[0]
