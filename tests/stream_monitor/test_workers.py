@@ -9,7 +9,7 @@ import pytest
 from stream_monitor.sources.base import Batch
 from stream_monitor.config import load_config
 from stream_monitor.runtime.messages import Images, split_batches
-from stream_monitor.runtime.workers import ProbeWorker
+from stream_monitor.runtime.workers import ProbeWorker, same_weights
 
 
 def batch(positions, skipped=(), size: int = 2) -> Batch:
@@ -67,6 +67,10 @@ def probe_config():
     return load_config(None, ["probe.size=8", "probe.chunk=4", "runtime.device=cpu"])
 
 
+#: weights the probe loads that differ from the source model's ({}): an adapted snapshot
+ADAPTED = {"fc.bias": np.full(10, 0.5, np.float32)}
+
+
 def images(start: int, stop: int, readable=None, seed: int = 0) -> Images:
     idx = np.arange(start, stop) if readable is None else np.asarray(readable, np.int64)
     pixels = np.random.default_rng(seed + start).integers(0, 256, (len(idx), 3, 32, 32), dtype=np.uint8)
@@ -83,7 +87,7 @@ def test_probe_weighted_flips_by_hand(probe_config, monkeypatch):
     assert probe.evaluate({}, 305) is None  # no reference yet
     assert probe.add_reference(images(0, 5)) == 5 and not probe.ready
     assert probe.add_reference(images(5, 10)) == 8 and probe.ready  # capped at probe.size
-    result = probe.evaluate({}, 350)
+    result = probe.evaluate(ADAPTED, 350)
     assert (result.step, result.cycle, result.cycle_step, result.probe_size, result.flips) == (350, 3, 50, 8, 3)
     assert result.weighted_flips == pytest.approx((3.5 + 1 + 7.5) / 8)
 
@@ -114,7 +118,7 @@ def test_spread_reference_is_a_uniform_sample_of_the_cycle_whatever_the_batching
 
 def test_spread_flips_compare_the_cycle_start_snapshot_with_the_new_one(probe_config, monkeypatch):
     probe = ProbeWorker(probe_config)
-    start, later = {"w": np.zeros(1)}, {"w": np.ones(1)}
+    start, later = {"fc.bias": np.zeros(10, np.float32)}, ADAPTED
     conf = np.array([0.9, 0.5, 0.5, 0.7, 0.1, 0.3, 0.9, 0.8])
 
     def predict(snapshot, images):
@@ -142,12 +146,12 @@ def test_probe_nan_reference_confidences_do_not_make_weighted_flips_nan(probe_co
     monkeypatch.setattr(probe, "_predict", lambda snapshot, images: next(answers))
     probe.start_cycle({}, 0, 0)
     probe.add_reference(images(0, 8))
-    result = probe.evaluate({}, 10)
+    result = probe.evaluate(ADAPTED, 10)
     assert result.flips == 2 and result.weighted_flips == pytest.approx(2 / 6)  # NaN at 0 skipped, 0.2 ranks 2nd of 6
     probe.start_cycle({}, 1, 20)
     answers = iter([(np.zeros(8, np.int64), np.full(8, np.nan)), (np.zeros(8, np.int64), conf)])
     probe.add_reference(images(0, 8))
-    assert probe.evaluate({}, 30).weighted_flips == 0.0
+    assert probe.evaluate(ADAPTED, 30).weighted_flips == 0.0
 
 
 def test_probe_reference_counts_stream_positions_when_images_are_unreadable(probe_config):
@@ -190,6 +194,65 @@ def test_probe_state_round_trip_continues_the_same(probe_config):
     a, b = probe.evaluate(weights, 90), other.evaluate(weights, 90)
     assert (a.cycle, a.cycle_step, a.flips, a.weighted_flips) == (b.cycle, b.cycle_step, b.flips, b.weighted_flips)
     assert np.array_equal(probe.reference_confidences, other.reference_confidences)
+
+
+def adapted(probe: ProbeWorker, scale: float) -> dict[str, np.ndarray]:
+    """A snapshot as an adapter takes one: every BatchNorm weight, scaled."""
+    return {k: v.numpy() * scale for k, v in probe.initial_state.items() if k.endswith(("bn1.weight", "bn2.weight"))}
+
+
+def spread_probe(probe_config, start: dict[str, np.ndarray]) -> ProbeWorker:
+    probe = ProbeWorker(probe_config)
+    probe.start_cycle(start, 1, 100)
+    for lo in range(0, 40, 8):
+        probe.observe(images(lo, lo + 8, seed=3))
+        probe.add_reference(images(lo, lo + 8, seed=3))
+    return probe
+
+
+def outcome(result) -> tuple:
+    """Everything a probe row takes from a result but its time."""
+    return (result.step, result.cycle, result.cycle_step, result.probe_size, result.flips, result.weighted_flips,
+            result.spread_size, result.spread_flips, result.spread_weighted_flips)
+
+
+def test_a_probe_evaluated_twice_or_after_a_round_trip_gives_identical_results(probe_config):
+    probe = spread_probe(probe_config, adapted(ProbeWorker(probe_config), 1.0))
+    snapshot = adapted(probe, 0.5)
+    first = probe.evaluate(snapshot, 150)
+    assert first.spread_size == 8 and first.flips + first.spread_flips > 0  # both sets forwarded, and it moved
+    assert outcome(probe.evaluate(snapshot, 150)) == outcome(first)
+    resumed = ProbeWorker(probe_config)
+    resumed.load_state_dict(probe.state_dict())
+    assert outcome(resumed.evaluate(snapshot, 150)) == outcome(first)
+
+
+def test_the_cycle_start_weights_are_counted_without_forwards_as_forwards_count_them(probe_config, monkeypatch):
+    probe = spread_probe(probe_config, adapted(ProbeWorker(probe_config), 2.0))
+    forwards, predict = [], probe._predict
+
+    def counted(snapshot, images):
+        forwards.append(len(images))
+        return predict(snapshot, images)
+
+    monkeypatch.setattr(probe, "_predict", counted)
+    again = adapted(probe, 2.0)  # equal to the start snapshot, another object
+    shortcut = probe.evaluate(again, 150)
+    assert forwards == [8]  # the spread set by the cycle-start weights, nothing else
+    monkeypatch.setattr("stream_monitor.runtime.workers.same_weights", lambda *args: False)
+    assert outcome(probe.evaluate(again, 150)) == outcome(shortcut) and forwards == [8, 8, 8, 8]
+    assert (shortcut.flips, shortcut.spread_flips) == (0, 0)
+
+
+def test_same_weights_compares_what_the_probe_loads_bit_for_bit():
+    own = {"a": None, "b": None}
+    w = np.array([0.0, 1.0], np.float32)
+    assert same_weights({"a": w, "x": w}, {"a": w.copy(), "x": -w}, own)  # x is never loaded
+    assert not same_weights({"a": w}, {"a": w, "b": w}, own)  # b: the snapshot's against the model's own
+    assert not same_weights({"a": w}, {"a": -w}, own)  # -0.0 == 0.0, but not bit for bit
+    assert not same_weights({"a": w}, {"a": w.astype(np.float64)}, own)
+    nan = np.array([np.nan], np.float32)
+    assert same_weights({"a": nan}, {"a": nan.copy()}, own)
 
 
 # ---- GPU shares --------------------------------------------------------------------------------------
