@@ -21,6 +21,10 @@ def record(row: dict, stem: Path) -> None:
     table = pa.Table.from_pylist([row])
     csv_path = stem.with_suffix(".csv")
     if csv_path.exists():
-        table = pa.concat_tables([pa_csv.read_csv(csv_path), table], promote_options="permissive")
+        # the earlier rows' columns are read as the new row types them: CSV inference alone reads a
+        # text column whose earlier values all look numeric ("107.0") as numbers, which will not concat
+        types = pa_csv.ConvertOptions(column_types={f.name: f.type for f in table.schema if f.type != pa.null()})
+        earlier = pa_csv.read_csv(csv_path, convert_options=types)
+        table = pa.concat_tables([earlier, table], promote_options="permissive")
     pa_csv.write_csv(table, csv_path)
     pq.write_table(table, stem.with_suffix(".parquet"))

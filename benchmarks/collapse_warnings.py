@@ -266,7 +266,8 @@ def run_all(cases: Sequence[Case], work: Path, images: int, jobs: int, reset: bo
 # ---- scoring a finished set of runs --------------------------------------------------------------
 
 def case_rows(case: Case, run_dir: Path, window: int, margin: float, sustain: int, horizon: int,
-              fused: Sequence[str], probe_every: int, frozen_every: int | None = None) -> tuple[dict[str, Score], dict[str, Score], dict[str, list]]:
+              fused: Sequence[str], probe_every: int,
+              frozen_every: int | None = None) -> tuple[dict[str, Score], dict[str, Score], dict[str, list]]:
     """Per detector (and "fused"): its score against the labelled events and against the probe drop."""
     from stream_monitor.estimation.detectors import DETECTORS
     from stream_monitor.evaluation import collapse_events, replay_warnings

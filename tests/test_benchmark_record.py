@@ -20,3 +20,10 @@ def test_rows_accumulate_in_csv_and_parquet(tmp_path):
     assert parquet == [{"git_sha": "abc", "img_s": 10.5, "device": None},
                        {"git_sha": "def", "img_s": 12.0, "device": "cpu"}]
     assert pa_csv.read_csv(stem.with_suffix(".csv")).num_rows == 2
+
+
+def test_a_text_column_whose_earlier_values_look_numeric_still_accumulates(tmp_path):
+    stem = tmp_path / "bench"
+    _record.record({"variant": "default", "runs": "107.0"}, stem)  # one run: reads back as a number
+    _record.record({"variant": "default", "runs": "98.1;107.0"}, stem)
+    assert [r["runs"] for r in pq.read_table(stem.with_suffix(".parquet")).to_pylist()] == ["107.0", "98.1;107.0"]
