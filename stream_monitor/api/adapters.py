@@ -130,6 +130,13 @@ def adapter_factory(adapter: Any, options: dict[str, Any], precision: str = "fp3
     return _Given(adapter)
 
 
+def restart(factory: Callable[[SourceModel, Any], Any]) -> None:
+    """Put an adapter object (`_Given`) back at the source model before it serves another stream:
+    it is one object across runs, while a registered adapter or a class is built afresh for each."""
+    if isinstance(factory, _Given):
+        factory.adapter.reset()
+
+
 def fisher_images(adapter: Any) -> int:
     """How many of the stream's first images a registered adapter needs (EATA's Fisher information); 0 for objects."""
     if not isinstance(adapter, str):

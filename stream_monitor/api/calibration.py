@@ -49,7 +49,7 @@ from ..runtime.components import Components, CopiedModel, GivenStream
 from ..runtime.runner import run, with_overrides
 from ..runtime.workers import AdapterWorker
 from ..schedule import cycle_length, last_probe_step
-from .adapters import adapter_factory, fisher_images
+from .adapters import adapter_factory, fisher_images, restart
 from .images import BatchFormatError, check_labels
 from .models import UserModel
 from .monitor import Monitor
@@ -231,6 +231,8 @@ def calibrate_model(model: nn.Module, heldout: Any, adapter: Any = "tent", *, ou
     fisher = clean_images(images, labels, pristine.num_classes, fisher_images(adapter))
 
     def components(stream: Any) -> Components:
+        # every probe run and the clean statistics start at the source model, an adapter object too
+        restart(monitor.factory)
         return Components(CopiedModel(pristine), GivenStream(stream), monitor.factory, fisher_images(adapter),
                           driver_stream=True)
 

@@ -157,3 +157,13 @@ def test_the_source_adapter_on_a_model_without_batchnorm_is_refused(tmp_path):
     with pytest.raises(ValueError, match="makes the frozen model's file.* has none. Pass metaset=False"):
         _calibrate(tmp_path, "source", model=model)
     assert not (tmp_path / "cal.json").exists()
+
+
+def test_an_adapter_object_starts_each_probe_run_and_the_clean_statistics_at_the_source_model(tmp_path):
+    model = _trained_model()
+    adapter = Resets(model)
+    calibrate_model(model, Glyphs(96), adapter, output=tmp_path / "cal.json", domains=PROBE_DOMAINS[:2],
+                    metaset=False, log=lambda m: None, **SETTINGS)
+    # the description, each domain's probe run and the clean statistics: it served the stream of
+    # the run before (adapted by it) before this reset existed
+    assert adapter.resets == 1 + 2 + 1
