@@ -8,7 +8,8 @@ Every case runs with the rdumb, tent and source adapters (`stream-monitor run --
 and each run is scored per target (source, online) for the headline and for every estimator in
 its estimates table: MAE, bias, worst window, interval coverage and out-of-support rate
 (`suite_scoring.py`; n/a where the release writes no such column). Rows go to
-benchmarks/results/estimate_suite_<SHA>.csv and .parquet as each run finishes; a second call
+benchmarks/results/estimate_suite_<SHA>.csv and .parquet as each run finishes (one row per probe
+window and target in estimate_suite_<SHA>_windows.csv and .parquet); a second call
 skips the (case, adapter, images) already there, so an interrupted suite resumes where it stopped.
 
 Cases (`CASES`): unseen CCC streams (seeds 44 and 45, speeds 2000 and 5000, none used while the
@@ -34,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from suite_scoring import TARGETS, estimator_scores, headline_scores, read_columns  # noqa: E402
+from suite_scoring import TARGETS, estimator_scores, headline_scores, read_columns, window_rows  # noqa: E402
 
 #: rdumb and tent ship calibrations of their own; eata has none (its online headline is the frozen
 #: file's rule for such adapters, fitted on no EATA window); source serves the frozen model itself
@@ -88,8 +89,9 @@ def stream_folder(case: Case, images: int, streams: Path) -> Path:
 
 
 def run_case(case: Case, adapter: str, repo: Path, images: int, streams: Path, runs: Path, sha: str,
-             keep: bool) -> list[dict]:
-    """Run one (case, adapter) with the checkout at `repo` and score it: the suite's rows."""
+             keep: bool) -> tuple[list[dict], list[dict]]:
+    """Run one (case, adapter) with the checkout at `repo` and score it: the suite's rows, and one
+    row per probe window and target (`suite_scoring.window_rows`)."""
     out = runs / f"{case.name}-{adapter}-{images}"
     shutil.rmtree(out, ignore_errors=True)  # a run that was cut off starts again
     out.mkdir(parents=True)
@@ -111,8 +113,9 @@ def run_case(case: Case, adapter: str, repo: Path, images: int, streams: Path, r
         raise RuntimeError(f"{case.name} with {adapter} failed (exit {done.returncode}); see {out / 'suite.log'}")
     probes, estimates = read_columns(run_dirs[0], "probes"), read_columns(run_dirs[0], "estimates")
     base = {"sha": sha, "case": case.name, "adapter": adapter, "images": images, "run_seconds": round(seconds, 1)}
-    rows = []
+    rows, windows = [], []
     if probes:
+        windows = [{**base, **w} for w in window_rows(probes)]
         for target, (s, methods) in headline_scores(probes).items():
             rows.append({**base, "target": target, "estimator": "headline", "methods": methods, **s.row()})
         if estimates:
@@ -120,7 +123,7 @@ def run_case(case: Case, adapter: str, repo: Path, images: int, streams: Path, r
                 rows.append({**base, "target": target, "estimator": key, "methods": "", **s.row()})
     if not keep:
         shutil.rmtree(run_dirs[0], ignore_errors=True)
-    return rows or [{**base, "target": "", "estimator": "no probe window", "methods": ""}]
+    return rows or [{**base, "target": "", "estimator": "no probe window", "methods": ""}], windows
 
 
 def append(rows: list[dict], stem: Path) -> None:
@@ -222,10 +225,12 @@ def main() -> None:
         for future in as_completed(futures):
             name, adapter = futures[future]
             try:
-                rows = future.result()
+                rows, windows = future.result()
             except RuntimeError as error:
                 print(f"FAILED {error}", flush=True)
                 continue
+            if windows:  # before the case's rows: a case whose rows are written is done
+                append(windows, stem.with_name(stem.name + "_windows"))
             append([{**r, "machine": f"{platform.node()} ({os.cpu_count()} cores)"} for r in rows], stem)
             head = {r["target"]: r.get("mae") for r in rows if r["estimator"] == "headline"}
             print(f"{name} {adapter}: headline MAE " + ", ".join(

@@ -8,7 +8,8 @@ the loop) is measured on the suite without running it again: every probe row's h
 and support flag is derived again, with the frozen model's shipped file of this checkout and the
 adapter's shipped file if there is one (as a run of this checkout would resolve them), and scored
 as `estimate_suite.py` scores a run (`suite_scoring.headline_scores`). Each row also has the
-figures the run recorded, for the A/B on the same windows.
+figures the run recorded, for the A/B on the same windows; STEM_windows has one row per probe window,
+target and kind (recorded, replayed): value, interval, flag, method and truth.
 
 RUNS_ROOT holds one folder per suite run, `CASE-ADAPTER-IMAGES/<run directory>` (estimate_suite.py's
 --work layout). Writes STEM.csv and STEM.parquet with the git SHA; prints a table per target.
@@ -26,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 from _record import git_sha  # noqa: E402
 from estimate_suite import ADAPTERS, CASES  # noqa: E402
-from suite_scoring import TARGETS, headline_scores, read_columns  # noqa: E402
+from suite_scoring import TARGETS, headline_scores, read_columns, window_rows  # noqa: E402
 
 
 def run_directory(folder: Path) -> Path | None:
@@ -50,15 +51,18 @@ def main() -> int:
     from stream_monitor.evaluation import replayed_probes
 
     frozen = Calibration.load(sorted((SHIPPED / "frozen").glob("*.json"))[0])
-    sha, rows = git_sha(), []
+    sha, rows, windows = git_sha(), [], []
     for case in CASES:
         for adapter in ADAPTERS:
             folders = sorted(args.root.glob(f"{case.name}-{adapter}-*"))
             run_dir = run_directory(folders[-1]) if folders else None
             if run_dir is None:
                 continue
-            recorded = headline_scores(read_columns(run_dir, "probes"))
-            replayed = headline_scores(as_columns(replayed_probes(run_dir, frozen_calibration=frozen)))
+            probes = {"recorded": read_columns(run_dir, "probes"),
+                      "replayed": as_columns(replayed_probes(run_dir, frozen_calibration=frozen))}
+            recorded, replayed = (headline_scores(probes[kind]) for kind in ("recorded", "replayed"))
+            windows += [{"case": case.name, "adapter": adapter, "kind": kind, **w, "git_sha": sha}
+                        for kind, columns in probes.items() for w in window_rows(columns)]
             for target in TARGETS:
                 for kind, scores in (("recorded", recorded), ("replayed", replayed)):
                     score, methods = scores[target]
@@ -71,9 +75,10 @@ def main() -> int:
         import pyarrow.parquet as pq
 
         args.stem.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pylist(rows)
-        pa_csv.write_csv(table, args.stem.with_suffix(".csv"))
-        pq.write_table(table, args.stem.with_suffix(".parquet"))
+        for stem, data in ((args.stem, rows), (args.stem.with_name(args.stem.name + "_windows"), windows)):
+            table = pa.Table.from_pylist(data)
+            pa_csv.write_csv(table, stem.with_suffix(".csv"))
+            pq.write_table(table, stem.with_suffix(".parquet"))
     fmt = lambda v, spec=".1f": "-" if v is None else format(v, spec)  # noqa: E731
     for target in TARGETS:
         print(f"\n### {target} headline, recorded (the run's own calibrations) -> replayed (git {sha})\n")

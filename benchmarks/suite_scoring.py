@@ -93,6 +93,28 @@ def headline_scores(probes: dict[str, list]) -> dict[str, tuple[Score, str]]:
     return out
 
 
+def window_rows(probes: dict[str, list]) -> list[dict]:
+    """One row per probe window and target: the headline's value, interval, out-of-support flag and
+    method against the truth (None where the release writes no such column), so a suite's
+    per-case figures can be traced to its windows without the run directories."""
+    rows = []
+    for target in TARGETS:
+        interval = next(((probes[lo], probes[hi]) for lo, hi in INTERVAL_COLUMNS[target]
+                         if lo in probes and hi in probes), None)
+        flags = _first(probes, SUPPORT_COLUMNS[target])
+        methods = probes.get(f"est_{target}_method")
+        for i, step in enumerate(probes["step"]):
+            estimate, truth = probes[f"est_{target}_acc"][i], probes[f"true_{target}_acc"][i]
+            low, high = (interval[0][i], interval[1][i]) if interval else (None, None)
+            rows.append({"step": step, "target": target, "truth": truth, "estimate": estimate,
+                         "error": None if estimate is None or truth is None else estimate - truth,
+                         "low": low, "high": high,
+                         "covered": None if None in (low, high, truth) else bool(low <= truth <= high),
+                         "out_of_support": None if flags is None else flags[i],
+                         "method": None if methods is None else methods[i]})
+    return rows
+
+
 def estimator_scores(probes: dict[str, list], estimates: dict[str, list]) -> dict[tuple[str, str], Score]:
     """(target, feed/estimator) -> score, each estimator's readings against its target's truth
     on the probe row of the same step."""

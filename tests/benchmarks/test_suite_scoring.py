@@ -58,3 +58,14 @@ def test_estimators_are_scored_against_their_targets_truth_on_the_same_step():
     assert frozen.mae == pytest.approx(6.0) and frozen.worst == pytest.approx(10.0)
     assert frozen.out_of_support == pytest.approx(1.0) and frozen.coverage is None
     assert out[("online", "served/mano")].missing == 1
+
+
+def test_window_rows_trace_each_headline_window_with_its_interval_and_flag():
+    rows = scoring.window_rows(probes(est_source_lo=[80.0, 54.0], est_source_hi=[95.0, 60.0],
+                                      est_online_out_of_support=[False, True]))
+    assert [(r["target"], r["step"]) for r in rows] == [("source", 100), ("source", 200), ("online", 100),
+                                                        ("online", 200)]
+    first, second, _, last = rows
+    assert (first["error"], first["covered"], first["method"]) == (-5.0, True, "sentinel")
+    assert second["covered"] is False and second["out_of_support"] is None
+    assert last["low"] is None and last["covered"] is None and last["out_of_support"] is True
