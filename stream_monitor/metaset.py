@@ -148,10 +148,13 @@ def config_readers(spec: MetaSetBuild, config) -> MetaSetReaders:
     from .runtime.workers import AdapterWorker
 
     model = load_model(config.model.name, config.model.weights, "cpu")
+    fisher: dict[str, Any] = {}  # per adapter, rendered once for every domain
 
     def adapter(name: str) -> AdapterWorker:
         named = with_overrides(config, adapter={"name": name})
-        return AdapterWorker(named, clean_fisher_images(named))
+        if name not in fisher:
+            fisher[name] = clean_fisher_images(named)
+        return AdapterWorker(named, fisher[name])
 
     return MetaSetReaders(model, adapter, lambda domain, images: domain_source(domain, images, model, spec.data),
                           spec.data)

@@ -337,11 +337,11 @@ def heldout_readers(config: RunConfig, factory: Callable[[Any, Any], Any], model
 
     def adapter(name: str) -> AdapterWorker:
         mine = name == own
+        if mine:
+            restart(factory)  # an adapter object is one object: back to the source model at each domain
         parts = Components(CopiedModel(model), GivenStream(None), factory if mine else adapter_factory(name, {}))
-        worker = AdapterWorker(with_overrides(config, adapter={"name": name}), fisher if mine else None,
-                               components=parts)
-        worker.reset()  # an adapter object is one object: back to the source model at each domain
-        return worker
+        return AdapterWorker(with_overrides(config, adapter={"name": name}), fisher if mine else None,
+                             components=parts)
 
     def domain(text: str, length: int) -> StreamSource:
         offset = domain_offset(text, len(images))
