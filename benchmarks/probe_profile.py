@@ -1,6 +1,6 @@
 """Where the monitoring's time goes, part by part: one in-process run under cProfile.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/probe_profile.py --images 32000 [--set adapter.name=norm]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/probe_profile.py --images 64000 [--set probe.flips_every=100]
 
 Runs `stream-monitor run`'s default (CCC-Medium, rdumb, the embedded model; in-process, one
 thread, no dashboard) under cProfile and prints, for each part of the probe and, for scale, the
@@ -75,7 +75,8 @@ def parts(stats: pstats.Stats) -> list[Part]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=32_000, help="images in the run (32,000: 5 probes of one cycle)")
+    parser.add_argument("--images", type=int, default=64_000,
+                        help="images in the run (64,000: one whole cycle of 1,000 steps, its 10 snapshot steps)")
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="a config override")
     args = parser.parse_args()
     config = load_config(None, [f"runtime.max_images={args.images}", "dashboard.enabled=false",
@@ -84,9 +85,12 @@ def main() -> None:
     profile = cProfile.Profile()
     profile.runcall(run, config, out)
     found = parts(pstats.Stats(profile))
-    probes = read_table(out, "probes").column("probe_ms").to_numpy()
+    probe_ms = read_table(out, "probes").column("probe_ms").to_pylist()
+    counted = [ms for ms in probe_ms if ms is not None]  # snapshot steps that counted flips (probe.flips_every)
+    median = f"{statistics.median(counted):,.0f}" if counted else "n/a"
     base = found[0].seconds
-    print(f"{args.images:,} images, {len(probes)} probes (median probe_ms {statistics.median(probes):,.0f}), "
+    print(f"{args.images:,} images, {len(probe_ms)} snapshot steps, {len(counted)} counting flips "
+          f"(median probe_ms {median}), "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; overrides: {' '.join(args.overrides) or 'none'}")
     print(f"  {'part':<50} {'calls':>6} {'seconds':>8} {'% of adapter':>13}")
     for part in found:

@@ -144,7 +144,8 @@ def _calibrate(config: RunConfig, members: list[MetaRun], description, cycle: in
             config, source={"kind": member.kind, "stream": member.stream},
             runtime={"max_images": ((member.cycles - 1) * cycle + steps) * config.source.batch_size, "start": 0,
                      "use_ray": False},
-            probe={"cycle": cycle, "enabled": True}, evaluator={"frozen_every": 2},
+            probe={"cycle": cycle, "enabled": True, "flips_every": config.probe.every},
+            evaluator={"frozen_every": 2},
             dashboard={"enabled": False}, estimation={"calibration": None},
         )
         run_dir = scratch / member.label.replace(":", "_").replace("/", "_")

@@ -97,11 +97,18 @@ class ProbeConfig:
     # cycle so far (their reference predictions by the cycle-start snapshot): on a drifting stream
     # the first images describe the cycle's first domain, not the window
     spread: bool = True
+    # adapter steps between flip counts (a multiple of `every`); None: only at the cycle's last
+    # snapshot, Entropy Enigma's 990 of 1,000. The other snapshots give the window estimates
+    # without the probe's forwards (docs/monitoring-cost.md: what the flips earn for their cost)
+    flips_every: Optional[int] = None
 
     def __post_init__(self) -> None:
         _positive(self, "every", "size", "chunk")
         if self.cycle is not None and self.cycle < self.every:
             raise ConfigError(f"probe.cycle ({self.cycle}) must be at least probe.every ({self.every}) steps")
+        if self.flips_every is not None and (self.flips_every < 1 or self.flips_every % self.every):
+            raise ConfigError(f"probe.flips_every ({self.flips_every}) must be a positive multiple of probe.every "
+                              f"({self.every}), or null to count flips only at the cycle's last snapshot")
 
 
 @dataclass(frozen=True)

@@ -276,7 +276,8 @@ def _probe_points(config: RunConfig, domains: Sequence[str], images: np.ndarray,
         started = time.perf_counter()
         stream = HeldOutImages(images, labels, domain, steps * batch_size, num_classes)
         cfg = with_overrides(config, runtime={"max_images": steps * batch_size, "use_ray": False},
-                             probe={"cycle": cycle, "enabled": True}, evaluator={"frozen_every": 2},
+                             probe={"cycle": cycle, "enabled": True, "flips_every": config.probe.every},
+                             evaluator={"frozen_every": 2},
                              dashboard={"enabled": False}, estimation={"calibration": None})
         run_dir = scratch / domain.replace(":", "_")
         if run_dir.exists():

@@ -74,6 +74,9 @@ class Monitor:
         probe_every: adapter steps between two probe snapshots.
         probe_size: images of the probe's reference set: the first images of each probe cycle.
         probe_cycle: steps per probe cycle (None: the adapter's reset period, else 1,000).
+        flips_every: adapter steps between two flip counts, a multiple of probe_every (None: only
+            at each probe cycle's last snapshot; the other snapshots give the estimates without
+            the probe's forwards).
         batch_size: images per adapter step (a stream's own batches are re-cut to this size).
         calibration: a calibration file for this model and adapter (`calibrate_model`); None:
             uncalibrated, the estimates are raw readings (see the module docstring).
@@ -107,7 +110,8 @@ class Monitor:
     def __init__(self, model: nn.Module, adapter: Any = "tent", *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, normalise: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  adapter_options: dict[str, Any] | None = None, probe_every: int = 100, probe_size: int = 1000,
-                 probe_cycle: int | None = None, batch_size: int = 64, calibration: str | Path | None = None,
+                 probe_cycle: int | None = None, flips_every: int | None = None, batch_size: int = 64,
+                 calibration: str | Path | None = None,
                  out: str | Path = "runs", device: str = "cpu", use_ray: bool = False, dashboard: bool = False,
                  callbacks: Sequence[Any] = (), settings: Sequence[str] = (), name: str | None = None) -> None:
         if not isinstance(model, nn.Module):
@@ -126,6 +130,7 @@ class Monitor:
             f"source.kind={API_SOURCE_KIND}", f"source.batch_size={batch_size}",
             f"adapter.name={adapter_name(adapter)}",
             f"probe.every={probe_every}", f"probe.size={probe_size}", f"probe.cycle={probe_cycle}",
+            f"probe.flips_every={flips_every}",
             f"runtime.device={device}", f"runtime.use_ray={use_ray}", f"metrics.out={out}",
             f"dashboard.enabled={dashboard}", "runtime.max_images=None",
             f"estimation.calibration={str(self.calibration) if self.calibration else None}",

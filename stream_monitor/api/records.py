@@ -60,7 +60,8 @@ class ProbeReport:
             calibration (see `calibrated` and `warnings`) or while warming up.
         source_method, online_method: the estimators that gave them.
         true_source_accuracy, true_online_accuracy: the same from labels, when the stream has them.
-        flips, probe_size: Entropy Enigma's label flips of the snapshot on the reference set.
+        flips, probe_size: Entropy Enigma's label flips of the snapshot on the reference set; None at
+            a snapshot that counts none (by default only a probe cycle's last one does: `flips_every`).
         calibrated: a calibration for this model and adapter served the estimates.
         collapse_warning: a collapse detector is raised at this window.
         warnings: what to know about these numbers, in words (active detectors, calibration).

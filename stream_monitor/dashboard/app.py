@@ -27,6 +27,7 @@ from .panels import (
     HealthPanel,
     ThroughputPanel,
     WarningsPanel,
+    flips_line,
     format_duration,
     format_hyperparameters,
     format_percent,
@@ -245,7 +246,7 @@ class PlainReporter:
                  f"(true {format_percent(probe.true_source_acc)}) | "
                  f"est online {format_percent(probe.est_online_acc)}{_method(probe.est_online_method)} "
                  f"(true {format_percent(probe.true_online_acc)}) | "
-                 f"flips {probe.flips}/{probe.probe_size} (cycle {probe.cycle})")
+                 f"{flips_line(probe)}")
 
     def on_event(self, row: dict[str, Any]) -> None:
         self._state = self._state.apply_event(row)

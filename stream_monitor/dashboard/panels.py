@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..metrics.schema import FUSED_ORIGIN as FUSED
-from .state import DashboardState
+from .state import DashboardState, ProbeSummary
 
 __all__ = [
     "AccuracyChart",
@@ -27,6 +27,7 @@ __all__ = [
     "HealthPanel",
     "ThroughputPanel",
     "WarningsPanel",
+    "flips_line",
     "format_duration",
     "format_hyperparameters",
     "format_percent",
@@ -97,6 +98,16 @@ def format_hyperparameters(hyperparameters: dict[str, Any], limit: int = 12) -> 
     if len(hyperparameters) > limit:
         parts.append(f"+{len(hyperparameters) - limit} more")
     return " ".join(parts)
+
+
+def flips_line(probe: ProbeSummary) -> str:
+    """The probe's last counted flips: snapshots count them only every probe.flips_every steps
+    (by default at the cycle's last one), the others carry the window estimates alone."""
+    if probe.flips is None:
+        return f"cycle {probe.cycle} · no flips counted yet"
+    weighted = f" · weighted {probe.weighted_flips:.1f}" if probe.weighted_flips is not None else ""
+    return (f"cycle {probe.cycle} · {probe.flips}/{probe.probe_size} flips at step {probe.flips_cycle_step} "
+            f"of cycle {probe.flips_cycle}{weighted}")
 
 
 def _clock(wall_time: float) -> str:
@@ -417,8 +428,7 @@ class ThroughputPanel:
             grid.add_row("truth", _line(("no labels: estimates only", "dim")))
         probe = state.last_probe
         if probe is not None:
-            grid.add_row("probe", _line(f"cycle {probe.cycle} · {probe.flips}/{probe.probe_size} flips"
-                                        f" · weighted {probe.weighted_flips:.1f}",
+            grid.add_row("probe", _line(flips_line(probe),
                                         *([" · ", ("extrapolated", "yellow")] if probe.extrapolated else [])))
             methods = [f"{target} by {method}" + (f" [{interval[0]:.0f}, {interval[1]:.0f}]" if interval else "")
                        for target, method, interval in

@@ -98,9 +98,9 @@ class ProbeSummary:
     step: int
     position: int
     cycle: int
-    flips: int
+    flips: int | None  # the last counted flips (probe.flips_every), None before the first count
     probe_size: int
-    weighted_flips: float
+    weighted_flips: float | None
     est_source_acc: float | None
     est_online_acc: float | None
     true_source_acc: float | None
@@ -111,6 +111,8 @@ class ProbeSummary:
     source_interval: tuple[float, float] | None = None
     online_interval: tuple[float, float] | None = None
     out_of_support: tuple[str, ...] = ()  # the targets whose window lies outside the calibration's support
+    flips_cycle: int | None = None       # the cycle and cycle step of the snapshot that counted `flips`
+    flips_cycle_step: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,10 +278,16 @@ class DashboardState:
         values = point[1:5]
         sums = tuple(s + (v or 0.0) for s, v in zip(self.acc_sums, values))
         counts = tuple(c + (v is not None) for c, v in zip(self.acc_counts, values))
+        counted = row.get("flips") is not None
+        last = self.last_probe
+        flips = (int(row["flips"]), int(row.get("probe_size") or 0), _num(row.get("weighted_flips")),
+                 int(row.get("cycle") or 0), _num(row.get("cycle_step"))) if counted else \
+            (last.flips, last.probe_size, last.weighted_flips, last.flips_cycle, last.flips_cycle_step) \
+            if last is not None else (None, 0, None, None, None)
         summary = ProbeSummary(
             step=int(row["step"]), position=point.position, cycle=int(row.get("cycle") or 0),
-            flips=int(row.get("flips") or 0), probe_size=int(row.get("probe_size") or 0),
-            weighted_flips=_num(row.get("weighted_flips")) or 0.0,
+            flips=flips[0], probe_size=flips[1], weighted_flips=flips[2],
+            flips_cycle=flips[3], flips_cycle_step=None if flips[4] is None else int(flips[4]),
             est_source_acc=point.est_source_acc, est_online_acc=point.est_online_acc,
             true_source_acc=point.true_source_acc, true_online_acc=point.true_online_acc,
             est_source_method=row.get("est_source_method"), extrapolated=bool(row.get("est_extrapolated")),

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 7  # 7: the headlines' 90% intervals and out-of-support flags (probes), an event's detectors and the risk test's bounds (events, steps); 5: run_id and UTC time on every table, units in field metadata; 4: an estimate's feed, ...
+SCHEMA_VERSION = 8  # 8: a probe row's flips are null where its snapshot counted none (probe.flips_every); 7: the headlines' 90% intervals and out-of-support flags (probes), an event's detectors and the risk test's bounds (events, steps); 5: run_id and UTC time on every table, units in field metadata; 4: an estimate's feed, ...
 
 #: Columns the sink fills on every row (the loop leaves them null), so a table read on its own, or
 #: several runs' tables read as one dataset, say which run a row is from and when, in a real timestamp.
@@ -83,9 +83,10 @@ PROBE_SCHEMA = pa.schema([
     pa.field("wall_time", pa.float64(), nullable=False, metadata=_S),
     pa.field("cycle", pa.int32(), nullable=False),          # probe cycle (a new reference set each cycle)
     pa.field("cycle_step", pa.int64(), nullable=False),     # steps since the cycle started
-    pa.field("probe_size", pa.int32(), nullable=False, metadata=_IMG),  # reference images
-    pa.field("flips", pa.int32(), nullable=False, metadata=_IMG),  # predictions changed since the cycle start
-    pa.field("weighted_flips", pa.float64(), nullable=False),  # flips weighted by confidence percentile rank
+    # the flips: null where the snapshot counted none (probe.flips_every) or the reference set was not complete
+    pa.field("probe_size", pa.int32(), metadata=_IMG),      # reference images
+    pa.field("flips", pa.int32(), metadata=_IMG),           # predictions changed since the cycle start
+    pa.field("weighted_flips", pa.float64()),               # flips weighted by confidence percentile rank
     pa.field("probe_ms", pa.float32(), metadata=_MS),
     pa.field("spread_size", pa.int32(), metadata=_IMG),     # the spread reference set (uniform over the cycle so far)
     pa.field("spread_flips", pa.int32(), metadata=_IMG),    # its flips since the cycle-start snapshot

@@ -340,7 +340,8 @@ def _checked(part: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
         raise ValueError(f"{path} was written by another version of stream-monitor (columns missing: "
                          f"{', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'}); this version "
                          f"writes schema version {SCHEMA_VERSION}. Read the run with the version that wrote it.")
-    return part
+    # an earlier schema version of the same columns may differ in nullability (8 made the flips nullable)
+    return part if part.schema.equals(schema) else part.cast(schema)
 
 
 def _read_part(path: Path) -> pa.Table:

@@ -97,7 +97,7 @@ class _PendingStep:
 @dataclass
 class _PendingProbe:
     step: int
-    result: Any
+    result: Any  # the probe's flips (a handle), None at a snapshot that counts none (probe.flips_every)
     row: dict[str, Any] | None = None  # the window columns, filled when step `step` is processed
     readings: list[Reading] = field(default_factory=list)  # the window estimators' readings at that step
 
@@ -237,8 +237,10 @@ class RunLoop:
             self._steps.append(_PendingStep(step, self.ex.call("adapter", "step", images), truth, start, stop,
                                             sidekick))
             if self.schedule.probe_due(step):
-                snapshot = self.ex.call("adapter", "snapshot")
-                self._probes.append(_PendingProbe(step, self.ex.call("probe", "evaluate", snapshot, step)))
+                flips = None
+                if self.schedule.flips_due(step):
+                    flips = self.ex.call("probe", "evaluate", self.ex.call("adapter", "snapshot"), step)
+                self._probes.append(_PendingProbe(step, flips))
             if self.schedule.cycle_due(step):
                 self._start_cycle(step)
 
@@ -288,10 +290,13 @@ class RunLoop:
             elif not self._slow and self.clock() - self._last_result > SLOW_AFTER_S:
                 self._slow = True
                 notify_health(self.observers, "adapter", "slow", f"no step result for {SLOW_AFTER_S:.0f} s")
-        while self._probes and self._probes[0].row is not None and self.ex.ready(self._probes[0].result, 0):
+        while self._probes and self._probes[0].row is not None and self._probe_ready(self._probes[0], 0):
             self._process_probe(self._probes.popleft())
         if not self._steps and self._probes and self._probes[0].row is not None:
-            self.ex.ready(self._probes[0].result, timeout)
+            self._probe_ready(self._probes[0], timeout)
+
+    def _probe_ready(self, pending: _PendingProbe, timeout: float) -> bool:
+        return pending.result is None or self.ex.ready(pending.result, timeout)
 
     def _get(self, handle: Any, origin: str) -> Any:
         try:
@@ -390,17 +395,21 @@ class RunLoop:
         }
 
     def _process_probe(self, pending: _PendingProbe) -> None:
-        result: ProbeResult | None = self._get(pending.result, "probe")
-        if result is None:
-            return  # the reference set was not complete at this snapshot
+        """The window's estimates at a snapshot step, with the snapshot's flips where it counted them
+        (None: not this snapshot, or the reference set was not complete yet)."""
+        result: ProbeResult | None = self._get(pending.result, "probe") if pending.result is not None else None
         row = empty_row(PROBE_SCHEMA)
         row.update(pending.row or {})
-        row.update(step=result.step, wall_time=self.clock(), cycle=result.cycle, cycle_step=result.cycle_step,
-                   probe_size=result.probe_size, flips=result.flips, weighted_flips=result.weighted_flips,
-                   probe_ms=result.probe_ms, spread_size=result.spread_size, spread_flips=result.spread_flips,
-                   spread_weighted_flips=result.spread_weighted_flips)
-        flips = self.estimation.flips_readings(result.cycle_step, result.weighted_flips, result.probe_size,
-                                               result.spread_weighted_flips, result.spread_size)
+        cycle, cycle_step = divmod(pending.step, self.cycle_length)
+        row.update(step=pending.step, wall_time=self.clock(), cycle=cycle, cycle_step=cycle_step)
+        flips = []
+        if result is not None:
+            row.update(cycle=result.cycle, cycle_step=result.cycle_step, probe_size=result.probe_size,
+                       flips=result.flips, weighted_flips=result.weighted_flips, probe_ms=result.probe_ms,
+                       spread_size=result.spread_size, spread_flips=result.spread_flips,
+                       spread_weighted_flips=result.spread_weighted_flips)
+            flips = self.estimation.flips_readings(result.cycle_step, result.weighted_flips, result.probe_size,
+                                                   result.spread_weighted_flips, result.spread_size)
         estimate = derive(flips + pending.readings, self.estimation.context)
         row.update(estimate.columns())
         self._note_support(estimate)

@@ -23,7 +23,7 @@ from stream_monitor.dashboard import (
     summary_table,
 )
 from stream_monitor.dashboard.state import Series
-from stream_monitor.dashboard.panels import y_range
+from stream_monitor.dashboard.panels import flips_line, y_range
 from stream_monitor.metrics.schema import EVENT_SCHEMA, FUSED_ORIGIN, PROBE_SCHEMA, STEP_SCHEMA, empty_row
 from stream_monitor.runtime.observer import RunInfo
 
@@ -181,6 +181,15 @@ def test_probe_means_and_latest_report():
     assert state.mean_accuracy(1) == pytest.approx(60.0) and state.mean_accuracy(2) == pytest.approx(55.0 + 10 / 3)
     assert state.last_probe is not None and state.last_probe.position == 30 * 64 and state.probe_count == 3
     assert state.accuracy.points[0].est_source_acc is None
+
+
+def test_a_snapshot_without_flips_keeps_the_last_counted_ones_on_show():
+    no_flips = dict(flips=None, weighted_flips=None, probe_size=None)
+    state = DashboardState().apply_start(make_info()).apply_probe(probe_row(10, **no_flips))
+    assert state.last_probe.flips is None and flips_line(state.last_probe) == "cycle 0 · no flips counted yet"
+    state = state.apply_probe(probe_row(20)).apply_probe(probe_row(30, cycle=1, cycle_step=5, **no_flips))
+    assert state.last_probe.step == 30 and state.last_probe.est_online_acc == 70.0  # the estimates are this step's
+    assert flips_line(state.last_probe) == "cycle 1 · 12/256 flips at step 20 of cycle 0 · weighted 7.5"
 
 
 # -- panels --------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from stream_monitor.calibration import Calibration
-from stream_monitor.config import load_config
+from stream_monitor.config import ConfigError, load_config
 from stream_monitor.estimation.detectors import FUSED
 from stream_monitor.estimation.pipeline import HEADLINE_ORDER
 from stream_monitor.estimation.window import scale
@@ -40,8 +40,9 @@ from .golden.make_golden import CALIBRATION
 
 BATCH, STEPS, CYCLE, EVERY = 32, 40, 15, 5
 N = BATCH * STEPS
+# flips at every snapshot (the default counts them at a cycle's last one only: test_flips_by_default...)
 BASE = ["runtime.use_ray=false", "adapter.name=tent", f"probe.every={EVERY}", f"probe.cycle={CYCLE}",
-        "probe.size=64", "runtime.checkpoint_every=10", "runtime.threads=1", f"source.batch_size={BATCH}",
+        f"probe.flips_every={EVERY}", "probe.size=64", "runtime.checkpoint_every=10", "runtime.threads=1", f"source.batch_size={BATCH}",
         f"estimation.frozen_calibration={CALIBRATION}"]
 TIMING = ["wall_time", "step_ms", "probe_ms", "time", "run_id"]  # differ between two runs of one stream
 RUN_EVENTS = ("start", "resume", "stop", "error", "repair")  # the invocations' own; the rest follow the steps
@@ -123,6 +124,38 @@ def test_cycle_defaults_to_the_reset_period_and_probes_can_be_off():
     assert schedule().cycle == 1000
     off = schedule("probe.enabled=false")
     assert not any(off.probe_due(s) or off.cycle_due(s) for s in range(2001))
+
+
+def test_flips_are_counted_at_a_cycles_last_snapshot_unless_flips_every_says_more():
+    paper = schedule("probe.cycle=1000", "probe.every=100")
+    assert [s for s in range(1, 2001) if paper.flips_due(s)] == [990, 1990]  # Entropy Enigma's 990 of 1,000
+    often = schedule("probe.cycle=1000", "probe.every=100", "probe.flips_every=500")
+    assert [s for s in range(1, 1001) if often.flips_due(s)] == [500, 990]
+    every = schedule("probe.cycle=1000", "probe.every=100", "probe.flips_every=100")
+    assert [s for s in range(1, 1001) if every.flips_due(s)] == [s for s in range(1, 1001) if every.probe_due(s)]
+    for bad in ("probe.flips_every=150", "probe.flips_every=0"):
+        with pytest.raises(ConfigError, match="multiple of probe.every"):
+            load_config(None, ["probe.every=100", bad])
+
+
+def test_flips_by_default_only_at_the_last_snapshot_of_a_cycle_the_others_estimate(tmp_path):
+    run_dir = tmp_path / "run"
+    outcome = run(load_config(None, [b for b in BASE if not b.startswith("probe.flips_every")]
+                              + [f"runtime.max_images={N}"]), run_dir)
+    assert outcome.status == "finished", outcome.error
+    probes = read_table(run_dir, "probes").to_pylist()
+    assert [p["step"] for p in probes] == [5, 10, 20, 25, 35, 40]
+    counted = [p["step"] for p in probes if p["flips"] is not None]
+    assert counted == [10, 25, 40]  # cycle step 10 of 15: the last snapshot of each cycle
+    for p in probes:
+        assert p["cycle"] == p["step"] // CYCLE and p["cycle_step"] == p["step"] % CYCLE
+        assert 0 <= p["est_online_acc"] <= 100  # every snapshot step carries the window's estimates
+        if p["flips"] is None:
+            assert p["weighted_flips"] is None and p["probe_size"] is None and p["probe_ms"] is None
+    # the flips-based estimates exist only where flips were counted
+    flips_steps = {r["step"] for r in read_table(run_dir, "estimates").to_pylist()
+                   if r["estimator"] in ("weighted-flips", "spread-flips")}
+    assert flips_steps <= set(counted)
 
 
 # ---- one uninterrupted run -----------------------------------------------------------------------

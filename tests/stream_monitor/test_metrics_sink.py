@@ -188,7 +188,7 @@ def test_unknown_columns_are_named(tmp_path):
     ("steps", step_row(0, skipped=2**40), r"steps\.skipped \(int32\): bad value 1099511627776"),
     ("steps", step_row(0, update_skipped=1), r"steps\.update_skipped \(bool\): bad value 1"),
     ("steps", step_row(0, wall_time=None), r"steps\.wall_time \(double\): bad value None: .*required"),
-    ("probes", {k: v for k, v in probe_row(0).items() if k != "flips"}, r"probes\.flips .*required"),
+    ("probes", {k: v for k, v in probe_row(0).items() if k != "cycle"}, r"probes\.cycle .*required"),
 ])
 def test_bad_values_are_rejected_with_table_column_and_value(tmp_path, table, row, message):
     sink = ParquetSink(tmp_path)

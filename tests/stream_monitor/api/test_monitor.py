@@ -88,7 +88,7 @@ def test_example_runs_both_adapters_on_a_generator(tmp_path):
 
 def test_custom_adapter_object_and_unlabelled_stream(tmp_path):
     adapter = _example().EntropyNorm(_tiny_model(), lr=0.5)
-    result = _monitor(tmp_path, adapter=adapter).run(_batches(labels=False))
+    result = _monitor(tmp_path, adapter=adapter, flips_every=2).run(_batches(labels=False))
     assert result.status == "finished" and result.images == 96
     assert not result.info.has_labels and result.last.true_online_accuracy is None
     steps = RunDirectory(result.run_dir).table("steps")

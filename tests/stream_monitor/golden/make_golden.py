@@ -21,8 +21,9 @@ CALIBRATION = HERE / "calibration.json"
 EXPECTED = HERE / "expected_rows.json"
 BATCH, CYCLE, EVERY = 32, 15, 5
 STEPS = 45
+# flips at every snapshot, as every run counted them when the rows were recorded (probe.flips_every)
 BASE = ["runtime.use_ray=false", "adapter.name=tent", f"probe.every={EVERY}", f"probe.cycle={CYCLE}",
-        "probe.size=64", "runtime.checkpoint_every=10", "runtime.threads=1", f"source.batch_size={BATCH}",
+        f"probe.flips_every={EVERY}", "probe.size=64", "runtime.checkpoint_every=10", "runtime.threads=1", f"source.batch_size={BATCH}",
         "estimation.duo_model=embedded-small", "estimation.aetta_every=2", "evaluator.frozen_every=1",
         "dashboard.enabled=false"]
 DOMAINS = ("clean", "speckle_noise:3", "gaussian_blur:4", "spatter:5", "saturate:5")
