@@ -228,9 +228,14 @@ def fit_rule(held: Sequence[HeldOut], target: Target, support: Support | None,
              coverage: float = COVERAGE) -> HeadlineRule:
     """The headline rule from held-out readings: inside the support every estimator ranked by its
     held-out MAE on the windows that were inside; outside, only estimators with no meta-set map,
-    ranked on the windows that were outside (on all windows where fewer than MIN_WINDOWS were)."""
+    ranked on the windows that were outside. A region with too few windows to rank an estimator
+    (MIN_WINDOWS) ranks it on all windows: a small meta-set (a user's few held-out images) then
+    still gives every headline an interval, inside the support as outside."""
     names = sorted({name for h in held for name in h.values})
     inside = _choices([h for h in held if not h.outside], names, coverage)
+    ranked_inside = {c.estimator for c in inside}
+    inside += [c for c in _choices(held, names, coverage) if c.estimator not in ranked_inside]
+    inside.sort(key=lambda c: c.mae)
     free = [n for n in names if n not in META_FITTED]
     outside_windows = [h for h in held if h.outside]
     outside = _choices(outside_windows, free, coverage)

@@ -123,6 +123,19 @@ def test_fit_rule_ranks_by_held_out_error_and_keeps_meta_fitted_estimators_out_o
     assert all(r["coverage"] >= 0.75 for r in report)
 
 
+def test_a_region_with_too_few_windows_ranks_on_all_so_every_headline_has_an_interval():
+    rng = np.random.default_rng(2)
+    # a small meta-set: 24 windows, 4 of them inside the support (too few to rank an estimator there)
+    windows = [held(family, truth, {"sentinel": truth + rng.normal(0, 2), "average-confidence": truth + 8.0},
+                    distance=0.0 if k < 4 else 2.0)
+               for k, (family, truth) in enumerate((f, float(t)) for f in "abc" for t in rng.uniform(10, 95, 8))]
+    fitted = fit_rule(windows, Target.SOURCE, None)
+    assert [c.estimator for c in fitted.inside] == ["sentinel", "average-confidence"]
+    assert all(c.windows == len(windows) for c in fitted.inside)  # the residuals of every window
+    assert [c.estimator for c in fitted.outside] == ["average-confidence"]
+    assert fitted.outside[0].windows == 20  # enough outside: ranked there
+
+
 def test_the_rule_round_trips_through_a_calibration_file(tmp_path):
     support = Support.of([window(c) for c in np.linspace(0.2, 0.6, 9)])
     written = Calibration(model="m", model_sha256=None, adapter=None, hyperparameters=None, probe_size=None,
