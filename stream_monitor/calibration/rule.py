@@ -213,13 +213,26 @@ def held_out_readings(windows: Sequence[dict[str, Any]], points: Sequence[dict[s
     return out
 
 
-def _choices(held: Sequence[HeldOut], names: Sequence[str], coverage: float) -> list[Choice]:
+def _choices(held: Sequence[HeldOut], names: Sequence[str], coverage: float,
+             group: Callable[[HeldOut], str] | None = None) -> list[Choice]:
+    """Each estimator with at least MIN_WINDOWS residuals, ranked by held-out MAE, with its
+    conformal offsets; with `group`, the widest of the offsets of each group that has enough
+    residuals (the pooled ones where none has). A window exchangeable with any one group is then
+    covered at `coverage`, whichever group it resembles; pooled offsets cover only a window
+    exchangeable with the mixture, and the largest group sets them."""
     out = []
     for name in names:
         residuals = [h.truth - h.values[name] for h in held if name in h.values]
         if len(residuals) < MIN_WINDOWS:
             continue
         low, high = conformal_offsets(residuals, coverage)
+        if group is not None:
+            by: dict[str, list[float]] = {}
+            for h in (h for h in held if name in h.values):
+                by.setdefault(group(h), []).append(h.truth - h.values[name])
+            offsets = [conformal_offsets(r, coverage) for r in by.values() if len(r) >= MIN_WINDOWS]
+            if offsets:
+                low, high = min(o[0] for o in offsets), max(o[1] for o in offsets)
         out.append(Choice(name, float(np.mean(np.abs(residuals))), low, high, len(residuals)))
     return sorted(out, key=lambda c: c.mae)
 
@@ -321,10 +334,23 @@ def unseen_adapter_readings(windows: Sequence[dict[str, Any]], source: Sequence[
 def fit_unseen_adapter_rule(held: Sequence[HeldOut], support: Support | None,
                             coverage: float = COVERAGE) -> HeadlineRule:
     """The online rule of adapters without a calibration: the anchored estimate, with conformal
-    offsets from `unseen_adapter_readings` inside the frozen feed's support and (widened) outside."""
-    inside = _choices([h for h in held if not h.outside], [ANCHORED], coverage)
-    outside = _choices([h for h in held if h.outside], [ANCHORED], coverage) or _choices(held, [ANCHORED], coverage)
+    offsets from `unseen_adapter_readings` inside the frozen feed's support and (widened) outside.
+
+    The residuals come in groups that are not alike: the meta-set's windows (adapters fresh at each
+    domain, where adapting the BatchNorm statistics gains most) and each adapter's long streams
+    (three quarters of the residuals, smaller gaps). An adapter nobody calibrated may behave like
+    either, so the offsets are the widest of each group's (`_choices`' `group`), not the pooled
+    ones, which the long streams' many small residuals would set."""
+    by = _origin
+    inside = _choices([h for h in held if not h.outside], [ANCHORED], coverage, by)
+    outside = _choices([h for h in held if h.outside], [ANCHORED], coverage, by) or \
+        _choices(held, [ANCHORED], coverage, by)
     return HeadlineRule(Target.ONLINE, tuple(inside), tuple(outside), support, coverage, feed=Feed.FROZEN)
+
+
+def _origin(held: HeldOut) -> str:
+    """The group of an unseen-adapter residual: "meta-set", or the adapter whose long stream it is."""
+    return held.extra["adapter"]
 
 
 def adapter_report(held: Sequence[HeldOut], support: Support | None, coverage: float = COVERAGE) -> list[dict[str, Any]]:

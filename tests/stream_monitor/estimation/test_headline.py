@@ -210,6 +210,23 @@ def test_unseen_adapter_readings_read_each_adapters_long_streams_through_a_line_
     assert {r["family"] for r in report[2:]} == {"meta-set a", "meta-set b", "meta-set c", "meta-set d"}
 
 
+def test_unseen_adapter_offsets_cover_the_widest_group_not_the_largest():
+    rng = np.random.default_rng(4)
+
+    def unseen(origin: str, error: float) -> HeldOut:
+        truth = float(rng.uniform(20, 80))
+        return HeldOut("f", "d", truth, {ANCHORED: truth - error}, 0.0, extra={"window": 0, "adapter": origin})
+
+    # many long-stream residuals within 2 points, a few meta-set ones within 15: pooled, the long
+    # streams would set the offsets, and a window like the meta-set's would be covered ~60% of the time
+    held = [unseen("rdumb", float(e)) for e in rng.uniform(-2, 2, 200)] + \
+        [unseen("meta-set", float(e)) for e in rng.uniform(-15, 15, 40)]
+    choice = fit_unseen_adapter_rule(held, None).inside[0]
+    meta = [h.truth - h.values[ANCHORED] for h in held if h.extra["adapter"] == "meta-set"]
+    assert np.mean([choice.low <= r <= choice.high for r in meta]) >= 0.9
+    assert choice.windows == 240 and choice.high - choice.low > 20
+
+
 def test_meta_set_files_merge_window_by_window():
     rng = np.random.default_rng(3)
     first = metaset(rng, {"x": 60.0})
