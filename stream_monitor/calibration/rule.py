@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..estimation.headline import COVERAGE, Choice, HeadlineRule, conformal_offsets
+from ..estimation.headline import COVERAGE, Choice, HeadlineRule, conformal_offsets, group_weighted_offsets
 from ..estimation.pipeline import ANCHORED, META_FITTED
 from ..estimation.readings import Feed, Target
 from ..estimation.sentinel import SentinelRegressor
@@ -216,23 +216,25 @@ def held_out_readings(windows: Sequence[dict[str, Any]], points: Sequence[dict[s
 def _choices(held: Sequence[HeldOut], names: Sequence[str], coverage: float,
              group: Callable[[HeldOut], str] | None = None) -> list[Choice]:
     """Each estimator with at least MIN_WINDOWS residuals, ranked by held-out MAE, with its
-    conformal offsets; with `group`, the widest of the offsets of each group that has enough
-    residuals (the pooled ones where none has). A window exchangeable with any one group is then
-    covered at `coverage`, whichever group it resembles; pooled offsets cover only a window
-    exchangeable with the mixture, and the largest group sets them."""
+    conformal offsets, every shift family weighted alike (`group_weighted_offsets`: a window of a
+    new family is the case to cover, not one of the family with most windows); with `group`, the
+    widest of those and of the offsets of each group that has enough residuals. A window
+    exchangeable with any one group is then covered at `coverage`, whichever group it resembles;
+    pooled offsets cover only a window exchangeable with the mixture, and the largest group sets
+    them."""
     out = []
     for name in names:
-        residuals = [h.truth - h.values[name] for h in held if name in h.values]
+        mine = [h for h in held if name in h.values]
+        residuals = [h.truth - h.values[name] for h in mine]
         if len(residuals) < MIN_WINDOWS:
             continue
-        low, high = conformal_offsets(residuals, coverage)
+        low, high = group_weighted_offsets(residuals, [h.family for h in mine], coverage)
         if group is not None:
             by: dict[str, list[float]] = {}
             for h in (h for h in held if name in h.values):
                 by.setdefault(group(h), []).append(h.truth - h.values[name])
             offsets = [conformal_offsets(r, coverage) for r in by.values() if len(r) >= MIN_WINDOWS]
-            if offsets:
-                low, high = min(o[0] for o in offsets), max(o[1] for o in offsets)
+            low, high = min([low, *(o[0] for o in offsets)]), max([high, *(o[1] for o in offsets)])
         out.append(Choice(name, float(np.mean(np.abs(residuals))), low, high, len(residuals)))
     return sorted(out, key=lambda c: c.mae)
 

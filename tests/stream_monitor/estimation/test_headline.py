@@ -12,7 +12,7 @@ from stream_monitor.calibration.rule import (HeldOut, adapter_report, anchor_lin
                                              fit_unseen_adapter_rule, point_gaps, unseen_adapter_readings,
                                              window_gaps)
 from stream_monitor.estimation.context import EstimationContext
-from stream_monitor.estimation.headline import Choice, HeadlineRule, conformal_offsets
+from stream_monitor.estimation.headline import Choice, HeadlineRule, conformal_offsets, group_weighted_offsets
 from stream_monitor.estimation.pipeline import ANCHORED, derive
 from stream_monitor.metaset import merge_windows
 from stream_monitor.estimation.readings import Feed, Reading, Target
@@ -34,6 +34,22 @@ def test_conformal_offsets_need_enough_residuals():
     assert conformal_offsets([1.0] * 18) == (-math.inf, math.inf)  # no finite 90% interval from 18
     low, high = conformal_offsets(list(range(19)))
     assert (low, high) == (0.0, 18.0)  # the extreme ranks: the widest interval there is
+
+
+def test_group_weighted_offsets_aim_at_a_new_family_and_are_never_narrower_than_pooled():
+    rng = np.random.default_rng(5)
+    # a family of 150 windows read within 1 point and two of 15 read within 10: pooled, the first
+    # sets the offsets; weighted alike, each family gets a third of the CDF
+    residuals = [*rng.uniform(-1, 1, 150), *rng.uniform(-10, 10, 15), *rng.uniform(-10, 10, 15)]
+    groups = ["easy"] * 150 + ["hard"] * 15 + ["harder"] * 15
+    pooled = conformal_offsets(residuals)
+    low, high = group_weighted_offsets(residuals, groups)
+    assert low <= pooled[0] and high >= pooled[1]
+    hard = np.asarray(residuals[150:])
+    assert np.mean((hard >= pooled[0]) & (hard <= pooled[1])) < 0.7  # pooled misses the hard families
+    assert np.mean((hard >= low) & (hard <= high)) >= 0.85
+    assert group_weighted_offsets(residuals, ["all"] * len(residuals)) == pooled  # one family: split conformal
+    assert group_weighted_offsets([1.0] * 18, ["a"] * 18) == (-math.inf, math.inf)
 
 
 def window(confidence: float, size: int = 256, k: int = 10) -> list[float]:
