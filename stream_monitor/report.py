@@ -38,6 +38,8 @@ TARGET_WINDOWS = 200          # windowed step series get about this many points
 MAX_CYCLE_LEGEND = 10         # more probe cycles than this get a colour bar instead of legend entries
 X_LABEL = "stream position (images)"
 NO_PROBES = "no probe rows: the probe was off or the run stopped before the first probe"
+NO_FLIPS = ("no flips counted: the probe counts them at a cycle's last snapshot (step 990 of 1,000) "
+            "unless probe.flips_every says more often, and the run stopped before one")
 NO_STEPS = "no step rows: the run stopped before its first step result was written"
 
 Summary = dict[str, float | int | str | None]
@@ -448,9 +450,13 @@ def _plot_flips(run: _Run, notes: list[str]) -> Figure | None:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
+    if run.probes.column("flips").null_count == run.probes.num_rows:
+        notes.append(NO_FLIPS)
+        return None
     x = _num(run.probes, "position")
     cycle = _num(run.probes, "cycle")
-    cycles = np.unique(cycle)
+    counted = np.isfinite(_num(run.probes, "flips"))  # snapshots that counted flips (probe.flips_every)
+    cycles = np.unique(cycle[counted])
     cmap = matplotlib.colormaps["viridis"]
     norm = Normalize(vmin=float(cycles.min()), vmax=float(cycles.max()) if len(cycles) > 1 else float(cycles.min()) + 1)
     few = len(cycles) <= MAX_CYCLE_LEGEND
@@ -458,7 +464,7 @@ def _plot_flips(run: _Run, notes: list[str]) -> Figure | None:
     for ax, column, label in zip(axes, ("flips", "weighted_flips"), ("flips", "weighted flips")):
         y = _num(run.probes, column)
         for c in cycles:
-            sel = cycle == c
+            sel = (cycle == c) & counted
             ax.plot(x[sel], y[sel], marker="o", markersize=3, linewidth=1, color=cmap(norm(c)),
                     label=f"{label}, cycle {int(c)}" if few else None)
         ax.set_ylabel(label)
@@ -469,7 +475,7 @@ def _plot_flips(run: _Run, notes: list[str]) -> Figure | None:
             _legend(ax)
             fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="probe cycle")
     size = _num(run.probes, "probe_size")
-    title = "Label flips on the probe set per probe, by cycle"
+    title = "Label flips on the probe set at the snapshots that counted them, by cycle"
     if _has(size):
         title += f" (probe size {int(np.nanmax(size))})"
     axes[0].set_title(title)

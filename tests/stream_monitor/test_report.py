@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from dataclasses import asdict
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stream_monitor.metrics.schema import EVENT_SCHEMA, PROBE_SCHEMA, STEP_SCHEMA, empty_row
-from stream_monitor.report import EVENT_ROW_CAP, NO_PROBES, PLOTS, _load, _warning_spans, summarise, write_report
+from stream_monitor.report import EVENT_ROW_CAP, NO_FLIPS, NO_PROBES, PLOTS, _load, _warning_spans, summarise, write_report
 from stream_monitor.rundir import FORMAT, RunDirectoryError
 from stream_monitor.runtime.observer import RunInfo
 
@@ -166,6 +167,16 @@ def test_no_probes(tmp_path):
     assert "flips.png" not in _img_refs(page) and "accuracy.png" in _img_refs(page)
     s = summarise(run_dir)
     assert s["probes"] == 0 and s["est_source_acc"] is None and s["source_acc_mae"] is None
+
+
+def test_probe_rows_without_flips_plot_the_estimates_and_say_why_no_flips(tmp_path):
+    run_dir = _make_run(tmp_path / "run", probes=False)
+    rows = [_probe(s, c, es, ts, eo, to) | {"flips": None, "weighted_flips": None, "probe_size": None, "probe_ms": None}
+            for s, c, es, ts, eo, to in PROBES]  # a run shorter than a probe cycle counts no flips by default
+    _write(run_dir, "probes", rows)
+    page = write_report(run_dir).read_text()
+    assert html.escape(NO_FLIPS) in page and "flips.png" not in _img_refs(page) and "accuracy.png" in _img_refs(page)
+    assert summarise(run_dir)["probes"] == len(PROBES)
 
 
 def test_no_labels(tmp_path):
