@@ -104,7 +104,7 @@ def test_calibrate_runs_the_probe_protocol_on_every_domain(tiny_calibration):
 def test_a_run_uses_a_matching_calibration_and_refuses_another(tiny_calibration, tmp_path):
     _, path = tiny_calibration
     cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01", f"estimation.calibration={path}",
-                             "runtime.use_ray=false", "runtime.max_images=640"])
+                             "runtime.use_ray=false", "runtime.max_images=640", "probe.flips_every=4"])
     assert run(cfg, tmp_path / "ok").status == "finished"
     probes = read_table(tmp_path / "ok", "probes").to_pylist()
     assert any(p["est_source_method"] == "spread-flips" and p["est_source_acc"] is not None for p in probes)
@@ -201,7 +201,7 @@ def test_eval_reestimates_flips_with_a_later_calibration(stream_calibration, tmp
 
     cal = stream_calibration
     cfg = load_config(None, [*TINY, "adapter.name=tent", "adapter.lr=0.01", "runtime.use_ray=false",
-                             "runtime.max_images=640"])
+                             "runtime.max_images=640", "probe.flips_every=4"])
     assert run(cfg, tmp_path / "run").status == "finished"  # no calibration: no flips estimate
     assert not [s for s in score_estimators(tmp_path / "run") if s.estimator == "weighted-flips"]
     scores = {(s.estimator, s.target): s for s in score_estimators(tmp_path / "run", cal)}
