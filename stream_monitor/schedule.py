@@ -1,4 +1,5 @@
-"""The probe schedule: how long a cycle is and at which adapter steps the probe snapshots.
+"""The probe schedule: how long a cycle is, at which adapter steps the window's estimates are read
+(snapshot steps) and at which of them the probe counts flips.
 
 Entropy Enigma (Press et al., ICML 2024) takes the reference predictions at the start of a cycle
 and counts flips about 1,000 adapter steps later (990 in its `main.py`). A cycle follows the
@@ -35,7 +36,7 @@ def last_probe_step(cycle: int, every: int) -> int:
 
 def counts_flips(cycle_step: int, cycle: int, every: int, flips_every: int | None) -> bool:
     """A snapshot at `cycle_step` counts flips: the cycle's last one always (the paper's 990 of
-    1,000, whose map the calibration fits first), the others every `flips_every` steps if set."""
+    1,000, where its f is defined), the others every `flips_every` steps if set."""
     if not is_probe_step(cycle_step, cycle, every):
         return False
     return cycle_step == last_probe_step(cycle, every) or bool(flips_every) and cycle_step % flips_every == 0

@@ -231,8 +231,8 @@ def _choices(held: Sequence[HeldOut], names: Sequence[str], coverage: float,
         low, high = group_weighted_offsets(residuals, [h.family for h in mine], coverage)
         if group is not None:
             by: dict[str, list[float]] = {}
-            for h in (h for h in held if name in h.values):
-                by.setdefault(group(h), []).append(h.truth - h.values[name])
+            for h, residual in zip(mine, residuals):
+                by.setdefault(group(h), []).append(residual)
             offsets = [conformal_offsets(r, coverage) for r in by.values() if len(r) >= MIN_WINDOWS]
             low, high = min([low, *(o[0] for o in offsets)]), max([high, *(o[1] for o in offsets)])
         out.append(Choice(name, float(np.mean(np.abs(residuals))), low, high, len(residuals)))

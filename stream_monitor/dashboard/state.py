@@ -278,16 +278,9 @@ class DashboardState:
         values = point[1:5]
         sums = tuple(s + (v or 0.0) for s, v in zip(self.acc_sums, values))
         counts = tuple(c + (v is not None) for c, v in zip(self.acc_counts, values))
-        counted = row.get("flips") is not None
-        last = self.last_probe
-        flips = (int(row["flips"]), int(row.get("probe_size") or 0), _num(row.get("weighted_flips")),
-                 int(row.get("cycle") or 0), _num(row.get("cycle_step"))) if counted else \
-            (last.flips, last.probe_size, last.weighted_flips, last.flips_cycle, last.flips_cycle_step) \
-            if last is not None else (None, 0, None, None, None)
         summary = ProbeSummary(
             step=int(row["step"]), position=point.position, cycle=int(row.get("cycle") or 0),
-            flips=flips[0], probe_size=flips[1], weighted_flips=flips[2],
-            flips_cycle=flips[3], flips_cycle_step=None if flips[4] is None else int(flips[4]),
+            **self._flips(row),
             est_source_acc=point.est_source_acc, est_online_acc=point.est_online_acc,
             true_source_acc=point.true_source_acc, true_online_acc=point.true_online_acc,
             est_source_method=row.get("est_source_method"), extrapolated=bool(row.get("est_extrapolated")),
@@ -296,6 +289,19 @@ class DashboardState:
             out_of_support=tuple(t for t in ("source", "online") if row.get(f"est_{t}_out_of_support")))
         return replace(self, accuracy=self.accuracy.append(point), last_probe=summary,
                        probe_count=self.probe_count + 1, acc_sums=sums, acc_counts=counts)
+
+    def _flips(self, row: dict[str, Any]) -> dict[str, Any]:
+        """ProbeSummary's flips fields: this row's, or the last counted ones where this snapshot
+        counted none (probe.flips_every)."""
+        if row.get("flips") is not None:
+            return {"flips": int(row["flips"]), "probe_size": int(row.get("probe_size") or 0),
+                    "weighted_flips": _num(row.get("weighted_flips")), "flips_cycle": int(row.get("cycle") or 0),
+                    "flips_cycle_step": int(row["cycle_step"]) if row.get("cycle_step") is not None else None}
+        last = self.last_probe
+        if last is None:
+            return {"flips": None, "probe_size": 0, "weighted_flips": None}
+        return {"flips": last.flips, "probe_size": last.probe_size, "weighted_flips": last.weighted_flips,
+                "flips_cycle": last.flips_cycle, "flips_cycle_step": last.flips_cycle_step}
 
     def apply_event(self, row: dict[str, Any]) -> DashboardState:
         """Fold in one `events` row: log it, count it, and raise or clear collapse warnings."""
