@@ -20,6 +20,7 @@ full-range meta-set), so it is not flattered.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stream_monitor.calibration import Calibration
 from stream_monitor.calibration.fit import fit_flips, sentinel_set
-from stream_monitor.estimation.flips import FlipsCalibration
 from stream_monitor.estimation.sentinel import SentinelRegressor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,26 +47,28 @@ def _kind(run: str) -> str:
     return "long stream" if run.startswith("heldout-ccc") else "domain"
 
 
-def _flips(fits: dict, point: dict, key: str) -> float | None:
-    fit = fits.get(int(point["cycle_step"]))
-    if fit is None or point.get(key) is None:
+def _flips(maps: dict, point: dict, key: str, size: str) -> float | None:
+    f = maps.get(int(point["cycle_step"]))
+    if f is None or point.get(key) is None:
         return None
-    f = FlipsCalibration("", tuple(fit["coefficients"]), tuple(fit["range"]), int(point["cycle_step"]))
-    return f(point[key], 1000)[0]
+    return f(point[key], point.get(size) or f.probe_size)[0]
 
 
-def held_out_errors(points: list[dict]) -> list[dict]:
+def held_out_errors(calibration: Calibration) -> list[dict]:
     """One row per point: each estimate's error (estimate - truth), fitted without the point's run."""
-    points = [p for p in points if p.get("true_source_acc") is not None and p.get("weighted_flips") is not None]
+    points = [p for p in calibration.points
+              if p.get("true_source_acc") is not None and p.get("weighted_flips") is not None]
     rows = []
     for run in sorted({_run_of(p) for p in points}):
         train = [p for p in points if _run_of(p) != run]
-        weighted, spread = fit_flips(train), fit_flips(train, "spread_weighted_flips")
+        refitted = dataclasses.replace(calibration, fits=fit_flips(train),
+                                       spread_fits=fit_flips(train, "spread_weighted_flips"))
+        weighted, spread = refitted.flips_calibrations(), refitted.flips_calibrations(spread=True)
         training = sentinel_set(train, frozen=True)  # None where the points kept no frozen features
         sentinel = SentinelRegressor(training) if training is not None else None
         for p in (p for p in points if _run_of(p) == run):
-            values = {"weighted-flips": _flips(weighted, p, "weighted_flips"),
-                      "spread-flips": _flips(spread, p, "spread_weighted_flips"),
+            values = {"weighted-flips": _flips(weighted, p, "weighted_flips", "probe_size"),
+                      "spread-flips": _flips(spread, p, "spread_weighted_flips", "spread_size"),
                       "frozen sentinel": sentinel(p["frozen_sentinel_features"])
                       if sentinel is not None and p.get("frozen_sentinel_features") else None}
             rows.append({"run": run, "kind": _kind(run), "cycle_step": int(p["cycle_step"]),
@@ -97,8 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| calibration | runs | windows | estimate (source target) | MAE | bias | worst |")
     print("|---|---|---|---|---|---|---|")
     for adapter in args.adapters.split(","):
-        points = json.loads(FILES[adapter].read_text())["points"]
-        rows = held_out_errors(points)
+        rows = held_out_errors(Calibration.load(FILES[adapter]))
         table = summary(rows)
         report["adapters"][adapter] = {"rows": rows, "summary": table}
         for s in table:

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from estimate_suite import ADAPTERS  # noqa: E402
+
 GOAL_MAE, GOAL_WORST, GOAL_COVERAGE = 3.0, 10.0, 0.85
-ADAPTERS = ("rdumb", "tent", "eata", "source")
 
 
 def _number(value: str) -> float | None:
