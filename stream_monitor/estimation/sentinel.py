@@ -195,19 +195,33 @@ class SentinelRegressor:
         entropy and a lower mean NLL of the chosen class than any) reads at least as accurate as
         the most confident training window; a line would otherwise carry a trend learned on
         mid-range windows past the edge and read a clean window as less accurate than all of
-        them (issue 25: 10.2% on a window the frozen model gets 98% right)."""
+        them (issue 25: 10.2% on a window the frozen model gets 98% right). Its mirror, the
+        ceiling: a window less confident than every training window reads at most as accurate as
+        the least confident training window (a frozen model's near-uniform outputs on CCC-Hard's
+        destroyed images, entropy at log K, read 100% without it)."""
         width = self.columns(features, sidekick)
         window = np.asarray(features[:width], dtype=np.float64)[None]
         value = np.mean([model.predict(window)[0] for model in self._models(width)])
-        return float(np.clip(max(value, self.guard(features)), self.floor, 100.0))
+        value = min(max(value, self.guard(features)), self.ceiling(features))
+        return float(np.clip(value, self.floor, 100.0))
 
     def guard(self, features: Sequence[float]) -> float:
         """The least the guard lets a window read (0 unless it is more confident than every training window)."""
-        x = np.asarray(self.training["features"], dtype=np.float64)
-        mean, nll = FEATURES.index("mean"), FEATURES.index("nll_avg")
+        x, mean, nll = self._confidence_columns()
         if features[mean] < x[:, mean].min() and features[nll] < x[:, nll].min():
             return float(self.training["accuracy"][int(np.argmin(x[:, mean]))])
         return 0.0
+
+    def ceiling(self, features: Sequence[float]) -> float:
+        """The most the ceiling lets a window read (100 unless it is less confident than every training window)."""
+        x, mean, nll = self._confidence_columns()
+        if features[mean] > x[:, mean].max() and features[nll] > x[:, nll].max():
+            return float(self.training["accuracy"][int(np.argmax(x[:, mean]))])
+        return 100.0
+
+    def _confidence_columns(self) -> tuple[np.ndarray, int, int]:
+        """The training features and the columns of the mean entropy and the mean NLL."""
+        return np.asarray(self.training["features"], dtype=np.float64), FEATURES.index("mean"), FEATURES.index("nll_avg")
 
     @property
     def floor(self) -> float:

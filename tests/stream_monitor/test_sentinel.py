@@ -124,12 +124,12 @@ def test_the_forest_clips_to_a_percentage():
 
 def test_no_window_reads_below_the_least_accurate_meta_set_window():
     x = np.linspace(0.0, 1.0, 20)
-    training = {"features": [[v] * 17 for v in x], "accuracy": list(10.0 + 40.0 * x), "regressor": "ridge",
+    training = {"features": [[v] * 17 for v in x], "accuracy": list(50.0 - 40.0 * x), "regressor": "ridge",
                 "params": {"max_depth": 2, "min_samples_split": 2}, "seed": 0}
     line = SentinelRegressor(training)
     assert line.floor == 10.0
-    assert line([-1.0] * 17) == 10.0  # the line alone would say -30
-    assert line([0.5] * 17) == pytest.approx(30.0, abs=0.5) and line([1.5] * 17) > 50.0  # it still reaches up
+    assert line([2.0] * 17) == 10.0  # the line alone would say -30
+    assert line([0.5] * 17) == pytest.approx(30.0, abs=0.5) and line([-0.5] * 17) > 50.0  # it still reaches up
 
 
 def test_too_few_meta_set_runs_keep_the_default_grid_point():

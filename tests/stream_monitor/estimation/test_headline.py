@@ -118,6 +118,21 @@ def test_a_window_more_confident_than_the_training_set_never_reads_below_its_mos
     assert regressor.guard(window(0.5)) == 0.0
 
 
+def test_a_window_less_confident_than_the_training_set_never_reads_above_its_least_confident_window():
+    confidences = np.linspace(0.3, 0.7, 12)
+    # accuracy rises as confidence falls past the least confident windows: a line carries it on,
+    # and a near-uniform window (a destroyed image's outputs) would read far above chance
+    accuracy = list(90.0 - 100.0 * (confidences - 0.3))
+    accuracy[0] = 30.0
+    training = {"features": [window(c) for c in confidences], "accuracy": accuracy, "params": {},
+                "regressor": "ridge", "seed": 0, "sidekick": None}
+    regressor = SentinelRegressor(training)
+    assert regressor(window(0.5)) > 30.0  # inside, the line reads as fitted
+    assert regressor.ceiling(window(0.5)) == 100.0
+    uniform = window(0.1)  # every image's outputs at 1/K: entropy log K
+    assert regressor.ceiling(uniform) == 30.0
+    assert regressor(uniform) <= 30.0
+
 def held(family: str, truth: float, values: dict, distance: float = 0.0) -> HeldOut:
     return HeldOut(family, family, truth, values, distance)
 
