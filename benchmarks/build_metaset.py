@@ -4,6 +4,11 @@ adapter calibrations' served feeds, on every domain of `stream_monitor.metaset.D
     nohup nice -n 10 python benchmarks/build_metaset.py --out benchmarks/results/metaset_embedded.jsonl &
     nohup nice -n 10 python benchmarks/build_metaset.py --adapters norm,eta,sar \
         --out benchmarks/results/metaset_embedded_uncalibrated.jsonl &
+    python benchmarks/build_metaset.py --validation --adapters rdumb,tent,norm,eta,sar \
+        --out benchmarks/results/metaset_embedded_validation.jsonl
+
+`--validation` builds the families kept out of every fit (`metaset.VALIDATION_DOMAINS`) instead,
+which `benchmarks/validate_families.py` scores the shipped files on.
 
 An adapter without a calibration (`SERVED`) reads its served feed as a run would without one: no
 clean-domain statistics of its own, the frozen model's nuclear-norm line. Such files measure the
@@ -22,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from stream_monitor.metaset import DEFAULT_DOMAINS, MetaSetBuild, build
+from stream_monitor.metaset import DEFAULT_DOMAINS, VALIDATION_DOMAINS, MetaSetBuild, build
 from stream_monitor.config import load_config
 from stream_monitor.estimation.window import stats_from_dict, with_frozen_line
 
@@ -39,12 +44,14 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--window-images", type=int, default=512)
     parser.add_argument("--adapters", default="rdumb,tent")
+    parser.add_argument("--validation", action="store_true", help="the validation families, not the fitted ones")
     args = parser.parse_args()
     torch.set_num_threads(1)
     frozen = stats_from_dict(json.loads(FROZEN.read_text())["frozen_stats"])
     adapters = {a: stats_from_dict(json.loads(SERVED[a].read_text())["served_stats"]) if a in SERVED
                 else with_frozen_line(None, frozen) for a in args.adapters.split(",") if a}
-    spec = MetaSetBuild(DEFAULT_DOMAINS, adapters, frozen, args.windows, args.window_images)
+    domains = VALIDATION_DOMAINS if args.validation else DEFAULT_DOMAINS
+    spec = MetaSetBuild(domains, adapters, frozen, args.windows, args.window_images)
     build(spec, load_config(None, ["runtime.threads=1"]), args.out, log=lambda m: print(m, flush=True))
     return 0
 

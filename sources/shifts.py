@@ -16,6 +16,16 @@ crop, the shift, JPEG at quality 85) and image i is a pure function of (domain, 
 - `occlude:S`: label-preserving occlusion, grey squares covering about 12 S % of the image
   (random erasing, Zhong et al., AAAI 2020).
 
+The last three are the validation families (`metaset.VALIDATION_DOMAINS`), kept out of every fit:
+
+- `jigsaw:S`: the image cut into a 4 x 4 grid and a share S / 5 of its tiles permuted among
+  themselves (the jigsaw puzzles of Noroozi & Favaro, ECCV 2016, as a shift: local content kept,
+  global layout broken).
+- `stripes:S`: a grey sinusoidal grating added, amplitude 0.06 S, random orientation, 2-6 cycles
+  across the image (a structured overlay, as of a screen or a scanner; no ImageNet-C corruption).
+- `channel:S`: a colour cast, x -> (1 - t) x + t P x with P a random permutation of the RGB
+  channels and t = S / 5 (t = 1 swaps the channels outright).
+
 A domain ending in `/whole` skips the random resized crop: the whole glyph, as the embedded model
 was trained on it (the source domain itself, where the frozen model is most accurate).
 
@@ -42,7 +52,8 @@ from .seeding import mix_seed
 
 UNIT = 64
 WHOLE = "/whole"
-FAMILIES = ("clean", "heldout", "compose", "mix", "affine", "invert", "occlude")
+FAMILIES = ("clean", "heldout", "compose", "mix", "affine", "invert", "occlude", "jigsaw", "stripes", "channel")
+JIGSAW_GRID = 4
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,12 @@ class Shift:
             return (1 - a) * x + a * (1 - x)
         if family == "occlude":
             return _occlude(x, strength, g)
+        if family == "jigsaw":
+            return _jigsaw(x, strength, g)
+        if family == "stripes":
+            return _stripes(x, strength, g)
+        if family == "channel":
+            return _channel(x, strength, g)
         raise AssertionError(family)
 
 
@@ -90,7 +107,7 @@ def parse_shift(text: str) -> Shift:
     if family not in FAMILIES:
         raise ValueError(f"Unknown meta-set domain {text!r}: the family must be one of {', '.join(FAMILIES)}, e.g. "
                          f"clean, heldout:speckle_noise:3, compose:spatter:3+gaussian_blur:2, "
-                         f"mix:0.5:speckle_noise:5, affine:3, invert:2, occlude:3")
+                         f"mix:0.5:speckle_noise:5, affine:3, invert:2, occlude:3, jigsaw:3, stripes:3, channel:3")
     shift = Shift(family, text, crop)
     shift.apply(torch.zeros(1, 3, 8, 8), torch.Generator().manual_seed(0), "embedded")  # validates the arguments
     return shift
@@ -140,6 +157,42 @@ def _occlude(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tens
                 & (cols >= left[:, None, None]) & (cols < left[:, None, None] + side))
         out = torch.where(mask[:, None], torch.full_like(out, 0.5), out)
     return out
+
+
+def _jigsaw(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    n, c, h, w = x.shape
+    k = JIGSAW_GRID
+    th, tw = h // k, w // k
+    if th == 0 or tw == 0:
+        return x
+    core = x[:, :, :th * k, :tw * k]
+    tiles = core.reshape(n, c, k, th, k, tw).permute(0, 2, 4, 1, 3, 5).reshape(n, k * k, c, th, tw)
+    moved = max(2, int(round(strength / 5.0 * k * k)))
+    order = torch.arange(k * k).repeat(n, 1)
+    for i in range(n):
+        chosen = torch.randperm(k * k, generator=g)[:moved]
+        order[i, chosen] = chosen[torch.randperm(moved, generator=g)]
+    tiles = tiles[torch.arange(n)[:, None], order]
+    out = x.clone()
+    out[:, :, :th * k, :tw * k] = tiles.reshape(n, k, k, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, th * k, tw * k)
+    return out
+
+
+def _stripes(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    angle = torch.rand(n, generator=g) * math.pi
+    cycles = 2.0 + 4.0 * torch.rand(n, generator=g)
+    phase = torch.rand(n, generator=g) * 2 * math.pi
+    v, u = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    position = torch.cos(angle)[:, None, None] * u + torch.sin(angle)[:, None, None] * v
+    wave = torch.sin(2 * math.pi * cycles[:, None, None] * position + phase[:, None, None])
+    return x + 0.06 * strength * wave[:, None]
+
+
+def _channel(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tensor:
+    t = strength / 5.0
+    swapped = torch.stack([x[i, torch.randperm(x.shape[1], generator=g)] for i in range(len(x))])
+    return (1 - t) * x + t * swapped
 
 
 def shift_images(images: torch.Tensor, shift: Shift, g: torch.Generator, profile: str, size: int) -> torch.Tensor:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .models import SourceModel
     from .runtime.workers import AdapterWorker
 
-__all__ = ["DEFAULT_DOMAINS", "FOLDER_DOMAINS", "MetaSetBuild", "MetaSetReaders", "build", "default_domains",
+__all__ = ["DEFAULT_DOMAINS", "FOLDER_DOMAINS", "VALIDATION_DOMAINS", "MetaSetBuild", "MetaSetReaders", "build", "default_domains",
            "domain_offset", "domain_source", "family_of", "read_windows"]
 
 #: The default full-range meta-set of the embedded glyphs (accuracy of the frozen model from 98%,
@@ -54,6 +54,14 @@ DEFAULT_DOMAINS = (
     "affine:1/whole", "affine:5/whole", "affine:3",
     "invert:1/whole", "invert:1.5", "invert:2", "invert:5/whole",
     "occlude:1/whole", "occlude:3/whole", "occlude:4",
+)
+
+#: Families kept out of every fit of the embedded files, to validate them on shifts that none of
+#: their maps, rules or intervals saw (`benchmarks/validate_families.py`); frozen accuracy 21-98%.
+VALIDATION_DOMAINS = (
+    "jigsaw:1/whole", "jigsaw:3/whole", "jigsaw:2", "jigsaw:5",
+    "stripes:2/whole", "stripes:3/whole", "stripes:2", "stripes:4",
+    "channel:5/whole", "channel:3",
 )
 
 #: The full-range meta-set of a user's image folder (`stream-monitor calibrate --data`): the same

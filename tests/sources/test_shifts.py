@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from stream_monitor.sources.shifts import ShiftedGlyphSource, parse_shift
-from stream_monitor.metaset import DEFAULT_DOMAINS, family_of
+from stream_monitor.metaset import DEFAULT_DOMAINS, VALIDATION_DOMAINS, family_of
 
 
 def test_every_default_domain_parses_and_names_its_family():
     families = {family_of(d) for d in DEFAULT_DOMAINS}
     assert families == {"clean", "heldout", "compose", "mix", "affine", "invert", "occlude"}
+    assert {family_of(d) for d in VALIDATION_DOMAINS} == {"jigsaw", "stripes", "channel"}  # never in a fit
     assert parse_shift("clean/whole").crop is False and parse_shift("clean").crop is True
 
 
@@ -24,6 +25,35 @@ def test_every_default_domain_parses_and_names_its_family():
 def test_bad_domains_are_refused_with_the_valid_forms(text, message):
     with pytest.raises(ValueError, match=message):
         parse_shift(text)
+
+
+def test_jigsaw_permutes_tiles_and_keeps_every_pixel():
+    import torch
+
+    x = torch.rand(3, 3, 32, 32)
+    out = parse_shift("jigsaw:5").apply(x, torch.Generator().manual_seed(0), "embedded")
+    tiles = lambda t: t.reshape(3, 3, 4, 8, 4, 8).permute(0, 2, 4, 1, 3, 5).reshape(3, 16, -1)  # noqa: E731
+    for before, after in zip(tiles(x), tiles(out)):
+        assert sorted(map(tuple, after.tolist())) == sorted(map(tuple, before.tolist()))  # the same tiles
+    assert not torch.equal(out, x)
+    mild = parse_shift("jigsaw:1").apply(x, torch.Generator().manual_seed(0), "embedded")
+    moved = lambda y: (tiles(y) != tiles(x)).any(-1).sum().item()  # noqa: E731
+    assert 0 < moved(mild) < moved(out)
+
+
+def test_stripes_add_a_grating_that_grows_with_strength_and_channel_swaps_colours():
+    import torch
+
+    x = torch.full((2, 3, 32, 32), 0.5)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    weak, strong = (parse_shift(f"stripes:{s}").apply(x, g(), "embedded") - x for s in (1, 5))
+    assert torch.allclose(weak[:, 0], weak[:, 1]) and weak.abs().max() <= 0.06 + 1e-6  # grey, amplitude 0.06 S
+    assert strong.abs().max() > 4 * weak.abs().max() - 1e-6
+    colour = torch.rand(4, 3, 8, 8)
+    swapped = parse_shift("channel:5").apply(colour, g(), "embedded")
+    for before, after in zip(colour, swapped):
+        assert any(torch.equal(after, before[list(order)]) for order in
+                   ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)))
 
 
 def test_images_are_a_pure_function_of_domain_and_position():
