@@ -2,6 +2,8 @@
 
     python benchmarks/compare_suites.py benchmarks/results/estimate_suite_3ac3aeb.csv \
         benchmarks/results/estimate_suite_e400447.csv
+    python benchmarks/compare_suites.py benchmarks/results/estimate_suite_3ac3aeb_50k.csv \
+        benchmarks/results/estimate_suite_replay_c6bdfd8_50k.csv     # a replay CSV: its replayed rows
 
 Only the (case, adapter) pairs both files have are compared. For each target the error is the
 headline's MAE over the case's probe windows; "in"/"out" says whether the newer release's 90%
@@ -20,7 +22,11 @@ TARGETS = ("source", "online")
 
 
 def headlines(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
-    return {(r["case"], r["adapter"], r["target"]): r for r in csv.DictReader(path.open()) if r["estimator"] == "headline"}
+    """(case, adapter, target) -> the headline's row: of a suite CSV (`estimate_suite.py`), or the
+    replayed rows of a replay CSV (`suite_replay.py`: the runs scored with that checkout's files)."""
+    def headline(row: dict[str, str]) -> bool:
+        return row["estimator"] == "headline" if "estimator" in row else row.get("kind") == "replayed"
+    return {(r["case"], r["adapter"], r["target"]): r for r in csv.DictReader(path.open()) if headline(r)}
 
 
 def coverage(row: dict[str, str]) -> str:
@@ -38,7 +44,8 @@ def main() -> None:
     old, new = headlines(args.older), headlines(args.newer)
     pairs = sorted({(c, a) for c, a, _ in new if any((c, a, t) in old for t in TARGETS)},
                    key=lambda pair: (pair[0], ADAPTERS.index(pair[1]) if pair[1] in ADAPTERS else 9))
-    older, newer = args.older.stem.rsplit("_", 1)[-1], args.newer.stem.rsplit("_", 1)[-1]
+    older, newer = (path.stem.removeprefix("estimate_suite_replay_").removeprefix("estimate_suite_")
+                    for path in (args.older, args.newer))
     print(f"| case | adapter | source, {older} | source, {newer} | online, {older} | online, {newer} |")
     print("|---|---|---|---|---|---|")
     for case, adapter in pairs:
@@ -49,15 +56,15 @@ def main() -> None:
             cells.append("n/a" if after is None else f"{float(after['mae']):.1f} ({coverage(after)})")
         print(f"| {case} | {adapter} | " + " | ".join(cells) + " |")
     print()
-    print(f"| adapter | target | cases | mean error, {older} | mean error, {newer} | worst, {newer} |")
-    print("|---|---|---|---|---|---|")
+    print(f"| adapter | target | cases | mean error, {older} | mean error, {newer} | worst, {older} | worst, {newer} |")
+    print("|---|---|---|---|---|---|---|")
     for adapter in ADAPTERS:
         for target in TARGETS:
             keys = [(c, a, target) for c, a in pairs if a == adapter and (c, a, target) in old and (c, a, target) in new]
             if keys:
                 print(f"| {adapter} | {target} | {len(keys)} | {statistics.mean(float(old[k]['mae']) for k in keys):.1f} | "
                       f"{statistics.mean(float(new[k]['mae']) for k in keys):.1f} | "
-                      f"{max(float(new[k]['worst']) for k in keys):.1f} |")
+                      f"{max(float(old[k]['worst']) for k in keys):.1f} | {max(float(new[k]['worst']) for k in keys):.1f} |")
 
 
 if __name__ == "__main__":
