@@ -13,9 +13,13 @@ interval held the truth (one window per case; with several, the share that did).
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from suite_summary import headline_rows  # noqa: E402
 
 ADAPTERS = ("rdumb", "tent", "source")
 TARGETS = ("source", "online")
@@ -24,9 +28,7 @@ TARGETS = ("source", "online")
 def headlines(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
     """(case, adapter, target) -> the headline's row: of a suite CSV (`estimate_suite.py`), or the
     replayed rows of a replay CSV (`suite_replay.py`: the runs scored with that checkout's files)."""
-    def headline(row: dict[str, str]) -> bool:
-        return row["estimator"] == "headline" if "estimator" in row else row.get("kind") == "replayed"
-    return {(r["case"], r["adapter"], r["target"]): r for r in csv.DictReader(path.open()) if headline(r)}
+    return {(r["case"], r["adapter"], r["target"]): r for r in headline_rows(path, "replayed")}
 
 
 def coverage(row: dict[str, str]) -> str:

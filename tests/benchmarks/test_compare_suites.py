@@ -37,3 +37,13 @@ def test_headlines_read_a_suite_csv_and_the_replayed_rows_of_a_replay_csv(tmp_pa
     out = capsys.readouterr().out
     assert "| no-shift | rdumb | 87.0 | 0.6 (in) | n/a | n/a |" in out
     assert "| rdumb | source | 1 | 87.0 | 0.6 | 88.0 | 1.4 |" in out and "mean error, aaa" in out
+
+
+def test_the_goals_table_says_when_a_release_has_no_interval(tmp_path):
+    import suite_summary
+
+    rows = [{"case": c, "adapter": "rdumb", "target": "source", "estimator": "headline", "mae": m, "worst": w,
+             "coverage": "", "windows": "7"} for c, m, w in (("no-shift", "87.0", "88.0"), ("ccc", "2.0", "3.0"))]
+    line = next(r for r in suite_summary.table(suite_summary.headline_rows(write(tmp_path / "s.csv", rows), "replayed"))
+                if r.startswith("| rdumb | source"))
+    assert line == "| rdumb | source | 2 | 44.5 | 88.0 | 1/2 | 1/2 | 0/2 | no interval |"
