@@ -43,7 +43,8 @@ class WeightedSentinel(SentinelRegressor):
             y = np.asarray(self.training["accuracy"])
             fitted = []
             if self.kind != "ridge":
-                fitted.append(_forest(self.training["params"], self.training["seed"]).fit(x, y, sample_weight=self.weights))
+                forest = _forest(self.training["params"], self.training["seed"])
+                fitted.append(forest.fit(x, y, sample_weight=self.weights))
             if self.kind != "forest":
                 fitted.append(_ridge().fit(x, y, ridgecv__sample_weight=self.weights))
             self._fitted[width] = fitted

@@ -46,7 +46,9 @@ def table(rows: list[dict[str, str]]) -> list[str]:
             coverage = [(_number(r["coverage"]), int(r["windows"])) for r in mine]
             windows = sum(n for _, n in coverage)
             covered = round(sum((c or 0.0) * n for c, n in coverage))
-            held = "no interval" if all(c is None for c, _ in coverage) else f"{covered}/{windows} ({covered / windows:.0%})"
+            held = f"{covered}/{windows} ({covered / windows:.0%})"
+            if all(c is None for c, _ in coverage):
+                held = "no interval"
             out.append(f"| {adapter} | {target} | {len(mine)} | {sum(mae) / len(mae):.1f} | {max(worst):.1f} | "
                        f"{sum(m <= GOAL_MAE for m in mae)}/{len(mine)} | {sum(w <= GOAL_WORST for w in worst)}/{len(mine)} | "
                        f"{sum(c is not None and c >= GOAL_COVERAGE for c, _ in coverage)}/{len(mine)} | {held} |")

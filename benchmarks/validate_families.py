@@ -36,8 +36,7 @@ from stream_monitor.config import load_config  # noqa: E402
 from stream_monitor.estimation.pipeline import EstimationPipeline, derive  # noqa: E402
 from stream_monitor.estimation.readings import Feed, Reading, Target  # noqa: E402
 from stream_monitor.metaset import merge_windows, read_windows  # noqa: E402
-
-NUM_CLASSES = 10  # the embedded glyphs'
+from stream_monitor.sources.glyphs import NUM_CLASSES  # noqa: E402  (the embedded model's classes)
 
 
 def readings(window: dict, adapter: str) -> list[Reading]:

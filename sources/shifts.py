@@ -174,7 +174,8 @@ def _jigsaw(x: torch.Tensor, strength: float, g: torch.Generator) -> torch.Tenso
         order[i, chosen] = chosen[torch.randperm(moved, generator=g)]
     tiles = tiles[torch.arange(n)[:, None], order]
     out = x.clone()
-    out[:, :, :th * k, :tw * k] = tiles.reshape(n, k, k, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, c, th * k, tw * k)
+    grid = tiles.reshape(n, k, k, c, th, tw).permute(0, 3, 1, 4, 2, 5)
+    out[:, :, :th * k, :tw * k] = grid.reshape(n, c, th * k, tw * k)
     return out
 
 

@@ -221,7 +221,8 @@ class SentinelRegressor:
 
     def _confidence_columns(self) -> tuple[np.ndarray, int, int]:
         """The training features and the columns of the mean entropy and the mean NLL."""
-        return np.asarray(self.training["features"], dtype=np.float64), FEATURES.index("mean"), FEATURES.index("nll_avg")
+        x = np.asarray(self.training["features"], dtype=np.float64)
+        return x, FEATURES.index("mean"), FEATURES.index("nll_avg")
 
     @property
     def floor(self) -> float:

@@ -69,6 +69,8 @@ def test_images_are_a_pure_function_of_domain_and_position():
     ("clean/whole", "4ddef738ce531e60"), ("mix:0.5:speckle_noise:5/whole", "5763801c30ccfacf"),
     ("occlude:3", "9f38f3c9e9bf79a6"), ("compose:spatter:3+gaussian_blur:2", "e0812fba7a502b67"),
     ("affine:3", "109dc1f51c74e86b"),
+    # the validation families, as benchmarks/results/metaset_embedded_validation.jsonl was built
+    ("jigsaw:3/whole", "a97f64e67b008cdd"), ("stripes:2", "bddbd44356c7bf9b"), ("channel:3", "af89aa0dbf4f390d"),
 ])
 def test_the_embedded_meta_set_renders_the_same_images_as_before(domain, digest):
     import hashlib
