@@ -2,9 +2,15 @@
 
 import csv
 import importlib.util
+import sys
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_suites.py"
+_BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(_BENCHMARKS))  # compare_suites imports suite_summary as its neighbour
+
+import suite_summary  # noqa: E402
+
+_PATH = _BENCHMARKS / "compare_suites.py"
 _SPEC = importlib.util.spec_from_file_location("compare_suites", _PATH)
 compare = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(compare)
@@ -40,8 +46,6 @@ def test_headlines_read_a_suite_csv_and_the_replayed_rows_of_a_replay_csv(tmp_pa
 
 
 def test_the_goals_table_says_when_a_release_has_no_interval(tmp_path):
-    import suite_summary
-
     rows = [{"case": c, "adapter": "rdumb", "target": "source", "estimator": "headline", "mae": m, "worst": w,
              "coverage": "", "windows": "7"} for c, m, w in (("no-shift", "87.0", "88.0"), ("ccc", "2.0", "3.0"))]
     line = next(r for r in suite_summary.table(suite_summary.headline_rows(write(tmp_path / "s.csv", rows), "replayed"))

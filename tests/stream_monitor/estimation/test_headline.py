@@ -133,6 +133,7 @@ def test_a_window_less_confident_than_the_training_set_never_reads_above_its_lea
     assert regressor.ceiling(uniform) == 30.0
     assert regressor(uniform) <= 30.0
 
+
 def held(family: str, truth: float, values: dict, distance: float = 0.0) -> HeldOut:
     return HeldOut(family, family, truth, values, distance)
 
